@@ -1,0 +1,1 @@
+"""The demo caption file, installed as rewrite.demo_data."""

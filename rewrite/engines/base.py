@@ -1,0 +1,54 @@
+"""The engine interface: prompts and per-request seeds in, completions and token counts out."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..settings import Sampling
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    seed: int  # each request samples with its own seed: output does not depend on the batch it is in
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: str  # "stop" (line break or end of text), "length" (hit max tokens) or "error"
+    error: str | None = None
+
+
+class Engine(ABC):
+    name: str
+    model: str  # what was loaded: a directory or a served model name
+
+    @property
+    @abstractmethod
+    def max_prompt_tokens(self) -> int:
+        """Longest prompt that leaves room for max_new_tokens."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text, as the model counts them (for cutting over-long prompts)."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    @abstractmethod
+    def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
+        """One completion per request, in order; generation stops at the first line break."""
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "model": self.model}
+
+    def close(self) -> None:
+        pass

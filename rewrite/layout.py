@@ -1,0 +1,77 @@
+"""Names of files and columns, in one place.
+
+A work dir holds the plan and everything the runs write:
+
+    WORK/manifest.json                          the shard plan (written by `rewrite shard`)
+    WORK/inputs/*.parquet                       CSV/TSV/text inputs converted once to parquet
+    WORK/rewrites/<source>/<shard>.parquet      key, rewrite column(s), status, reason (same row order)
+    WORK/rewrites/<source>/<shard>.parts/       committed chunks of a shard still being written
+    WORK/rewrites/<source>/<shard>.stats.json   written last: marks the shard done
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+KEY = "key"
+CAPTION = "caption"
+STATUS = "status"
+REASON = "reason"
+ATTEMPTS = "attempts"
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_SKIPPED = "skipped"  # null or blank caption: nothing to rewrite
+
+
+def shard_id(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+def rewrite_column(index: int, num_rewrites: int) -> str:
+    """Sidecar column of rewrite `index`: `rewrite`, or `rewrite_0`, `rewrite_1`, ... when n > 1."""
+    return "rewrite" if num_rewrites == 1 else f"rewrite_{index}"
+
+
+def suffixed(column: str, index: int, num_rewrites: int) -> str:
+    return column if num_rewrites == 1 else f"{column}_{index}"
+
+
+def export_column(source: str, index: int, num_rewrites: int) -> str:
+    """Column of a rewrite in an exported dataset: `caption_<source>` (`caption_<source>_<i>` when n > 1)."""
+    return suffixed(f"caption_{source}", index, num_rewrites)
+
+
+def export_data_file(shard: int, num_shards: int) -> str:
+    """Hugging Face's naming: data/train-00000-of-00128.parquet."""
+    return f"data/train-{shard:05d}-of-{num_shards:05d}.parquet"
+
+
+class Work:
+    """Paths inside a work dir."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
+
+    def rewrites(self, source: str) -> Path:
+        return self.root / "rewrites" / source
+
+    def rewrite_file(self, source: str, shard: int) -> Path:
+        return self.rewrites(source) / f"{shard_id(shard)}.parquet"
+
+    def parts(self, source: str, shard: int) -> Path:
+        return self.rewrites(source) / f"{shard_id(shard)}.parts"
+
+    def stats_file(self, source: str, shard: int) -> Path:
+        return self.rewrites(source) / f"{shard_id(shard)}.stats.json"
+
+    def sources_present(self) -> list[str]:
+        base = self.root / "rewrites"
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []

