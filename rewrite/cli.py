@@ -1,2 +1,200 @@
+"""The `rewrite` command: a thin shell over the library (parse options, call one function, print)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
 import typer
-app = typer.Typer()
+
+from . import export as export_lib
+from . import meta as meta_lib
+from . import plan, runner, settings, status as status_lib
+from .engines import EngineError
+from .model import ModelError
+from .prompt import TemplateError
+
+app = typer.Typer(help="Rewrite image captions with an LLM, LaCLIP-style, for CLIP training.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+meta_app = typer.Typer(help="Inspect and check meta sets of in-context examples.", no_args_is_help=True)
+app.add_typer(meta_app, name="meta")
+
+USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, runner.RunError, export_lib.ExportError,
+               EngineError, ModelError, TemplateError, ValueError)
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def shard(
+    inputs: List[str] = typer.Argument(..., help="Parquet/CSV/TSV/text files, folders or globs."),
+    out: Path = typer.Option(..., "--out", help="Work dir to hold the plan and all outputs."),
+    num_shards: Optional[int] = typer.Option(None, help="Number of shards."),
+    rows_per_shard: Optional[int] = typer.Option(None, help=f"Rows per shard (default {plan.DEFAULT_ROWS_PER_SHARD})."),
+    caption_column: str = typer.Option("caption", help="Caption column of parquet/CSV/TSV inputs."),
+    key_column: Optional[str] = typer.Option(None, help="Key column (default: `key` when present, else derived from file and row)."),
+):
+    """Plan shards over the inputs and save the plan in the work dir."""
+    try:
+        m = plan.plan(inputs, out, num_shards=num_shards, rows_per_shard=rows_per_shard,
+                      caption_column=caption_column, key_column=key_column)
+    except USER_ERRORS as e:
+        fail(str(e))
+    typer.echo(f"planned {m.num_shards} shards over {m.total_rows} rows from {len(m.files)} files in {out}")
+
+
+@app.command()
+def run(
+    work: Path = typer.Option(..., "--work", help="Work dir made by `rewrite shard`."),
+    source: str = typer.Option(..., help="Meta set: chatgpt, bard, coco (mscoco), human, or a .jsonl file."),
+    shards: str = typer.Option("all", help="Shards to run: 0-127, 7, 0,3,9-12 or all."),
+    engine: str = typer.Option(settings.ENGINE, help="Generation engine."),
+    model: Optional[str] = typer.Option(None, help="Local model dir (or hub id on your cluster); default: the embedded SmolLM2-135M."),
+    seed: int = typer.Option(settings.SEED, help="Global seed: every random choice derives from it."),
+    num_rewrites: int = typer.Option(settings.NUM_REWRITES, help="Rewrites per caption."),
+    num_examples: int = typer.Option(settings.NUM_EXAMPLES, help="In-context examples per prompt (k)."),
+    batch_size: int = typer.Option(settings.BATCH_SIZE, help="Prompts per forward batch (transformers engine)."),
+    chunk_rows: int = typer.Option(settings.CHUNK_ROWS, help="Rows committed together."),
+    max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
+    temperature: float = typer.Option(settings.Sampling.temperature),
+    top_p: float = typer.Option(settings.Sampling.top_p),
+    max_new_tokens: int = typer.Option(settings.Sampling.max_new_tokens),
+    template: str = typer.Option(settings.TEMPLATE, help="Prompt template name or .toml path."),
+    dedup: bool = typer.Option(True, help="Rewrite identical captions once."),
+    overwrite: bool = typer.Option(False, help="Redo shards that are done."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Rewrite the captions of some shards with one meta set."""
+    from . import engines
+
+    try:
+        manifest = plan.load_manifest(work)
+        shard_ids = plan.parse_shard_spec(shards, manifest.num_shards)
+        config = runner.RunConfig(
+            source=source, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
+            max_attempts=max_attempts, chunk_rows=chunk_rows, dedup=dedup, template=template,
+            sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
+        )
+        todo = runner.pending_shards(work, config.source, shard_ids, overwrite)
+        if not todo:
+            typer.echo(f"{config.source}: shards {shards} are done already (--overwrite to redo them)")
+            return
+        options = {"batch_size": batch_size} if engine == "transformers" else {}
+        eng = engines.load(engine, model, **options)
+        try:
+            done = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress)
+        finally:
+            eng.close()
+    except USER_ERRORS as e:
+        fail(str(e))
+    for s in done:
+        typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
+                   f"skipped {s['skipped']}, {s['captions_per_s']} captions/s")
+
+
+@app.command()
+def status(
+    work: Path = typer.Option(..., "--work"),
+    source: Optional[List[str]] = typer.Option(None, help="Only these sources."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Shards x sources: done, partial or missing, with totals."""
+    try:
+        manifest, statuses = status_lib.collect(work, [meta_lib.canonical_source(s) for s in source] if source else None)
+    except USER_ERRORS as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps([vars(s) for s in statuses], indent=2, default=str))
+    else:
+        typer.echo(status_lib.render(manifest, statuses))
+
+
+@app.command()
+def export(
+    work: Path = typer.Option(..., "--work"),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+    source: Optional[List[str]] = typer.Option(None, help="Sources to include (default: all that were run)."),
+    allow_missing: bool = typer.Option(False, help="Export even when shards are unfinished (their rewrites are null)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing export."),
+):
+    """Join the inputs with their rewrites as a Hugging Face dataset (parquet + dataset card)."""
+    try:
+        sources = [meta_lib.canonical_source(s) for s in source] if source else None
+        summary = export_lib.export(work, out, sources, allow_missing=allow_missing, overwrite=overwrite)
+    except USER_ERRORS as e:
+        fail(str(e))
+    typer.echo(f"wrote {summary['rows']} rows in {len(summary['files'])} files to {out} "
+               f"(columns: {', '.join(summary['columns'])})")
+    for src, spec in summary["missing"].items():
+        typer.echo(f"warning: {src} has no rewrites for shards {spec} (null in the export)", err=True)
+
+
+@app.command()
+def demo(
+    work: Path = typer.Option(Path("rewrite-demo"), "--work", help="Where the demo writes."),
+    source: str = typer.Option("chatgpt"),
+    engine: str = typer.Option(settings.ENGINE),
+    model: Optional[str] = typer.Option(None),
+):
+    """Rewrite the shipped demo captions end to end and show a few."""
+    from .demo import run_demo
+
+    try:
+        summary = run_demo(work, source=source, engine_name=engine, model=model)
+    except USER_ERRORS as e:
+        fail(str(e))
+    col = f"caption_{meta_lib.canonical_source(source)}"
+    for row in summary["examples"]:
+        typer.echo(f"  {row['caption']}\n    -> {row[col]}")
+    typer.echo(f"\ndataset: {Path(summary['out']).resolve()}  ({summary['rows']} rows; "
+               f"load it with datasets.load_dataset({str(Path(summary['out']).resolve())!r}))")
+
+
+@meta_app.command("show")
+def meta_show(source: str = typer.Argument(..., help="chatgpt, bard, coco (mscoco), human or a .jsonl file.")):
+    """Print a meta set."""
+    try:
+        m = meta_lib.load(source)
+    except USER_ERRORS as e:
+        fail(str(e))
+    typer.echo(f"# {m.name}: {len(m)} {m.kind} ({m.path})")
+    if m.pairs:
+        for s, t in m.pairs:
+            typer.echo(f"{s} => {t}")
+    for g in m.groups:
+        typer.echo("\n".join(g) + "\n")
+
+
+@meta_app.command("validate")
+def meta_validate(files: Optional[List[str]] = typer.Argument(None, help="Meta sets to check (default: the four shipped).")):
+    """Check meta sets (counts, no `=>` or line break inside, no duplicates) and print length statistics."""
+    bad = False
+    for name in files or list(settings.SOURCES):
+        try:
+            m = meta_lib.load(name)
+        except USER_ERRORS as e:
+            typer.echo(f"{name}: INVALID: {e}")
+            bad = True
+            continue
+        problems = meta_lib.problems(m)
+        st = meta_lib.stats(m)
+        typer.echo(f"{m.name}: {'ok' if not problems else 'INVALID'}: {st['entries']} {st['kind']}, "
+                   f"source {st['mean_source_words']} words, target {st['mean_target_words']} words "
+                   f"(max {st['max_target_words']}), word overlap {st['mean_word_overlap']}")
+        for p in problems:
+            typer.echo(f"  - {p}")
+        bad |= bool(problems)
+    if bad:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="rewrite")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -49,8 +49,8 @@ def export_data_file(shard: int, num_shards: int) -> str:
 class Work:
     """Paths inside a work dir."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: "str | Path | Work"):
+        self.root = root.root if isinstance(root, Work) else Path(root)
 
     @property
     def manifest(self) -> Path:

@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -108,7 +108,7 @@ class Manifest:
 
 
 def load_manifest(work: str | Path | layout.Work) -> Manifest:
-    work = work if isinstance(work, layout.Work) else layout.Work(work)
+    work = layout.Work(work)
     if not work.manifest.is_file():
         raise PlanError(f"{work.root} has no shard plan ({work.manifest.name}): run `rewrite shard ... --out {work.root}` first")
     try:
@@ -363,17 +363,22 @@ def iter_shard(
     """
     if not 0 <= shard < manifest.num_shards:
         raise PlanError(f"shard {shard} is not in the plan (shards 0-{manifest.num_shards - 1})")
+    tables = (t for piece in manifest.shards[shard] for t in _iter_piece(manifest, piece, chunk_rows, columns))
+    yield from rechunk(tables, chunk_rows)
+
+
+def rechunk(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Regroup a stream of tables into tables of exactly `rows` rows (the last one shorter)."""
     buffer: list[pa.Table] = []
     buffered = 0
-    for piece in manifest.shards[shard]:
-        for table in _iter_piece(manifest, piece, chunk_rows, columns):
-            buffer.append(table)
-            buffered += table.num_rows
-            while buffered >= chunk_rows:
-                whole = pa.concat_tables(buffer)
-                yield whole.slice(0, chunk_rows).combine_chunks()
-                rest = whole.slice(chunk_rows)
-                buffer, buffered = [rest], rest.num_rows
+    for table in tables:
+        buffer.append(table)
+        buffered += table.num_rows
+        while buffered >= rows:
+            whole = pa.concat_tables(buffer)
+            yield whole.slice(0, rows).combine_chunks()
+            rest = whole.slice(rows)
+            buffer, buffered = [rest], rest.num_rows
     if buffered:
         yield pa.concat_tables(buffer).combine_chunks()
 

@@ -33,8 +33,8 @@ class Engine(ABC):
 
     @property
     @abstractmethod
-    def max_prompt_tokens(self) -> int:
-        """Longest prompt that leaves room for max_new_tokens."""
+    def context_length(self) -> int:
+        """Tokens the model attends to: prompt plus completion."""
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:

@@ -61,12 +61,11 @@ class TransformersEngine(Engine):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         context = getattr(self.lm.config, "max_position_embeddings", None) or 2048
-        self.context = min(context, max_model_len) if max_model_len else context
-        self._max_new_tokens = 77
+        self._context = min(context, max_model_len) if max_model_len else context
 
     @property
-    def max_prompt_tokens(self) -> int:
-        return self.context - self._max_new_tokens
+    def context_length(self) -> int:
+        return self._context
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -77,7 +76,6 @@ class TransformersEngine(Engine):
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         from transformers import GenerationConfig, LogitsProcessorList
 
-        self._max_new_tokens = sampling.max_new_tokens
         out: list[Completion | None] = [None] * len(requests)
         # Similar lengths share a batch: less padding to compute.
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))

@@ -1,0 +1,67 @@
+import json
+import random
+
+import pytest
+
+from rewrite import meta, seeds, settings
+
+
+@pytest.mark.parametrize("name", settings.SOURCES)
+def test_shipped_sets_are_valid_and_look_like_laclip(name):
+    m = meta.load(name)
+    assert len(m) == 16
+    assert meta.problems(m) == []
+    st = meta.stats(m)
+    assert st["max_target_words"] < 30
+    assert 0.15 < st["mean_word_overlap"] < 0.4
+    if m.pairs:  # targets about twice as long as web-style sources
+        assert 1.5 < st["mean_target_words"] / st["mean_source_words"] < 2.5
+    else:
+        assert all(len(g) == 5 for g in m.groups)
+
+
+def test_mscoco_is_an_alias_of_coco():
+    assert meta.load("mscoco").name == "coco"
+
+
+def test_unknown_source_is_a_clear_error():
+    with pytest.raises(meta.MetaSetError, match="unknown source 'laion'.*chatgpt"):
+        meta.load("laion")
+
+
+def test_sampling_is_deterministic_and_varies_by_row():
+    m = meta.load("chatgpt")
+    draw = lambda ident, attempt=0: meta.sample_examples(m, seeds.example_rng(0, "chatgpt", ident, 0, attempt), 3)
+    assert draw("row-1") == draw("row-1")
+    assert len(set(draw("row-1"))) == 3
+    assert len({tuple(draw(f"row-{i}")) for i in range(20)}) > 15
+    assert draw("row-1", attempt=0) != draw("row-1", attempt=1)
+
+
+def test_coco_examples_are_two_distinct_captions_of_one_group():
+    m = meta.load("coco")
+    group_of = {c: i for i, g in enumerate(m.groups) for c in g}
+    for i in range(50):
+        examples = meta.sample_examples(m, seeds.example_rng(1, "coco", str(i), 0, 0), 3)
+        assert len({group_of[s] for s, _ in examples}) == 3  # three different scenes
+        for s, t in examples:
+            assert s != t and group_of[s] == group_of[t]
+
+
+def test_custom_meta_set_file_and_its_errors(tmp_path):
+    good = tmp_path / "mine.jsonl"
+    good.write_text("\n".join(json.dumps({"source": f"s{i}", "target": f"t {i}"}) for i in range(4)))
+    assert len(meta.load(str(good))) == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"source": "a", "target": "b"}\n{"src": "x"}\n')
+    with pytest.raises(meta.MetaSetError, match=r"bad.jsonl:2"):
+        meta.load(str(bad))
+    arrow = tmp_path / "arrow.jsonl"
+    arrow.write_text('{"source": "a => b", "target": "c"}\n{"source": "a", "target": "c"}\n')
+    problems = meta.problems(meta.load(str(arrow)))
+    assert any("=>" in p for p in problems)
+
+
+def test_k_larger_than_the_set_is_refused():
+    with pytest.raises(meta.MetaSetError, match="fewer than k=17"):
+        meta.sample_examples(meta.load("human"), random.Random(0), 17)

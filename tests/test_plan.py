@@ -1,0 +1,138 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import CAPTIONS, write_parquet
+from rewrite import layout, plan
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("7", [7]), ("0-3", [0, 1, 2, 3]), ("0,3,9-11", [0, 3, 9, 10, 11]), (" 2 , 1 ", [1, 2]), ("all", list(range(12))),
+])
+def test_shard_specs(spec, expected):
+    assert plan.parse_shard_spec(spec, 12) == expected
+    if spec != "all":
+        assert plan.parse_shard_spec(plan.format_shard_spec(expected), 12) == expected
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("1-x", "not a shard id"), ("5-2", "runs backwards"), ("12", "not in the plan"), ("", "not a shard id"), ("-1", "not a shard id"),
+])
+def test_malformed_shard_specs_name_the_option(spec, message):
+    with pytest.raises(plan.PlanError, match=f"--shards.*{message}"):
+        plan.parse_shard_spec(spec, 12)
+
+
+def test_bounds_and_pieces():
+    assert plan.shard_bounds(10, num_shards=3) == [(0, 3), (3, 6), (6, 10)]
+    assert plan.shard_bounds(10, rows_per_shard=4) == [(0, 4), (4, 8), (8, 10)]
+    with pytest.raises(plan.PlanError, match="more than the 10 input rows"):
+        plan.shard_bounds(10, num_shards=11)
+    files = [plan.InputFile("a", "a", "parquet", 4, "a"), plan.InputFile("b", "b", "parquet", 0, "b"),
+             plan.InputFile("c", "c", "parquet", 5, "c")]
+    assert plan.pieces(files, 2, 7) == [plan.Piece(0, 2, 4), plan.Piece(2, 0, 3)]
+
+
+def test_parquet_folder_plan_reads_only_metadata(parquet_dir, tmp_path):
+    # Corrupt the data pages of one file but keep its footer: planning (metadata only) still works,
+    # reading the rows then fails with an error that names the file.
+    victim = parquet_dir / "00001.parquet"
+    data = bytearray(victim.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    for i in range(4, len(data) - footer):
+        data[i] = 0xFF
+    victim.write_bytes(bytes(data))
+    m = plan.plan([str(parquet_dir)], tmp_path / "work", num_shards=3)
+    assert m.total_rows == len(CAPTIONS) and m.key_column == "key" and m.num_shards == 3
+    assert [f.format for f in m.files] == ["parquet", "parquet"]
+    assert plan.load_manifest(tmp_path / "work").to_dict() == m.to_dict()
+    with pytest.raises(plan.PlanError, match="00001.parquet"):
+        for s in range(3):
+            list(plan.iter_shard(m, s, 4))
+
+
+def test_shards_cover_every_row_once_in_order(parquet_dir, tmp_path):
+    m = plan.plan([str(parquet_dir / "*.parquet")], tmp_path / "work", num_shards=4)
+    keys, caps = [], []
+    for s in range(m.num_shards):
+        chunks = list(plan.iter_shard(m, s, 2))
+        assert all(c.num_rows == 2 for c in chunks[:-1])
+        keys += [k for c in chunks for k in c.column(layout.KEY).to_pylist()]
+        caps += [k for c in chunks for k in c.column(layout.CAPTION).to_pylist()]
+    assert keys == [f"{i:09d}" for i in range(len(CAPTIONS))]
+    assert caps == CAPTIONS
+    full = pa.concat_tables(list(plan.iter_shard(m, 0, 100, columns=None)))
+    assert full.column_names == ["key", "caption", "image", "width"]
+
+
+def test_text_csv_and_tsv_inputs_get_stable_derived_keys(tmp_path, text_file):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text('url,text\nhttp://a/1.jpg,"a caption, with a comma"\nhttp://a/2.jpg,"two\nlines"\n', encoding="utf-8")
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("filepath\ttitle\n1.jpg\tfirst title\n2.jpg\t12345\n", encoding="utf-8")
+    m = plan.plan([str(text_file)], tmp_path / "w1", num_shards=2)
+    assert m.key_column is None and m.total_rows == len(CAPTIONS)
+    rows = [r for s in range(2) for c in plan.iter_shard(m, s, 5) for r in c.to_pylist()]
+    assert rows[0] == {"key": "captions-000000000", "caption": CAPTIONS[0]}
+    assert rows[10] == {"key": "captions-000000010", "caption": ""}  # blank lines keep their row
+    m2 = plan.plan([str(csv)], tmp_path / "w2", num_shards=1, caption_column="text")
+    assert [r["caption"] for r in next(plan.iter_shard(m2, 0, 10)).to_pylist()] == ["a caption, with a comma", "two\nlines"]
+    m3 = plan.plan([str(tsv)], tmp_path / "w3", num_shards=1, caption_column="title")
+    assert next(plan.iter_shard(m3, 0, 10)).column("caption").to_pylist() == ["first title", "12345"]
+
+
+def test_hugging_face_layout(tmp_path):
+    write_parquet(tmp_path / "hf" / "data" / "train-00000-of-00002.parquet", CAPTIONS[:6])
+    write_parquet(tmp_path / "hf" / "data" / "train-00001-of-00002.parquet", CAPTIONS[6:], 6)
+    (tmp_path / "hf" / "README.md").write_text("---\n---\n")
+    m = plan.plan([str(tmp_path / "hf")], tmp_path / "work", rows_per_shard=5)
+    assert m.num_shards == 3 and m.total_rows == len(CAPTIONS)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: str(d / "nope.parquet"), "input path .*nope.parquet does not exist"),
+    (lambda d: str(d / "*.parquet"), "matches no"),
+    (lambda d: (d / "empty.txt").write_text("") or str(d / "empty.txt"), "hold no rows"),
+    (lambda d: (d / "x.json").write_text("{}") and str(d / "x.json"), "unsupported file type"),
+    (lambda d: str(write_parquet(d / "p.parquet", ["a"]).parent / "p.parquet"), None),
+])
+def test_bad_inputs_name_the_path(tmp_path, make, message):
+    d = tmp_path / "in"
+    d.mkdir()
+    arg = make(d)
+    if message is None:
+        assert plan.plan([arg], tmp_path / "w").total_rows == 1
+    else:
+        with pytest.raises(plan.PlanError, match=message):
+            plan.plan([arg], tmp_path / "w")
+
+
+def test_missing_caption_column_names_file_and_column(parquet_dir, tmp_path):
+    with pytest.raises(plan.PlanError, match=r"00000.parquet has no caption column 'text' \(columns: key, caption, image, width\)"):
+        plan.plan([str(parquet_dir)], tmp_path / "w", caption_column="text")
+    csv = tmp_path / "a.csv"
+    csv.write_text("url,title\nx,y\n")
+    with pytest.raises(plan.PlanError, match="a.csv has no caption column 'caption'"):
+        plan.plan([str(csv)], tmp_path / "w")
+
+
+def test_non_string_caption_column_is_refused(tmp_path):
+    pq.write_table(pa.table({"caption": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(plan.PlanError, match="ints.parquet: caption column 'caption' holds int64"):
+        plan.plan([str(tmp_path / "ints.parquet")], tmp_path / "w")
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    t = tmp_path / "bad.txt"
+    t.write_bytes(b"good line\nbad \xff\xfe line\n")
+    with pytest.raises(plan.PlanError, match="bad.txt, line 2: not valid UTF-8"):
+        plan.plan([str(t)], tmp_path / "w")
+    c = tmp_path / "bad.csv"
+    c.write_bytes(b"caption\nok\nfine\nbad \xff\n")
+    with pytest.raises(plan.PlanError, match="bad.csv, line 4: not valid UTF-8"):
+        plan.plan([str(c)], tmp_path / "w")
+
+
+def test_missing_plan_is_a_clear_error(tmp_path):
+    with pytest.raises(plan.PlanError, match="has no shard plan.*rewrite shard"):
+        plan.load_manifest(tmp_path)

@@ -1,0 +1,68 @@
+import pytest
+
+from rewrite import prompt
+
+EXAMPLES = [("a dog", "A brown dog runs."), ("a cat", "A grey cat sleeps."), ("a car", "A red car waits.")]
+
+
+def test_laclip_format():
+    t = prompt.load_template("laclip")
+    assert t.render(EXAMPLES, "a bird") == (
+        "write image captions differently,\n\n"
+        "a dog => A brown dog runs.\n\n"
+        "a cat => A grey cat sleeps.\n\n"
+        "a car => A red car waits.\n\n"
+        "a bird =>"
+    )
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("sunset => dunes", "sunset -> dunes"),
+    ("line one\nline two\r\nthree", "line one line two three"),
+    ('the "best" pizza', 'the "best" pizza'),
+    ("  café\tmünchen  ", "café münchen"),
+    ("東京 タワー", "東京 タワー"),
+])
+def test_captions_are_normalised_so_the_format_holds(caption, expected):
+    out = prompt.load_template().render(EXAMPLES, caption)
+    assert out.endswith(expected + " =>")
+    assert out.count("=>") == 4  # three examples and the query, nothing from the caption
+    assert out.split("\n\n")[-1] == expected + " =>"
+
+
+@pytest.mark.parametrize("completion, expected", [
+    (" A bird sings.\n\nnext => thing", "A bird sings."),
+    ("  spaced out  ", "spaced out"),
+    ("\nafter a newline", ""),
+    (' "Quoted" café ünïcode 東京\n', '"Quoted" café ünïcode 東京'),
+])
+def test_parse_completion_takes_the_first_line(completion, expected):
+    assert prompt.parse_completion(completion) == expected
+
+
+def test_over_long_prompt_is_cut_in_the_caption_and_still_ends_with_the_arrow():
+    t = prompt.load_template()
+    encode = lambda s: s.split(" ")
+    decode = lambda ids: " ".join(ids)
+    long_caption = " ".join(f"w{i}" for i in range(500))
+    text, cut = prompt.fit_prompt(t, EXAMPLES, long_caption, encode, decode, max_tokens=60)
+    assert cut and text.endswith(" =>") and len(encode(text)) <= 60
+    assert text.startswith("write image captions differently,")
+    assert "w0 w1 w2" in text and "w499" not in text
+    short, cut = prompt.fit_prompt(t, EXAMPLES, "a bird", encode, decode, max_tokens=60)
+    assert not cut and short == t.render(EXAMPLES, "a bird")
+
+
+def test_over_long_prompt_with_the_real_tokenizer(engine):
+    t = prompt.load_template()
+    text, cut = prompt.fit_prompt(t, EXAMPLES, "a very long caption " * 400, engine.encode, engine.decode, 120)
+    assert cut and text.endswith(" =>") and len(engine.encode(text)) <= 120
+
+
+def test_template_errors(tmp_path):
+    with pytest.raises(prompt.TemplateError, match="unknown template 'nope'.*laclip"):
+        prompt.load_template("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('instruction = "x"\nexample = "{source}"\nseparator = "\\n"\nquery = "{caption} =>"\n')
+    with pytest.raises(prompt.TemplateError, match="needs"):
+        prompt.load_template(str(bad))
