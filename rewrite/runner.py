@@ -25,6 +25,7 @@ from .engines.base import Engine, Request
 from .settings import Sampling
 
 STATS_KEY = b"rewrite.stats"
+ROW_GROUP_ROWS = 8192
 
 
 class RunError(RuntimeError):
@@ -172,8 +173,10 @@ def run_shard(
 
     final = w.rewrite_file(config.source, shard)
     with atomic.atomic_path(final) as tmp, pq.ParquetWriter(tmp, out_schema) as writer:
-        for index in range(len(chunk_stats)):
-            writer.write_table(pq.read_table(parts / f"{index:05d}.parquet").replace_schema_metadata(None))
+        # Row groups of a fixed size, so the file's bytes do not depend on the chunk size either.
+        tables = (pq.read_table(parts / f"{i:05d}.parquet").replace_schema_metadata(None) for i in range(len(chunk_stats)))
+        for table in plan.rechunk(tables, ROW_GROUP_ROWS):
+            writer.write_table(table)
     stats = merge_stats(chunk_stats)
     stats.update(shard=shard, source=config.source, engine=engine.describe(),
                  settings={**asdict(config), "sampling": config.sampling.to_dict()})

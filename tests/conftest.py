@@ -38,7 +38,7 @@ def write_parquet(path: Path, captions: list[str | None], start: int = 0, row_gr
         "caption": captions,
         "image": pa.array([{"bytes": png_bytes(start + i), "path": f"{start + i}.png"} for i in range(n)],
                           pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        "width": list(range(100, 100 + n)),
+        "width": list(range(100 + start, 100 + start + n)),
     })
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group_size)

@@ -1,0 +1,22 @@
+"""A plain (non-editable) install finds its templates, meta sets and demo captions."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_copy_finds_its_data_files(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+                    "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=600)
+    code = (
+        "import rewrite, rewrite.meta as m, rewrite.prompt as p, rewrite.demo as d;"
+        "assert 'site' in rewrite.__file__, rewrite.__file__;"
+        "print(len(m.load('coco')), p.load_template().name, sum(1 for _ in open(d.demo_captions())))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["16", "laclip", "240"]
