@@ -65,3 +65,16 @@ def test_custom_meta_set_file_and_its_errors(tmp_path):
 def test_k_larger_than_the_set_is_refused():
     with pytest.raises(meta.MetaSetError, match="fewer than k=17"):
         meta.sample_examples(meta.load("human"), random.Random(0), 17)
+
+
+def test_meta_cli_show_and_validate(tmp_path):
+    from conftest import run_cli
+
+    shown = run_cli("meta", "show", "mscoco").stdout
+    assert shown.startswith("# coco: 16 groups") and shown.count("\n\n") >= 16
+    ok = run_cli("meta", "validate").stdout
+    assert [line.split(":")[0] for line in ok.splitlines()] == list(settings.SOURCES)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"source": "a => b", "target": "c"}\n{"source": "x", "target": "x"}\n')
+    proc = run_cli("meta", "validate", str(bad), check=False)
+    assert proc.returncode == 1 and "INVALID" in proc.stdout and "'=>' inside" in proc.stdout
