@@ -52,12 +52,22 @@ def run(
     work: Path = typer.Option(..., "--work", help="Work dir made by `rewrite shard`."),
     source: str = typer.Option(..., help="Meta set: chatgpt, bard, coco (mscoco), human, or a .jsonl file."),
     shards: str = typer.Option("all", help="Shards to run: 0-127, 7, 0,3,9-12 or all."),
-    engine: str = typer.Option(settings.ENGINE, help="Generation engine."),
-    model: Optional[str] = typer.Option(None, help="Local model dir (or hub id on your cluster); default: the embedded SmolLM2-135M."),
+    engine: str = typer.Option(settings.ENGINE, help="transformers, vllm, openai, or auto (vllm on a GPU when installed)."),
+    model: Optional[str] = typer.Option(None, help="Local model dir (or hub id on your cluster; the served name with openai); default: the embedded SmolLM2-135M."),
     seed: int = typer.Option(settings.SEED, help="Global seed: every random choice derives from it."),
     num_rewrites: int = typer.Option(settings.NUM_REWRITES, help="Rewrites per caption."),
     num_examples: int = typer.Option(settings.NUM_EXAMPLES, help="In-context examples per prompt (k)."),
-    batch_size: int = typer.Option(settings.BATCH_SIZE, help="Prompts per forward batch (transformers engine)."),
+    batch_size: Optional[int] = typer.Option(None, help=f"transformers: prompts per forward batch (default {settings.BATCH_SIZE})."),
+    dtype: Optional[str] = typer.Option(None, help="transformers/vllm: float32, bfloat16, float16 (vllm: auto on GPU, float32 on CPU)."),
+    max_model_len: Optional[int] = typer.Option(None, help="Cap on prompt + completion tokens."),
+    tensor_parallel_size: Optional[int] = typer.Option(None, help="vllm: GPUs per model."),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, help="vllm: share of GPU memory to use."),
+    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="vllm: skip CUDA graphs (default: on CPU only)."),
+    engine_arg: Optional[List[str]] = typer.Option(None, help="vllm: extra LLM(...) argument as key=value (repeatable)."),
+    base_url: Optional[str] = typer.Option(None, help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (key from $OPENAI_API_KEY)."),
+    api: Optional[str] = typer.Option(None, help="openai: completions (base models, default) or chat."),
+    concurrency: Optional[int] = typer.Option(None, help="openai: requests in flight (default 16)."),
+    timeout: Optional[float] = typer.Option(None, help="openai: seconds per request (default 60)."),
     chunk_rows: int = typer.Option(settings.CHUNK_ROWS, help="Rows committed together."),
     max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
     temperature: float = typer.Option(settings.Sampling.temperature),
@@ -83,7 +93,11 @@ def run(
         if not todo:
             typer.echo(f"{config.source}: shards {shards} are done already (--overwrite to redo them)")
             return
-        options = {"batch_size": batch_size} if engine == "transformers" else {}
+        options = {k: v for k, v in dict(
+            batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
+            base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
+        ).items() if v is not None}
         eng = engines.load(engine, model, **options)
         try:
             done = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress)

@@ -71,6 +71,27 @@ def run_cli(*args: str, check: bool = True, timeout: int = 900, env: dict | None
     return proc
 
 
+def require(module: str):
+    """Import a heavy optional module for a slow test: skip without it, but fail in CI (REWRITE_REQUIRE_SLOW)."""
+    if os.environ.get("REWRITE_REQUIRE_SLOW"):
+        return __import__(module)
+    return pytest.importorskip(module)
+
+
+class Recording:
+    """Wraps a real engine and keeps the requests it was sent (to compare prompts across engines)."""
+
+    def __init__(self, engine):
+        self.engine, self.requests = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, requests, sampling):
+        self.requests += list(requests)
+        return self.engine.generate(requests, sampling)
+
+
 @pytest.fixture(scope="session")
 def engine():
     """The transformers engine on the embedded SmolLM2-135M (loaded once per test session)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 
 from .base import Completion, Engine, EngineError, Request
 
@@ -17,8 +18,24 @@ def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
 
 
+def pick_auto() -> str:
+    """vLLM when a GPU and the vllm package are both present, else transformers."""
+    import importlib.util
+
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "transformers"
+
+
 def load(name: str, model: str | None = None, **options) -> Engine:
+    """Engine `name` (or `auto`) on `model`; options are the engine's own keyword arguments."""
+    if name == "auto":
+        name = pick_auto()
+        print(f"--engine auto: using {name}", file=sys.stderr)
     if name not in available():
         raise EngineError(f"unknown engine {name!r}; engines: {', '.join(available())}")
     module = importlib.import_module(f"{__name__}.{name}")
-    return module.create(model, **options)
+    try:
+        return module.create(model, **options)
+    except TypeError as e:
+        raise EngineError(f"engine {name}: {e} (that option does not apply to this engine)") from None

@@ -43,12 +43,10 @@ class TransformersEngine(Engine):
     name = "transformers"
 
     def __init__(self, model: str | None, batch_size: int = BATCH_SIZE, dtype: str = "float32",
-                 device: str | None = None, max_model_len: int | None = None, threads: int | None = None):
+                 device: str | None = None, max_model_len: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model_lib.resolve(model)
-        if threads:
-            torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
         try:

@@ -1,0 +1,106 @@
+"""Any OpenAI-compatible server (vLLM's `vllm serve`, TGI, llama.cpp's server, a hosted API).
+
+The completions endpoint suits base models and takes the LaCLIP prompt as it is; the chat endpoint
+sends it as one user message for chat-only models. The API key is read from $OPENAI_API_KEY only and is
+never written anywhere. Requests run with bounded concurrency; the client retries rate limits, server
+errors and timeouts with exponential backoff, and a request that still fails becomes a completion with
+finish_reason "error", so its rows are marked failed with the reason while the shard goes on.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from .. import model as model_lib
+from ..settings import Sampling
+from .base import Completion, Engine, EngineError, Request
+
+API_KEY_ENV = "OPENAI_API_KEY"
+
+
+class OpenAIEngine(Engine):
+    name = "openai"
+
+    def __init__(self, model: str | None, *, base_url: str | None = None, api: str = "completions",
+                 concurrency: int = 16, timeout: float = 60.0, request_retries: int = 5,
+                 tokenizer: str | None = None, max_model_len: int | None = None):
+        try:
+            import openai
+        except ImportError:
+            raise EngineError("the openai engine needs the openai package: pip install openai") from None
+        if not base_url:
+            raise EngineError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        if api not in ("completions", "chat"):
+            raise EngineError(f"--api must be completions or chat, got {api!r}")
+        if concurrency < 1:
+            raise EngineError(f"--concurrency must be >= 1, got {concurrency}")
+        # Served model name: as given, else the embedded model's directory (what `vllm serve DIR` serves).
+        self.model = model or model_lib.resolve(None)
+        self.api, self.concurrency, self.base_url = api, concurrency, base_url
+        self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(API_KEY_ENV) or "EMPTY",
+                                    max_retries=request_retries, timeout=timeout)
+        self._tokenizer = self._load_tokenizer(tokenizer or self.model)
+        self._context = max_model_len or (
+            getattr(self._tokenizer, "model_max_length", None) if self._tokenizer else None)
+        if not self._context or self._context > 1_000_000:
+            self._context = 4096
+
+    @staticmethod
+    def _load_tokenizer(name: str):
+        """A local tokenizer when the model is a local directory; else None (bytes stand in for tokens)."""
+        if not Path(name).is_dir():
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name)
+
+    @property
+    def context_length(self) -> int:
+        return self._context
+
+    def encode(self, text: str) -> list[int]:
+        if self._tokenizer is None:
+            return list(text.encode("utf-8"))  # a byte is never less than a token: cuts stay safe
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if self._tokenizer is None:
+            return bytes(ids).decode("utf-8", errors="ignore")
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _one(self, request: Request, sampling: Sampling) -> Completion:
+        import openai
+
+        common = dict(model=self.model, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                      top_p=sampling.top_p, stop=["\n"], seed=request.seed)
+        try:
+            if self.api == "chat":
+                resp = self.client.chat.completions.create(
+                    messages=[{"role": "user", "content": request.prompt}], **common)
+                choice, text = resp.choices[0], resp.choices[0].message.content or ""
+            else:
+                resp = self.client.completions.create(prompt=request.prompt, **common)
+                choice, text = resp.choices[0], resp.choices[0].text or ""
+        except openai.OpenAIError as e:
+            return Completion(text="", prompt_tokens=0, generated_tokens=0, finish_reason="error",
+                              error=f"{type(e).__name__}: {e}"[:500])
+        usage = resp.usage
+        return Completion(text=text, prompt_tokens=usage.prompt_tokens if usage else 0,
+                          generated_tokens=usage.completion_tokens if usage else 0,
+                          finish_reason="length" if choice.finish_reason == "length" else "stop")
+
+    def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda r: self._one(r, sampling), requests))
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "model": self.model, "base_url": self.base_url, "api": self.api}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def create(model: str | None, **options) -> OpenAIEngine:
+    return OpenAIEngine(model, **options)

