@@ -165,7 +165,7 @@ def demo(
     for row in summary["examples"]:
         typer.echo(f"  {row['caption']}\n    -> {row[col]}")
     typer.echo(f"\ndataset: {Path(summary['out']).resolve()}  ({summary['rows']} rows; "
-               f"load it with datasets.load_dataset({str(Path(summary['out']).resolve())!r}))")
+               f"with `datasets` installed, load it with datasets.load_dataset({str(Path(summary['out']).resolve())!r}))")
 
 
 @meta_app.command("show")
