@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..settings import Sampling
 
@@ -52,3 +52,20 @@ class Engine(ABC):
 
     def close(self) -> None:
         pass
+
+
+class TokenizerEngine(Engine):
+    """An engine holding a Hugging Face tokenizer (`self.tokenizer`) and its context (`self._context`)."""
+
+    tokenizer: Any
+    _context: int
+
+    @property
+    def context_length(self) -> int:
+        return self._context
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -11,7 +11,7 @@ import torch
 
 from .. import model as model_lib
 from ..settings import BATCH_SIZE, Sampling
-from .base import Completion, Engine, EngineError, Request
+from .base import Completion, EngineError, Request, TokenizerEngine
 
 
 class SeededSampler:
@@ -39,7 +39,7 @@ class SeededSampler:
         return out.scatter(-1, chosen, 0.0)
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(TokenizerEngine):
     name = "transformers"
 
     def __init__(self, model: str | None, batch_size: int = BATCH_SIZE, dtype: str = "float32",
@@ -60,16 +60,6 @@ class TransformersEngine(Engine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         context = getattr(self.lm.config, "max_position_embeddings", None) or 2048
         self._context = min(context, max_model_len) if max_model_len else context
-
-    @property
-    def context_length(self) -> int:
-        return self._context
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         from transformers import GenerationConfig, LogitsProcessorList

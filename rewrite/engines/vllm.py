@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .. import model as model_lib
 from ..settings import Sampling
-from .base import Completion, Engine, EngineError, Request
+from .base import Completion, EngineError, Request, TokenizerEngine
 
 
 def parse_engine_args(pairs: Sequence[str]) -> dict:
@@ -30,7 +30,7 @@ def parse_engine_args(pairs: Sequence[str]) -> dict:
     return out
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(TokenizerEngine):
     name = "vllm"
 
     def __init__(self, model: str | None, *, dtype: str | None = None, tensor_parallel_size: int = 1,
@@ -63,16 +63,6 @@ class VLLMEngine(Engine):
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._context = self.llm.llm_engine.model_config.max_model_len
-
-    @property
-    def context_length(self) -> int:
-        return self._context
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         from vllm import SamplingParams
