@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CAPTIONS, Recording, require
-from rewrite import engines, layout, model, plan, prompt, runner
+from rewrite import engines, layout, meta, model, plan, prompt, runner
 from rewrite.settings import Sampling
 
 pytestmark = pytest.mark.slow
@@ -101,6 +101,14 @@ def test_vllm_output_does_not_depend_on_the_batch(vllm_engine):
     alone = vllm_engine.generate(reqs[3:4], Sampling())
     assert alone[0].text == together[3].text
     assert all(c.finish_reason in ("stop", "length") for c in together)
+
+
+def test_vllm_takes_a_batch_larger_than_one_scheduler_step(vllm_engine):
+    # Regression: seeded requests whose prefill vLLM's CPU build would split across steps crashed it.
+    t, ex = prompt.load_template(), meta.load("chatgpt").pairs[:3]
+    reqs = [engines.Request(t.render(ex, f"caption {i} of a red car on a wet street at night"), i) for i in range(128)]
+    out = vllm_engine.generate(reqs, Sampling(max_new_tokens=8))
+    assert len(out) == 128 and sum(c.prompt_tokens for c in out) > 12000
 
 
 def test_openai_engine_against_vllm_serve(vllm_server, tmp_path, text_file, monkeypatch):

@@ -54,6 +54,10 @@ class VLLMEngine(TokenizerEngine):
             "dtype": dtype or ("float32" if on_cpu else "auto"),
             "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
         }
+        if on_cpu:
+            # vLLM's CPU worker crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps, which happens once a batch's prompts outgrow one step.
+            kwargs["enable_chunked_prefill"] = False
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if gpu_memory_utilization is not None:
