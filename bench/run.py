@@ -1,10 +1,13 @@
 """Throughput benchmark: the reference method against the pipeline, same captions, model and machine.
 
     python bench/run.py [--captions 240] [--methods reference,transformers,vllm] [--model DIR]
+    python bench/run.py --levers transformers      # each throughput lever switched off in turn
 
 (a) reference: LaCLIP's way (transformers, static batches of 32, fresh random examples per caption,
     every batch decodes all 77 new tokens, no dedup, the rewrite cut at the first line break after);
 (b) transformers: `rewrite run` with the transformers engine; (c) vllm: `rewrite run` with vLLM.
+A pipeline method may carry modifiers after a colon: `vllm:sets=16,no-stop` (sets=K: K shared example
+sets; no-stop, no-dedup, no-group, no-sort, no-prefix: that lever off).
 Each method runs in its own subprocess; its peak memory is the largest summed RSS of that process
 tree, sampled every 0.2 s. Results go to bench/results/<time>.json and .md.
 """
@@ -25,11 +28,48 @@ HERE = Path(__file__).resolve().parent
 BATCH = 32  # the reference code's max_batch_size
 
 
-def captions(n: int) -> list[str]:
+LEVERS = ("no-stop", "no-dedup", "no-group", "no-sort", "no-prefix")
+
+
+def captions(n: int, duplicates: float = 0.0) -> list[str]:
+    """n demo captions; a `duplicates` share of them repeats an earlier one (web alt-text repeats)."""
     from rewrite.demo import demo_captions
 
     base = demo_captions().read_text(encoding="utf-8").splitlines()
-    return [base[i % len(base)] for i in range(n)]
+    rng = random.Random(1)
+    out: list[str] = []
+    fresh = 0
+    for _ in range(n):
+        if out and rng.random() < duplicates:
+            out.append(rng.choice(out))
+        else:
+            out.append(base[fresh % len(base)])
+            fresh += 1
+    return out
+
+
+def parse_method(method: str) -> tuple[str, dict, dict, dict]:
+    """`engine:mod,mod` -> (engine, engine options, run config options, schedule options)."""
+    engine, _, mods = method.partition(":")
+    engine_opts: dict = {"gpu_memory_utilization": 0.5} if engine == "vllm" else {}
+    config: dict = {}
+    schedule: dict = {}
+    for mod in filter(None, mods.split(",")):
+        if mod.startswith("sets="):
+            config["example_sets"] = int(mod.split("=", 1)[1])
+        elif mod == "no-stop":
+            engine_opts["stop_at_newline"] = False
+        elif mod == "no-prefix":
+            engine_opts["prefix_reuse"] = False
+        elif mod == "no-dedup":
+            config["dedup"] = False
+        elif mod == "no-group":
+            schedule["group_by_examples"] = False
+        elif mod == "no-sort":
+            schedule["sort_by_length"] = False
+        else:
+            raise SystemExit(f"unknown modifier {mod!r} in {method!r}")
+    return engine, engine_opts, config, schedule
 
 
 def run_reference(caps: list[str], model: str | None, source: str) -> dict:
@@ -70,17 +110,19 @@ def run_reference(caps: list[str], model: str | None, source: str) -> dict:
             "generated_tokens": generated, "params": sum(p.numel() for p in lm.parameters())}
 
 
-def run_pipeline(caps: list[str], model: str | None, source: str, engine_name: str, extra: dict) -> dict:
-    from rewrite import engines, plan, runner
+def run_pipeline(caps: list[str], model: str | None, source: str, method: str) -> dict:
+    from rewrite import engines, plan, runner, settings
 
+    engine_name, engine_opts, config, schedule = parse_method(method)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(caps) + "\n", encoding="utf-8")
         plan.plan([str(src)], Path(tmp) / "work", num_shards=1)
-        eng = engines.load(engine_name, model, **extra)
+        eng = engines.load(engine_name, model, **engine_opts)
         params = _params(eng)
         started = time.perf_counter()
-        stats = runner.run(Path(tmp) / "work", runner.RunConfig(source=source), [0], eng, progress=False)[0]
+        stats = runner.run(Path(tmp) / "work", runner.RunConfig(source=source, **config), [0], eng, progress=False,
+                           schedule=settings.Schedule(**schedule))[0]
         seconds = time.perf_counter() - started
         eng.close()
     return {"rows": stats["rows"], "ok": stats["ok"], "seconds": seconds, "prompt_tokens": stats["prompt_tokens"],
@@ -118,7 +160,7 @@ def measure(method: str, args) -> dict:
 
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     cmd = [sys.executable, __file__, "--one", method, "--captions", str(args.captions), "--source", args.source,
-           "--out", str(out)] + (["--model", args.model] if args.model else [])
+           "--duplicates", str(args.duplicates), "--out", str(out)] + (["--model", args.model] if args.model else [])
     proc = subprocess.Popen(cmd)
     peak = 0
     ps = psutil.Process(proc.pid)
@@ -138,14 +180,15 @@ def measure(method: str, args) -> dict:
 
 
 def report(results: dict, peak_flops: float, how: str, args) -> str:
-    base = results.get("reference")
-    lines = [f"{args.captions} captions, source {args.source}, {platform.processor() or platform.machine()}, "
+    base_name = "reference" if "reference" in results else next(iter(results))
+    base = results[base_name]
+    lines = [f"{args.captions} captions ({args.duplicates:.0%} repeats), source {args.source}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores; compute bound: {how} = {peak_flops / 1e9:.0f} GFLOP/s", "",
-             "| method | captions/s | x reference | prompt tok/s | generated tok/s | valid rewrites | peak RSS MB | share of compute bound |",
+             f"| method | captions/s | x {base_name} | prompt tok/s | generated tok/s | valid rewrites | peak RSS MB | share of compute bound |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         cps = r["rows"] / r["seconds"]
-        ratio = f"{cps / (base['rows'] / base['seconds']):.2f}" if base else "-"
+        ratio = f"{cps / (base['rows'] / base['seconds']):.2f}"
         flops = 2 * r["params"] * (r["prompt_tokens"] + r["generated_tokens"]) / r["seconds"]
         lines.append(f"| {name} | {cps:.2f} | {ratio} | {r['prompt_tokens'] / r['seconds']:.0f} | "
                      f"{r['generated_tokens'] / r['seconds']:.0f} | {r['ok'] / r['rows']:.1%} | {r['peak_rss_mb']} | "
@@ -159,20 +202,29 @@ def main() -> None:
     ap.add_argument("--methods", default="reference,transformers,vllm")
     ap.add_argument("--source", default="chatgpt")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--duplicates", type=float, default=0.0, help="share of captions repeating an earlier one")
+    ap.add_argument("--levers", metavar="METHOD", help="METHOD with all levers on, then each lever off in turn")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        caps = captions(args.captions)
+        caps = captions(args.captions, args.duplicates)
         if args.one == "reference":
             r = run_reference(caps, args.model, args.source)
-        elif args.one == "vllm":
-            r = run_pipeline(caps, args.model, args.source, "vllm", {"gpu_memory_utilization": 0.5})
         else:
-            r = run_pipeline(caps, args.model, args.source, args.one, {})
+            r = run_pipeline(caps, args.model, args.source, args.one)
         Path(args.out).write_text(json.dumps(r))
         return
-    results = {m: measure(m, args) for m in args.methods.split(",")}
+    if args.levers:
+        sep = "," if ":" in args.levers else ":"
+        methods = [args.levers] + [args.levers + sep + lever for lever in LEVERS
+                                   if not (lever == "no-prefix" and args.levers.startswith("vllm"))]
+    else:
+        methods = args.methods.split(",")
+    results = {}
+    for m in methods:
+        results[m] = measure(m, args)
+        print(f"{m}: {results[m]['rows'] / results[m]['seconds']:.2f} captions/s", file=sys.stderr)
     peak, how = cpu_peak_flops()
     table = report(results, peak, how, args)
     print(table)

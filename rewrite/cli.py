@@ -75,6 +75,7 @@ def run(
     max_new_tokens: int = typer.Option(settings.Sampling.max_new_tokens),
     template: str = typer.Option(settings.TEMPLATE, help="Prompt template name or .toml path."),
     dedup: bool = typer.Option(True, help="Rewrite identical captions once."),
+    example_sets: int = typer.Option(settings.EXAMPLE_SETS, help="0: fresh examples per caption (LaCLIP); K: draw from K shared example sets, so prompts share a prefix an engine computes once (faster)."),
     overwrite: bool = typer.Option(False, help="Redo shards that are done."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
@@ -87,6 +88,7 @@ def run(
         config = runner.RunConfig(
             source=source, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
             max_attempts=max_attempts, chunk_rows=chunk_rows, dedup=dedup, template=template,
+            example_sets=example_sets,
             sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
         )
         todo = runner.pending_shards(work, config.source, shard_ids, overwrite)

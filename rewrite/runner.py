@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from . import __version__, atomic, layout, meta, plan, prompt, seeds, settings, validate
 from .engines.base import Engine, Request
-from .settings import Sampling
+from .settings import Sampling, Schedule
 
 STATS_KEY = b"rewrite.stats"
 ROW_GROUP_ROWS = 8192
@@ -43,6 +43,7 @@ class RunConfig:
     max_attempts: int = settings.MAX_ATTEMPTS
     chunk_rows: int = settings.CHUNK_ROWS
     dedup: bool = True
+    example_sets: int = settings.EXAMPLE_SETS
     template: str = settings.TEMPLATE
     sampling: Sampling = field(default_factory=Sampling)
 
@@ -51,6 +52,8 @@ class RunConfig:
         for name in ("num_rewrites", "num_examples", "max_attempts", "chunk_rows"):
             if getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.example_sets < 0:
+            raise RunError(f"--example-sets must be >= 0, got {self.example_sets}")
 
     def fingerprint(self, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> dict:
         """Everything a resumed or appended run must share with the first one."""
@@ -86,6 +89,7 @@ def run(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    schedule: Schedule = Schedule(),
 ) -> list[dict]:
     """Rewrite `shards` of the plan in `work`; returns the stats of the shards it finished."""
     w = layout.Work(work)
@@ -104,7 +108,8 @@ def run(
         elif w.stats_file(config.source, shard).exists():
             print(f"{config.source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
             continue
-        done.append(run_shard(w, manifest, shard, config, meta_set, template, engine, progress=progress))
+        done.append(run_shard(w, manifest, shard, config, meta_set, template, engine, progress=progress,
+                              schedule=schedule))
     return done
 
 
@@ -143,6 +148,7 @@ def run_shard(
     engine: Engine,
     *,
     progress: bool = True,
+    schedule: Schedule = Schedule(),
 ) -> dict:
     from tqdm import tqdm
 
@@ -160,7 +166,7 @@ def run_shard(
             bar.update(table.num_rows)
             continue
         started = time.perf_counter()
-        result, stats = rewrite_chunk(table, config, meta_set, template, engine)
+        result, stats = rewrite_chunk(table, config, meta_set, template, engine, schedule)
         stats["seconds"] = time.perf_counter() - started
         with atomic.atomic_path(part) as tmp:
             pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
@@ -201,8 +207,19 @@ def merge_stats(chunks: Iterable[dict]) -> dict:
     return total
 
 
+def schedule_order(prompts: Sequence[str], examples: Sequence[Sequence[meta.Example]], schedule: Schedule) -> list[int]:
+    """The order to submit requests in: grouped by their examples (a group's prompts share a prefix),
+    then by length (less padding in a batch)."""
+    def key(i: int) -> tuple:
+        return ((tuple(examples[i]) if schedule.group_by_examples else ()),
+                (len(prompts[i]) if schedule.sort_by_length else 0))
+
+    return sorted(range(len(prompts)), key=key)
+
+
 def rewrite_chunk(
-    table: pa.Table, config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine
+    table: pa.Table, config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine,
+    schedule: Schedule = Schedule(),
 ) -> tuple[pa.Table, dict]:
     """Rewrite one chunk of (key, caption) rows; returns the sidecar rows and the chunk's stats."""
     keys = table.column(layout.KEY).to_pylist()
@@ -228,15 +245,20 @@ def rewrite_chunk(
     for attempt in range(config.max_attempts):
         if not pending:
             break
-        requests, targets = [], []
+        requests, drawn = [], []
         for ident, cap, i in pending:
-            examples = meta.sample_examples(
-                meta_set, seeds.example_rng(config.seed, config.source, ident, i, attempt), config.num_examples)
+            rng = seeds.example_rng(config.seed, config.source, ident, i, attempt, config.example_sets)
+            examples = meta.sample_examples(meta_set, rng, config.num_examples)
             text, cut = prompt.fit_prompt(template, examples, cap, engine.encode, engine.decode, budget)
             stats["prompts_cut"] += cut
-            requests.append(Request(text, seeds.generation_seed(config.seed, config.source, ident, i, attempt)))
-            targets.append([t for _, t in examples])
-        completions = engine.generate(requests, config.sampling)
+            requests.append(Request(text, seeds.generation_seed(config.seed, config.source, ident, i, attempt),
+                                    group=template.head(examples)))
+            drawn.append(examples)
+        order = schedule_order([r.prompt for r in requests], drawn, schedule)
+        completions: list = [None] * len(requests)
+        for j, comp in zip(order, engine.generate([requests[j] for j in order], config.sampling)):
+            completions[j] = comp
+        targets = [[t for _, t in examples] for examples in drawn]
         stats["requests"] += len(requests)
         retry = []
         for (ident, cap, i), tgts, comp in zip(pending, targets, completions):

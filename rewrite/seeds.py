@@ -15,7 +15,13 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") >> 1
 
 
-def example_rng(seed: int, source: str, identity: str, index: int, attempt: int) -> random.Random:
+def example_rng(seed: int, source: str, identity: str, index: int, attempt: int, example_sets: int = 0) -> random.Random:
+    """The generator a row's examples are drawn with: fresh for every row (LaCLIP's way), or with
+    `example_sets` K > 0 one of K fixed draws per (seed, source), picked by the row, so that rows
+    drawing the same set share their prompt prefix and an engine computes it once."""
+    if example_sets:
+        which = derive_seed(seed, source, identity, index, attempt, "set") % example_sets
+        return random.Random(derive_seed(seed, source, which, "example set"))
     return random.Random(derive_seed(seed, source, identity, index, attempt, "examples"))
 
 

@@ -33,8 +33,8 @@ def check(rewrite: str, source: str, completion: Completion, example_targets: Se
         return ENGINE_ERROR
     if not rewrite:
         return EMPTY
-    if completion.finish_reason == "length":
-        return CUT_AT_MAX_TOKENS
+    if completion.finish_reason == "length" and "\n" not in completion.text:
+        return CUT_AT_MAX_TOKENS  # (an engine not stopping at the line break may run on past a whole rewrite)
     if ARROW in rewrite:
         return LEAKED_ARROW
     flat = comparable(rewrite)

@@ -78,3 +78,26 @@ def test_meta_cli_show_and_validate(tmp_path):
     bad.write_text('{"source": "a => b", "target": "c"}\n{"source": "x", "target": "x"}\n')
     proc = run_cli("meta", "validate", str(bad), check=False)
     assert proc.returncode == 1 and "INVALID" in proc.stdout and "'=>' inside" in proc.stdout
+
+
+def test_example_sets_share_a_few_fixed_draws():
+    m = meta.load("chatgpt")
+    draw = lambda ident, sets, attempt=0: tuple(
+        meta.sample_examples(m, seeds.example_rng(0, "chatgpt", ident, 0, attempt, sets), 3))
+    shared = {draw(str(i), 4) for i in range(200)}
+    fresh = {draw(str(i), 0) for i in range(200)}
+    assert len(shared) == 4 and len(fresh) > 150
+    assert draw("a", 4) == draw("a", 4)
+    assert len({draw("a", 4, attempt) for attempt in range(8)}) > 1  # a retry may move to another set
+
+
+def test_schedule_groups_by_examples_then_length():
+    from rewrite.runner import schedule_order
+    from rewrite.settings import Schedule
+
+    ex_a, ex_b = [("a", "A")], [("b", "B")]
+    prompts = ["bbbb", "a", "bb", "aaa", "b"]
+    examples = [ex_b, ex_a, ex_b, ex_a, ex_b]
+    assert schedule_order(prompts, examples, Schedule()) == [1, 3, 4, 2, 0]
+    assert schedule_order(prompts, examples, Schedule(group_by_examples=False)) == [1, 4, 2, 3, 0]
+    assert schedule_order(prompts, examples, Schedule(False, False)) == [0, 1, 2, 3, 4]

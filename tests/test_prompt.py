@@ -66,3 +66,13 @@ def test_template_errors(tmp_path):
     bad.write_text('instruction = "x"\nexample = "{source}"\nseparator = "\\n"\nquery = "{caption} =>"\n')
     with pytest.raises(prompt.TemplateError, match="needs"):
         prompt.load_template(str(bad))
+
+
+def test_a_completion_cut_at_max_tokens_after_its_line_break_is_whole():
+    from rewrite import validate
+    from rewrite.engines.base import Completion
+
+    ran_on = Completion(" A dog runs on the sand.\n dog =>", 10, 77, "length")
+    cut = Completion(" A dog runs on the", 10, 77, "length")
+    assert validate.check(prompt.parse_completion(ran_on.text), "dog on beach", ran_on, []) is None
+    assert validate.check(prompt.parse_completion(cut.text), "dog on beach", cut, []) == validate.CUT_AT_MAX_TOKENS

@@ -16,6 +16,9 @@ class EngineError(RuntimeError):
 class Request:
     prompt: str
     seed: int  # each request samples with its own seed: output does not depend on the batch it is in
+    # Requests of one call with the same group start alike (instruction and examples): an engine
+    # may compute that shared start once.
+    group: str = ""
 
 
 @dataclass(frozen=True)

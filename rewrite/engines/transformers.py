@@ -1,7 +1,12 @@
-"""transformers on CPU (or one GPU): batched `generate` with left padding, stopping at a line break.
+"""transformers on CPU (or one GPU), with its own decode loop over a KV cache.
 
-Each row samples with its own seeded generator (see `SeededSampler`), so a row's rewrite does not
-depend on which other rows share its batch.
+Why not `generate`: a static batch there runs until its longest row stops, so one rambling row makes
+every row pay for 77 steps. Here a row leaves the batch (and its cache rows) as soon as it stops, new
+requests join the running batch when it is half empty (continuous batching), and requests of one group
+(same instruction and examples) have their shared prefix computed once and its cache copied to each.
+
+Each row samples with its own seeded generator (`sample_rows`), so a row's rewrite does not depend on
+which other rows share its batch.
 """
 from __future__ import annotations
 
@@ -13,101 +18,213 @@ from .. import model as model_lib
 from ..settings import BATCH_SIZE, Sampling
 from .base import Completion, EngineError, Request, TokenizerEngine
 
+CANDIDATES = (64, 2048)  # widths searched for a row's top-p nucleus before the whole vocabulary
+MIN_SHARED_PREFIX = 8  # tokens; a shorter shared prefix is not worth a separate forward pass
 
-class SeededSampler:
-    """A logits processor that samples each row with its own torch.Generator (temperature, then
-    top-p) and leaves only the chosen token: greedy decoding then picks it. Generation settings stay
-    deterministic per row whatever the batch composition."""
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self.temperature = temperature
-        self.top_p = top_p
+def sample_rows(logits: torch.Tensor, generators: Sequence[torch.Generator], temperature: float,
+                top_p: float) -> torch.Tensor:
+    """One token per row: temperature, then top-p (nucleus), drawn with that row's generator.
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        cumulative = sorted_probs.cumsum(dim=-1)
+    Sorting the whole vocabulary at every step costs more than a small model's step, so each row's
+    nucleus is looked for among its most likely few hundred tokens first, and only a row whose
+    nucleus is wider is searched wider: the result is the same as with a full sort."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    draws = torch.cat([torch.rand(1, generator=g) for g in generators]).to(logits.device)
+    chosen = torch.empty(len(probs), dtype=torch.long, device=logits.device)
+    rows = torch.arange(len(probs), device=logits.device)
+    vocab = probs.shape[-1]
+    for k in (*(c for c in CANDIDATES if c < vocab), vocab):
+        top, order = torch.topk(probs[rows], k, dim=-1)
+        cumulative = top.cumsum(dim=-1)
+        found = (cumulative[:, -1] >= top_p) | (k == vocab)
+        top, order, cumulative, here = top[found], order[found], cumulative[found], rows[found]
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        sorted_probs = sorted_probs.masked_fill(cumulative - sorted_probs >= self.top_p, 0.0)
-        sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
-        draws = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(scores.device)
-        positions = torch.searchsorted(sorted_probs.cumsum(dim=-1), draws.unsqueeze(-1))
-        positions = positions.clamp(max=sorted_probs.shape[-1] - 1)
-        chosen = order.gather(-1, positions)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter(-1, chosen, 0.0)
+        top = top.masked_fill(cumulative - top >= top_p, 0.0)
+        top = top / top.sum(dim=-1, keepdim=True)
+        positions = torch.searchsorted(top.cumsum(dim=-1), draws[here].unsqueeze(-1)).clamp(max=k - 1)
+        chosen[here] = order.gather(-1, positions).squeeze(-1)
+        rows = rows[~found]
+        if not len(rows):
+            break
+    return chosen
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens all rows start with, leaving every row at least one token of its own."""
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def prefix_plan(ids: Sequence[Sequence[int]], groups: Sequence[str], reuse: bool) -> tuple[list[int], list[int]]:
+    """For each row, which prefix it starts from and that prefix's length in tokens. Rows of one
+    group share a prefix (computed once); a row alone, or every row when `reuse` is off, has its own
+    prefix: its prompt but the last token."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g if reuse and g else f"\0{i}", []).append(i)
+    which, lengths = [0] * len(ids), []
+    for rows in members.values():
+        shared = shared_prefix_length([ids[i] for i in rows]) if len(rows) > 1 else len(ids[rows[0]]) - 1
+        if len(rows) > 1 and shared < MIN_SHARED_PREFIX:  # not worth it: each row its own prefix
+            for i in rows:
+                which[i] = len(lengths)
+                lengths.append(len(ids[i]) - 1)
+            continue
+        for i in rows:
+            which[i] = len(lengths)
+        lengths.append(shared)
+    return which, lengths
 
 
 class TransformersEngine(TokenizerEngine):
     name = "transformers"
 
     def __init__(self, model: str | None, batch_size: int = BATCH_SIZE, dtype: str = "float32",
-                 device: str | None = None, max_model_len: int | None = None):
+                 device: str | None = None, max_model_len: int | None = None,
+                 stop_at_newline: bool = True, prefix_reuse: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model_lib.resolve(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
+        self.stop_at_newline = stop_at_newline
+        self.prefix_reuse = prefix_reuse
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model)
             self.lm = AutoModelForCausalLM.from_pretrained(self.model, dtype=getattr(torch, dtype))
         except OSError as e:
             raise EngineError(f"cannot load model {self.model}: {e}") from None
         self.lm.to(self.device).eval()
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        # Tokens whose text holds a line break end a rewrite (stop at the first newline).
+        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        self.newline_ids = {i for i, t in enumerate(texts) if "\n" in t}
+        eos = self.lm.generation_config.eos_token_id
+        self.eos_ids = {self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         context = getattr(self.lm.config, "max_position_embeddings", None) or 2048
         self._context = min(context, max_model_len) if max_model_len else context
 
+    @torch.inference_mode()
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
-        from transformers import GenerationConfig, LogitsProcessorList
-
-        out: list[Completion | None] = [None] * len(requests)
-        # Similar lengths share a batch: less padding to compute.
-        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
-        config = GenerationConfig(
-            do_sample=False,
-            max_new_tokens=sampling.max_new_tokens,
-            stop_strings=["\n"],
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b : b + self.batch_size]
-            batch = [requests[i] for i in idx]
-            enc = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.device)
-            sampler = SeededSampler([r.seed for r in batch], sampling.temperature, sampling.top_p)
-            with torch.inference_mode():
-                ids = self.lm.generate(**enc, generation_config=config, tokenizer=self.tokenizer,
-                                       logits_processor=LogitsProcessorList([sampler]))
-            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-            new = ids[:, enc["input_ids"].shape[1]:].tolist()
-            for i, row, plen in zip(idx, new, prompt_lens):
-                out[i] = self._completion(row, plen, sampling.max_new_tokens)
-        return out  # type: ignore[return-value]
-
-    def _completion(self, row: list[int], prompt_tokens: int, max_new: int) -> Completion:
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        tokens: list[int] = []
-        for t in row:
-            if t == eos:
-                tokens.append(t)
+        """A continuous batch: rows leave it as they stop, and once it is half empty the next requests
+        (in the runner's order) are prefilled and joined to it."""
+        ids = [self.encode(r.prompt) for r in requests]
+        generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+        tokens: list[list[int]] = [[] for _ in requests]
+        reasons: list[str] = ["stop"] * len(requests)
+        waiting = 0  # requests[waiting:] are not started yet
+        running: _Running | None = None
+        while True:
+            if waiting < len(requests) and (running is None or len(running.rows) <= self.batch_size // 2):
+                take = range(waiting, min(len(requests), waiting + self.batch_size - (len(running.rows) if running else 0)))
+                joined = self._prefill([ids[i] for i in take], [requests[i].group for i in take], list(take))
+                running = joined if running is None else running.merge(joined)
+                waiting = take.stop
+            if running is None:
                 break
-            tokens.append(t)
-        # After a row stops, generate pads it with pad_token_id (the eos here): drop that padding.
-        while tokens and tokens[-1] == pad and pad != eos:
-            tokens.pop()
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        stopped = "\n" in text or (tokens and tokens[-1] == eos)
-        return Completion(text=text, prompt_tokens=prompt_tokens, generated_tokens=len(tokens),
-                          finish_reason="stop" if stopped or len(tokens) < max_new else "length")
+            chosen = sample_rows(running.logits, [generators[i] for i in running.rows],
+                                 sampling.temperature, sampling.top_p).tolist()
+            keep = []
+            for j, (i, t) in enumerate(zip(running.rows, chosen)):
+                if t in self.eos_ids:
+                    continue
+                tokens[i].append(t)
+                if self.stop_at_newline and t in self.newline_ids:
+                    continue
+                if len(tokens[i]) >= sampling.max_new_tokens:
+                    reasons[i] = "length"
+                    continue
+                keep.append(j)
+            if not keep:
+                running = None
+                continue
+            running.keep(keep)
+            running.step(self.lm, torch.tensor([chosen[j] for j in keep], device=self.device))
+        return [Completion(text=self.decode(t), prompt_tokens=len(p), generated_tokens=len(t), finish_reason=r)
+                for t, p, r in zip(tokens, ids, reasons)]
+
+    def _prefill(self, ids: list[list[int]], groups: list[str], rows: list[int]) -> _Running:
+        """Prompts into a new running batch: 1. the distinct prefixes in one left-padded forward pass;
+        2. each row's cache gathered from its prefix; 3. the rows' own tails, left-padded after it."""
+        from transformers import DynamicCache
+
+        which, lengths = prefix_plan(ids, groups, self.prefix_reuse)
+        owner = {w: i for i, w in reversed(list(enumerate(which)))}  # a row holding each prefix
+        width = max(lengths)
+        prefix_ids = [[self.pad_id] * (width - n) + ids[owner[p]][:n] for p, n in enumerate(lengths)]
+        prefix_mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=self.device)
+        cache = DynamicCache(config=self.lm.config)
+        if width:
+            self.lm(input_ids=torch.tensor(prefix_ids, device=self.device), attention_mask=prefix_mask,
+                    position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True)
+            cache.batch_select_indices(torch.tensor(which, device=self.device))
+        tails = [r[lengths[w]:] for r, w in zip(ids, which)]
+        tail_width = max(len(t) for t in tails)
+        mask = torch.cat([prefix_mask[which], torch.tensor(
+            [[0] * (tail_width - len(t)) + [1] * len(t) for t in tails], device=self.device)], dim=-1)
+        input_ids = torch.tensor([[self.pad_id] * (tail_width - len(t)) + t for t in tails], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, width:],
+                         past_key_values=cache, use_cache=True).logits[:, -1, :]
+        return _Running(rows, cache, mask, positions[:, -1] + 1, logits)
 
     def describe(self) -> dict:
         return {"engine": self.name, "model": self.model, "device": self.device,
-                "dtype": str(self.lm.dtype).replace("torch.", ""), "batch_size": self.batch_size}
+                "dtype": str(self.lm.dtype).replace("torch.", ""), "batch_size": self.batch_size,
+                "stop_at_newline": self.stop_at_newline, "prefix_reuse": self.prefix_reuse}
+
+
+class _Running:
+    """The rows being decoded: their KV cache, attention mask (left padding is 0), next positions and
+    last logits, all in the same row order as `rows` (indices into the request list)."""
+
+    def __init__(self, rows: list[int], cache, mask: torch.Tensor, next_pos: torch.Tensor, logits: torch.Tensor):
+        self.rows, self.cache, self.mask, self.next_pos, self.logits = rows, cache, mask, next_pos, logits
+
+    def keep(self, keep: list[int]) -> None:
+        """Drop the other rows, and the cache columns no remaining row attends to."""
+        if len(keep) < len(self.rows):
+            index = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.rows = [self.rows[j] for j in keep]
+            self.mask, self.next_pos = self.mask[index], self.next_pos[index]
+        unused = int(self.mask.any(dim=0).int().argmax())  # leading columns that are padding for every row
+        if unused:
+            self.mask = self.mask[:, unused:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+
+    def step(self, lm, chosen: torch.Tensor) -> None:
+        """Feed each row's chosen token; keep the logits for the next choice."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=-1)
+        self.logits = lm(input_ids=chosen.unsqueeze(-1), attention_mask=self.mask, position_ids=self.next_pos.unsqueeze(-1),
+                         past_key_values=self.cache, use_cache=True).logits[:, -1, :]
+        self.next_pos = self.next_pos + 1
+
+    def merge(self, other: "_Running") -> "_Running":
+        """One batch of both: the shorter cache is left-padded (masked) to the longer one's length."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+            missing = width - t.shape[dim]
+            if not missing:
+                return t
+            shape = list(t.shape)
+            shape[dim] = missing
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
+            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
+        self.mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
+        self.rows = self.rows + other.rows
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.logits = torch.cat([self.logits, other.logits])
+        return self
 
 
 def create(model: str | None, **options) -> TransformersEngine:

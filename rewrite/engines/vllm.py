@@ -7,11 +7,15 @@ the examples when they are shared) only once.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from .. import model as model_lib
 from ..settings import Sampling
 from .base import Completion, EngineError, Request, TokenizerEngine
+
+
+SMALL_CPU = 4  # cores; at most this many, vLLM's CPU build reserves none for its scheduler
 
 
 def parse_engine_args(pairs: Sequence[str]) -> dict:
@@ -35,7 +39,7 @@ class VLLMEngine(TokenizerEngine):
 
     def __init__(self, model: str | None, *, dtype: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
-                 enforce_eager: bool | None = None, engine_args: Sequence[str] = ()):
+                 enforce_eager: bool | None = None, engine_args: Sequence[str] = (), stop_at_newline: bool = True):
         try:
             from vllm import LLM
         except ImportError as e:
@@ -44,6 +48,7 @@ class VLLMEngine(TokenizerEngine):
         import torch
 
         self.model = model_lib.resolve(model)
+        self.stop_at_newline = stop_at_newline
         on_cpu = not torch.cuda.is_available()
         kwargs: dict = {
             "model": self.model,
@@ -54,6 +59,10 @@ class VLLMEngine(TokenizerEngine):
             "dtype": dtype or ("float32" if on_cpu else "auto"),
             "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
         }
+        if on_cpu and (os.cpu_count() or 1) <= SMALL_CPU and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ:
+            # vLLM's CPU build keeps one core for its scheduler; on a small machine that halves the
+            # compute (2 cores: 3.1 -> 5.0 captions/s measured when both cores compute).
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         if on_cpu:
             # vLLM's CPU worker crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split across steps, which happens once a batch's prompts outgrow one step.
@@ -75,7 +84,8 @@ class VLLMEngine(TokenizerEngine):
             return []
         params = [
             SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_new_tokens, stop=["\n"], seed=r.seed)
+                           max_tokens=sampling.max_new_tokens,
+                           stop=["\n"] if self.stop_at_newline else None, seed=r.seed)
             for r in requests
         ]
         prompts = [{"prompt_token_ids": self.encode(r.prompt)} for r in requests]
