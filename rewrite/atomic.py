@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from . import faults
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -17,11 +19,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    point = f"{path.parent.name}/{path.name}"  # fault-injection names, e.g. "commit:00003.parts/00001.parquet"
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        faults.point(f"commit:{point}")
         os.replace(tmp_path, path)
+        faults.point(f"committed:{point}")
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

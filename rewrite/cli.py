@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -11,17 +12,22 @@ import typer
 from . import export as export_lib
 from . import meta as meta_lib
 from . import plan, runner, settings, status as status_lib
+from . import slurm as slurm_lib
+from .clip_tokens import ClipTokenizerError
 from .engines import EngineError
 from .model import ModelError
 from .prompt import TemplateError
+from .stop import STOP_WITHIN, StopRequested, EXIT_CODE as STOPPED
 
 app = typer.Typer(help="Rewrite image captions with an LLM, LaCLIP-style, for CLIP training.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 meta_app = typer.Typer(help="Inspect and check meta sets of in-context examples.", no_args_is_help=True)
 app.add_typer(meta_app, name="meta")
+slurm_app = typer.Typer(help="Run shards as Slurm array jobs.", no_args_is_help=True)
+app.add_typer(slurm_app, name="slurm")
 
 USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, runner.RunError, export_lib.ExportError,
-               EngineError, ModelError, TemplateError, ValueError)
+               EngineError, ModelError, TemplateError, ClipTokenizerError, slurm_lib.SlurmError, ValueError)
 
 
 def fail(message: str) -> None:
@@ -58,7 +64,7 @@ def run(
     num_rewrites: int = typer.Option(settings.NUM_REWRITES, help="Rewrites per caption."),
     num_examples: int = typer.Option(settings.NUM_EXAMPLES, help="In-context examples per prompt (k)."),
     batch_size: Optional[int] = typer.Option(None, help=f"transformers: prompts per forward batch (default {settings.BATCH_SIZE})."),
-    dtype: Optional[str] = typer.Option(None, help="transformers/vllm: float32, bfloat16, float16 (vllm: auto on GPU, float32 on CPU)."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: float32 on a CPU; on a GPU bfloat16 with transformers, the model's own with vllm)."),
     max_model_len: Optional[int] = typer.Option(None, help="Cap on prompt + completion tokens."),
     tensor_parallel_size: Optional[int] = typer.Option(None, help="vllm: GPUs per model."),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vllm: share of GPU memory to use."),
@@ -78,13 +84,22 @@ def run(
     example_sets: int = typer.Option(settings.EXAMPLE_SETS, help="0: fresh examples per caption (LaCLIP); K: draw from K shared example sets, so prompts share a prefix an engine computes once (faster)."),
     overwrite: bool = typer.Option(False, help="Redo shards that are done."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    stop_within: float = typer.Option(STOP_WITHIN, help="After SIGTERM/SIGUSR1: seconds the chunk in flight gets to finish and commit before the run stops without it."),
 ):
-    """Rewrite the captions of some shards with one meta set."""
+    """Rewrite the captions of some shards with one meta set.
+
+    Exit codes: 0 done (shards held by another live worker are skipped), 2 bad input or options,
+    75 stopped by SIGTERM/SIGUSR1 with every committed chunk kept (run again to resume)."""
     from . import engines
 
     try:
         manifest = plan.load_manifest(work)
         shard_ids = plan.parse_shard_spec(shards, manifest.num_shards)
+        task = slurm_lib.array_task(os.environ)
+        if task is not None and len(shard_ids) > 1:  # an array task: its share of the spec
+            shard_ids = slurm_lib.task_share(shard_ids, *task)
+            typer.echo(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shard_ids) or 'none'}",
+                       err=True)
         config = runner.RunConfig(
             source=source, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
             max_attempts=max_attempts, chunk_rows=chunk_rows, dedup=dedup, template=template,
@@ -102,11 +117,14 @@ def run(
         ).items() if v is not None}
         eng = engines.load(engine, model, **options)
         try:
-            done = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress)
+            done = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress, stop_within=stop_within)
         finally:
             eng.close()
     except USER_ERRORS as e:
         fail(str(e))
+    except StopRequested as e:
+        typer.echo(f"{e}: committed chunks are kept; run the same command again to resume", err=True)
+        raise typer.Exit(STOPPED)
     for s in done:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
                    f"skipped {s['skipped']}, {s['captions_per_s']} captions/s")
@@ -124,9 +142,13 @@ def status(
     except USER_ERRORS as e:
         fail(str(e))
     if as_json:
-        typer.echo(json.dumps([vars(s) for s in statuses], indent=2, default=str))
+        typer.echo(json.dumps([{**vars(s), "slurm": slurm_lib.jobs(work, s.source)} for s in statuses], indent=2, default=str))
     else:
-        typer.echo(status_lib.render(manifest, statuses))
+        lines = status_lib.render(manifest, statuses).splitlines()
+        for st in statuses:  # Slurm's view beside each source's shard states
+            at = next(i for i, line in enumerate(lines) if line.startswith(f"{st.source:8s} done"))
+            lines[at + 1:at + 1] = slurm_lib.describe(work, st.source)
+        typer.echo("\n".join(lines))
 
 
 @app.command()
@@ -206,6 +228,67 @@ def meta_validate(files: Optional[List[str]] = typer.Argument(None, help="Meta s
         bad |= bool(problems)
     if bad:
         raise typer.Exit(1)
+
+
+@slurm_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def slurm_submit(
+    ctx: typer.Context,
+    work: Path = typer.Option(..., "--work"),
+    source: str = typer.Option(..., help="Meta set: chatgpt, bard, coco (mscoco), human or a .jsonl file."),
+    shards: str = typer.Option("all", help="Shards to run (only the unfinished ones are sent)."),
+    parallel: int = typer.Option(16, help="Array tasks running at once (the %N throttle)."),
+    tasks: Optional[int] = typer.Option(None, help="Array tasks (default: one per shard, at most the cluster's MaxArraySize); each takes its share of the shards."),
+    partition: Optional[str] = typer.Option(None),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="Time limit per task, e.g. 4:00:00."),
+    gpus: Optional[int] = typer.Option(None, help="GPUs per task."),
+    cpus: Optional[int] = typer.Option(None, help="CPUs per task."),
+    mem: Optional[str] = typer.Option(None, help="Memory per task, e.g. 64G."),
+    account: Optional[str] = typer.Option(None),
+    sbatch: Optional[List[str]] = typer.Option(None, help="Extra #SBATCH line, e.g. --sbatch=--qos=high (repeatable)."),
+    export_to: Optional[str] = typer.Option(None, "--then-export", help="Also submit an export to this folder, run once every task succeeded."),
+    dry_run: bool = typer.Option(False, help="Print the script; submit nothing."),
+):
+    """Submit `rewrite run` over SHARDS as a Slurm array. Options after `--` go to `rewrite run`
+    (e.g. -- --engine vllm --model /models/llama-7b). Run it again to resubmit only unfinished shards."""
+    try:
+        manifest = plan.load_manifest(work)
+        source = meta_lib.canonical_source(source)
+        shard_ids = plan.parse_shard_spec(shards, manifest.num_shards)
+        record = slurm_lib.submit(work, source, shard_ids, parallel=parallel, tasks=tasks, run_args=ctx.args,
+                                  resources=slurm_lib.Resources(partition, time_limit, gpus, cpus, mem, account, sbatch or []),
+                                  export_to=export_to, dry_run=dry_run)
+    except USER_ERRORS as e:
+        fail(str(e))
+    if not record["shards"]:
+        typer.echo(f"{source}: shards {shards} are done already: nothing to submit")
+    elif dry_run:
+        typer.echo(record["script_text"])
+    else:
+        typer.echo(f"submitted array job {record['job_id']}: {record['tasks']} tasks over shards {record['shards']} "
+                   f"(script {record['script']}, logs in {Path(work) / 'slurm' / 'logs'})")
+        if record.get("export_job"):
+            typer.echo(f"submitted export job {record['export_job']} (runs after the array succeeds)")
+
+
+@slurm_app.command("failed")
+def slurm_failed(
+    work: Path = typer.Option(..., "--work"),
+    source: str = typer.Option(...),
+    lines: int = typer.Option(20, help="Log lines to show per shard."),
+):
+    """Shards whose array task ended without finishing them, with the tail of the task's log."""
+    try:
+        found = slurm_lib.failed_shards(work, meta_lib.canonical_source(source), lines)
+    except USER_ERRORS as e:
+        fail(str(e))
+    if not found:
+        typer.echo("no failed shards")
+        return
+    for f in found:
+        typer.echo(f"shard {f['shard']:05d} (task {f['job']}, {f['log']}):")
+        typer.echo("\n".join(f"    {line}" for line in f["tail"]) or "    (no log)")
+    typer.echo(f"\n{len(found)} failed shards; resubmit them with the same `rewrite slurm submit` command")
+    raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

@@ -47,7 +47,7 @@ def export(
         if not overwrite:
             raise ExportError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
         shutil.rmtree(out / "data", ignore_errors=True)
-    settings = {st.source: json.loads((w.rewrites(st.source) / "settings.json").read_text(encoding="utf-8"))
+    settings = {st.source: json.loads(w.settings_file(st.source).read_text(encoding="utf-8"))
                 for st in statuses}
     files, columns = [], None
     for shard in range(manifest.num_shards):

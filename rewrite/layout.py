@@ -7,6 +7,8 @@ A work dir holds the plan and everything the runs write:
     WORK/rewrites/<source>/<shard>.parquet      key, rewrite column(s), status, reason (same row order)
     WORK/rewrites/<source>/<shard>.parts/       committed chunks of a shard still being written
     WORK/rewrites/<source>/<shard>.stats.json   written last: marks the shard done
+    WORK/rewrites/<source>/<shard>.lock         held (flock) by the one process writing the shard
+    WORK/rewrites/<source>/settings.json        the fingerprint every run of the source must match
 """
 from __future__ import annotations
 
@@ -71,6 +73,12 @@ class Work:
 
     def stats_file(self, source: str, shard: int) -> Path:
         return self.rewrites(source) / f"{shard_id(shard)}.stats.json"
+
+    def lock_file(self, source: str, shard: int) -> Path:
+        return self.rewrites(source) / f"{shard_id(shard)}.lock"
+
+    def settings_file(self, source: str) -> Path:
+        return self.rewrites(source) / "settings.json"
 
     def sources_present(self) -> list[str]:
         base = self.root / "rewrites"

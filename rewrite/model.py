@@ -81,3 +81,26 @@ def embedded_model_dir() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+DIGEST_SPAN = 1 << 20  # bytes read from each end of a file
+
+
+def digest(model: str) -> str | None:
+    """A digest of a model directory: each file's name and size and its first and last MiB (reading
+    every byte of a 7B model would cost each array task minutes). None for a hub id or served name."""
+    import hashlib
+
+    root = Path(model)
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(root)}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(DIGEST_SPAN))
+            if size > 2 * DIGEST_SPAN:
+                f.seek(size - DIGEST_SPAN)
+                h.update(f.read(DIGEST_SPAN))
+    return h.hexdigest()

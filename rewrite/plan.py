@@ -181,6 +181,10 @@ def plan(
     if rows_per_shard is not None and rows_per_shard < 1:
         raise PlanError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
     work_dir = layout.Work(work)
+    if work_dir.manifest.is_file():  # checked before anything is converted into it
+        old = load_manifest(work_dir)
+        raise PlanError(f"{work_dir.root} already holds a plan ({old.num_shards} shards over {old.total_rows} rows) "
+                        "and the rewrites made from it: choose another --out, or delete that work dir to start over")
     paths = discover(inputs)
     schemas = {p: _parquet_file(p).schema_arrow for p in paths if _format(p) == "parquet"}
     key_column = _choose_key_column(paths, schemas, key_column)
@@ -386,6 +390,9 @@ def rechunk(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
 def _iter_piece(manifest: Manifest, piece: Piece, batch_rows: int, columns: Sequence[str] | None) -> Iterator[pa.Table]:
     f = manifest.files[piece.file]
     pf = _parquet_file(f.data)
+    if pf.metadata.num_rows != f.rows:
+        raise PlanError(f"input file {f.data} changed since it was planned ({f.rows} rows then, "
+                        f"{pf.metadata.num_rows} now): plan again into a new work dir")
     cap, key = manifest.caption_column, manifest.key_column
     if columns is None:
         read_cols = None

@@ -20,12 +20,15 @@ from typing import Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, atomic, layout, meta, plan, prompt, seeds, settings, validate
+from . import __version__, atomic, clip_tokens, faults, layout, meta, plan, prompt, seeds, settings, stop, validate
+from . import model as model_lib
+from .lock import ShardLock
 from .engines.base import Engine, Request
 from .settings import Sampling, Schedule
 
 STATS_KEY = b"rewrite.stats"
 ROW_GROUP_ROWS = 8192
+LEFTOVER_AGE = 600  # seconds after which a temporary settings file is taken for a killed writer's
 
 
 class RunError(RuntimeError):
@@ -60,7 +63,8 @@ class RunConfig:
         d = asdict(self)
         d.pop("chunk_rows")  # chunk size changes commits, not rewrites
         return {**d, "meta_digest": meta_set.digest(), "template_digest": template.digest,
-                "engine": engine.describe()["engine"], "model": engine.model}
+                "engine": engine.describe()["engine"], "model": engine.model,
+                "model_digest": model_lib.digest(engine.model)}
 
 
 def schema(num_rewrites: int) -> pa.Schema:
@@ -78,7 +82,15 @@ def pending_shards(work: str | Path, source: str, shards: Sequence[int], overwri
     """The shards of `shards` that a run still has to do (all of them with overwrite)."""
     w = layout.Work(work)
     source = meta.canonical_source(source)
-    return list(shards) if overwrite else [s for s in shards if not w.stats_file(source, s).exists()]
+    if overwrite:
+        return list(shards)
+    todo = []
+    for s in shards:
+        if w.stats_file(source, s).exists():
+            shutil.rmtree(w.parts(source, s), ignore_errors=True)  # left by a writer killed right after its stats
+        else:
+            todo.append(s)
+    return todo
 
 
 def run(
@@ -90,43 +102,60 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     schedule: Schedule = Schedule(),
+    stop_within: float = stop.STOP_WITHIN,
 ) -> list[dict]:
-    """Rewrite `shards` of the plan in `work`; returns the stats of the shards it finished."""
+    """Rewrite `shards` of the plan in `work`; returns the stats of the shards it finished.
+
+    A shard another live process is writing is skipped (see lock.py). On SIGTERM/SIGUSR1 the chunk in
+    flight is committed and StopRequested is raised (see stop.py)."""
     w = layout.Work(work)
     manifest = plan.load_manifest(w)
     meta_set = meta.load(config.source)
     template = prompt.load_template(config.template)
     if config.num_examples > len(meta_set):
         raise RunError(f"--num-examples {config.num_examples} is more than the {len(meta_set)} entries of {meta_set.name}")
-    _check_fingerprint(w, config, config.fingerprint(meta_set, template, engine), manifest, overwrite)
-    done = []
     for shard in shards:
         if not 0 <= shard < manifest.num_shards:
             raise RunError(f"shard {shard} is not in the plan (shards 0-{manifest.num_shards - 1})")
-        if overwrite:
-            _clear(w, config.source, shard)
-        elif w.stats_file(config.source, shard).exists():
-            print(f"{config.source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
-            continue
-        done.append(run_shard(w, manifest, shard, config, meta_set, template, engine, progress=progress,
-                              schedule=schedule))
+    clip_tokens.check_available()
+    _check_fingerprint(w, config, config.fingerprint(meta_set, template, engine), manifest, overwrite)
+    done = []
+    with stop.handling(stop_within):
+        for shard in shards:
+            stop.check()
+            lock = ShardLock(w.lock_file(config.source, shard))
+            if not lock.acquire():
+                print(f"{config.source} shard {layout.shard_id(shard)}: being rewritten by {lock.holder()}, skipped",
+                      file=sys.stderr)
+                continue
+            with lock:
+                if overwrite:
+                    _clear(w, config.source, shard)
+                elif not pending_shards(w, config.source, [shard]):
+                    print(f"{config.source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
+                    continue
+                done.append(run_shard(w, manifest, shard, config, meta_set, template, engine, progress=progress,
+                                      schedule=schedule))
     return done
 
 
 def _check_fingerprint(w: layout.Work, config: RunConfig, fingerprint: dict, manifest: plan.Manifest, overwrite: bool) -> None:
-    path = w.rewrites(config.source) / "settings.json"
+    path = w.settings_file(config.source)
     fingerprint = {**fingerprint, "plan_id": manifest.plan_id(), "version": __version__}
     if path.exists() and not overwrite:
         recorded = json.loads(path.read_text(encoding="utf-8"))
-        differ = sorted(k for k in set(recorded) | set(fingerprint)
-                        if k != "version" and recorded.get(k) != fingerprint.get(k))
+        differ = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
         if differ:
             detail = "; ".join(f"{k}: {recorded.get(k)!r} then, {fingerprint.get(k)!r} now" for k in differ)
             raise RunError(
                 f"{w.rewrites(config.source)} was written with other settings ({detail}). "
                 "Use the same settings, another --work, or --overwrite to start this source over"
             )
-    elif overwrite and path.exists():
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        # A commit cut short by a kill; a young one may be another task's commit in progress.
+        if time.time() - leftover.stat().st_mtime > LEFTOVER_AGE:
+            leftover.unlink(missing_ok=True)
+    if overwrite and path.exists():
         if json.loads(path.read_text(encoding="utf-8")) != fingerprint:
             shutil.rmtree(w.rewrites(config.source))
     atomic.write_json(path, fingerprint)
@@ -154,20 +183,34 @@ def run_shard(
 
     parts = w.parts(config.source, shard)
     parts.mkdir(parents=True, exist_ok=True)
+    # Temporary files of a writer killed half-way through a commit (never read: commits are renames).
+    for leftover in [*parts.glob(".*.tmp"), *w.rewrites(config.source).glob(f".{layout.shard_id(shard)}.*.tmp")]:
+        leftover.unlink(missing_ok=True)
     rows = manifest.shard_rows(shard)
+    keys_seen: set[int] = set()
+    duplicate_keys = 0
     bar = tqdm(total=rows, unit="caption", desc=f"{config.source} {layout.shard_id(shard)}",
                disable=not progress, dynamic_ncols=True, file=sys.stderr)
     chunk_stats: list[dict] = []
     out_schema = schema(config.num_rewrites)
     for index, table in enumerate(plan.iter_shard(manifest, shard, config.chunk_rows)):
+        for key in table.column(layout.KEY).to_pylist():
+            if hash(key) in keys_seen:
+                if not duplicate_keys:
+                    print(f"{config.source} shard {layout.shard_id(shard)}: key {key!r} appears more than once; rows "
+                          "are matched by position, so each keeps its own rewrite", file=sys.stderr)
+                duplicate_keys += 1
+            keys_seen.add(hash(key))
         part = parts / f"{index:05d}.parquet"
         if part.exists():  # committed by an earlier run
             chunk_stats.append(json.loads(pq.read_schema(part).metadata[STATS_KEY]))
             bar.update(table.num_rows)
             continue
+        stop.check()  # asked to stop: take no new chunk
         started = time.perf_counter()
         result, stats = rewrite_chunk(table, config, meta_set, template, engine, schedule)
         stats["seconds"] = time.perf_counter() - started
+        faults.point("generated")
         with atomic.atomic_path(part) as tmp:
             pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
         chunk_stats.append(stats)
@@ -184,7 +227,7 @@ def run_shard(
         for table in plan.rechunk(tables, ROW_GROUP_ROWS):
             writer.write_table(table)
     stats = merge_stats(chunk_stats)
-    stats.update(shard=shard, source=config.source, engine=engine.describe(),
+    stats.update(shard=shard, source=config.source, engine=engine.describe(), duplicate_keys=duplicate_keys,
                  settings={**asdict(config), "sampling": config.sampling.to_dict()})
     atomic.write_json(w.stats_file(config.source, shard), stats)  # written last: the shard is done
     shutil.rmtree(parts, ignore_errors=True)
@@ -265,7 +308,7 @@ def rewrite_chunk(
             stats["prompt_tokens"] += comp.prompt_tokens
             stats["generated_tokens"] += comp.generated_tokens
             text = prompt.parse_completion(comp.text)
-            reason = validate.check(text, cap, comp, tgts)
+            reason = validate.check(text, cap, comp, tgts, clip_tokens.count)
             if reason is None:
                 results[ident, i] = (text, layout.STATUS_OK, None)
                 continue

@@ -6,10 +6,13 @@ as null with its reason, never silently replaced by the original.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+import unicodedata
+from typing import Callable, Sequence
 
 from .engines.base import Completion
 from .prompt import ARROW
+
+CLIP_CONTEXT = 77  # CLIP's text context in tokens, start and end tokens included
 
 EMPTY = "empty"
 ECHO = "echo"
@@ -17,9 +20,15 @@ COPIED_EXAMPLE = "copied_example"
 LEAKED_ARROW = "leaked_arrow"
 CUT_AT_MAX_TOKENS = "cut_at_max_tokens"
 ENGINE_ERROR = "engine_error"
+TOO_LONG_FOR_CLIP = "over_77_clip_tokens"
+CONTROL_CHARACTERS = "control_characters"
+MOJIBAKE = "mojibake"
 EMPTY_CAPTION = "empty_caption"  # the input caption itself is null or blank (row skipped)
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+# UTF-8 read as Latin-1/cp1252: "Ã©" for "é", "â€™" for "’", "Â " for a no-break space, and U+FFFD.
+_MOJIBAKE = re.compile("[ÃÂ][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc"
+                       "\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]|â€|\ufffd")
 
 
 def comparable(text: str) -> str:
@@ -27,8 +36,19 @@ def comparable(text: str) -> str:
     return _NOT_WORD.sub(" ", text.casefold()).strip()
 
 
-def check(rewrite: str, source: str, completion: Completion, example_targets: Sequence[str]) -> str | None:
-    """The reason to reject `rewrite`, or None when it is usable."""
+def has_control_characters(text: str) -> bool:
+    """Control or format characters (C0/C1 controls, zero-width and direction marks), tabs included."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def looks_like_mojibake(text: str) -> bool:
+    return bool(_MOJIBAKE.search(text))
+
+
+def check(rewrite: str, source: str, completion: Completion, example_targets: Sequence[str],
+          clip_tokens: Callable[[str], int] | None = None) -> str | None:
+    """The reason to reject `rewrite`, or None when it is usable. `clip_tokens` counts CLIP tokens
+    (start and end included); a rewrite CLIP would truncate is rejected."""
     if completion.finish_reason == "error":
         return ENGINE_ERROR
     if not rewrite:
@@ -44,4 +64,10 @@ def check(rewrite: str, source: str, completion: Completion, example_targets: Se
         return ECHO
     if any(flat == comparable(t) for t in example_targets):
         return COPIED_EXAMPLE
+    if has_control_characters(rewrite):
+        return CONTROL_CHARACTERS
+    if looks_like_mojibake(rewrite) and not looks_like_mojibake(source):
+        return MOJIBAKE
+    if clip_tokens is not None and clip_tokens(rewrite) > CLIP_CONTEXT:
+        return TOO_LONG_FOR_CLIP
     return None

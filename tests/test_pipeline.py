@@ -115,3 +115,18 @@ def test_changed_settings_are_refused(text_file, tmp_path):
     run_cli("run", "--work", work, "--source", "bard", "--shards", "0", "--no-progress")
     proc = run_cli("run", "--work", work, "--source", "bard", "--shards", "1", "--seed", "3", "--no-progress", check=False)
     assert proc.returncode == 2 and "seed: 0 then, 3 now" in proc.stderr
+
+
+def test_fingerprint_covers_code_version_and_model_files(text_file, tmp_path):
+    work = tmp_path / "w"
+    run_cli("shard", text_file, "--out", work, "--num-shards", "2")
+    run_cli("run", "--work", work, "--source", "bard", "--shards", "0", "--no-progress")
+    path = work / "rewrites" / "bard" / "settings.json"
+    recorded = json.loads(path.read_text())
+    assert len(recorded["model_digest"]) == 64 and recorded["version"]
+    for field, value in (("version", "0.0.1"), ("model_digest", "0" * 64), ("example_sets", 16)):
+        path.write_text(json.dumps({**recorded, field: value}))
+        proc = run_cli("run", "--work", work, "--source", "bard", "--shards", "1", "--no-progress", check=False)
+        assert proc.returncode == 2 and f"{field}: {value!r} then" in proc.stderr, proc.stderr
+    proc = run_cli("run", "--work", work, "--source", "bard", "--shards", "1", "--no-progress", "--overwrite")
+    assert json.loads(path.read_text())["model_digest"] == recorded["model_digest"]

@@ -151,3 +151,13 @@ def test_openai_failures_mark_rows_failed_and_the_shard_goes_on(tmp_path, text_f
     assert len(rows) == len(CAPTIONS)
     assert {r["reason"] for r in rows if r["status"] == "failed"} == {"engine_error"}
     assert stats["failed"] == len(CAPTIONS) - 1 and stats["skipped"] == 1
+
+
+def test_vllm_layouts_agree(vllm_engine, tmp_path):
+    from test_determinism import assert_layouts_agree, rewrites_by_key
+    from rewrite.settings import Schedule
+
+    one = rewrites_by_key(tmp_path, "one", vllm_engine, shards=1, chunk_rows=24)
+    many = rewrites_by_key(tmp_path, "many", vllm_engine, shards=3, chunk_rows=5,
+                           schedule=Schedule(group_by_examples=False, sort_by_length=False))
+    assert_layouts_agree(one, many)

@@ -83,7 +83,7 @@ def prefix_plan(ids: Sequence[Sequence[int]], groups: Sequence[str], reuse: bool
 class TransformersEngine(TokenizerEngine):
     name = "transformers"
 
-    def __init__(self, model: str | None, batch_size: int = BATCH_SIZE, dtype: str = "float32",
+    def __init__(self, model: str | None, batch_size: int = BATCH_SIZE, dtype: str | None = None,
                  device: str | None = None, max_model_len: int | None = None,
                  stop_at_newline: bool = True, prefix_reuse: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -95,6 +95,7 @@ class TransformersEngine(TokenizerEngine):
         self.prefix_reuse = prefix_reuse
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model)
+            dtype = dtype or ("bfloat16" if self.device == "cuda" else "float32")
             self.lm = AutoModelForCausalLM.from_pretrained(self.model, dtype=getattr(torch, dtype))
         except OSError as e:
             raise EngineError(f"cannot load model {self.model}: {e}") from None

@@ -1,0 +1,57 @@
+"""One writer per shard: an exclusive flock on WORK/rewrites/<source>/<shard>.lock.
+
+The kernel drops a flock when its holder dies (SIGKILL, OOM, a node reboot for a lock on a local
+disk), so a lock left by a dead process is simply taken by the next worker; there is no stale state to
+clean up. The holder writes who it is into the file so the one turned away can say who has the shard.
+The lock file stays after release: removing it would let a waiter lock a file no longer in the folder.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+
+class ShardLock:
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if no live process holds it; False when another one does."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "slurm_job": os.environ.get("SLURM_JOB_ID")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """Who holds the lock, as written by the holder."""
+        try:
+            h = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, json.JSONDecodeError):
+            return "another process"
+        return f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')}" if h else "another process"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "ShardLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

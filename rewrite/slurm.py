@@ -1,0 +1,259 @@
+"""Slurm array jobs: the batch script, which shards an array task takes, submission and job states.
+
+`rewrite slurm submit` writes WORK/slurm/<source>-<time>.sbatch and submits it as an array of tasks,
+each running `rewrite run` on its share of the unfinished shards. A task's share is computed inside
+the task from SLURM_ARRAY_TASK_ID / _MIN / _COUNT (`task_share`), so 16 tasks can cover 128 shards and
+an array never needs more tasks than the cluster's MaxArraySize allows. The script forwards the
+warning signal (`--signal=B:USR1@...`) to `rewrite run`, which commits its chunk and exits 75; the
+script then requeues its own task, and the requeued task resumes from the committed chunks. Job ids
+go to WORK/slurm/jobs.jsonl, logs to WORK/slurm/logs/<array job>_<task>.log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from . import atomic, layout, plan, stop
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: task indices 0-1000
+WARN_SECONDS = 300  # the warning signal comes this long before the time limit
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+def task_share(shards: Sequence[int], index: int, count: int) -> list[int]:
+    """The contiguous slice of `shards` that array task `index` of `count` takes (balanced: sizes
+    differ by at most one; tasks beyond the number of shards get none)."""
+    if not 0 <= index < count:
+        raise SlurmError(f"array task {index} is outside 0-{count - 1}")
+    n = len(shards)
+    return list(shards[index * n // count : (index + 1) * n // count])
+
+
+def array_task(environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """(index from 0, task count) of the array task this process runs in, or None outside one."""
+    if "SLURM_ARRAY_TASK_ID" not in environ or "SLURM_ARRAY_TASK_COUNT" not in environ:
+        return None
+    task = int(environ["SLURM_ARRAY_TASK_ID"])
+    first = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+    return task - first, int(environ["SLURM_ARRAY_TASK_COUNT"])
+
+
+@dataclass
+class Resources:
+    """What each array task asks Slurm for (None: the cluster's default)."""
+
+    partition: str | None = None
+    time: str | None = None  # e.g. 4:00:00
+    gpus: int | None = None  # per task
+    cpus: int | None = None  # per task
+    mem: str | None = None  # per task, e.g. 64G
+    account: str | None = None
+    extra: list[str] = field(default_factory=list)  # more #SBATCH lines, e.g. "--qos=high"
+
+
+def render_script(work: Path, source: str, shards: Sequence[int], tasks: int, parallel: int,
+                  resources: Resources, run_args: Sequence[str], warn_seconds: int = WARN_SECONDS,
+                  python: str = sys.executable) -> str:
+    """The sbatch script: an array of `tasks` tasks, at most `parallel` at a time, each running
+    `rewrite run` on its share of `shards`."""
+    work = Path(work).resolve()
+    logs = work / "slurm" / "logs"
+    lines = ["#!/bin/bash", f"#SBATCH --job-name=rewrite-{source}", f"#SBATCH --array=0-{tasks - 1}%{parallel}",
+             "#SBATCH --requeue", f"#SBATCH --signal=B:USR1@{warn_seconds}", "#SBATCH --open-mode=append",
+             f"#SBATCH --output={logs}/%A_%a.log"]
+    for flag, value in (("partition", resources.partition), ("time", resources.time),
+                        ("gpus-per-task", resources.gpus), ("cpus-per-task", resources.cpus),
+                        ("mem", resources.mem), ("account", resources.account)):
+        if value is not None:
+            lines.append(f"#SBATCH --{flag}={value}")
+    lines += [f"#SBATCH {x if x.startswith('-') else '--' + x}" for x in resources.extra]
+    command = [python, "-m", "rewrite.cli", "run", "--work", str(work), "--source", source,
+               "--shards", plan.format_shard_spec(shards), "--no-progress", *run_args]
+    lines += [
+        "",
+        "# Written by `rewrite slurm submit`. Each task takes its share of --shards (from SLURM_ARRAY_TASK_ID).",
+        'echo "rewrite: task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} (restart ${SLURM_RESTART_COUNT:-0}) '
+        'on $(hostname) at $(date -Is)"',
+        " ".join(shlex.quote(c) for c in command) + " &",
+        "child=$!",
+        "requeue=0",
+        "# The time-limit warning: rewrite commits its chunk and exits 75, then this task requeues itself.",
+        "trap 'requeue=1; kill -USR1 $child' USR1",
+        "# A requeue or cancel: rewrite commits its chunk and exits 75; Slurm does the rest.",
+        "trap 'kill -TERM $child' TERM",
+        'while kill -0 "$child" 2>/dev/null; do wait "$child"; done',
+        'wait "$child"; rc=$?',
+        f'if [ "$rc" -eq {stop.EXIT_CODE} ] && [ "$requeue" -eq 1 ]; then',
+        '  echo "rewrite: requeueing ${SLURM_JOB_ID} to resume"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "fi",
+        'exit "$rc"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (Slurm's default when scontrol cannot tell)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    for line in out.splitlines():
+        if line.split("=")[0].strip() == "MaxArraySize":
+            return int(line.split("=")[1])
+    return DEFAULT_MAX_ARRAY_SIZE
+
+
+def _sbatch(args: Sequence[str]) -> str:
+    if shutil.which("sbatch") is None:
+        raise SlurmError("sbatch is not on PATH: submit from a Slurm login node (or use --dry-run)")
+    proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise SlurmError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: int, resources: Resources,
+           run_args: Sequence[str] = (), tasks: int | None = None, export_to: str | None = None,
+           dry_run: bool = False, max_array: int | None = None) -> dict:
+    """Write the script for the unfinished ones among `shards` and submit it (unless dry_run)."""
+    from .runner import pending_shards
+
+    w = layout.Work(work)
+    plan.load_manifest(w)  # a work dir with a plan
+    if parallel < 1:
+        raise SlurmError(f"--parallel must be >= 1, got {parallel}")
+    todo = pending_shards(w, source, shards)
+    if not todo:
+        return {"job_id": None, "shards": [], "tasks": 0, "script": None}
+    limit = max_array or (max_array_size() if not dry_run else DEFAULT_MAX_ARRAY_SIZE)
+    tasks = min(tasks or len(todo), len(todo), limit)
+    script = render_script(w.root, source, todo, tasks, min(parallel, tasks), resources, run_args)
+    folder = w.root / "slurm"
+    path = folder / f"{source}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+    record = {"source": source, "shards": plan.format_shard_spec(todo), "tasks": tasks, "script": str(path),
+              "resources": asdict(resources), "run_args": list(run_args)}
+    if dry_run:
+        return {**record, "job_id": None, "script_text": script}
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, script)
+    job_id = _sbatch([str(path)])
+    record.update(job_id=job_id, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if export_to:
+        command = [sys.executable, "-m", "rewrite.cli", "export", "--work", str(w.root.resolve()), "--out", export_to,
+                   "--overwrite"]
+        record["export_job"] = _sbatch([f"--dependency=afterok:{job_id}", f"--job-name=rewrite-export",
+                                        "--kill-on-invalid-dep=yes", f"--output={folder.resolve() / 'logs'}/export-%j.log",
+                                        *(["--partition", resources.partition] if resources.partition else []),
+                                        *(["--account", resources.account] if resources.account else []),
+                                        "--wrap", " ".join(shlex.quote(c) for c in command)])
+    with open(folder / "jobs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+def jobs(work: str | Path, source: str | None = None) -> list[dict]:
+    """The submissions recorded in WORK/slurm/jobs.jsonl, oldest first."""
+    path = layout.Work(work).root / "slurm" / "jobs.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if source is None or r["source"] == source]
+
+
+def task_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """'<array job>_<task>' -> state for the tasks Slurm still knows (pending, running, ...); a task
+    that ended and left the queue is absent. Empty when squeue is unavailable."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T"],
+                          capture_output=True, text=True, timeout=60)
+    states = {}
+    for line in proc.stdout.splitlines():
+        if " " in line:
+            task, state = line.split(None, 1)
+            states[task] = state.strip()
+    return states
+
+
+def recorded_shards(record: dict) -> list[int]:
+    """The shards a recorded submission sent (an explicit spec, as written by `submit`)."""
+    return plan.parse_shard_spec(record["shards"], 10**9)
+
+
+def task_of_shard(record: dict, shard: int) -> int | None:
+    """Which task of a recorded submission had `shard`."""
+    shards = recorded_shards(record)
+    for index in range(record["tasks"]):
+        if shard in task_share(shards, index, record["tasks"]):
+            return index
+    return None
+
+
+def log_file(work: str | Path, record: dict, task: int) -> Path:
+    return layout.Work(work).root.resolve() / "slurm" / "logs" / f"{record['job_id']}_{task}.log"
+
+
+def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
+    """Shards of the latest submission whose task has left the queue while the shard is not done,
+    each with the tail of its task's log."""
+    from .status import DONE, shard_state
+
+    w = layout.Work(work)
+    records = [r for r in jobs(w, source) if r.get("job_id")]
+    if not records:
+        return []
+    record = records[-1]
+    states = task_states([record["job_id"]])
+    out = []
+    for shard in recorded_shards(record):
+        if shard_state(w, source, shard) == DONE:
+            continue
+        task = task_of_shard(record, shard)
+        if f"{record['job_id']}_{task}" in states:
+            continue  # still pending or running
+        log = log_file(w, record, task)
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:] if log.exists() else []
+        out.append({"shard": shard, "job": f"{record['job_id']}_{task}", "log": str(log), "tail": tail})
+    return out
+
+
+def describe(work: str | Path, source: str) -> list[str]:
+    """Lines for `rewrite status`: the latest submission's tasks by state, and its unfinished shards
+    by what their task is doing."""
+    from .status import DONE, shard_state
+
+    records = [r for r in jobs(work, source) if r.get("job_id")]
+    if not records:
+        return []
+    w, record = layout.Work(work), records[-1]
+    states = task_states([record["job_id"]])
+    by_state: dict[str, list[int]] = {}
+    for shard in recorded_shards(record):
+        if shard_state(w, source, shard) == DONE:
+            continue
+        state = states.get(f"{record['job_id']}_{task_of_shard(record, shard)}", "ENDED")
+        by_state.setdefault(state, []).append(shard)
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    ended = record["tasks"] - sum(counts.values())
+    summary = ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "none in the queue"
+    lines = [f"         slurm job {record['job_id']}: {record['tasks']} tasks over shards {record['shards']}: "
+             f"{summary}; ended {ended}"]
+    for state, shards in sorted(by_state.items()):
+        label = "ended unfinished (rewrite slurm failed)" if state == "ENDED" else state.lower()
+        lines.append(f"         shards {label}: {plan.format_shard_spec(shards)}")
+    return lines

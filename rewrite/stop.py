@@ -1,0 +1,63 @@
+"""Graceful stop: SIGTERM or SIGUSR1 (a scheduler's warning before it kills or requeues a job).
+
+On the first signal the run takes no new chunk: the chunk in flight is finished and committed, and the
+run ends with StopRequested (the CLI exits with EXIT_CODE). If that chunk is not committed within
+`within` seconds, or a second signal comes, the run stops at once: that chunk's work is dropped, and
+everything committed before it stays. Either way a rerun resumes from the committed chunks.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request, nothing lost, run again to resume
+STOP_WITHIN = 60  # seconds the chunk in flight gets to finish after the signal
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+_requested: int | None = None
+_within = STOP_WITHIN
+
+
+class StopRequested(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def _on_signal(signum: int, frame) -> None:
+    global _requested
+    if _requested is not None:  # asked twice: stop now
+        raise StopRequested(signum)
+    _requested = signum
+    signal.alarm(max(1, int(_within)))
+
+
+def _on_alarm(signum: int, frame) -> None:
+    raise StopRequested(_requested or signum)
+
+
+@contextmanager
+def handling(within: float = STOP_WITHIN) -> Iterator[None]:
+    """Install the handlers for the duration of a run (main thread only; elsewhere a no-op)."""
+    global _requested, _within
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _requested, _within = None, within
+    previous = {s: signal.signal(s, _on_signal) for s in SIGNALS}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _requested = None
+
+
+def check() -> None:
+    """Raise StopRequested if a stop was asked for (called between chunks)."""
+    if _requested is not None:
+        raise StopRequested(_requested)

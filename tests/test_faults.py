@@ -1,0 +1,145 @@
+"""Fault injection on real runs: SIGKILL at many moments, SIGTERM, two workers on one shard."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+SOURCE = "bard"
+RUN = ("--source", SOURCE, "--chunk-rows", "5", "--no-progress", "--seed", "11")
+
+
+def captions_file(tmp_path: Path, n: int = 36) -> Path:
+    from rewrite.demo import demo_captions
+
+    lines = demo_captions().read_text(encoding="utf-8").splitlines()[:n]
+    path = tmp_path / "captions.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def planned(tmp_path: Path, name: str, shards: int = 3) -> Path:
+    work = tmp_path / name
+    run_cli("shard", captions_file(tmp_path), "--out", work, "--num-shards", str(shards))
+    return work
+
+
+def start(work: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rewrite.cli", "run", "--work", str(work), *RUN, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def outputs(work: Path, shards: int = 3) -> list[bytes]:
+    return [(work / "rewrites" / SOURCE / f"{s:05d}.parquet").read_bytes() for s in range(shards)]
+
+
+def wait_for(predicate, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+# Moments at which a run kills itself (REWRITE_KILL_AT), in the order a run meets them, each resumed
+# by the next: a shard of 12 rows is 3 chunks of 5, 5 and 2 rows.
+KILL_AT = [
+    "commit:bard/settings.json",  # while the fingerprint is being committed
+    "generated@2",  # a chunk generated, not yet committed
+    "commit:00000.parts/00001.parquet",  # during a chunk commit: written and synced, not renamed
+    "committed:00000.parts/00002.parquet",  # the last chunk committed, the shard not yet assembled
+    "commit:bard/00000.parquet",  # during the final file's commit
+    "committed:bard/00000.parquet",  # the final file committed, its stats (the done marker) not yet
+    "committed:bard/00000.stats.json",  # done marker written, the chunk parts not yet cleaned up
+]
+
+
+def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path):
+    clean = planned(tmp_path, "clean")
+    run_cli("run", "--work", clean, *RUN)
+    expected = outputs(clean)
+
+    work = planned(tmp_path, "killed")
+    for moment in KILL_AT:
+        proc = start(work, env={"REWRITE_KILL_AT": moment})
+        proc.communicate(timeout=600)
+        assert proc.returncode == -signal.SIGKILL, f"{moment}: the run was not killed ({proc.returncode})"
+    # And once from outside, at a random time while shard 1 is being written.
+    proc = start(work)
+    wait_for(lambda: any((work / "rewrites" / SOURCE / "00001.parts").glob("*.parquet")))
+    time.sleep(random.Random(5).uniform(0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    run_cli("run", "--work", work, *RUN)
+    assert outputs(work) == expected  # byte for byte
+    keys = [k for s in range(3) for k in pq.read_table(work / "rewrites" / SOURCE / f"{s:05d}.parquet")
+            .column("key").to_pylist()]
+    assert len(keys) == len(set(keys)) == 36
+    leftovers = [p.name for p in (work / "rewrites" / SOURCE).iterdir() if p.name.endswith(".parts") or (
+        p.name.endswith(".tmp") and not p.name.startswith(".settings.json."))]  # (that one goes after 10 min)
+    assert leftovers == []
+    for s in range(3):
+        a = json.loads((work / "rewrites" / SOURCE / f"{s:05d}.stats.json").read_text())
+        b = json.loads((clean / "rewrites" / SOURCE / f"{s:05d}.stats.json").read_text())
+        assert (a["rows"], a["ok"], a["failed"], a["rejected"]) == (b["rows"], b["ok"], b["failed"], b["rejected"])
+
+
+def test_sigterm_commits_the_chunk_in_flight_and_exits_75(tmp_path):
+    work = planned(tmp_path, "w", shards=1)
+    parts = work / "rewrites" / SOURCE / "00000.parts"
+    proc = start(work, "--stop-within", "120")
+    wait_for(lambda: any(parts.glob("*.parquet")))  # chunk 0 committed, chunk 1 in flight
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 75, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    committed = sorted(p.name for p in parts.glob("*.parquet"))
+    assert committed == ["00000.parquet", "00001.parquet"]  # the chunk in flight was finished, no new one
+    assert not (work / "rewrites" / SOURCE / "00000.stats.json").exists()
+    run_cli("run", "--work", work, *RUN)  # resumes
+    assert pq.read_table(work / "rewrites" / SOURCE / "00000.parquet").num_rows == 36
+
+
+def test_past_the_deadline_the_chunk_in_flight_is_dropped(tmp_path):
+    work = planned(tmp_path, "w", shards=1)
+    folder = work / "rewrites" / SOURCE
+    proc = start(work, "--chunk-rows", "30", "--stop-within", "1")  # a first chunk of 30 rows takes a while
+    wait_for(lambda: (folder / "settings.json").exists())
+    time.sleep(2)
+    proc.send_signal(signal.SIGUSR1)
+    started = time.time()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and "stopped by SIGUSR1" in err, err
+    assert time.time() - started < 8
+    assert not list((folder / "00000.parts").glob("*.parquet"))  # the unfinished chunk left nothing behind
+    assert not list(folder.glob(".*.tmp")) and not list((folder / "00000.parts").glob(".*.tmp"))
+
+
+def test_two_workers_on_one_shard_one_writes_and_a_dead_holder_is_replaced(tmp_path):
+    work = planned(tmp_path, "w", shards=1)
+    first = start(work)
+    lock = work / "rewrites" / SOURCE / "00000.lock"
+    wait_for(lambda: lock.exists() and lock.read_text().strip())
+    second = start(work)
+    out2, err2 = second.communicate(timeout=300)
+    assert second.returncode == 0 and f"pid {first.pid}" in err2 and "skipped" in err2, err2
+    # The holder dies; the next worker takes the shard over and finishes it.
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    run_cli("run", "--work", work, *RUN)
+    assert pq.read_table(work / "rewrites" / SOURCE / "00000.parquet").num_rows == 36
