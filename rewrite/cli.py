@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -84,6 +85,7 @@ def run(
     example_sets: int = typer.Option(settings.EXAMPLE_SETS, help="0: fresh examples per caption (LaCLIP); K: draw from K shared example sets, so prompts share a prefix an engine computes once (faster)."),
     overwrite: bool = typer.Option(False, help="Redo shards that are done."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    requeue_on_warning: bool = typer.Option(False, help="In a Slurm job: after stopping on SIGUSR1 (the time-limit warning), requeue the job so it resumes (set by `rewrite slurm submit`)."),
     stop_within: float = typer.Option(STOP_WITHIN, help="After SIGTERM/SIGUSR1: seconds the chunk in flight gets to finish and commit before the run stops without it."),
 ):
     """Rewrite the captions of some shards with one meta set.
@@ -124,6 +126,12 @@ def run(
         fail(str(e))
     except StopRequested as e:
         typer.echo(f"{e}: committed chunks are kept; run the same command again to resume", err=True)
+        if requeue_on_warning and e.signum == signal.SIGUSR1:
+            try:
+                job = slurm_lib.requeue_self(os.environ)
+                typer.echo(f"requeued Slurm job {job}: it resumes from the committed chunks", err=True)
+            except slurm_lib.SlurmError as err:
+                typer.echo(f"error: {err}", err=True)
         raise typer.Exit(STOPPED)
     for s in done:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "

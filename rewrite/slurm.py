@@ -4,8 +4,8 @@
 each running `rewrite run` on its share of the unfinished shards. A task's share is computed inside
 the task from SLURM_ARRAY_TASK_ID / _MIN / _COUNT (`task_share`), so 16 tasks can cover 128 shards and
 an array never needs more tasks than the cluster's MaxArraySize allows. The script forwards the
-warning signal (`--signal=B:USR1@...`) to `rewrite run`, which commits its chunk and exits 75; the
-script then requeues its own task, and the requeued task resumes from the committed chunks. Job ids
+warning signal (`--signal=B:USR1@...`) to `rewrite run`, which commits its chunk, requeues its own task and exits
+75; the requeued task resumes from the committed chunks. Job ids
 go to WORK/slurm/jobs.jsonl, logs to WORK/slurm/logs/<array job>_<task>.log.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def render_script(work: Path, source: str, shards: Sequence[int], tasks: int, pa
             lines.append(f"#SBATCH --{flag}={value}")
     lines += [f"#SBATCH {x if x.startswith('-') else '--' + x}" for x in resources.extra]
     command = [python, "-m", "rewrite.cli", "run", "--work", str(work), "--source", source,
-               "--shards", plan.format_shard_spec(shards), "--no-progress", *run_args]
+               "--shards", plan.format_shard_spec(shards), "--no-progress", "--requeue-on-warning", *run_args]
     lines += [
         "",
         "# Written by `rewrite slurm submit`. Each task takes its share of --shards (from SLURM_ARRAY_TASK_ID).",
@@ -87,21 +87,27 @@ def render_script(work: Path, source: str, shards: Sequence[int], tasks: int, pa
         'on $(hostname) at $(date -Is)"',
         " ".join(shlex.quote(c) for c in command) + " &",
         "child=$!",
-        "requeue=0",
-        "# The time-limit warning: rewrite commits its chunk and exits 75, then this task requeues itself.",
-        "trap 'requeue=1; kill -USR1 $child' USR1",
-        "# A requeue or cancel: rewrite commits its chunk and exits 75; Slurm does the rest.",
+        "# The time-limit warning (to this shell) or a requeue/cancel (SIGTERM): rewrite commits its chunk and",
+        f"# exits {stop.EXIT_CODE}; after the warning it requeues this task itself (--requeue-on-warning).",
+        "trap 'kill -USR1 $child' USR1",
         "trap 'kill -TERM $child' TERM",
         'while kill -0 "$child" 2>/dev/null; do wait "$child"; done',
         'wait "$child"; rc=$?',
-        f'if [ "$rc" -eq {stop.EXIT_CODE} ] && [ "$requeue" -eq 1 ]; then',
-        '  echo "rewrite: requeueing ${SLURM_JOB_ID} to resume"',
-        '  scontrol requeue "$SLURM_JOB_ID"',
-        "fi",
         'exit "$rc"',
         "",
     ]
     return "\n".join(lines)
+
+
+def requeue_self(environ: Mapping[str, str]) -> str:
+    """Ask Slurm to requeue the job this process runs in; returns its id."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        raise SlurmError("--requeue-on-warning: not inside a Slurm job (no SLURM_JOB_ID)")
+    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise SlurmError(f"scontrol requeue {job} failed: {proc.stderr.strip()}")
+    return job
 
 
 def max_array_size() -> int:

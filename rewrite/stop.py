@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -16,7 +17,11 @@ EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request, nothing lost, run again to re
 STOP_WITHIN = 60  # seconds the chunk in flight gets to finish after the signal
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+REPEAT_AFTER = 2.0  # seconds: a signal again sooner is the same one delivered twice (Slurm signals the
+# whole job, and the batch script forwards it too), not a second request
+
 _requested: int | None = None
+_requested_at = 0.0
 _within = STOP_WITHIN
 
 
@@ -27,10 +32,12 @@ class StopRequested(Exception):
 
 
 def _on_signal(signum: int, frame) -> None:
-    global _requested
-    if _requested is not None:  # asked twice: stop now
-        raise StopRequested(signum)
-    _requested = signum
+    global _requested, _requested_at
+    if _requested is not None:
+        if time.monotonic() - _requested_at > REPEAT_AFTER:  # asked twice: stop now
+            raise StopRequested(signum)
+        return
+    _requested, _requested_at = signum, time.monotonic()
     signal.alarm(max(1, int(_within)))
 
 

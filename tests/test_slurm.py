@@ -50,8 +50,8 @@ def test_script(tmp_path):
         assert expected in lines
     run = next(line for line in lines if " -m rewrite.cli run " in line)
     assert run.startswith("/usr/bin/python3 -m rewrite.cli run --work ") and "--source coco --shards 0-127" in run
-    assert run.endswith("--engine vllm --model '/models/llama 7b' &")
-    assert "trap 'requeue=1; kill -USR1 $child' USR1" in lines and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    assert run.endswith("--no-progress --requeue-on-warning --engine vllm --model '/models/llama 7b' &")
+    assert "trap 'kill -USR1 $child' USR1" in lines and "trap 'kill -TERM $child' TERM" in lines
     assert lines[0] == "#!/bin/bash" and text.count("#SBATCH --array") == 1
 
 
@@ -62,7 +62,7 @@ def test_dry_run_sends_only_unfinished_shards(tmp_path, text_file):
     proc = run_cli("slurm", "submit", "--work", work, "--source", "bard", "--parallel", "2", "--dry-run",
                    "--", "--seed", "3")
     assert "#SBATCH --array=0-2%2" in proc.stdout and "--shards 0,2-3" in proc.stdout
-    assert "--no-progress --seed 3 &" in proc.stdout
+    assert "--no-progress --requeue-on-warning --seed 3 &" in proc.stdout
     assert not (work / "slurm" / "jobs.jsonl").exists()  # nothing submitted
 
 

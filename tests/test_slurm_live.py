@@ -43,12 +43,18 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def captions(tmp_path: Path) -> Path:
+def captions(tmp_path: Path, n: int = 48) -> Path:
     from rewrite.demo import demo_captions
 
     path = tmp_path / "captions.txt"
-    path.write_text("\n".join(demo_captions().read_text(encoding="utf-8").splitlines()[:32]) + "\n", encoding="utf-8")
+    path.write_text("\n".join(demo_captions().read_text(encoding="utf-8").splitlines()[:n]) + "\n", encoding="utf-8")
     return path
+
+
+def start_soon(task: str) -> None:
+    """Slurm holds a requeued job back for about two minutes (its BeginTime); let it start now."""
+    wait_until(lambda: squeue(task).get(task) == "PENDING", 120, f"{task} to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={task}", "BeginTime=now"], capture_output=True)
 
 
 def test_array_with_requeues_equals_a_local_run(slurm_cluster, tmp_path):
@@ -63,16 +69,19 @@ def test_array_with_requeues_equals_a_local_run(slurm_cluster, tmp_path):
     parts = lambda s: list((work / "rewrites" / "human" / f"{s:05d}.parts").glob("*.parquet"))
     # Task 0 gets the time-limit warning (USR1 to its batch shell) once it has committed a chunk: it
     # commits, exits 75 and requeues itself. Task 1 is requeued by Slurm (SIGTERM) the same way.
-    wait_until(lambda: parts(0), 600, "task 0 to commit a chunk")
-    subprocess.run(["scancel", "--batch", "--signal=USR1", f"{job}_0"], check=True)
-    wait_until(lambda: parts(1), 600, "task 1 to commit a chunk")
+    # Tasks 0 and 1 start together (--parallel 2); once each has committed a chunk, both are hit.
+    wait_until(lambda: parts(0) and parts(1), 600, "tasks 0 and 1 to commit a chunk")
+    # (scancel may report "can not be altered now" for an array task while still delivering the signal.)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", f"{job}_0"], capture_output=True)
     subprocess.run(["scontrol", "requeue", f"{job}_1"], check=True)
     status = run_cli("status", "--work", work).stdout
     assert f"slurm job {job}: 4 tasks over shards 0-3" in status
+    start_soon(f"{job}_0")
+    start_soon(f"{job}_1")
     wait_until(lambda: not squeue(job), 1200, "the array to finish")
 
     logs = {t: (work / "slurm" / "logs" / f"{job}_{t}.log").read_text() for t in range(4)}
-    assert "stopped by SIGUSR1" in logs[0] and "rewrite: requeueing" in logs[0], logs[0]
+    assert "stopped by SIGUSR1" in logs[0] and "requeued Slurm job" in logs[0], logs[0]
     assert "stopped by SIGTERM" in logs[1], logs[1]
     assert "(restart 1)" in logs[0] and "(restart 1)" in logs[1]  # both ran again, resuming
     for s in range(4):
