@@ -110,7 +110,8 @@ def run(
         )
         todo = runner.pending_shards(work, config.source, shard_ids, overwrite)
         if not todo:
-            typer.echo(f"{config.source}: shards {shards} are done already (--overwrite to redo them)")
+            typer.echo(f"{config.source}: shards {plan.format_shard_spec(shard_ids) or 'none'} are done already "
+                       "(--overwrite to redo them)")
             return
         options = {k: v for k, v in dict(
             batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,

@@ -40,7 +40,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
     while not predicate():
         if time.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def captions(tmp_path: Path, n: int = 48) -> Path:
@@ -69,11 +69,21 @@ def test_array_with_requeues_equals_a_local_run(slurm_cluster, tmp_path):
     parts = lambda s: list((work / "rewrites" / "human" / f"{s:05d}.parts").glob("*.parquet"))
     # Task 0 gets the time-limit warning (USR1 to its batch shell) once it has committed a chunk: it
     # commits, exits 75 and requeues itself. Task 1 is requeued by Slurm (SIGTERM) the same way.
-    # Tasks 0 and 1 start together (--parallel 2); once each has committed a chunk, both are hit.
-    wait_until(lambda: parts(0) and parts(1), 600, "tasks 0 and 1 to commit a chunk")
-    # (scancel may report "can not be altered now" for an array task while still delivering the signal.)
-    subprocess.run(["scancel", "--batch", "--signal=USR1", f"{job}_0"], capture_output=True)
-    subprocess.run(["scontrol", "requeue", f"{job}_1"], check=True)
+    # Tasks 0 and 1 start together (--parallel 2); each is hit right after its first chunk commit
+    # (a shard is 6 chunks).
+    hit: set[int] = set()
+
+    def hit_when_ready() -> bool:
+        if 0 not in hit and parts(0):
+            # (scancel may report "can not be altered now" for an array task while delivering the signal.)
+            subprocess.run(["scancel", "--batch", "--signal=USR1", f"{job}_0"], capture_output=True)
+            hit.add(0)
+        if 1 not in hit and parts(1):
+            subprocess.run(["scontrol", "requeue", f"{job}_1"], check=True)
+            hit.add(1)
+        return hit == {0, 1}
+
+    wait_until(hit_when_ready, 600, "tasks 0 and 1 to commit a chunk")
     status = run_cli("status", "--work", work).stdout
     assert f"slurm job {job}: 4 tasks over shards 0-3" in status
     start_soon(f"{job}_0")
