@@ -32,7 +32,8 @@ LEVERS = ("no-stop", "no-dedup", "no-group", "no-sort", "no-prefix")
 
 
 def captions(n: int, duplicates: float = 0.0) -> list[str]:
-    """n demo captions; a `duplicates` share of them repeats an earlier one (web alt-text repeats)."""
+    """n distinct demo captions, except that a `duplicates` share of them repeats an earlier one (web
+    alt-text repeats)."""
     from rewrite.demo import demo_captions
 
     base = demo_captions().read_text(encoding="utf-8").splitlines()
@@ -42,8 +43,9 @@ def captions(n: int, duplicates: float = 0.0) -> list[str]:
     for _ in range(n):
         if out and rng.random() < duplicates:
             out.append(rng.choice(out))
-        else:
-            out.append(base[fresh % len(base)])
+        else:  # past the demo file's end, marked so they stay distinct
+            cycle, line = divmod(fresh, len(base))
+            out.append(base[line] if not cycle else f"{base[line]}, take {cycle + 1}")
             fresh += 1
     return out
 
