@@ -128,6 +128,8 @@ def run(
     except StopRequested as e:
         typer.echo(f"{e}: committed chunks are kept; run the same command again to resume", err=True)
         if requeue_on_warning and e.signum == signal.SIGUSR1:
+            # Slurm answers the requeue with SIGTERM to this job: ignore it, report and exit 75.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
                 job = slurm_lib.requeue_self(os.environ)
                 typer.echo(f"requeued Slurm job {job}: it resumes from the committed chunks", err=True)

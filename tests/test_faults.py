@@ -103,7 +103,8 @@ def test_sigterm_commits_the_chunk_in_flight_and_exits_75(tmp_path):
     work = planned(tmp_path, "w", shards=1)
     parts = work / "rewrites" / SOURCE / "00000.parts"
     proc = start(work, "--stop-within", "120")
-    wait_for(lambda: any(parts.glob("*.parquet")))  # chunk 0 committed, chunk 1 in flight
+    wait_for(lambda: any(parts.glob("*.parquet")))  # chunk 0 committed
+    time.sleep(0.5)  # chunk 1 in flight (a chunk takes seconds; a signal before it starts takes no chunk)
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)  # delivered twice at once (Slurm signals the job, the script forwards): one request
     _, err = proc.communicate(timeout=180)
