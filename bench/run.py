@@ -7,7 +7,8 @@
     every batch decodes all 77 new tokens, no dedup, the rewrite cut at the first line break after);
 (b) transformers: `rewrite run` with the transformers engine; (c) vllm: `rewrite run` with vLLM.
 A pipeline method may carry modifiers after a colon: `vllm:sets=16,no-stop` (sets=K: K shared example
-sets; no-stop, no-dedup, no-group, no-sort, no-prefix: that lever off).
+sets; no-stop, no-dedup, no-group, no-sort: that lever off; no-prefix: no shared-prefix reuse (vLLM: no
+prefix caching); block=N: vLLM's KV cache block length in tokens).
 Each method runs in its own subprocess; its peak memory is the largest summed RSS of that process
 tree, sampled every 0.2 s. Results go to bench/results/<time>.json and .md.
 """
@@ -53,7 +54,7 @@ def captions(n: int, duplicates: float = 0.0) -> list[str]:
 def parse_method(method: str) -> tuple[str, dict, dict, dict]:
     """`engine:mod,mod` -> (engine, engine options, run config options, schedule options)."""
     engine, _, mods = method.partition(":")
-    engine_opts: dict = {"gpu_memory_utilization": 0.5} if engine == "vllm" else {}
+    engine_opts: dict = {}
     config: dict = {}
     schedule: dict = {}
     for mod in filter(None, mods.split(",")):
@@ -61,8 +62,12 @@ def parse_method(method: str) -> tuple[str, dict, dict, dict]:
             config["example_sets"] = int(mod.split("=", 1)[1])
         elif mod == "no-stop":
             engine_opts["stop_at_newline"] = False
+        elif mod == "no-prefix" and engine == "vllm":
+            engine_opts.setdefault("engine_args", []).append("enable_prefix_caching=false")
         elif mod == "no-prefix":
             engine_opts["prefix_reuse"] = False
+        elif mod.startswith("block=") and engine == "vllm":
+            engine_opts.setdefault("engine_args", []).append(f"block_size={mod.split('=', 1)[1]}")
         elif mod == "no-dedup":
             config["dedup"] = False
         elif mod == "no-group":
@@ -130,7 +135,8 @@ def run_pipeline(caps: list[str], model: str | None, source: str, method: str) -
         seconds = time.perf_counter() - started
         eng.close()
     return {"rows": stats["rows"], "ok": stats["ok"], "seconds": seconds, "prompt_tokens": stats["prompt_tokens"],
-            "generated_tokens": stats["generated_tokens"], "params": params,
+            "cached_prompt_tokens": stats["cached_prompt_tokens"], "generated_tokens": stats["generated_tokens"],
+            "params": params,
             "unique_captions": stats["unique_captions"], "requests": stats["requests"]}
 
 
@@ -188,13 +194,17 @@ def report(results: dict, peak_flops: float, how: str, args) -> str:
     base = results[base_name]
     lines = [f"{args.captions} captions ({args.duplicates:.0%} repeats), source {args.source}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores; compute bound: {how} = {peak_flops / 1e9:.0f} GFLOP/s", "",
-             f"| method | captions/s | x {base_name} | prompt tok/s | generated tok/s | valid rewrites | peak RSS MB | share of compute bound |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| method | captions/s | x {base_name} | prompt tok/s | prompt cached | generated tok/s | valid rewrites "
+             "| peak RSS MB | share of compute bound |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         cps = r["rows"] / r["seconds"]
         ratio = f"{cps / (base['rows'] / base['seconds']):.2f}"
-        flops = 2 * r["params"] * (r["prompt_tokens"] + r["generated_tokens"]) / r["seconds"]
+        # Tokens computed: a prompt token taken from a shared prefix's cache costs no forward pass.
+        computed = r["prompt_tokens"] - r.get("cached_prompt_tokens", 0) + r["generated_tokens"]
+        flops = 2 * r["params"] * computed / r["seconds"]
         lines.append(f"| {name} | {cps:.2f} | {ratio} | {r['prompt_tokens'] / r['seconds']:.0f} | "
+                     f"{r.get('cached_prompt_tokens', 0) / r['prompt_tokens']:.0%} | "
                      f"{r['generated_tokens'] / r['seconds']:.0f} | {r['ok'] / r['rows']:.1%} | {r['peak_rss_mb']} | "
                      f"{flops / peak_flops:.1%} |")
     return "\n".join(lines)
@@ -223,8 +233,7 @@ def main() -> None:
         return
     if args.levers:
         sep = "," if ":" in args.levers else ":"
-        methods = [args.levers] + [args.levers + sep + lever for lever in LEVERS
-                                   if not (lever == "no-prefix" and args.levers.startswith("vllm"))]
+        methods = [args.levers] + [args.levers + sep + lever for lever in LEVERS]
     else:
         methods = args.methods.split(",")
     results = {}

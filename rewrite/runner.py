@@ -237,7 +237,8 @@ def run_shard(
 def merge_stats(chunks: Iterable[dict]) -> dict:
     """Sum per-chunk stats (counts add up; captions/s is recomputed)."""
     total: dict = {"rows": 0, "unique_captions": 0, "requests": 0, "ok": 0, "failed": 0, "skipped": 0,
-                   "prompt_tokens": 0, "generated_tokens": 0, "prompts_cut": 0, "seconds": 0.0,
+                   "prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0, "prompts_cut": 0,
+                   "seconds": 0.0,
                    "rejected": {}, "failed_reasons": {}}
     for c in chunks:
         for k, v in c.items():
@@ -280,7 +281,7 @@ def rewrite_chunk(
             unique[ident] = cap
     results: dict[tuple[str, int], tuple[str | None, str, str | None]] = {}
     stats = {"rows": len(keys), "unique_captions": len(unique), "requests": 0, "prompt_tokens": 0,
-             "generated_tokens": 0, "prompts_cut": 0}
+             "cached_prompt_tokens": 0, "generated_tokens": 0, "prompts_cut": 0}
     rejected: Counter = Counter()
     failed_reasons: Counter = Counter()
     budget = engine.context_length - config.sampling.max_new_tokens
@@ -306,6 +307,7 @@ def rewrite_chunk(
         retry = []
         for (ident, cap, i), tgts, comp in zip(pending, targets, completions):
             stats["prompt_tokens"] += comp.prompt_tokens
+            stats["cached_prompt_tokens"] += comp.cached_tokens
             stats["generated_tokens"] += comp.generated_tokens
             text = prompt.parse_completion(comp.text)
             reason = validate.check(text, cap, comp, tgts, clip_tokens.count)

@@ -89,6 +89,8 @@ def test_shared_prefix_reuse_and_stopping_do_not_change_rewrites(engine):
     finally:
         engine.prefix_reuse = engine.stop_at_newline = True
     assert [c.text for c in reused] == [c.text for c in plain]
+    # Two groups of four: in each, three rows take the prefix the first one computed.
+    assert sum(c.cached_tokens > 50 for c in reused) == 6 and not any(c.cached_tokens for c in plain)
     assert all(r.generated_tokens >= p.generated_tokens for r, p in zip(running_on, plain))
     assert any(r.generated_tokens > p.generated_tokens for r, p in zip(running_on, plain))  # ran past "\n"
     assert [prompt.parse_completion(c.text) for c in running_on] == [prompt.parse_completion(c.text) for c in plain]

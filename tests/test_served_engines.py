@@ -13,6 +13,7 @@ import pytest
 
 from conftest import CAPTIONS, Recording, require
 from rewrite import engines, layout, meta, model, plan, prompt, runner
+from rewrite.engines.vllm import CPU_BLOCK_SIZE
 from rewrite.settings import Sampling
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,8 @@ MEMORY_SHARE = 0.25
 @pytest.fixture(scope="session")
 def vllm_engine():
     require("vllm")
-    eng = engines.load("vllm", None, max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=MEMORY_SHARE)
+    # No memory option: on a CPU the engine sizes vLLM's KV cache itself (CPU_KV_CACHE_BYTES).
+    eng = engines.load("vllm", None, max_model_len=MAX_MODEL_LEN)
     yield eng
     eng.close()
 
@@ -109,6 +111,9 @@ def test_vllm_takes_a_batch_larger_than_one_scheduler_step(vllm_engine):
     reqs = [engines.Request(t.render(ex, f"caption {i} of a red car on a wet street at night"), i) for i in range(128)]
     out = vllm_engine.generate(reqs, Sampling(max_new_tokens=8))
     assert len(out) == 128 and sum(c.prompt_tokens for c in out) > 12000
+    # All share their examples: prefix caching (with the engine's CPU block size) reuses whole blocks.
+    head = len(vllm_engine.encode(t.head(ex)))
+    assert sum(c.cached_tokens >= head - CPU_BLOCK_SIZE for c in out) >= 120, [c.cached_tokens for c in out]
 
 
 def test_openai_engine_against_vllm_serve(vllm_server, tmp_path, text_file, monkeypatch):

@@ -28,6 +28,7 @@ class Completion:
     generated_tokens: int
     finish_reason: str  # "stop" (line break or end of text), "length" (hit max tokens) or "error"
     error: str | None = None
+    cached_tokens: int = 0  # prompt tokens reused from a shared prefix rather than computed (0: not known)
 
 
 class Engine(ABC):

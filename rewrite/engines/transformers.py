@@ -116,13 +116,14 @@ class TransformersEngine(TokenizerEngine):
         ids = [self.encode(r.prompt) for r in requests]
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
         tokens: list[list[int]] = [[] for _ in requests]
+        cached = [0] * len(requests)
         reasons: list[str] = ["stop"] * len(requests)
         waiting = 0  # requests[waiting:] are not started yet
         running: _Running | None = None
         while True:
             if waiting < len(requests) and (running is None or len(running.rows) <= self.batch_size // 2):
                 take = range(waiting, min(len(requests), waiting + self.batch_size - (len(running.rows) if running else 0)))
-                joined = self._prefill([ids[i] for i in take], [requests[i].group for i in take], list(take))
+                joined = self._prefill([ids[i] for i in take], [requests[i].group for i in take], list(take), cached)
                 running = joined if running is None else running.merge(joined)
                 waiting = take.stop
             if running is None:
@@ -145,16 +146,20 @@ class TransformersEngine(TokenizerEngine):
                 continue
             running.keep(keep)
             running.step(self.lm, torch.tensor([chosen[j] for j in keep], device=self.device))
-        return [Completion(text=self.decode(t), prompt_tokens=len(p), generated_tokens=len(t), finish_reason=r)
-                for t, p, r in zip(tokens, ids, reasons)]
+        return [Completion(text=self.decode(t), prompt_tokens=len(p), generated_tokens=len(t), finish_reason=r,
+                           cached_tokens=c) for t, p, r, c in zip(tokens, ids, reasons, cached)]
 
-    def _prefill(self, ids: list[list[int]], groups: list[str], rows: list[int]) -> _Running:
+    def _prefill(self, ids: list[list[int]], groups: list[str], rows: list[int], cached: list[int]) -> _Running:
         """Prompts into a new running batch: 1. the distinct prefixes in one left-padded forward pass;
-        2. each row's cache gathered from its prefix; 3. the rows' own tails, left-padded after it."""
+        2. each row's cache gathered from its prefix; 3. the rows' own tails, left-padded after it.
+        `cached[row]` gets the prompt tokens a row took from a prefix another row computed."""
         from transformers import DynamicCache
 
         which, lengths = prefix_plan(ids, groups, self.prefix_reuse)
         owner = {w: i for i, w in reversed(list(enumerate(which)))}  # a row holding each prefix
+        for j, w in enumerate(which):
+            if owner[w] != j:
+                cached[rows[j]] = lengths[w]
         width = max(lengths)
         prefix_ids = [[self.pad_id] * (width - n) + ids[owner[p]][:n] for p, n in enumerate(lengths)]
         prefix_mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=self.device)

@@ -16,6 +16,11 @@ from .base import Completion, EngineError, Request, TokenizerEngine
 
 
 SMALL_CPU = 4  # cores; at most this many, vLLM's CPU build reserves none for its scheduler
+# On a CPU: the KV cache's size when no memory option is given (vLLM's default reserves 92% of the RAM,
+# and refuses to start when that much is not free), and the cache block length (vLLM's CPU default of
+# 128 tokens is longer than a LaCLIP prompt's shared head of ~80-120 tokens, so prefix caching never hit).
+CPU_KV_CACHE_BYTES = 2 << 30
+CPU_BLOCK_SIZE = 32
 
 
 def parse_engine_args(pairs: Sequence[str]) -> dict:
@@ -72,6 +77,10 @@ class VLLMEngine(TokenizerEngine):
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs.update(parse_engine_args(engine_args))
+        if on_cpu:
+            kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
+            if "gpu_memory_utilization" not in kwargs:
+                kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
         self.options = {k: v for k, v in kwargs.items() if k != "model"}
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -95,7 +104,8 @@ class VLLMEngine(TokenizerEngine):
             gen = out.outputs[0]
             result.append(Completion(text=gen.text, prompt_tokens=len(out.prompt_token_ids),
                                      generated_tokens=len(gen.token_ids),
-                                     finish_reason="length" if gen.finish_reason == "length" else "stop"))
+                                     finish_reason="length" if gen.finish_reason == "length" else "stop",
+                                     cached_tokens=out.num_cached_tokens or 0))
         return result
 
     def describe(self) -> dict:
