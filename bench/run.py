@@ -30,6 +30,7 @@ BATCH = 32  # the reference code's max_batch_size
 
 
 LEVERS = ("no-stop", "no-dedup", "no-group", "no-sort", "no-prefix")
+ENGINES = ("reference", "transformers", "vllm", "openai")
 
 
 def captions(n: int, duplicates: float = 0.0) -> list[str]:
@@ -49,6 +50,18 @@ def captions(n: int, duplicates: float = 0.0) -> list[str]:
             out.append(base[line] if not cycle else f"{base[line]}, take {cycle + 1}")
             fresh += 1
     return out
+
+
+def split_methods(spec: str) -> list[str]:
+    """`reference,vllm:sets=16,no-stop,transformers` -> its methods: a part naming an engine starts a
+    method, any other part is a modifier of the method before it."""
+    methods: list[str] = []
+    for part in filter(None, spec.split(",")):
+        if part.partition(":")[0] in ENGINES or not methods:
+            methods.append(part)
+        else:
+            methods[-1] += ("," if ":" in methods[-1] else ":") + part
+    return methods
 
 
 def parse_method(method: str) -> tuple[str, dict, dict, dict]:
@@ -235,7 +248,7 @@ def main() -> None:
         sep = "," if ":" in args.levers else ":"
         methods = [args.levers] + [args.levers + sep + lever for lever in LEVERS]
     else:
-        methods = args.methods.split(",")
+        methods = split_methods(args.methods)
     results = {}
     for m in methods:
         results[m] = measure(m, args)
