@@ -26,6 +26,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 MinJobAge=600
+# A requeued or cancelled task gets SIGTERM, then SIGKILL after KillWait: room for a slow chunk to commit.
+KillWait=120
 NodeName=localhost NodeHostname=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
