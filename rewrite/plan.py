@@ -5,12 +5,18 @@ O(rows). CSV/TSV and text inputs are converted once, streaming, to parquet insid
 that every reader sees parquet. A shard is a list of pieces (file, first row, end row) covering a
 contiguous range of the concatenated inputs; a worker streams it in fixed chunks of rows, reading only
 the columns it needs.
+
+A work dir is self-contained: a file inside it is recorded relative to it, so it can be moved or
+copied. The inputs' schemas are unified at planning time, so a column whose type differs between files
+is refused before any rewriting, and every chunk read with all columns has the one unified schema.
 """
 from __future__ import annotations
 
+import base64
 import csv
 import glob
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -30,7 +36,7 @@ PARQUET_SUFFIXES = (".parquet",)
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 TEXT_SUFFIXES = (".txt",)
 SUPPORTED = PARQUET_SUFFIXES + tuple(CSV_SUFFIXES) + TEXT_SUFFIXES
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 DEFAULT_ROWS_PER_SHARD = 10_000
 _CONVERT_BATCH = 65_536
 
@@ -41,8 +47,8 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class InputFile:
-    path: str  # as given by the user (resolved)
-    data: str  # the parquet file read: `path` itself, or its conversion inside the work dir
+    path: str  # the input file (absolute)
+    data: str  # the parquet file read (`path`, or its conversion): see Manifest.data_path
     format: str  # parquet | csv | tsv | text
     rows: int
     key_prefix: str  # derived keys are f"{key_prefix}-{row:09d}"
@@ -61,6 +67,9 @@ class Manifest:
     key_column: str | None  # None: keys are derived from (file, row)
     files: list[InputFile]
     shards: list[list[Piece]]
+    schema: pa.Schema  # every input is read as this (see unify); a derived `key` is not in it
+    inputs: list[str]  # the input arguments, absolute: a file, a folder, or a glob's folder before its first wildcard
+    root: Path = field(compare=False)  # the work dir, absolute; not saved, so the work dir can move
     version: int = MANIFEST_VERSION
     created: float = field(default_factory=time.time)
 
@@ -71,6 +80,15 @@ class Manifest:
     @property
     def total_rows(self) -> int:
         return sum(f.rows for f in self.files)
+
+    @property
+    def columns(self) -> list[str]:
+        """The input columns of a row with columns=None, in order: the schema's, then `key` when derived."""
+        return self.schema.names + ([layout.KEY] if self.key_column is None else [])
+
+    def data_path(self, f: InputFile) -> Path:
+        """The parquet file read for `f`: recorded relative to the work dir when it lies inside it, else absolute."""
+        return self.root / f.data
 
     def shard_rows(self, shard: int) -> int:
         return sum(p.stop - p.start for p in self.shards[shard])
@@ -88,17 +106,23 @@ class Manifest:
             "key_column": self.key_column,
             "total_rows": self.total_rows,
             "num_shards": self.num_shards,
+            "inputs": self.inputs,
+            "columns": self.columns,
+            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
             "files": [asdict(f) for f in self.files],
             "shards": [[[p.file, p.start, p.stop] for p in s] for s in self.shards],
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: dict, root: Path) -> "Manifest":
         return cls(
             caption_column=d["caption_column"],
             key_column=d["key_column"],
             files=[InputFile(**f) for f in d["files"]],
             shards=[[Piece(*p) for p in s] for s in d["shards"]],
+            schema=pa.ipc.read_schema(pa.py_buffer(base64.b64decode(d["schema"], validate=True))),
+            inputs=d["inputs"],
+            root=root,
             version=d["version"],
             created=d["created"],
         )
@@ -113,10 +137,14 @@ def load_manifest(work: str | Path | layout.Work) -> Manifest:
         raise PlanError(f"{work.root} has no shard plan ({work.manifest.name}): run `rewrite shard ... --out {work.root}` first")
     try:
         data = json.loads(work.manifest.read_text(encoding="utf-8"))
-        if data.get("version") != MANIFEST_VERSION:
-            raise PlanError(f"{work.manifest}: plan version {data.get('version')} is not {MANIFEST_VERSION}")
-        return Manifest.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except json.JSONDecodeError as e:
+        raise PlanError(f"{work.manifest}: not a valid shard plan ({e})") from None
+    if data.get("version") != MANIFEST_VERSION:
+        raise PlanError(f"{work.manifest}: plan version {data.get('version')} is not {MANIFEST_VERSION} (made by "
+                        "another version of rewrite): plan again into a new work dir")
+    try:
+        return Manifest.from_dict(data, work.root.resolve())
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: a bad schema (base64 or Arrow)
         raise PlanError(f"{work.manifest}: not a valid shard plan ({e})") from None
 
 
@@ -152,6 +180,34 @@ def discover(inputs: Sequence[str]) -> list[Path]:
     return list(unique)
 
 
+def _input_roots(inputs: Sequence[str]) -> list[Path]:
+    """Each input argument as absolute paths: a file, a folder; a recursive glob's folder before its first
+    wildcard (anything below it may match again), a plain glob's matched files (a folder beside them
+    cannot: `rewrite shard "*.parquet" --out work` is fine)."""
+    roots = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.exists() or not glob.has_magic(arg):
+            roots.append(path.resolve())
+        elif "**" in arg:
+            roots.append(Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts)).resolve())
+        else:
+            roots += [Path(p).resolve() for p in sorted(glob.glob(arg))]
+    return roots
+
+
+def _check_work_dir(root: Path, inputs: Sequence[Path]) -> None:
+    """A work dir apart from its inputs: rewrites and conversions never land among the user's files."""
+    for given in inputs:
+        if given == root:
+            what = "is the input folder" if given.is_dir() else "is the input file"
+        elif given in root.parents:
+            what = "lies inside the input folder"
+        else:
+            continue
+        raise PlanError(f"--out {root} {what} {given}: choose a work dir outside the inputs")
+
+
 def _format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
@@ -180,16 +236,19 @@ def plan(
         raise PlanError(f"--num-shards must be >= 1, got {num_shards}")
     if rows_per_shard is not None and rows_per_shard < 1:
         raise PlanError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
-    work_dir = layout.Work(work)
+    work_dir = layout.Work(Path(work).resolve())
     if work_dir.manifest.is_file():  # checked before anything is converted into it
         old = load_manifest(work_dir)
         raise PlanError(f"{work_dir.root} already holds a plan ({old.num_shards} shards over {old.total_rows} rows) "
                         "and the rewrites made from it: choose another --out, or delete that work dir to start over")
     paths = discover(inputs)
-    schemas = {p: _parquet_file(p).schema_arrow for p in paths if _format(p) == "parquet"}
+    roots = _input_roots(inputs)
+    _check_work_dir(work_dir.root, roots)
+    schemas = {p: _input_schema(p, caption_column) for p in paths}
     key_column = _choose_key_column(paths, schemas, key_column)
     for p, schema in schemas.items():
-        _check_parquet_columns(p, schema, caption_column, key_column)
+        _check_columns(p, schema, caption_column, key_column)
+    schema = unify(schemas)
 
     files: list[InputFile] = []
     prefixes: set[str] = set()
@@ -205,8 +264,9 @@ def plan(
             if fmt == "text":
                 rows = _convert_text(path, data, caption_column)
             else:
-                rows = _convert_csv(path, data, CSV_SUFFIXES[path.suffix.lower()], caption_column, key_column)
-        files.append(InputFile(path=str(path), data=str(data), format=fmt, rows=rows, key_prefix=prefix))
+                rows = _convert_csv(path, data, CSV_SUFFIXES[path.suffix.lower()], schemas[path])
+        recorded = data.relative_to(work_dir.root) if data.is_relative_to(work_dir.root) else data
+        files.append(InputFile(path=str(path), data=str(recorded), format=fmt, rows=rows, key_prefix=prefix))
 
     total = sum(f.rows for f in files)
     if total == 0:
@@ -217,6 +277,9 @@ def plan(
         key_column=key_column,
         files=files,
         shards=[pieces(files, start, stop) for start, stop in bounds],
+        schema=schema,
+        inputs=[str(r) for r in roots],
+        root=work_dir.root,
     )
     manifest.save(work_dir)
     return manifest
@@ -250,30 +313,93 @@ def _parquet_file(path: Path | str) -> pq.ParquetFile:
         raise PlanError(f"input file {path} is not a readable parquet file ({e})") from None
 
 
+def _input_schema(path: Path, caption_column: str) -> pa.Schema:
+    """The columns an input is read with: a parquet footer's, a CSV/TSV header's (all text), or the caption."""
+    fmt = _format(path)
+    if fmt == "parquet":
+        return _parquet_file(path).schema_arrow
+    if fmt == "text":
+        return pa.schema([(caption_column, pa.string())])
+    return pa.schema([(name, pa.string()) for name in _csv_header(path, CSV_SUFFIXES[path.suffix.lower()])])
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    with open(path, "rb") as f:
+        line = f.readline()
+    if not line.strip():
+        raise PlanError(f"input file {path} is empty (a CSV/TSV input needs a header row)")
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PlanError(f"{path}, line 1: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    return next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter))
+
+
 def _choose_key_column(paths: list[Path], schemas: dict[Path, pa.Schema], key_column: str | None) -> str | None:
-    """The key column asked for; else `key` when every input is parquet and has one; else derived keys."""
+    """The key column asked for; else `key` when every input has one (text has no columns); else derived keys."""
     if key_column is not None:
         if any(_format(p) == "text" for p in paths):
             raise PlanError(f"--key-column {key_column}: text inputs have no columns (keys are derived from file and line)")
         return key_column
-    has_key = [layout.KEY in schemas[p].names for p in paths if p in schemas]
-    if all(has_key) and len(has_key) == len(paths):
+    has_key = {p: _format(p) != "text" and layout.KEY in schemas[p].names for p in paths}
+    if all(has_key.values()):
         return layout.KEY
-    if any(has_key):
-        raise PlanError(f"some inputs have a `{layout.KEY}` column and some do not: pass --key-column")
+    if any(has_key.values()):
+        having = next(p for p, has in has_key.items() if has)
+        lacking = next(p for p, has in has_key.items() if not has)
+        raise PlanError(f"input file {having} has a `{layout.KEY}` column and input file {lacking} has none: "
+                        "pass --key-column")
     return None
 
 
-def _check_parquet_columns(path: Path, schema: pa.Schema, caption_column: str, key_column: str | None) -> None:
+def _check_columns(path: Path, schema: pa.Schema, caption_column: str, key_column: str | None) -> None:
+    """Columns that can be read without clobbering: each name once, the caption and key there, no `key` to shadow."""
+    names = schema.names
+    if len(set(names)) < len(names):
+        repeated = next(name for name in names if names.count(name) > 1)
+        raise PlanError(f"input file {path} has more than one column named {repeated!r}")
+    if key_column is None and layout.KEY in names:
+        raise PlanError(f"input file {path} has a column named {layout.KEY!r}, where the keys derived from file and "
+                        "row would go: rename it (a text input's column is named by --caption-column)")
     for role, col in (("caption", caption_column), ("key", key_column)):
-        if col is not None and col not in schema.names:
+        if col is not None and col not in names:
             raise PlanError(
-                f"input file {path} has no {role} column {col!r} (columns: {', '.join(schema.names)}); "
+                f"input file {path} has no {role} column {col!r} (columns: {', '.join(names)}); "
                 f"choose it with --{role}-column"
             )
     ctype = schema.field(caption_column).type
     if not (pa.types.is_string(ctype) or pa.types.is_large_string(ctype) or pa.types.is_null(ctype)):
         raise PlanError(f"input file {path}: caption column {caption_column!r} holds {ctype}, not strings")
+
+
+def unify(schemas: dict[Path, pa.Schema]) -> pa.Schema:
+    """The one schema every input is read as: each column once, in order of first appearance, at the widest
+    of its types; a column whose types do not widen to one another is refused, naming both files."""
+    widest: dict[str, tuple[pa.Field, Path]] = {}
+    for path, schema in schemas.items():
+        for fld in schema:
+            seen = widest.get(fld.name)
+            if seen is not None and _widens(fld.type, seen[0].type):
+                continue
+            if seen is not None and not _widens(seen[0].type, fld.type):
+                raise PlanError(f"column {fld.name!r} is {seen[0].type} in {seen[1]} and {fld.type} in {path}: "
+                                "inputs planned together must agree on each column's type")
+            widest[fld.name] = (fld, path)
+    metadata = next(iter(schemas.values())).metadata
+    return pa.schema([fld.with_nullable(True) for fld, _ in widest.values()], metadata=metadata)
+
+
+def _widens(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Whether every value of `src` is a value of `dst` (so a cast cannot fail or lose anything)."""
+    if src == dst or pa.types.is_null(src):
+        return True
+    if (src, dst) in ((pa.string(), pa.large_string()), (pa.binary(), pa.large_binary())):
+        return True
+    if pa.types.is_integer(src) and pa.types.is_integer(dst):
+        if pa.types.is_signed_integer(src) == pa.types.is_signed_integer(dst):
+            return dst.bit_width >= src.bit_width
+        return pa.types.is_unsigned_integer(src) and dst.bit_width > src.bit_width
+    return pa.types.is_floating(src) and pa.types.is_floating(dst) and dst.bit_width >= src.bit_width
 
 
 def _first_bad_utf8_line(path: Path) -> int | None:
@@ -307,43 +433,21 @@ def _convert_text(path: Path, out: Path, caption_column: str) -> int:
     return rows
 
 
-def _convert_csv(path: Path, out: Path, delimiter: str, caption_column: str, key_column: str | None) -> int:
-    """Stream a CSV/TSV with a header row to parquet; caption and key are read as strings."""
-    with open(path, "rb") as f:
-        header_line = f.readline()
-    if not header_line.strip():
-        raise PlanError(f"input file {path} is empty (a CSV/TSV input needs a header row)")
-    header = next(csv.reader([header_line.decode("utf-8", "replace").rstrip("\r\n")], delimiter=delimiter))
-    for role, col in (("caption", caption_column), ("key", key_column)):
-        if col is not None and col not in header:
-            raise PlanError(
-                f"input file {path} has no {role} column {col!r} (columns: {', '.join(header)}); "
-                f"choose it with --{role}-column"
-            )
-    types = {caption_column: pa.string()}
-    if key_column:
-        types[key_column] = pa.string()
+def _convert_csv(path: Path, out: Path, delimiter: str, schema: pa.Schema) -> int:
+    """Stream a CSV/TSV to parquet, every cell as the text written (an empty cell is ""): files cannot
+    disagree on inferred types, and ids keep their leading zeros."""
     rows = 0
     try:
         reader = pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(block_size=1 << 22),
+            read_options=pacsv.ReadOptions(block_size=1 << 22, column_names=schema.names, skip_rows=1),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(column_types=schema, strings_can_be_null=False),
         )
-        with atomic.atomic_path(out) as tmp:
-            writer = None
-            try:
-                for batch in reader:
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, batch.schema)
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, reader.schema)
-            finally:
-                if writer is not None:
-                    writer.close()
+        with atomic.atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
     except pa.ArrowInvalid as e:
         bad = _first_bad_utf8_line(path)
         where = f", line {bad}: not valid UTF-8" if bad else f": cannot parse ({e})"
@@ -362,8 +466,9 @@ def iter_shard(
 ) -> Iterator[pa.Table]:
     """The shard's rows in chunks of exactly `chunk_rows` (the last one shorter).
 
-    With the default columns, each chunk has `key` (string) and `caption`; with columns=None, every
-    original column (image bytes pass through undecoded), plus a derived `key` when the inputs have none.
+    With the default columns, each chunk has `key` (string) and `caption` (string); with columns=None,
+    every input column as `manifest.schema` has it (a column a file lacks is null there; image bytes pass
+    through undecoded), plus a derived `key` (string) at the end when keys are derived: `manifest.columns`.
     """
     if not 0 <= shard < manifest.num_shards:
         raise PlanError(f"shard {shard} is not in the plan (shards 0-{manifest.num_shards - 1})")
@@ -389,9 +494,10 @@ def rechunk(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
 
 def _iter_piece(manifest: Manifest, piece: Piece, batch_rows: int, columns: Sequence[str] | None) -> Iterator[pa.Table]:
     f = manifest.files[piece.file]
-    pf = _parquet_file(f.data)
+    data = manifest.data_path(f)
+    pf = _parquet_file(data)
     if pf.metadata.num_rows != f.rows:
-        raise PlanError(f"input file {f.data} changed since it was planned ({f.rows} rows then, "
+        raise PlanError(f"input file {data} changed since it was planned ({f.rows} rows then, "
                         f"{pf.metadata.num_rows} now): plan again into a new work dir")
     cap, key = manifest.caption_column, manifest.key_column
     if columns is None:
@@ -419,7 +525,7 @@ def _iter_piece(manifest: Manifest, piece: Piece, batch_rows: int, columns: Sequ
             if row >= piece.stop:
                 break
     except (pa.ArrowException, OSError) as e:
-        raise PlanError(f"input file {f.data}: cannot read rows ({e})") from None
+        raise PlanError(f"input file {data}: cannot read rows ({e})") from None
 
 
 def _standardise(table: pa.Table, manifest: Manifest, f: InputFile, first: int, columns: Sequence[str] | None) -> pa.Table:
@@ -429,13 +535,20 @@ def _standardise(table: pa.Table, manifest: Manifest, f: InputFile, first: int, 
     else:
         keys = table.column(key_col).cast(pa.string())
     if columns is None:
-        if key_col is None:
-            table = table.append_column(layout.KEY, keys)
-        return table
+        table = _conform(table, manifest.schema)
+        return table.append_column(layout.KEY, keys) if key_col is None else table
     captions = table.column(manifest.caption_column)
     if not pa.types.is_string(captions.type):
         captions = captions.cast(pa.string())
     return pa.table({layout.KEY: keys, layout.CAPTION: captions})
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` as `schema`: its columns in the schema's order and types, and a column it lacks as nulls."""
+    present = set(table.column_names)
+    arrays = [table.column(fld.name).cast(fld.type) if fld.name in present else pa.nulls(table.num_rows, fld.type)
+              for fld in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 # ---------------------------------------------------------------- shard specs

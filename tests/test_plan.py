@@ -136,3 +136,79 @@ def test_invalid_utf8_names_the_line(tmp_path):
 def test_missing_plan_is_a_clear_error(tmp_path):
     with pytest.raises(plan.PlanError, match="has no shard plan.*rewrite shard"):
         plan.load_manifest(tmp_path)
+
+
+def test_a_csv_key_column_is_the_key_and_every_csv_column_stays_text(tmp_path):
+    """A CSV header counts like a parquet schema, and cells are kept as written (no type inference)."""
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("key,caption,id,score\nk0,a red apple,007,1.50\nk1,a green pear,,true\nk2,a blue plum,1e3,\n",
+                   encoding="utf-8")
+    m = plan.plan([str(csv)], tmp_path / "w")
+    assert m.key_column == "key" and m.columns == ["key", "caption", "id", "score"]
+    assert next(plan.iter_shard(m, 0, 10)).column("key").to_pylist() == ["k0", "k1", "k2"]
+    full = next(plan.iter_shard(m, 0, 10, columns=None))
+    assert full.schema == pa.schema([(c, pa.string()) for c in ["key", "caption", "id", "score"]])
+    assert full.column("id").to_pylist() == ["007", "", "1e3"]
+    assert full.column("score").to_pylist() == ["1.50", "true", ""]
+
+
+@pytest.mark.parametrize("second, message", [
+    (pa.table({"caption": ["b"], "width": ["wide"]}), r"'width' is int64 in .*a.parquet and string in .*b.parquet"),
+    (pa.table({"caption": ["b"], "width": [1.5]}), r"'width' is int64 in .*a.parquet and double in .*b.parquet"),
+    (pa.table({"caption": ["b"], "width": pa.array([1], pa.uint64())}), r"'width' is int64 in .*a.parquet and uint64"),
+])
+def test_conflicting_column_types_are_refused_naming_both_files(tmp_path, second, message):
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"caption": ["a"], "width": [1]}), tmp_path / "in" / "a.parquet")
+    pq.write_table(second, tmp_path / "in" / "b.parquet")
+    with pytest.raises(plan.PlanError, match=message):
+        plan.plan([str(tmp_path / "in")], tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_csv_beside_parquet_must_agree_on_types(tmp_path):
+    """CSV columns are text: a parquet column of numbers under the same name is a conflict, found at planning."""
+    pq.write_table(pa.table({"caption": ["a"], "id": [7]}), tmp_path / "a.parquet")
+    (tmp_path / "b.csv").write_text("caption,id\nb,007\n")
+    with pytest.raises(plan.PlanError, match=r"'id' is int64 in .*a.parquet and string in .*b.csv"):
+        plan.plan([str(tmp_path / "a.parquet"), str(tmp_path / "b.csv")], tmp_path / "w")
+
+
+def test_every_chunk_has_the_unified_schema(tmp_path):
+    """A column missing from a file is null there; narrower types are widened; chunks may span files."""
+    pq.write_table(pa.table({"caption": pa.array(["a0", "a1", "a2"], pa.large_string()),
+                             "width": pa.array([1, 2, 3], pa.int32())}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"height": [9, 8], "caption": ["b0", "b1"], "width": pa.array([4, 5], pa.int64())}),
+                   tmp_path / "b.parquet")
+    (tmp_path / "c.txt").write_text("c0\n")
+    m = plan.plan([str(tmp_path / n) for n in ("a.parquet", "b.parquet", "c.txt")], tmp_path / "w", num_shards=1)
+    assert m.columns == ["caption", "width", "height", "key"]
+    chunks = list(plan.iter_shard(m, 0, 2, columns=None))
+    want = pa.schema([("caption", pa.large_string()), ("width", pa.int64()), ("height", pa.int64()), ("key", pa.string())])
+    assert [c.schema.remove_metadata() for c in chunks] == [want] * 3
+    rows = pa.concat_tables(chunks).to_pylist()
+    assert [(r["caption"], r["width"], r["height"]) for r in rows] == [
+        ("a0", 1, None), ("a1", 2, None), ("a2", 3, None), ("b0", 4, 9), ("b1", 5, 8), ("c0", None, None)]
+    assert [r["key"] for r in rows] == ["a-000000000", "a-000000001", "a-000000002", "b-000000000", "b-000000001", "c-000000000"]
+    assert next(plan.iter_shard(m, 0, 10)).schema == pa.schema([("key", pa.string()), ("caption", pa.string())])
+
+
+@pytest.mark.parametrize("csv_header", ["key,caption", "caption"])
+def test_a_key_column_in_some_inputs_only_is_refused(tmp_path, csv_header):
+    """Like parquet, a CSV with a `key` column beside an input without one needs --key-column."""
+    with_key = csv_header.startswith("key")
+    (tmp_path / "a.csv").write_text(f"{csv_header}\n{'k0,' if with_key else ''}a caption\n")
+    pq.write_table(pa.table({"caption": ["b"]} if with_key else {"key": ["k1"], "caption": ["b"]}), tmp_path / "b.parquet")
+    has, lacks = ("a.csv", "b.parquet") if with_key else ("b.parquet", "a.csv")
+    with pytest.raises(plan.PlanError, match=rf"{has} has a `key` column and .*{lacks} has none: pass --key-column"):
+        plan.plan([str(tmp_path / "a.csv"), str(tmp_path / "b.parquet")], tmp_path / "w")
+
+
+def test_input_columns_are_never_clobbered(tmp_path):
+    """A repeated column name, or a `key` column where keys are derived, is refused at planning."""
+    (tmp_path / "twice.csv").write_text("caption,id,id\na,1,2\n")
+    with pytest.raises(plan.PlanError, match=r"twice.csv has more than one column named 'id'"):
+        plan.plan([str(tmp_path / "twice.csv")], tmp_path / "w")
+    (tmp_path / "keys.txt").write_text("k0\n")
+    with pytest.raises(plan.PlanError, match=r"keys.txt has a column named 'key', where the keys derived"):
+        plan.plan([str(tmp_path / "keys.txt")], tmp_path / "w", caption_column="key")
