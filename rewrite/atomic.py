@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -11,14 +11,22 @@ from typing import Iterator
 from . import faults
 
 
+def temp_beside(path: Path) -> Path:
+    """A random hidden name `.<name>.<16 hex>.tmp` beside `path`, for a file or folder to rename onto it.
+
+    Callers create it with O_EXCL or mkdir (which never take over an existing one) and mode 0o666 or
+    0o777, as other tools do, so that the kernel applies the umask (or the folder's default ACL):
+    tempfile's mkstemp and mkdtemp make it 0600 or 0700, which keeps a cluster's group out."""
+    return path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_beside(path)
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     point = f"{path.parent.name}/{path.name}"  # fault-injection names, e.g. "commit:00003.parts/00001.parquet"
     try:
         yield tmp_path
@@ -40,3 +48,24 @@ def write_json(path: str | Path, data: dict) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def create_json(path: str | Path, data: dict) -> bool:
+    """Write `path` whole only if it does not exist yet; False when another writer made it first (then
+    its file stays as it was). For records that the first of several racing writers sets."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # unlike a rename, never replaces an existing file
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)

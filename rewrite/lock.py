@@ -23,7 +23,8 @@ class ShardLock:
     def acquire(self) -> bool:
         """Take the lock if no live process holds it; False when another one does."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # 0o666 less the umask: every worker opens it read-write, and on a cluster they may be a group's users.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -55,3 +56,37 @@ class ShardLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class SourceLock:
+    """Every run of a source holds WORK/rewrites/<source>/source.lock shared while it runs; starting the
+    source over (an overwrite with other settings, which removes every shard's output) needs it
+    exclusive, so it never happens beside a live writer. Dropped by the kernel when its holder dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        return self._fd
+
+    def shared(self) -> None:
+        """Hold it shared, waiting while a start-over holds it exclusive (that takes moments)."""
+        fcntl.flock(self._open(), fcntl.LOCK_SH)
+
+    def exclusive(self) -> bool:
+        """Hold it exclusive if no other run holds it; False (and then not held at all) otherwise."""
+        try:
+            fcntl.flock(self._open(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

