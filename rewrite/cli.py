@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,7 +13,7 @@ import typer
 
 from . import export as export_lib
 from . import meta as meta_lib
-from . import plan, runner, settings, status as status_lib
+from . import layout, plan, publish, runner, settings, status as status_lib, stop
 from . import slurm as slurm_lib
 from .clip_tokens import ClipTokenizerError
 from .engines import EngineError
@@ -27,13 +28,36 @@ app.add_typer(meta_app, name="meta")
 slurm_app = typer.Typer(help="Run shards as Slurm array jobs.", no_args_is_help=True)
 app.add_typer(slurm_app, name="slurm")
 
-USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, runner.RunError, export_lib.ExportError,
-               EngineError, ModelError, TemplateError, ClipTokenizerError, slurm_lib.SlurmError, ValueError)
+USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, runner.RunError, export_lib.ExportError, publish.PublishError,
+               status_lib.StatusError, EngineError, ModelError, TemplateError, ClipTokenizerError, slurm_lib.SlurmError,
+               ValueError)
+EXIT_BAD_INPUT = 2  # bad input or options: the message names the file, row or option
+EXIT_IO = 1  # a file could not be read or written (read-only or full disk, permissions): the message names it
+EXIT_INTERRUPTED = 130
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def describe_os_error(e: OSError) -> str:
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{where}: {e.strerror or e}" if where else str(e)
+
+
+@contextmanager
+def reported():
+    """One line and a documented exit code for every error a user can cause or meet, never a traceback.
+    Everything committed before it stays (commits are atomic)."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        fail(str(e))
+    except OSError as e:
+        fail(describe_os_error(e), EXIT_IO)
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
 
 
 @app.command()
@@ -46,11 +70,9 @@ def shard(
     key_column: Optional[str] = typer.Option(None, help="Key column (default: `key` when present, else derived from file and row)."),
 ):
     """Plan shards over the inputs and save the plan in the work dir."""
-    try:
+    with reported():
         m = plan.plan(inputs, out, num_shards=num_shards, rows_per_shard=rows_per_shard,
                       caption_column=caption_column, key_column=key_column)
-    except USER_ERRORS as e:
-        fail(str(e))
     typer.echo(f"planned {m.num_shards} shards over {m.total_rows} rows from {len(m.files)} files in {out}")
 
 
@@ -82,61 +104,69 @@ def run(
     max_new_tokens: int = typer.Option(settings.Sampling.max_new_tokens),
     template: str = typer.Option(settings.TEMPLATE, help="Prompt template name or .toml path."),
     dedup: bool = typer.Option(True, help="Rewrite identical captions once."),
+    max_caption_tokens: int = typer.Option(settings.MAX_CAPTION_TOKENS, help="A caption's share of the prompt, in model tokens: a longer caption is cut (reason caption_cut), so one huge row costs what a row costs."),
     example_sets: int = typer.Option(settings.EXAMPLE_SETS, help="0: fresh examples per caption (LaCLIP); K: draw from K shared example sets, so prompts share a prefix an engine computes once (faster)."),
-    overwrite: bool = typer.Option(False, help="Redo shards that are done."),
+    overwrite: bool = typer.Option(False, help="Redo the named shards; with other settings, start the source over (every shard with output must be named)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     requeue_on_warning: bool = typer.Option(False, help="In a Slurm job: after stopping on SIGUSR1 (the time-limit warning), requeue the job so it resumes (set by `rewrite slurm submit`)."),
     stop_within: float = typer.Option(STOP_WITHIN, help="After SIGTERM/SIGUSR1: seconds the chunk in flight gets to finish and commit before the run stops without it."),
 ):
     """Rewrite the captions of some shards with one meta set.
 
-    Exit codes: 0 done (shards held by another live worker are skipped), 2 bad input or options,
-    75 stopped by SIGTERM/SIGUSR1 with every committed chunk kept (run again to resume)."""
+    Exit codes: 0 done (shards held by another live worker are skipped), 1 a file could not be read or
+    written, 2 bad input or options, 75 stopped by SIGTERM/SIGUSR1/SIGINT with every committed chunk kept
+    (run again to resume)."""
     from . import engines
 
     try:
-        manifest = plan.load_manifest(work)
-        shard_ids = plan.parse_shard_spec(shards, manifest.num_shards)
-        task = slurm_lib.array_task(os.environ)
-        if task is not None and len(shard_ids) > 1:  # an array task: its share of the spec
-            shard_ids = slurm_lib.task_share(shard_ids, *task)
-            typer.echo(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shard_ids) or 'none'}",
-                       err=True)
-        config = runner.RunConfig(
-            source=source, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
-            max_attempts=max_attempts, chunk_rows=chunk_rows, dedup=dedup, template=template,
-            example_sets=example_sets,
-            sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
-        )
-        todo = runner.pending_shards(work, config.source, shard_ids, overwrite)
-        if not todo:
-            typer.echo(f"{config.source}: shards {plan.format_shard_spec(shard_ids) or 'none'} are done already "
-                       "(--overwrite to redo them)")
-            return
-        options = {k: v for k, v in dict(
-            batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
-            base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
-        ).items() if v is not None}
-        eng = engines.load(engine, model, **options)
-        try:
-            done = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress, stop_within=stop_within)
-        finally:
-            eng.close()
-    except USER_ERRORS as e:
-        fail(str(e))
+        with reported(), stop.handling(stop_within):  # a signal while the model loads stops the run too
+            manifest = plan.load_manifest(work)
+            named = plan.parse_shard_spec(shards, manifest.num_shards)
+            shard_ids = named
+            task = slurm_lib.array_task(os.environ)
+            if task is not None and len(named) > 1:  # an array task: its share of the spec
+                shard_ids = slurm_lib.task_share(named, *task)
+                typer.echo(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shard_ids) or 'none'}",
+                           err=True)
+            config = runner.RunConfig(
+                source=source, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
+                max_attempts=max_attempts, chunk_rows=chunk_rows, dedup=dedup, template=template,
+                example_sets=example_sets, max_caption_tokens=max_caption_tokens,
+                sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
+            )
+            todo = runner.pending_shards(work, config.source, shard_ids, overwrite)
+            if not todo:
+                typer.echo(f"{config.source}: shards {plan.format_shard_spec(shard_ids) or 'none'} are done already "
+                           "(--overwrite to redo them)")
+                return
+            # Everything that needs no model is checked before one loads.
+            job = runner.prepare(work, config, todo, named)
+            engine_name = engines.resolve_name(engine)
+            runner.check_settings(job, job.fingerprint(engine_name, engines.model_name(engine_name, model)), overwrite)
+            options = {k: v for k, v in dict(
+                batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
+                base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
+            ).items() if v is not None}
+            typer.echo(f"loading the {engine_name} engine on {model or 'the embedded model'}", err=True)
+            eng = engines.load(engine_name, model, **options)
+            try:
+                finished = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress,
+                                      stop_within=stop_within, named=named)
+            finally:
+                eng.close()
     except StopRequested as e:
         typer.echo(f"{e}: committed chunks are kept; run the same command again to resume", err=True)
         if requeue_on_warning and e.signum == signal.SIGUSR1:
             # Slurm answers the requeue with SIGTERM to this job: ignore it, report and exit 75.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
-                job = slurm_lib.requeue_self(os.environ)
-                typer.echo(f"requeued Slurm job {job}: it resumes from the committed chunks", err=True)
+                job_id = slurm_lib.requeue_self(os.environ)
+                typer.echo(f"requeued Slurm job {job_id}: it resumes from the committed chunks", err=True)
             except slurm_lib.SlurmError as err:
                 typer.echo(f"error: {err}", err=True)
         raise typer.Exit(STOPPED)
-    for s in done:
+    for s in finished:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
                    f"skipped {s['skipped']}, {s['captions_per_s']} captions/s")
 
@@ -147,15 +177,14 @@ def status(
     source: Optional[List[str]] = typer.Option(None, help="Only these sources."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """Shards x sources: done, partial or missing, with totals."""
-    try:
-        manifest, statuses = status_lib.collect(work, [meta_lib.canonical_source(s) for s in source] if source else None)
-    except USER_ERRORS as e:
-        fail(str(e))
-    if as_json:
-        typer.echo(json.dumps([{**vars(s), "slurm": slurm_lib.jobs(work, s.source)} for s in statuses], indent=2, default=str))
-    else:
-        lines = status_lib.render(manifest, statuses).splitlines()
+    """Shards x sources: done, partial, missing or damaged, with totals."""
+    with reported():
+        manifest, statuses = status_lib.collect(work, source)
+        if as_json:
+            typer.echo(json.dumps([{**vars(s), "slurm": slurm_lib.jobs(work, s.source)} for s in statuses], indent=2,
+                                  default=str))
+            return
+        lines = status_lib.render(manifest, statuses, layout.Work(work).strays()).splitlines()
         for st in statuses:  # Slurm's view beside each source's shard states
             at = next(i for i, line in enumerate(lines) if line.startswith(f"{st.source:8s} done"))
             lines[at + 1:at + 1] = slurm_lib.describe(work, st.source)
@@ -165,26 +194,32 @@ def status(
 @app.command()
 def export(
     work: Path = typer.Option(..., "--work"),
-    out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write (not inside the work dir or an input)."),
     source: Optional[List[str]] = typer.Option(None, help="Sources to include (default: all that were run)."),
     allow_missing: bool = typer.Option(False, help="Export even when shards are unfinished (their rewrites are null)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing export."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier export in --out (only files an export wrote are replaced)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Join the inputs with their rewrites as a Hugging Face dataset (parquet + dataset card)."""
-    try:
-        sources = [meta_lib.canonical_source(s) for s in source] if source else None
-        summary = export_lib.export(work, out, sources, allow_missing=allow_missing, overwrite=overwrite)
-    except USER_ERRORS as e:
-        fail(str(e))
-    typer.echo(f"wrote {summary['rows']} rows in {len(summary['files'])} files to {out} "
-               f"(columns: {', '.join(summary['columns'])})")
+    """Join the inputs with their rewrites as a Hugging Face dataset (parquet + dataset card).
+
+    The dataset appears all at once; a killed export is finished by running it again."""
+    with reported():
+        summary = export_lib.export(work, out, source, allow_missing=allow_missing, overwrite=overwrite,
+                                    progress=progress)
+    if summary.get("up_to_date"):
+        typer.echo(f"{out} holds this export already ({summary['rows']} rows in {len(summary['files'])} files)")
+    else:
+        typer.echo(f"wrote {summary['rows']} rows in {len(summary['files'])} files to {out} "
+                   f"(columns: {', '.join(summary['columns'])})")
     for src, spec in summary["missing"].items():
         typer.echo(f"warning: {src} has no rewrites for shards {spec} (null in the export)", err=True)
+    for problem in summary["damaged"]:
+        typer.echo(f"warning: damaged, exported as null: {problem}", err=True)
 
 
 @app.command()
 def demo(
-    work: Path = typer.Option(Path("rewrite-demo"), "--work", help="Where the demo writes."),
+    out: Path = typer.Option(Path("rewrite-demo"), "--out", help="Where the demo writes: OUT/work and OUT/dataset."),
     source: str = typer.Option("chatgpt"),
     engine: str = typer.Option(settings.ENGINE),
     model: Optional[str] = typer.Option(None),
@@ -192,11 +227,9 @@ def demo(
     """Rewrite the shipped demo captions end to end and show a few."""
     from .demo import run_demo
 
-    try:
-        summary = run_demo(work, source=source, engine_name=engine, model=model)
-    except USER_ERRORS as e:
-        fail(str(e))
-    col = f"caption_{meta_lib.canonical_source(source)}"
+    with reported():
+        summary = run_demo(out, source=source, engine_name=engine, model=model)
+    col = f"caption_{meta_lib.source_name(source)}"
     for row in summary["examples"]:
         typer.echo(f"  {row['caption']}\n    -> {row[col]}")
     typer.echo(f"\ndataset: {Path(summary['out']).resolve()}  ({summary['rows']} rows; "
@@ -206,10 +239,8 @@ def demo(
 @meta_app.command("show")
 def meta_show(source: str = typer.Argument(..., help="chatgpt, bard, coco (mscoco), human or a .jsonl file.")):
     """Print a meta set."""
-    try:
+    with reported():
         m = meta_lib.load(source)
-    except USER_ERRORS as e:
-        fail(str(e))
     typer.echo(f"# {m.name}: {len(m)} {m.kind} ({m.path})")
     if m.pairs:
         for s, t in m.pairs:
@@ -261,17 +292,14 @@ def slurm_submit(
 ):
     """Submit `rewrite run` over SHARDS as a Slurm array. Options after `--` go to `rewrite run`
     (e.g. -- --engine vllm --model /models/llama-7b). Run it again to resubmit only unfinished shards."""
-    try:
+    with reported():
         manifest = plan.load_manifest(work)
-        source = meta_lib.canonical_source(source)
         shard_ids = plan.parse_shard_spec(shards, manifest.num_shards)
         record = slurm_lib.submit(work, source, shard_ids, parallel=parallel, tasks=tasks, run_args=ctx.args,
                                   resources=slurm_lib.Resources(partition, time_limit, gpus, cpus, mem, account, sbatch or []),
                                   export_to=export_to, dry_run=dry_run)
-    except USER_ERRORS as e:
-        fail(str(e))
     if not record["shards"]:
-        typer.echo(f"{source}: shards {shards} are done already: nothing to submit")
+        typer.echo(f"{record['source']}: shards {shards} are done already: nothing to submit")
     elif dry_run:
         typer.echo(record["script_text"])
     else:
@@ -288,10 +316,8 @@ def slurm_failed(
     lines: int = typer.Option(20, help="Log lines to show per shard."),
 ):
     """Shards whose array task ended without finishing them, with the tail of the task's log."""
-    try:
-        found = slurm_lib.failed_shards(work, meta_lib.canonical_source(source), lines)
-    except USER_ERRORS as e:
-        fail(str(e))
+    with reported():
+        found = slurm_lib.failed_shards(work, meta_lib.source_name(source), lines)
     if not found:
         typer.echo("no failed shards")
         return

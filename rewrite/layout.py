@@ -8,7 +8,10 @@ A work dir holds the plan and everything the runs write:
     WORK/rewrites/<source>/<shard>.parts/       committed chunks of a shard still being written
     WORK/rewrites/<source>/<shard>.stats.json   written last: marks the shard done
     WORK/rewrites/<source>/<shard>.lock         held (flock) by the one process writing the shard
+    WORK/rewrites/<source>/source.lock          held shared by every run of the source; exclusive to start it over
     WORK/rewrites/<source>/settings.json        the fingerprint every run of the source must match
+
+A source folder is one that holds a settings.json; anything else under rewrites/ is not ours to read.
 """
 from __future__ import annotations
 
@@ -77,9 +80,20 @@ class Work:
     def lock_file(self, source: str, shard: int) -> Path:
         return self.rewrites(source) / f"{shard_id(shard)}.lock"
 
+    def source_lock_file(self, source: str) -> Path:
+        return self.rewrites(source) / "source.lock"
+
     def settings_file(self, source: str) -> Path:
         return self.rewrites(source) / "settings.json"
 
-    def sources_present(self) -> list[str]:
+    def _rewrite_entries(self) -> list[Path]:
         base = self.root / "rewrites"
-        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        return sorted(base.iterdir()) if base.is_dir() else []
+
+    def sources_present(self) -> list[str]:
+        """Sources that have been run: folders under rewrites/ holding a settings.json."""
+        return [p.name for p in self._rewrite_entries() if (p / "settings.json").is_file()]
+
+    def strays(self) -> list[Path]:
+        """Entries under rewrites/ that are not a source folder (ignored, and reported by `status`)."""
+        return [p for p in self._rewrite_entries() if not (p / "settings.json").is_file()]

@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import random
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,34 +48,66 @@ class MetaSet:
         return [(a, b) for g in self.groups for a in g for b in g if a != b]
 
 
-def canonical_source(name: str) -> str:
-    """`mscoco` -> `coco`; a known name unchanged; anything else a clear error."""
-    name = settings.SOURCE_ALIASES.get(name, name)
-    if name not in settings.SOURCES and not name.endswith(".jsonl"):
+# A custom set's name becomes a folder under WORK/rewrites/ and a column `caption_<name>`: no path
+# separators, dots or spaces.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def source_name(source: str) -> str:
+    """The name a --source goes by in folders, columns and seeds: a shipped set's name (`mscoco` ->
+    `coco`), or the file name without `.jsonl` of a custom set (never its path)."""
+    name = settings.SOURCE_ALIASES.get(source, source)
+    if name in settings.SOURCES:
+        return name
+    if not name.endswith(".jsonl"):
         raise MetaSetError(
-            f"unknown source {name!r}: choose one of {', '.join(settings.SOURCES)} (or 'mscoco'), "
+            f"unknown source {source!r}: choose one of {', '.join(settings.SOURCES)} (or 'mscoco'), "
             "or give the path of a .jsonl meta set"
         )
-    return name
+    stem = Path(name).name[: -len(".jsonl")]
+    if not _NAME.fullmatch(stem):
+        raise MetaSetError(f"meta set file {source}: its name {stem!r} becomes a folder and a column, so it may "
+                           "hold only letters, digits, '-' and '_' (and start with a letter or digit): rename the file")
+    if stem in settings.SOURCES or stem in settings.SOURCE_ALIASES:
+        raise MetaSetError(f"meta set file {source}: {stem!r} is the name of a shipped meta set; rename the file "
+                           "so its rewrites do not mix with that set's")
+    return stem
 
 
-def load(name_or_path: str) -> MetaSet:
+def is_file_source(source: str) -> bool:
+    """Whether --source names a custom set's file rather than a shipped set."""
+    return source_name(source) not in settings.SOURCES
+
+
+def load(source: str) -> MetaSet:
     """A shipped set by name (chatgpt, bard, coco/mscoco, human) or a JSONL file of the same format."""
-    name = canonical_source(name_or_path)
-    if name in settings.SOURCES:
-        path = resources.resource("meta_pairs", f"{name}.jsonl")
-    else:
-        path = Path(name)
-        if not path.is_file():
-            raise MetaSetError(f"meta set file {path} does not exist")
-        name = path.stem
+    name = source_name(source)
+    if not is_file_source(source):
+        return parse(resources.resource("meta_pairs", f"{name}.jsonl"), name)
+    path = Path(source)
+    if not path.is_file():
+        raise MetaSetError(f"meta set file {path} does not exist")
     return parse(path, name)
+
+
+def load_usable(source: str) -> MetaSet:
+    """A set that `rewrite meta validate` accepts, else a MetaSetError listing what is wrong with it."""
+    meta = load(source)
+    found = problems(meta)
+    if found:
+        shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+        raise MetaSetError(f"meta set {meta.path} is not usable in a prompt: {shown} (see `rewrite meta validate`)")
+    return meta
 
 
 def parse(path: Path, name: str) -> MetaSet:
     pairs: list[Example] = []
     groups: list[tuple[str, ...]] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MetaSetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -86,6 +86,23 @@ def parse_completion(completion: str) -> str:
     return completion.split("\n", 1)[0].strip()
 
 
+CHARS_PER_TOKEN_BOUND = 32  # no token of a usual vocabulary is longer: a huge caption is cut by characters first
+
+
+def cap_caption(
+    caption: str, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str], max_tokens: int,
+) -> tuple[str, bool]:
+    """The caption as it goes into a prompt (one line, no `=>`), cut at the token level to at most
+    `max_tokens`. Returns (text, was_cut). Only the first max_tokens x 32 characters are ever
+    tokenized, so a megabyte of text costs no more than a long caption."""
+    bound = max_tokens * CHARS_PER_TOKEN_BOUND
+    text = normalise_caption(caption[:bound])
+    ids = encode(text)
+    if len(ids) <= max_tokens:
+        return text, len(caption) > bound
+    return decode(ids[:max_tokens]).strip(), True
+
+
 def fit_prompt(
     template: Template,
     examples: Sequence[Example],

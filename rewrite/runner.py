@@ -20,15 +20,16 @@ from typing import Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, atomic, clip_tokens, faults, layout, meta, plan, prompt, seeds, settings, stop, validate
+from . import __version__, atomic, clip_tokens, done, faults, layout, meta, plan, prompt, seeds, settings, stop, validate
 from . import model as model_lib
-from .lock import ShardLock
+from .lock import ShardLock, SourceLock
 from .engines.base import Engine, Request
 from .settings import Sampling, Schedule
 
 STATS_KEY = b"rewrite.stats"
 ROW_GROUP_ROWS = 8192
 LEFTOVER_AGE = 600  # seconds after which a temporary settings file is taken for a killed writer's
+START_OVER_WAIT = 10.0  # seconds an overwrite waits for the source to itself before it refuses
 
 
 class RunError(RuntimeError):
@@ -37,7 +38,10 @@ class RunError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What defines the output of a run (with the engine's model)."""
+    """What defines the output of a run (with the engine's model).
+
+    `source` may be given as a shipped set's name or a custom set's .jsonl path; it is kept as the
+    set's name (which names its folder, column and seeds), and the path goes to `meta_file`."""
 
     source: str
     seed: int = settings.SEED
@@ -47,24 +51,183 @@ class RunConfig:
     chunk_rows: int = settings.CHUNK_ROWS
     dedup: bool = True
     example_sets: int = settings.EXAMPLE_SETS
+    max_caption_tokens: int = settings.MAX_CAPTION_TOKENS
     template: str = settings.TEMPLATE
     sampling: Sampling = field(default_factory=Sampling)
+    meta_file: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "source", meta.canonical_source(self.source))
-        for name in ("num_rewrites", "num_examples", "max_attempts", "chunk_rows"):
+        if self.meta_file is None and meta.is_file_source(self.source):
+            object.__setattr__(self, "meta_file", str(Path(self.source).resolve()))
+        object.__setattr__(self, "source", meta.source_name(self.meta_file or self.source))
+        for name in ("num_rewrites", "num_examples", "max_attempts", "chunk_rows", "max_caption_tokens"):
             if getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.example_sets < 0:
             raise RunError(f"--example-sets must be >= 0, got {self.example_sets}")
 
-    def fingerprint(self, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> dict:
+    def fingerprint(self, meta_set: meta.MetaSet, template: prompt.Template, engine_name: str, model: str) -> dict:
         """Everything a resumed or appended run must share with the first one."""
         d = asdict(self)
         d.pop("chunk_rows")  # chunk size changes commits, not rewrites
+        d.pop("meta_file")  # where the set lies does not matter; its digest does
         return {**d, "meta_digest": meta_set.digest(), "template_digest": template.digest,
-                "engine": engine.describe()["engine"], "model": engine.model,
-                "model_digest": model_lib.digest(engine.model)}
+                "engine": engine_name, "model": model, "model_digest": model_lib.digest(model),
+                "version": __version__}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run's inputs checked before any model loads: the plan, the meta set, the template, the shards."""
+
+    w: layout.Work
+    manifest: plan.Manifest
+    config: RunConfig
+    meta_set: meta.MetaSet
+    template: prompt.Template
+    shards: tuple[int, ...]  # the shards this process runs
+    named: tuple[int, ...]  # the shards the user named (an array task runs a share of them)
+
+    def fingerprint(self, engine_name: str, model: str) -> dict:
+        return {**self.config.fingerprint(self.meta_set, self.template, engine_name, model),
+                "plan_id": self.manifest.plan_id()}
+
+
+def prepare(work: str | Path, config: RunConfig, shards: Sequence[int], named: Sequence[int] | None = None) -> Job:
+    """Check everything about a run that needs no model: a bad meta set, template, shard or column
+    is refused before minutes go into loading one."""
+    w = layout.Work(work)
+    manifest = plan.load_manifest(w)
+    meta_set = meta.load_usable(config.meta_file or config.source)
+    template = prompt.load_template(config.template)
+    if config.num_examples > len(meta_set):
+        raise RunError(f"--num-examples {config.num_examples} is more than the {len(meta_set)} entries of {meta_set.name}")
+    for shard in shards:
+        if not 0 <= shard < manifest.num_shards:
+            raise RunError(f"shard {shard} is not in the plan (shards 0-{manifest.num_shards - 1})")
+    columns = [layout.export_column(config.source, i, config.num_rewrites) for i in range(config.num_rewrites)]
+    taken = [c for c in columns if c in manifest.columns]
+    if taken:
+        raise RunError(f"the inputs already have a column {taken[0]!r}, the name {config.source}'s rewrites take in an "
+                       f"export: plan the inputs without it, or run the set under another name (a copy of it as "
+                       f"OTHER.jsonl gives `caption_OTHER`)")
+    clip_tokens.check_available()
+    return Job(w, manifest, config, meta_set, template, tuple(shards), tuple(named if named is not None else shards))
+
+
+def recorded_settings(w: layout.Work, source: str) -> dict | None:
+    """The source's recorded fingerprint (None before its first run); a damaged file is an error naming it."""
+    path = w.settings_file(source)
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+        return recorded
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunError(f"{path} is damaged ({e}): run with --overwrite (and every shard with output named in "
+                       "--shards) to start this source over") from None
+
+
+def _differences(recorded: dict, fingerprint: dict) -> str:
+    keys = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
+    return "; ".join(f"{k}: {recorded.get(k)!r} then, {fingerprint.get(k)!r} now" for k in keys)
+
+
+def check_settings(job: Job, fingerprint: dict, overwrite: bool) -> bool:
+    """Whether the run matches what the source was written with (True), or must start it over (False,
+    only with overwrite); anything else is an error that says what differs. Reads, never writes."""
+    w, source = job.w, job.config.source
+    try:
+        recorded = recorded_settings(w, source)
+    except RunError:
+        if not overwrite:
+            raise
+        recorded = {}
+    if recorded is None or recorded == fingerprint:
+        return True
+    if not overwrite:
+        raise RunError(f"{w.rewrites(source)} was written with other settings ({_differences(recorded, fingerprint)}). "
+                       "Use the same settings, another --work, or --overwrite to start this source over")
+    others = [s for s in range(job.manifest.num_shards) if s not in job.named
+              and done.check(w, source, s).state != done.MISSING]
+    if others:
+        raise RunError(f"--overwrite with other settings starts {source} over, which removes the output of shards "
+                       f"{plan.format_shard_spec(others)} that --shards does not name: name them too (e.g. --shards all) "
+                       "to remove them, or keep the recorded settings")
+    return False
+
+
+def _open_source(job: Job, fingerprint: dict, overwrite: bool) -> SourceLock:
+    """Hold the source (shared) with its settings recorded as `fingerprint`, starting it over first
+    when overwrite asks for other settings."""
+    w, source = job.w, job.config.source
+    lock = SourceLock(w.source_lock_file(source))
+    lock.shared()
+    try:
+        _clean_settings_leftovers(w, source)
+        if check_settings(job, fingerprint, overwrite):
+            if recorded_settings(w, source) is None and not atomic.create_json(w.settings_file(source), fingerprint):
+                check_settings(job, fingerprint, overwrite=False)  # another run recorded its settings first
+        else:
+            _start_over(job, fingerprint, lock)
+        return lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _matches(w: layout.Work, source: str, fingerprint: dict) -> bool:
+    try:
+        return recorded_settings(w, source) == fingerprint
+    except RunError:
+        return False
+
+
+def _start_over(job: Job, fingerprint: dict, lock: SourceLock) -> None:
+    """Remove the source's output and record the new settings. That needs the source to itself
+    (exclusive): never while another run writes it. Other tasks of the same overwriting run wait for
+    the one that starts it over, and then join it."""
+    w, source = job.w, job.config.source
+    lock.release()
+    deadline = time.monotonic() + START_OVER_WAIT
+    joined = False
+    while not lock.exclusive():
+        if _matches(w, source, fingerprint):
+            joined = True  # another task of this run started it over
+            break
+        if time.monotonic() > deadline:
+            raise RunError(f"--overwrite would start {source} over, but other runs are writing it now "
+                           f"({_writers(w, source, job.manifest.num_shards)}): stop them first")
+        time.sleep(0.2)
+    if not joined and not _matches(w, source, fingerprint):
+        with stop.deferred():
+            print(f"{source}: other settings, starting it over (removing the output of its shards)", file=sys.stderr)
+            for shard in range(job.manifest.num_shards):
+                done.clear(w, source, shard)
+            atomic.write_json(w.settings_file(source), fingerprint)
+    lock.shared()
+    if not _matches(w, source, fingerprint):
+        raise RunError(f"another run started {source} over with other settings while this one did")
+
+
+def _writers(w: layout.Work, source: str, num_shards: int) -> str:
+    held = []
+    for shard in range(num_shards):
+        lock = ShardLock(w.lock_file(source, shard))
+        if w.lock_file(source, shard).exists() and not lock.acquire():
+            held.append(f"shard {layout.shard_id(shard)} by {lock.holder()}")
+        lock.release()
+    return "; ".join(held[:5]) or "a run is starting"
+
+
+def _clean_settings_leftovers(w: layout.Work, source: str) -> None:
+    path = w.settings_file(source)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        # A commit cut short by a kill; a young one may be another task's commit in progress.
+        if time.time() - leftover.stat().st_mtime > LEFTOVER_AGE:
+            leftover.unlink(missing_ok=True)
 
 
 def schema(num_rewrites: int) -> pa.Schema:
@@ -79,18 +242,12 @@ def schema(num_rewrites: int) -> pa.Schema:
 
 
 def pending_shards(work: str | Path, source: str, shards: Sequence[int], overwrite: bool = False) -> list[int]:
-    """The shards of `shards` that a run still has to do (all of them with overwrite)."""
-    w = layout.Work(work)
-    source = meta.canonical_source(source)
+    """The shards of `shards` that source `source` (its name, as RunConfig.source) still has to do (all of
+    them with overwrite). Reads only."""
     if overwrite:
         return list(shards)
-    todo = []
-    for s in shards:
-        if w.stats_file(source, s).exists():
-            shutil.rmtree(w.parts(source, s), ignore_errors=True)  # left by a writer killed right after its stats
-        else:
-            todo.append(s)
-    return todo
+    w = layout.Work(work)
+    return [s for s in shards if done.check(w, source, s).state != done.DONE]
 
 
 def run(
@@ -103,68 +260,68 @@ def run(
     progress: bool = True,
     schedule: Schedule = Schedule(),
     stop_within: float = stop.STOP_WITHIN,
+    named: Sequence[int] | None = None,
 ) -> list[dict]:
     """Rewrite `shards` of the plan in `work`; returns the stats of the shards it finished.
 
-    A shard another live process is writing is skipped (see lock.py). On SIGTERM/SIGUSR1 the chunk in
-    flight is committed and StopRequested is raised (see stop.py)."""
-    w = layout.Work(work)
-    manifest = plan.load_manifest(w)
-    meta_set = meta.load(config.source)
-    template = prompt.load_template(config.template)
-    if config.num_examples > len(meta_set):
-        raise RunError(f"--num-examples {config.num_examples} is more than the {len(meta_set)} entries of {meta_set.name}")
-    for shard in shards:
-        if not 0 <= shard < manifest.num_shards:
-            raise RunError(f"shard {shard} is not in the plan (shards 0-{manifest.num_shards - 1})")
-    clip_tokens.check_available()
-    _check_fingerprint(w, config, config.fingerprint(meta_set, template, engine), manifest, overwrite)
-    done = []
+    `named`: the shards the user asked for when this process runs a share of them (Slurm arrays); an
+    overwrite that starts the source over must name every shard with output. A shard another live
+    process is writing is skipped (see lock.py). On SIGTERM/SIGUSR1/SIGINT the chunk in flight is
+    committed and StopRequested is raised (see stop.py)."""
+    job = prepare(work, config, shards, named)
+    fingerprint = job.fingerprint(engine.describe()["engine"], engine.model)
+    finished = []
     with stop.handling(stop_within):
-        for shard in shards:
-            stop.check()
-            lock = ShardLock(w.lock_file(config.source, shard))
-            if not lock.acquire():
-                print(f"{config.source} shard {layout.shard_id(shard)}: being rewritten by {lock.holder()}, skipped",
-                      file=sys.stderr)
-                continue
-            with lock:
-                if overwrite:
-                    _clear(w, config.source, shard)
-                elif not pending_shards(w, config.source, [shard]):
-                    print(f"{config.source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
-                    continue
-                done.append(run_shard(w, manifest, shard, config, meta_set, template, engine, progress=progress,
-                                      schedule=schedule))
-    return done
+        source_lock = _open_source(job, fingerprint, overwrite)
+        try:
+            for shard in shards:
+                stop.check()
+                result = _run_locked(job, shard, engine, overwrite=overwrite, progress=progress, schedule=schedule)
+                if result is not None:
+                    finished.append(result)
+        finally:
+            source_lock.release()
+    return finished
 
 
-def _check_fingerprint(w: layout.Work, config: RunConfig, fingerprint: dict, manifest: plan.Manifest, overwrite: bool) -> None:
-    path = w.settings_file(config.source)
-    fingerprint = {**fingerprint, "plan_id": manifest.plan_id(), "version": __version__}
-    if path.exists() and not overwrite:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        differ = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
-        if differ:
-            detail = "; ".join(f"{k}: {recorded.get(k)!r} then, {fingerprint.get(k)!r} now" for k in differ)
-            raise RunError(
-                f"{w.rewrites(config.source)} was written with other settings ({detail}). "
-                "Use the same settings, another --work, or --overwrite to start this source over"
-            )
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        # A commit cut short by a kill; a young one may be another task's commit in progress.
-        if time.time() - leftover.stat().st_mtime > LEFTOVER_AGE:
-            leftover.unlink(missing_ok=True)
-    if overwrite and path.exists():
-        if json.loads(path.read_text(encoding="utf-8")) != fingerprint:
-            shutil.rmtree(w.rewrites(config.source))
-    atomic.write_json(path, fingerprint)
+def _run_locked(job: Job, shard: int, engine: Engine, *, overwrite: bool, progress: bool, schedule: Schedule) -> dict | None:
+    """Run one shard under its lock, unless another process holds it or it is done (and verified)."""
+    w, source = job.w, job.config.source
+    lock = ShardLock(w.lock_file(source, shard))
+    if not lock.acquire():
+        print(f"{source} shard {layout.shard_id(shard)}: being rewritten by {lock.holder()}, skipped", file=sys.stderr)
+        return None
+    with lock:
+        found = done.check(w, source, shard)
+        if overwrite or found.state == done.DAMAGED:
+            if found.state == done.DAMAGED:
+                print(f"{source} shard {layout.shard_id(shard)}: damaged ({found.problem}): rewriting it", file=sys.stderr)
+            done.clear(w, source, shard)
+        elif found.state == done.DONE:
+            shutil.rmtree(w.parts(source, shard), ignore_errors=True)  # left by a writer killed right after its stats
+            print(f"{source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
+            return None
+        return run_shard(w, job.manifest, shard, job.config, job.meta_set, job.template, engine, progress=progress,
+                         schedule=schedule)
 
 
-def _clear(w: layout.Work, source: str, shard: int) -> None:
-    w.stats_file(source, shard).unlink(missing_ok=True)
-    w.rewrite_file(source, shard).unlink(missing_ok=True)
-    shutil.rmtree(w.parts(source, shard), ignore_errors=True)
+def _committed_part(part: Path, rows: pa.Table) -> dict | None:
+    """The stats of a chunk an earlier run committed, or None when there is none; a damaged part, or
+    one that does not hold these rows, is removed (and redone by the caller)."""
+    if not part.exists():
+        return None
+    try:
+        committed = pq.read_table(part)
+        stats = json.loads(committed.schema.metadata[STATS_KEY])
+        problem = None if committed.num_rows == rows.num_rows and committed.column(layout.KEY).equals(
+            rows.column(layout.KEY)) else "it does not hold this chunk's rows"
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as e:
+        problem = f"unreadable: {e}"
+    if problem is None:
+        return stats
+    print(f"damaged chunk {part} ({problem}): rewriting it", file=sys.stderr)
+    part.unlink()
+    return None
 
 
 def run_shard(
@@ -202,17 +359,19 @@ def run_shard(
                 duplicate_keys += 1
             keys_seen.add(hash(key))
         part = parts / f"{index:05d}.parquet"
-        if part.exists():  # committed by an earlier run
-            chunk_stats.append(json.loads(pq.read_schema(part).metadata[STATS_KEY]))
+        committed = _committed_part(part, table)
+        if committed is not None:  # committed by an earlier run
+            chunk_stats.append(committed)
             bar.update(table.num_rows)
             continue
         stop.check()  # asked to stop: take no new chunk
-        started = time.perf_counter()
-        result, stats = rewrite_chunk(table, config, meta_set, template, engine, schedule)
-        stats["seconds"] = time.perf_counter() - started
-        faults.point("generated")
-        with atomic.atomic_path(part) as tmp:
-            pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
+        with stop.deferred():  # a stop request waits for this chunk's commit
+            started = time.perf_counter()
+            result, stats = rewrite_chunk(table, config, meta_set, template, engine, schedule)
+            stats["seconds"] = time.perf_counter() - started
+            faults.point("generated")
+            with atomic.atomic_path(part) as tmp:
+                pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
         chunk_stats.append(stats)
         bar.update(table.num_rows)
         secs = sum(s["seconds"] for s in chunk_stats)
@@ -220,24 +379,25 @@ def run_shard(
                         captions_s=f"{sum(s['rows'] for s in chunk_stats) / secs:.2f}" if secs else "-")
     bar.close()
 
-    final = w.rewrite_file(config.source, shard)
-    with atomic.atomic_path(final) as tmp, pq.ParquetWriter(tmp, out_schema) as writer:
-        # Row groups of a fixed size, so the file's bytes do not depend on the chunk size either.
-        tables = (pq.read_table(parts / f"{i:05d}.parquet").replace_schema_metadata(None) for i in range(len(chunk_stats)))
-        for table in plan.rechunk(tables, ROW_GROUP_ROWS):
-            writer.write_table(table)
-    stats = merge_stats(chunk_stats)
-    stats.update(shard=shard, source=config.source, engine=engine.describe(), duplicate_keys=duplicate_keys,
-                 settings={**asdict(config), "sampling": config.sampling.to_dict()})
-    atomic.write_json(w.stats_file(config.source, shard), stats)  # written last: the shard is done
-    shutil.rmtree(parts, ignore_errors=True)
+    with stop.deferred():
+        final = w.rewrite_file(config.source, shard)
+        with atomic.atomic_path(final) as tmp, pq.ParquetWriter(tmp, out_schema) as writer:
+            # Row groups of a fixed size, so the file's bytes do not depend on the chunk size either.
+            tables = (pq.read_table(parts / f"{i:05d}.parquet").replace_schema_metadata(None) for i in range(len(chunk_stats)))
+            for table in plan.rechunk(tables, ROW_GROUP_ROWS):
+                writer.write_table(table)
+        stats = merge_stats(chunk_stats)
+        stats.update(shard=shard, source=config.source, engine=engine.describe(), duplicate_keys=duplicate_keys,
+                     settings={**asdict(config), "sampling": config.sampling.to_dict()})
+        stats = done.mark_done(w, config.source, shard, stats)  # written last: the shard is done
+        shutil.rmtree(parts, ignore_errors=True)
     return stats
 
 
 def merge_stats(chunks: Iterable[dict]) -> dict:
     """Sum per-chunk stats (counts add up; captions/s is recomputed)."""
     total: dict = {"rows": 0, "unique_captions": 0, "requests": 0, "ok": 0, "failed": 0, "skipped": 0,
-                   "prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0, "prompts_cut": 0,
+                   "prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0, "captions_cut": 0,
                    "seconds": 0.0,
                    "rejected": {}, "failed_reasons": {}}
     for c in chunks:
@@ -279,9 +439,13 @@ def rewrite_chunk(
     for ident, cap in zip(identity, captions):
         if ident is not None and ident not in unique:
             unique[ident] = cap
+    # A caption's share of the prompt is capped, so one huge caption costs what a caption costs.
+    fitted = {ident: prompt.cap_caption(cap, engine.encode, engine.decode, config.max_caption_tokens)
+              for ident, cap in unique.items()}
+    cut_short = {ident for ident, (_, cut) in fitted.items() if cut}
     results: dict[tuple[str, int], tuple[str | None, str, str | None]] = {}
     stats = {"rows": len(keys), "unique_captions": len(unique), "requests": 0, "prompt_tokens": 0,
-             "cached_prompt_tokens": 0, "generated_tokens": 0, "prompts_cut": 0}
+             "cached_prompt_tokens": 0, "generated_tokens": 0}
     rejected: Counter = Counter()
     failed_reasons: Counter = Counter()
     budget = engine.context_length - config.sampling.max_new_tokens
@@ -293,8 +457,9 @@ def rewrite_chunk(
         for ident, cap, i in pending:
             rng = seeds.example_rng(config.seed, config.source, ident, i, attempt, config.example_sets)
             examples = meta.sample_examples(meta_set, rng, config.num_examples)
-            text, cut = prompt.fit_prompt(template, examples, cap, engine.encode, engine.decode, budget)
-            stats["prompts_cut"] += cut
+            text, cut = prompt.fit_prompt(template, examples, fitted[ident][0], engine.encode, engine.decode, budget)
+            if cut:
+                cut_short.add(ident)
             requests.append(Request(text, seeds.generation_seed(config.seed, config.source, ident, i, attempt),
                                     group=template.head(examples)))
             drawn.append(examples)
@@ -310,9 +475,9 @@ def rewrite_chunk(
             stats["cached_prompt_tokens"] += comp.cached_tokens
             stats["generated_tokens"] += comp.generated_tokens
             text = prompt.parse_completion(comp.text)
-            reason = validate.check(text, cap, comp, tgts, clip_tokens.count)
+            reason = validate.check(text, fitted[ident][0], comp, tgts, clip_tokens.count)
             if reason is None:
-                results[ident, i] = (text, layout.STATUS_OK, None)
+                results[ident, i] = (text, layout.STATUS_OK, validate.CAPTION_CUT if ident in cut_short else None)
                 continue
             rejected[reason] += 1
             if attempt + 1 < config.max_attempts:
@@ -340,5 +505,6 @@ def rewrite_chunk(
         columns[layout.suffixed(layout.STATUS, i, n)] = statuses
         columns[layout.suffixed(layout.REASON, i, n)] = reasons
     stats.update(ok=ok, failed=failed, skipped=sum(ident is None for ident in identity),
+                 captions_cut=sum(ident in cut_short for ident in identity),
                  rejected=dict(rejected), failed_reasons=dict(failed_reasons))
     return pa.table(columns, schema=schema(n)), stats

@@ -13,6 +13,10 @@ MAX_ATTEMPTS = 3  # a rejected rewrite is tried again with fresh examples and se
 BATCH_SIZE = 64  # transformers engine: rows decoded together (64 ran fastest on 2 cores with the embedded model)
 CHUNK_ROWS = 512  # rows committed together; bounds memory and the work lost to a crash
 TEMPLATE = "laclip"
+# A caption's share of a prompt, in model tokens: a longer caption is cut (its row's reason says so), so
+# one pathological row (a 1 MB alt text) costs what a row costs. CLIP reads 77 of its own tokens; 256
+# keeps any caption CLIP could use whole.
+MAX_CAPTION_TOKENS = 256
 EXAMPLE_SETS = 0  # 0: fresh examples for every caption, as LaCLIP does; K > 0: one of K shared draws
 ENGINE = "transformers"
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import atomic, layout, plan, stop
+from . import atomic, done, layout, meta, plan, stop
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: task indices 0-1000
 WARN_SECONDS = 300  # the warning signal comes this long before the time limit
@@ -64,12 +64,12 @@ class Resources:
 
 def render_script(work: Path, source: str, shards: Sequence[int], tasks: int, parallel: int,
                   resources: Resources, run_args: Sequence[str], warn_seconds: int = WARN_SECONDS,
-                  python: str = sys.executable) -> str:
+                  python: str = sys.executable, name: str | None = None) -> str:
     """The sbatch script: an array of `tasks` tasks, at most `parallel` at a time, each running
-    `rewrite run` on its share of `shards`."""
+    `rewrite run` on its share of `shards`. `source` as `rewrite run` takes it; `name`, the set's name."""
     work = Path(work).resolve()
     logs = work / "slurm" / "logs"
-    lines = ["#!/bin/bash", f"#SBATCH --job-name=rewrite-{source}", f"#SBATCH --array=0-{tasks - 1}%{parallel}",
+    lines = ["#!/bin/bash", f"#SBATCH --job-name=rewrite-{name or source}", f"#SBATCH --array=0-{tasks - 1}%{parallel}",
              "#SBATCH --requeue", f"#SBATCH --signal=B:USR1@{warn_seconds}", "#SBATCH --open-mode=append",
              f"#SBATCH --output={logs}/%A_%a.log"]
     for flag, value in (("partition", resources.partition), ("time", resources.time),
@@ -138,18 +138,28 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
     from .runner import pending_shards
 
     w = layout.Work(work)
-    plan.load_manifest(w)  # a work dir with a plan
+    manifest = plan.load_manifest(w)
+    if export_to:
+        from .export import check_out_folder
+
+        export_to = str(Path(export_to).resolve())
+        check_out_folder(Path(export_to), w, manifest)  # refused now, not after every task ran
     if parallel < 1:
         raise SlurmError(f"--parallel must be >= 1, got {parallel}")
-    todo = pending_shards(w, source, shards)
+    if tasks is not None and tasks < 1:
+        raise SlurmError(f"--tasks must be >= 1, got {tasks}")
+    name = meta.source_name(source)
+    # Tasks load a custom set from its file, wherever they start.
+    run_source = str(Path(source).resolve()) if meta.is_file_source(source) else name
+    todo = pending_shards(w, name, shards)
     if not todo:
-        return {"job_id": None, "shards": [], "tasks": 0, "script": None}
+        return {"job_id": None, "source": name, "shards": [], "tasks": 0, "script": None}
     limit = max_array or (max_array_size() if not dry_run else DEFAULT_MAX_ARRAY_SIZE)
     tasks = min(tasks or len(todo), len(todo), limit)
-    script = render_script(w.root, source, todo, tasks, min(parallel, tasks), resources, run_args)
+    script = render_script(w.root, run_source, todo, tasks, min(parallel, tasks), resources, run_args, name=name)
     folder = w.root / "slurm"
-    path = folder / f"{source}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-    record = {"source": source, "shards": plan.format_shard_spec(todo), "tasks": tasks, "script": str(path),
+    path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+    record = {"source": name, "shards": plan.format_shard_spec(todo), "tasks": tasks, "script": str(path),
               "resources": asdict(resources), "run_args": list(run_args)}
     if dry_run:
         return {**record, "job_id": None, "script_text": script}
@@ -175,7 +185,14 @@ def jobs(work: str | Path, source: str | None = None) -> list[dict]:
     path = layout.Work(work).root / "slurm" / "jobs.jsonl"
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise SlurmError(f"{path}:{lineno}: not a job record (the file is damaged)") from None
     return [r for r in records if source is None or r["source"] == source]
 
 
@@ -215,8 +232,6 @@ def log_file(work: str | Path, record: dict, task: int) -> Path:
 def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
     """Shards of the latest submission whose task has left the queue while the shard is not done,
     each with the tail of its task's log."""
-    from .status import DONE, shard_state
-
     w = layout.Work(work)
     records = [r for r in jobs(w, source) if r.get("job_id")]
     if not records:
@@ -225,7 +240,7 @@ def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
     states = task_states([record["job_id"]])
     out = []
     for shard in recorded_shards(record):
-        if shard_state(w, source, shard) == DONE:
+        if done.check(w, source, shard).state == done.DONE:
             continue
         task = task_of_shard(record, shard)
         if f"{record['job_id']}_{task}" in states:
@@ -239,8 +254,6 @@ def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
 def describe(work: str | Path, source: str) -> list[str]:
     """Lines for `rewrite status`: the latest submission's tasks by state, and its unfinished shards
     by what their task is doing."""
-    from .status import DONE, shard_state
-
     records = [r for r in jobs(work, source) if r.get("job_id")]
     if not records:
         return []
@@ -248,7 +261,7 @@ def describe(work: str | Path, source: str) -> list[str]:
     states = task_states([record["job_id"]])
     by_state: dict[str, list[int]] = {}
     for shard in recorded_shards(record):
-        if shard_state(w, source, shard) == DONE:
+        if done.check(w, source, shard).state == done.DONE:
             continue
         state = states.get(f"{record['job_id']}_{task_of_shard(record, shard)}", "ENDED")
         by_state.setdefault(state, []).append(shard)

@@ -1,19 +1,25 @@
-"""Where a work dir stands: each shard of each source done, partial or missing."""
+"""Where a work dir stands: each shard of each source done, partial, missing or damaged."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import layout, plan
+from . import done, layout, meta, plan
+from .done import DAMAGED, DONE, MISSING, PARTIAL
 
-DONE, PARTIAL, MISSING = "done", "partial", "missing"
+STATES = (DONE, PARTIAL, MISSING, DAMAGED)
+
+
+class StatusError(ValueError):
+    pass
 
 
 @dataclass
 class SourceStatus:
     source: str
-    shards: dict[int, str]  # shard -> done | partial | missing
+    shards: dict[int, str]  # shard -> done | partial | missing | damaged
+    damage: dict[int, str] = field(default_factory=dict)  # shard -> what is damaged, naming the file
+    digests: dict[int, str] = field(default_factory=dict)  # done shard -> sha256 of its committed file
     rows_done: int = 0
     ok: int = 0
     failed: int = 0
@@ -27,50 +33,68 @@ class SourceStatus:
     def spec(self, state: str) -> str:
         return plan.format_shard_spec([k for k, v in self.shards.items() if v == state])
 
+    def add(self, stats: dict) -> None:
+        self.rows_done += stats["rows"]
+        self.ok += stats["ok"]
+        self.failed += stats["failed"]
+        self.skipped += stats["skipped"]
+        self.seconds += stats["seconds"]
+        for reason, n in stats.get("failed_reasons", {}).items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
 
-def shard_state(w: layout.Work, source: str, shard: int) -> str:
-    if w.stats_file(source, shard).exists():
-        return DONE
-    parts = w.parts(source, shard)
-    if w.rewrite_file(source, shard).exists() or (parts.is_dir() and any(parts.glob("*.parquet"))):
-        return PARTIAL
-    return MISSING
+
+def source_names(work: str | Path, sources: list[str] | None) -> list[str]:
+    """The sources asked for (a shipped name, an alias, a custom set's file or name) as named in the
+    work dir; every one of them must have been run there. None: every source that has been run."""
+    present = layout.Work(work).sources_present()
+    if not sources:
+        return present
+    names = [s if s in present else meta.source_name(s) for s in sources]
+    unknown = [n for n in names if n not in present]
+    if unknown:
+        raise StatusError(f"{layout.Work(work).root} has no rewrites of {', '.join(unknown)} "
+                          f"(sources run there: {', '.join(present) or 'none'})")
+    return names
 
 
-def collect(work: str | Path, sources: list[str] | None = None) -> tuple[plan.Manifest, list[SourceStatus]]:
+def collect(work: str | Path, sources: list[str] | None = None, *, checksum: bool = False
+            ) -> tuple[plan.Manifest, list[SourceStatus]]:
     w = layout.Work(work)
     manifest = plan.load_manifest(w)
     out = []
-    for source in sources or w.sources_present():
-        st = SourceStatus(source, {s: shard_state(w, source, s) for s in range(manifest.num_shards)})
-        for shard, state in st.shards.items():
-            if state == DONE:
-                stats = json.loads(w.stats_file(source, shard).read_text(encoding="utf-8"))
-                st.rows_done += stats["rows"]
-                st.ok += stats["ok"]
-                st.failed += stats["failed"]
-                st.skipped += stats["skipped"]
-                st.seconds += stats["seconds"]
-                for reason, n in stats.get("failed_reasons", {}).items():
-                    st.reasons[reason] = st.reasons.get(reason, 0) + n
+    for source in source_names(w, sources):
+        st = SourceStatus(source, {})
+        for shard in range(manifest.num_shards):
+            found = done.check(w, source, shard, checksum=checksum)
+            st.shards[shard] = found.state
+            if found.state == DONE:
+                st.add(found.stats)
+                st.digests[shard] = found.stats[done.FILE_KEY]["sha256"]
+            elif found.state == DAMAGED:
+                st.damage[shard] = found.problem
         out.append(st)
     return manifest, out
 
 
-def render(manifest: plan.Manifest, statuses: list[SourceStatus]) -> str:
+def render(manifest: plan.Manifest, statuses: list[SourceStatus], strays: list[Path] = ()) -> str:
     lines = [f"plan: {manifest.num_shards} shards, {manifest.total_rows} rows, {len(manifest.files)} input files"]
     if not statuses:
         lines.append("no source has been run yet (rewrite run --work WORK --source SOURCE --shards all)")
     for st in statuses:
         n = manifest.num_shards
         line = (f"{st.source:8s} done {st.count(DONE)}/{n}  partial {st.count(PARTIAL)}  missing {st.count(MISSING)}"
-                f"  | rows {st.rows_done}/{manifest.total_rows}  ok {st.ok}  failed {st.failed}  skipped {st.skipped}")
+                + (f"  damaged {st.count(DAMAGED)}" if st.count(DAMAGED) else "")
+                + f"  | rows {st.rows_done}/{manifest.total_rows}  ok {st.ok}  failed {st.failed}  skipped {st.skipped}")
         if st.seconds:
             line += f"  {st.rows_done / st.seconds:.2f} captions/s"
         lines.append(line)
-        for state in (PARTIAL, MISSING):
+        for state in (PARTIAL, MISSING, DAMAGED):
             if st.count(state):
                 lines.append(f"         {state} shards: {st.spec(state)}")
+        for shard, problem in st.damage.items():
+            lines.append(f"         damaged {layout.shard_id(shard)}: {problem} (`rewrite run` redoes it)")
         if st.reasons:
             lines.append("         failed rewrites by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(st.reasons.items())))
+    for path in strays:
+        lines.append(f"ignored {path}: not a source folder (no settings.json)")
     return "\n".join(lines)

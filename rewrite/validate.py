@@ -24,6 +24,7 @@ TOO_LONG_FOR_CLIP = "over_77_clip_tokens"
 CONTROL_CHARACTERS = "control_characters"
 MOJIBAKE = "mojibake"
 EMPTY_CAPTION = "empty_caption"  # the input caption itself is null or blank (row skipped)
+CAPTION_CUT = "caption_cut"  # on an ok row: the caption was cut to --max-caption-tokens (or the context) first
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 # UTF-8 read as Latin-1/cp1252: "Ã©" for "é", "â€™" for "’", "Â " for a no-break space, and U+FFFD.

@@ -27,13 +27,28 @@ def pick_auto() -> str:
     return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "transformers"
 
 
-def load(name: str, model: str | None = None, **options) -> Engine:
-    """Engine `name` (or `auto`) on `model`; options are the engine's own keyword arguments."""
+def resolve_name(name: str) -> str:
+    """The engine `name` stands for (`auto` picks one and says which)."""
     if name == "auto":
         name = pick_auto()
         print(f"--engine auto: using {name}", file=sys.stderr)
     if name not in available():
         raise EngineError(f"unknown engine {name!r}; engines: {', '.join(available())}")
+    return name
+
+
+def model_name(name: str, model: str | None) -> str:
+    """What engine `name` would report as its model for --model `model`, without loading it: a local
+    engine's resolved model directory, or an engine module's own `model_name(model)`."""
+    from .. import model as model_lib
+
+    module = importlib.import_module(f"{__name__}.{resolve_name(name)}")
+    return getattr(module, "model_name", model_lib.resolve)(model)
+
+
+def load(name: str, model: str | None = None, **options) -> Engine:
+    """Engine `name` (or `auto`) on `model`; options are the engine's own keyword arguments."""
+    name = resolve_name(name)
     module = importlib.import_module(f"{__name__}.{name}")
     try:
         return module.create(model, **options)

@@ -1,0 +1,86 @@
+"""What "a shard is done" means, in one place.
+
+A shard of a source is done when its stats json (written last, after the shard's parquet file was
+committed) parses and the parquet file still is what the stats recorded when it was committed: its
+size and row count, and (when asked: it reads the whole file) its sha256. Anything less is damage: a
+deleted or truncated file, a stats file cut short. Damage is reported naming the file; `run` redoes a
+damaged shard and `export` refuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import atomic, layout
+
+DONE, PARTIAL, MISSING, DAMAGED = "done", "partial", "missing", "damaged"
+FILE_KEY = "file"  # the stats' record of the committed parquet file
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    state: str  # done | partial | missing | damaged
+    stats: dict | None = None  # the shard's stats, when done
+    problem: str | None = None  # what is damaged, naming the file
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_facts(path: Path) -> dict:
+    """What the done marker records of a committed shard file."""
+    return {"name": path.name, "bytes": path.stat().st_size, "rows": pq.ParquetFile(path).metadata.num_rows,
+            "sha256": sha256(path)}
+
+
+def mark_done(w: layout.Work, source: str, shard: int, stats: dict) -> dict:
+    """Write the shard's stats, with the facts of its committed file: the shard is done from here on."""
+    stats = {**stats, FILE_KEY: file_facts(w.rewrite_file(source, shard))}
+    atomic.write_json(w.stats_file(source, shard), stats)
+    return stats
+
+
+def check(w: layout.Work, source: str, shard: int, *, checksum: bool = False) -> ShardCheck:
+    """The shard's state; for a done shard, its stats; for a damaged one, what is wrong."""
+    stats_path, path = w.stats_file(source, shard), w.rewrite_file(source, shard)
+    if not stats_path.exists():
+        parts = w.parts(source, shard)
+        started = path.exists() or (parts.is_dir() and any(parts.glob("*.parquet")))
+        return ShardCheck(PARTIAL if started else MISSING)
+    try:
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        recorded = stats[FILE_KEY]
+        size, rows = int(recorded["bytes"]), int(recorded["rows"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        return ShardCheck(DAMAGED, problem=f"{stats_path} is not a complete stats file")
+    if not path.exists():
+        return ShardCheck(DAMAGED, problem=f"{path} is missing")
+    if path.stat().st_size != size:
+        return ShardCheck(DAMAGED, problem=f"{path} has {path.stat().st_size} bytes, {size} when it was committed")
+    try:
+        found_rows = pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as e:
+        return ShardCheck(DAMAGED, problem=f"{path} is not a readable parquet file ({e})")
+    if found_rows != rows:
+        return ShardCheck(DAMAGED, problem=f"{path} has {found_rows} rows, {rows} when it was committed")
+    if checksum and sha256(path) != recorded.get("sha256"):
+        return ShardCheck(DAMAGED, problem=f"{path} is not the file that was committed (its sha256 differs)")
+    return ShardCheck(DONE, stats)
+
+
+def clear(w: layout.Work, source: str, shard: int) -> None:
+    """Remove a shard's outputs (the done marker first), keeping its lock file. Caller holds the shard lock."""
+    w.stats_file(source, shard).unlink(missing_ok=True)
+    w.rewrite_file(source, shard).unlink(missing_ok=True)
+    shutil.rmtree(w.parts(source, shard), ignore_errors=True)

@@ -1,0 +1,132 @@
+"""An output folder written all at once: a reader sees the whole export or none of it.
+
+Every export writes into OUT/.rewrite-staging/ first (hidden: dataset loaders skip it), one file at a
+time, each committed atomically, so a killed export leaves finished files a rerun keeps. Once all are
+there, the published entries (say `data/` and `README.md`) are moved into place by renames. A marker,
+OUT/.rewrite-export.json, records what the tool wrote there: only those files are ever replaced or
+removed, and a folder holding anything else is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from . import atomic
+
+MARKER = ".rewrite-export.json"
+STAGING = ".rewrite-staging"
+REPLACED = "replaced"  # inside the staging folder: the previous export, until the new one is in place
+
+
+class PublishError(ValueError):
+    pass
+
+
+def _remove_files(root: Path, names: Sequence[str]) -> None:
+    """Remove the listed files under root (and our temporary files beside them), then the folders this
+    leaves empty; anything else stays."""
+    folders = {root}
+    for name in names:
+        path = root / name
+        path.unlink(missing_ok=True)
+        for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+        folders.update(p for p in path.parents if p.is_relative_to(root))
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (someone else's file) or gone
+
+
+class OutputFolder:
+    """OUT, about to receive an export identified by `export_id` made of `files` (paths relative to OUT)."""
+
+    def __init__(self, out: str | Path, export_id: str, files: Sequence[str], *, overwrite: bool):
+        self.out, self.export_id, self.files = Path(out), export_id, list(files)
+        self.staging = self.out / STAGING
+        if self.out.exists() and not self.out.is_dir():
+            raise PublishError(f"--out {self.out} is a file, not a folder")
+        self.marker = self._read_marker()
+        published = self.marker.get("published")
+        self.up_to_date = published == export_id and not self.marker.get("staging")
+        if published and published != export_id and not overwrite:
+            raise PublishError(f"{self.out} holds an earlier export with other rewrites or settings: choose another "
+                               "--out, or pass --overwrite to replace it")
+        self._check_only_ours()
+
+    def _read_marker(self) -> dict:
+        path = self.out / MARKER
+        if not path.exists():
+            if self.out.is_dir() and any(self.out.iterdir()):
+                shown = ", ".join(sorted(p.name for p in self.out.iterdir())[:5])
+                raise PublishError(f"{self.out} is not empty and was not written by `rewrite export` ({shown}): "
+                                   "choose a new or empty --out; nothing there is removed or replaced")
+            return {}
+        try:
+            marker = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(marker.get("files", []), list):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            raise PublishError(f"{path} is damaged: remove {self.out} yourself, or choose another --out") from None
+        return marker
+
+    def _check_only_ours(self) -> None:
+        """The published folders we would replace hold only files an export wrote."""
+        ours = set(self.marker.get("files", [])) | set(self.marker.get("staging_files", []))
+        for top in {Path(f).parts[0] for f in self.files if len(Path(f).parts) > 1}:
+            folder = self.out / top
+            if not folder.is_dir():
+                continue
+            for path in folder.rglob("*"):
+                if path.is_file() and path.relative_to(self.out).as_posix() not in ours:
+                    raise PublishError(f"{path} was not written by `rewrite export`: move it out of {folder}, "
+                                       "or choose another --out (nothing there is removed or replaced)")
+
+    def _write_marker(self, **changes) -> None:
+        self.marker = {**self.marker, **changes}
+        atomic.write_json(self.out / MARKER, self.marker)
+
+    def begin(self) -> None:
+        """Start (or resume) staging this export; the staged files of an unfinished other one are removed."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.marker.get("staging") != self.export_id:
+            _remove_files(self.staging, self.marker.get("staging_files", [])
+                          + [f"{REPLACED}/{f}" for f in self.marker.get("files", [])])
+            self._write_marker(staging=self.export_id, staging_files=self.files, publishing=False)
+        self.staging.mkdir(exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        """Where file `name` is staged."""
+        return self.staging / name
+
+    def written(self, name: str) -> bool:
+        """Whether this export has committed `name` already (a rerun keeps it): staged, or moved into
+        place by a publish that was cut short."""
+        if self.path(name).is_file():
+            return True
+        top = Path(name).parts[0]
+        return bool(self.marker.get("publishing")) and not (self.staging / top).exists() and (self.out / name).is_file()
+
+    def publish(self) -> None:
+        """Move the staged export into place; the previous export's files go, nothing else does."""
+        missing = [f for f in self.files if not self.written(f)]
+        if missing:
+            raise PublishError(f"cannot publish {self.out}: {', '.join(missing[:3])} not written")
+        old = self.marker.get("files", [])
+        self._write_marker(published=None, publishing=True)  # until the end, OUT holds no whole export
+        replaced = self.staging / REPLACED
+        for top in dict.fromkeys(Path(f).parts[0] for f in self.files):
+            staged, target = self.staging / top, self.out / top
+            if not staged.exists():
+                continue  # moved in by an earlier publish that was cut short
+            if target.is_dir():
+                _remove_files(replaced / top, [f[len(top) + 1:] for f in old if Path(f).parts[0] == top])
+                replaced.mkdir(exist_ok=True)
+                os.rename(target, replaced / top)
+            os.replace(staged, target)
+        self._write_marker(published=self.export_id, files=self.files, staging=None, staging_files=[],
+                           publishing=False)
+        _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old])
