@@ -35,6 +35,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         faults.point(f"commit:{point}")
         os.replace(tmp_path, path)
         faults.point(f"committed:{point}")
+    except OSError as e:
+        if e.filename is None:  # a write error (disk full, say) that names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -72,19 +72,20 @@ def export(
     settings = {st.source: runner.recorded_settings(w, st.source) for st in statuses}
     names = [layout.export_data_file(s, manifest.num_shards) for s in range(manifest.num_shards)]
     by_source = {st.source: st for st in statuses}
-    folder = publish.OutputFolder(out, export_id(manifest, settings, statuses), names + [CARD], overwrite=overwrite)
     summary = {"out": str(out), "files": names, "rows": manifest.total_rows, "sources": list(settings),
                "missing": {k: plan.format_shard_spec(v) for k, v in missing.items()}, "damaged": damage}
-    if folder.up_to_date:
-        return {**summary, "columns": _columns(out / names[0]), "up_to_date": True}
-    folder.begin()
-    for shard, name in enumerate(tqdm(names, unit="file", desc="export", disable=not progress, file=sys.stderr)):
-        if not folder.written(name):
-            _write_shard(w, manifest, shard, settings, by_source, folder.path(name))
-    summary["columns"] = _columns(folder.path(names[0]) if folder.path(names[0]).exists() else out / names[0])
-    if not folder.written(CARD):
-        atomic.write_text(folder.path(CARD), dataset_card(summary, settings, statuses))
-    folder.publish()
+    with publish.OutputFolder(out, export_id(manifest, settings, statuses), names + [CARD], overwrite=overwrite) as folder:
+        if folder.up_to_date:
+            return {**summary, "columns": _columns(out / names[0]), "up_to_date": True}
+        folder.begin()
+        for shard, name in enumerate(tqdm(names, unit="file", desc="export", disable=not progress, file=sys.stderr)):
+            if not folder.written(name):
+                _write_shard(w, manifest, shard, settings, by_source, folder.path(name))
+        first = folder.path(names[0])
+        summary["columns"] = _columns(first if first.exists() else out / names[0])
+        if not folder.written(CARD):
+            atomic.write_text(folder.path(CARD), dataset_card(summary, settings, statuses))
+        folder.publish()
     return summary
 
 

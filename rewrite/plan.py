@@ -244,6 +244,12 @@ def plan(
     paths = discover(inputs)
     roots = _input_roots(inputs)
     _check_work_dir(work_dir.root, roots)
+    # A work dir is the tool's own: a plan never writes among someone else's files (an `inputs/`
+    # folder is what a plan cut short left, and is written over).
+    others = sorted(p.name for p in work_dir.root.iterdir() if p.name != "inputs") if work_dir.root.is_dir() else []
+    if others:
+        raise PlanError(f"--out {work_dir.root} is not empty ({', '.join(others[:5])}) and holds no plan: "
+                        "choose a new or empty folder for the work dir")
     schemas = {p: _input_schema(p, caption_column) for p in paths}
     key_column = _choose_key_column(paths, schemas, key_column)
     for p, schema in schemas.items():

@@ -8,6 +8,7 @@ removed, and a folder holding anything else is refused.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Sequence
 from . import atomic
 
 MARKER = ".rewrite-export.json"
+LOCK = ".rewrite-export.lock"  # held by the one export writing OUT
 STAGING = ".rewrite-staging"
 REPLACED = "replaced"  # inside the staging folder: the previous export, until the new one is in place
 
@@ -49,21 +51,58 @@ class OutputFolder:
         self.staging = self.out / STAGING
         if self.out.exists() and not self.out.is_dir():
             raise PublishError(f"--out {self.out} is a file, not a folder")
-        self.marker = self._read_marker()
-        published = self.marker.get("published")
-        self.up_to_date = published == export_id and not self.marker.get("staging")
-        if published and published != export_id and not overwrite:
-            raise PublishError(f"{self.out} holds an earlier export with other rewrites or settings: choose another "
-                               "--out, or pass --overwrite to replace it")
-        self._check_only_ours()
+        self._refuse_foreign_folder()
+        self._lock: int | None = self._take_lock()
+        try:
+            self.marker = self._read_marker()
+            published = self.marker.get("published")
+            self.up_to_date = published == export_id and not self.marker.get("staging") and self._intact()
+            if published and published != export_id and not overwrite:
+                raise PublishError(f"{self.out} holds an earlier export with other rewrites or settings: choose "
+                                   "another --out, or pass --overwrite to replace it")
+            self._check_only_ours()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "OutputFolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _refuse_foreign_folder(self) -> None:
+        if not self.out.is_dir() or (self.out / MARKER).exists():
+            return
+        others = sorted(p.name for p in self.out.iterdir() if p.name != LOCK)
+        if others:
+            raise PublishError(f"{self.out} is not empty and was not written by `rewrite export` "
+                               f"({', '.join(others[:5])}): choose a new or empty --out; nothing there is removed or replaced")
+
+    def _take_lock(self) -> int:
+        """One export writes OUT at a time (the kernel drops the lock when its holder dies)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PublishError(f"another export is writing {self.out} now: wait for it, or choose another --out") from None
+        return fd
+
+    def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _intact(self) -> bool:
+        """The published files are still there with the sizes they were published with."""
+        sizes = self.marker.get("sizes", {})
+        return all((self.out / f).is_file() and (self.out / f).stat().st_size == sizes.get(f) for f in self.files)
 
     def _read_marker(self) -> dict:
         path = self.out / MARKER
         if not path.exists():
-            if self.out.is_dir() and any(self.out.iterdir()):
-                shown = ", ".join(sorted(p.name for p in self.out.iterdir())[:5])
-                raise PublishError(f"{self.out} is not empty and was not written by `rewrite export` ({shown}): "
-                                   "choose a new or empty --out; nothing there is removed or replaced")
             return {}
         try:
             marker = json.loads(path.read_text(encoding="utf-8"))
@@ -91,7 +130,6 @@ class OutputFolder:
 
     def begin(self) -> None:
         """Start (or resume) staging this export; the staged files of an unfinished other one are removed."""
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.marker.get("staging") != self.export_id:
             _remove_files(self.staging, self.marker.get("staging_files", [])
                           + [f"{REPLACED}/{f}" for f in self.marker.get("files", [])])
@@ -127,6 +165,7 @@ class OutputFolder:
                 replaced.mkdir(exist_ok=True)
                 os.rename(target, replaced / top)
             os.replace(staged, target)
-        self._write_marker(published=self.export_id, files=self.files, staging=None, staging_files=[],
+        sizes = {f: (self.out / f).stat().st_size for f in self.files}
+        self._write_marker(published=self.export_id, files=self.files, sizes=sizes, staging=None, staging_files=[],
                            publishing=False)
         _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old])

@@ -70,7 +70,8 @@ class RunConfig:
         """Everything a resumed or appended run must share with the first one."""
         d = asdict(self)
         d.pop("chunk_rows")  # chunk size changes commits, not rewrites
-        d.pop("meta_file")  # where the set lies does not matter; its digest does
+        d.pop("meta_file")  # where the set (or template) lies does not matter; its digest does
+        d["template"] = template.name
         return {**d, "meta_digest": meta_set.digest(), "template_digest": template.digest,
                 "engine": engine_name, "model": model, "model_digest": model_lib.digest(model),
                 "version": __version__}

@@ -101,3 +101,31 @@ def test_schedule_groups_by_examples_then_length():
     assert schedule_order(prompts, examples, Schedule()) == [1, 3, 4, 2, 0]
     assert schedule_order(prompts, examples, Schedule(group_by_examples=False)) == [1, 4, 2, 3, 0]
     assert schedule_order(prompts, examples, Schedule(False, False)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("given, name", [
+    ("chatgpt", "chatgpt"), ("mscoco", "coco"), ("sets/mine.jsonl", "mine"), ("/abs/path/my-set_2.jsonl", "my-set_2"),
+])
+def test_a_source_goes_by_a_name_never_a_path(given, name):
+    assert meta.source_name(given) == name
+
+
+@pytest.mark.parametrize("given, message", [
+    ("../x", "unknown source"), ("/abs/chatgpt.jsonl", "name of a shipped meta set"),
+    ("sets/mscoco.jsonl", "name of a shipped meta set"), ("a b.jsonl", "may hold only letters"),
+    ("sets/.jsonl", "may hold only letters"), ("sets/x.y.jsonl", "may hold only letters"),
+])
+def test_a_source_name_that_could_escape_or_collide_is_refused(given, message):
+    with pytest.raises(meta.MetaSetError, match=message):
+        meta.source_name(given)
+
+
+def test_run_refuses_what_validate_rejects(tmp_path):
+    arrow = tmp_path / "arrow.jsonl"
+    arrow.write_text('{"source": "a => b", "target": "c"}\n{"source": "x", "target": "y"}\n')
+    with pytest.raises(meta.MetaSetError, match="not usable in a prompt: '=>' inside"):
+        meta.load_usable(str(arrow))
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(meta.MetaSetError, match="binary.jsonl: not UTF-8"):
+        meta.load(str(binary))

@@ -128,5 +128,7 @@ def test_fingerprint_covers_code_version_and_model_files(text_file, tmp_path):
         path.write_text(json.dumps({**recorded, field: value}))
         proc = run_cli("run", "--work", work, "--source", "bard", "--shards", "1", "--no-progress", check=False)
         assert proc.returncode == 2 and f"{field}: {value!r} then" in proc.stderr, proc.stderr
-    proc = run_cli("run", "--work", work, "--source", "bard", "--shards", "1", "--no-progress", "--overwrite")
+    proc = run_cli("run", "--work", work, "--source", "bard", "--shards", "1", "--no-progress", "--overwrite", check=False)
+    assert proc.returncode == 2 and "removes the output of shards 0 that --shards does not name" in proc.stderr
+    run_cli("run", "--work", work, "--source", "bard", "--shards", "0-1", "--no-progress", "--overwrite")
     assert json.loads(path.read_text())["model_digest"] == recorded["model_digest"]

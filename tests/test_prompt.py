@@ -76,3 +76,15 @@ def test_a_completion_cut_at_max_tokens_after_its_line_break_is_whole():
     cut = Completion(" A dog runs on the", 10, 77, "length")
     assert validate.check(prompt.parse_completion(ran_on.text), "dog on beach", ran_on, []) is None
     assert validate.check(prompt.parse_completion(cut.text), "dog on beach", cut, []) == validate.CUT_AT_MAX_TOKENS
+
+
+def test_a_caption_is_capped_at_its_token_budget():
+    encode = lambda text: text.split()  # one "token" per word
+    decode = lambda ids: " ".join(ids)
+    assert prompt.cap_caption("a  short\ncaption", encode, decode, 5) == ("a short caption", False)
+    text, cut = prompt.cap_caption("word " * 1000, encode, decode, 8)
+    assert (text, cut) == (" ".join(["word"] * 8), True)
+    # A megabyte is never tokenized whole: only max_tokens x 32 characters reach the tokenizer.
+    seen = []
+    text, cut = prompt.cap_caption("x" * 1_000_000, lambda t: seen.append(len(t)) or [t], lambda ids: ids[0], 4)
+    assert cut and seen == [4 * prompt.CHARS_PER_TOKEN_BOUND]

@@ -353,3 +353,35 @@ def test_sigterm_while_the_model_loads_exits_75(tmp_path, text_input):
     assert proc.returncode == 75, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     assert not (work / "rewrites" / "bard" / "00000.stats.json").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_gets_one_line_and_loses_nothing(tmp_path, text_input):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("mount refused here")
+    try:
+        work = disk / "work"
+        run_cli("shard", text_input, "--out", work, "--num-shards", "2")
+        run_cli("run", "--work", work, "--source", "bard", "--shards", "0", "--no-progress")
+        done_before = (work / "rewrites" / "bard" / "00000.parquet").read_bytes()
+        filler = disk / "filler"
+        with open(filler, "wb") as f:  # fill the disk to the last byte
+            try:
+                while True:
+                    f.write(os.urandom(1 << 16))
+                    f.flush()
+            except OSError:
+                pass
+        proc = run_cli("run", "--work", work, "--source", "bard", "--shards", "1", "--no-progress", check=False)
+        assert proc.returncode == 1 and "No space left on device" in proc.stderr, proc.stderr
+        assert "rewrites/bard/" in proc.stderr and "Traceback" not in proc.stderr
+        assert (work / "rewrites" / "bard" / "00000.parquet").read_bytes() == done_before
+        filler.unlink()
+        run_cli("run", "--work", work, "--source", "bard", "--shards", "1", "--no-progress")
+        assert "bard     done 2/2" in run_cli("status", "--work", work).stdout
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])

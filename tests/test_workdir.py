@@ -33,11 +33,9 @@ def test_a_relative_work_dir_works_from_another_folder(tmp_path, monkeypatch, te
 
 
 def test_a_copied_work_dir_reads_its_own_files(tmp_path, text_file):
-    """A copy must not read the original's converted inputs, nor an input kept inside the work dir."""
+    """A copy must not read the original's converted inputs."""
     work = tmp_path / "work"
-    (work / "data").mkdir(parents=True)
-    pq.write_table(pa.table({"caption": ["a caption kept inside the work dir"]}), work / "data" / "inside.parquet")
-    plan.plan([str(text_file), str(work / "data")], work, num_shards=2)
+    plan.plan([str(text_file)], work, num_shards=2)
     shutil.copytree(work, tmp_path / "copy")
     expected = all_rows(tmp_path / "copy")
     converted = next((work / "inputs").glob("*.parquet"))  # the original's: same rows, other text
@@ -45,7 +43,7 @@ def test_a_copied_work_dir_reads_its_own_files(tmp_path, text_file):
     assert all_rows(tmp_path / "copy") == expected
     shutil.rmtree(work)
     assert all_rows(tmp_path / "copy") == expected
-    assert expected[-1]["caption"] == "a caption kept inside the work dir"
+    assert [r["caption"] for r in expected] == [c.replace("\n", " ") for c in CAPTIONS]
 
 
 def test_the_inputs_are_recorded_as_given(tmp_path, monkeypatch, text_file):
@@ -96,3 +94,17 @@ def test_an_old_plan_is_refused_with_a_way_out(tmp_path, text_file):
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 1}))
     with pytest.raises(plan.PlanError, match="plan version 1 .*plan again into a new work dir"):
         plan.load_manifest(tmp_path / "w")
+
+
+def test_a_plan_never_writes_among_someone_elses_files(tmp_path, text_file):
+    """--out must be new, empty, or a plan cut short (only its converted `inputs/` there)."""
+    busy = tmp_path / "project"
+    busy.mkdir()
+    (busy / "notes.md").write_text("mine")
+    with pytest.raises(plan.PlanError, match=r"--out .*project is not empty \(notes.md\) and holds no plan"):
+        plan.plan([str(text_file)], busy)
+    assert [p.name for p in busy.iterdir()] == ["notes.md"]
+    cut_short = tmp_path / "work"
+    (cut_short / "inputs").mkdir(parents=True)
+    (cut_short / "inputs" / "00000-captions.parquet").write_bytes(b"half a conversion")
+    assert plan.plan([str(text_file)], cut_short).total_rows == len(CAPTIONS)
