@@ -142,7 +142,7 @@ def run(
             # Everything that needs no model is checked before one loads.
             job = runner.prepare(work, config, todo, named)
             engine_name = engines.resolve_name(engine)
-            runner.check_settings(job, job.fingerprint(engine_name, engines.model_name(engine_name, model)), overwrite)
+            runner.preflight(job, job.fingerprint(engine_name, engines.model_name(engine_name, model)), overwrite)
             options = {k: v for k, v in dict(
                 batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,

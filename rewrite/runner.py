@@ -160,6 +160,25 @@ def check_settings(job: Job, fingerprint: dict, overwrite: bool) -> bool:
     return False
 
 
+def preflight(job: Job, fingerprint: dict, overwrite: bool) -> None:
+    """Before a model loads: the settings match the source's, or an overwrite may start it over now
+    (no other run is writing it). Holds nothing after; `run` checks again under the lock."""
+    if check_settings(job, fingerprint, overwrite):
+        return
+    probe = SourceLock(job.w.source_lock_file(job.config.source))
+    try:
+        if not probe.exclusive():
+            raise _busy(job)
+    finally:
+        probe.release()
+
+
+def _busy(job: Job) -> RunError:
+    source = job.config.source
+    return RunError(f"--overwrite would start {source} over, but other runs are writing it now "
+                    f"({_writers(job.w, source, job.manifest.num_shards)}): stop them first")
+
+
 def _open_source(job: Job, fingerprint: dict, overwrite: bool) -> SourceLock:
     """Hold the source (shared) with its settings recorded as `fingerprint`, starting it over first
     when overwrite asks for other settings."""
@@ -199,8 +218,7 @@ def _start_over(job: Job, fingerprint: dict, lock: SourceLock) -> None:
             joined = True  # another task of this run started it over
             break
         if time.monotonic() > deadline:
-            raise RunError(f"--overwrite would start {source} over, but other runs are writing it now "
-                           f"({_writers(w, source, job.manifest.num_shards)}): stop them first")
+            raise _busy(job)
         time.sleep(0.2)
     if not joined and not _matches(w, source, fingerprint):
         with stop.deferred():

@@ -52,7 +52,20 @@ def test_overwrite_with_other_settings_must_name_every_shard_it_removes(tmp_path
                    overwrite=True)
     assert {s: layout.Work(work).rewrite_file("bard", s).read_bytes() for s in range(3)} == before  # nothing removed
     assert json.loads(layout.Work(work).settings_file("bard").read_text())["seed"] == 0
-    # Named, they go: the source starts over with the new settings.
+    # Named, they go, but never while another run writes the source (it holds the source lock shared).
+    from rewrite.lock import SourceLock
+
+    job = runner.prepare(work, runner.RunConfig(source="bard", seed=1), [0, 1, 2])
+    fingerprint = job.fingerprint(engine.describe()["engine"], engine.model)
+    writer = SourceLock(layout.Work(work).source_lock_file("bard"))
+    writer.shared()
+    try:
+        with pytest.raises(runner.RunError, match="other runs are writing it now"):
+            runner.preflight(job, fingerprint, overwrite=True)
+    finally:
+        writer.release()
+    runner.preflight(job, fingerprint, overwrite=True)
+    # Named, and nobody else writing: the source starts over with the new settings.
     runner.run(work, runner.RunConfig(source="bard", chunk_rows=2, seed=1), [1], engine, progress=False,
                overwrite=True, named=[0, 1, 2])
     assert json.loads(layout.Work(work).settings_file("bard").read_text())["seed"] == 1
@@ -61,7 +74,9 @@ def test_overwrite_with_other_settings_must_name_every_shard_it_removes(tmp_path
 
 @pytest.mark.slow
 def test_overwrite_never_starts_over_beside_a_live_writer(tmp_path, text_input):
-    work = planned(tmp_path, text_input, shards=1)
+    many = tmp_path / "many.txt"  # long enough that the live run is still writing when the overwrite comes
+    many.write_text("".join(f"{c}, picture {i}\n" for i in range(6) for c in CAPTIONS), encoding="utf-8")
+    work = planned(tmp_path, many, shards=1)
     folder = work / "rewrites" / "bard"
     live = subprocess.Popen([sys.executable, "-m", "rewrite.cli", "run", "--work", str(work), "--source", "bard",
                              "--chunk-rows", "1", "--no-progress"], stderr=subprocess.PIPE, text=True)
@@ -81,7 +96,7 @@ def test_overwrite_never_starts_over_beside_a_live_writer(tmp_path, text_input):
     recorded = json.loads((folder / "settings.json").read_text())
     assert recorded["seed"] == 0  # the live run's settings, and its shard is whole and done
     assert runner.done.check(layout.Work(work), "bard", 0).state == "done"
-    assert pq.read_table(folder / "00000.parquet").num_rows == len(CAPTIONS)
+    assert pq.read_table(folder / "00000.parquet").num_rows == 6 * len(CAPTIONS)
 
 
 def test_a_done_shard_is_never_touched_by_a_reader(tmp_path, text_input, engine):
