@@ -32,8 +32,11 @@ class ShardLock:
             return False
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "slurm_job": os.environ.get("SLURM_JOB_ID")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+        except OSError:
+            pass  # who holds it is for messages only (a full disk, say, is met by the next write)
         self._fd = fd
         return True
 

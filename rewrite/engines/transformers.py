@@ -80,12 +80,26 @@ def prefix_plan(ids: Sequence[Sequence[int]], groups: Sequence[str], reuse: bool
     return which, lengths
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_options(batch_size: int, dtype: str | None, max_model_len: int | None) -> None:
+    """Refuse bad options before anything loads, naming them as the CLI spells them."""
+    if batch_size < 1:
+        raise EngineError(f"--batch-size must be >= 1, got {batch_size}")
+    if dtype is not None and dtype not in DTYPES:
+        raise EngineError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if max_model_len is not None and max_model_len < 1:
+        raise EngineError(f"--max-model-len must be >= 1, got {max_model_len}")
+
+
 class TransformersEngine(TokenizerEngine):
     name = "transformers"
 
     def __init__(self, model: str | None, batch_size: int = BATCH_SIZE, dtype: str | None = None,
                  device: str | None = None, max_model_len: int | None = None,
                  stop_at_newline: bool = True, prefix_reuse: bool = True):
+        check_options(batch_size, dtype, max_model_len)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model_lib.resolve(model)
