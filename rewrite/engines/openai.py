@@ -20,6 +20,12 @@ from .base import Completion, Engine, EngineError, Request
 API_KEY_ENV = "OPENAI_API_KEY"
 
 
+def model_name(model: str | None) -> str:
+    """The served model's name: as given (a server's path or name, not a local one), else the embedded
+    model's directory (what `vllm serve DIR` serves)."""
+    return model or model_lib.resolve(None)
+
+
 class OpenAIEngine(Engine):
     name = "openai"
 
@@ -36,8 +42,7 @@ class OpenAIEngine(Engine):
             raise EngineError(f"--api must be completions or chat, got {api!r}")
         if concurrency < 1:
             raise EngineError(f"--concurrency must be >= 1, got {concurrency}")
-        # Served model name: as given, else the embedded model's directory (what `vllm serve DIR` serves).
-        self.model = model or model_lib.resolve(None)
+        self.model = model_name(model)
         self.api, self.concurrency, self.base_url = api, concurrency, base_url
         self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(API_KEY_ENV) or "EMPTY",
                                     max_retries=request_retries, timeout=timeout)
