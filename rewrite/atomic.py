@@ -66,10 +66,13 @@ def create_json(path: str | Path, data: dict) -> bool:
             f.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        point = f"{path.parent.name}/{path.name}"  # the same fault-injection names as atomic_path's
+        faults.point(f"commit:{point}")
         try:
             os.link(tmp, path)  # unlike a rename, never replaces an existing file
-            return True
         except FileExistsError:
             return False
+        faults.point(f"committed:{point}")
+        return True
     finally:
         tmp.unlink(missing_ok=True)
