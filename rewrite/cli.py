@@ -134,6 +134,7 @@ def run(
                 example_sets=example_sets, max_caption_tokens=max_caption_tokens,
                 sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
             )
+            runner.tidy_done(work, config.source, shard_ids)
             todo = runner.pending_shards(work, config.source, shard_ids, overwrite)
             if not todo:
                 typer.echo(f"{config.source}: shards {plan.format_shard_spec(shard_ids) or 'none'} are done already "

@@ -260,6 +260,21 @@ def schema(num_rewrites: int) -> pa.Schema:
     return pa.schema(fields)
 
 
+def tidy_done(work: str | Path, source: str, shards: Sequence[int]) -> None:
+    """Remove the chunk parts a writer killed right after marking its shard done left, under the
+    shard's lock (a shard another process holds is left alone)."""
+    w = layout.Work(work)
+    for shard in shards:
+        parts = w.parts(source, shard)
+        if not parts.is_dir() or done.check(w, source, shard).state != done.DONE:
+            continue
+        lock = ShardLock(w.lock_file(source, shard))
+        if lock.acquire():
+            with lock:
+                if done.check(w, source, shard).state == done.DONE:
+                    shutil.rmtree(parts, ignore_errors=True)
+
+
 def pending_shards(work: str | Path, source: str, shards: Sequence[int], overwrite: bool = False) -> list[int]:
     """The shards of `shards` that source `source` (its name, as RunConfig.source) still has to do (all of
     them with overwrite). Reads only."""
@@ -484,8 +499,10 @@ def rewrite_chunk(
             drawn.append(examples)
         order = schedule_order([r.prompt for r in requests], drawn, schedule)
         completions: list = [None] * len(requests)
-        for j, comp in zip(order, engine.generate([requests[j] for j in order], config.sampling)):
-            completions[j] = comp
+        # Rows whose caption was cut go to the engine on their own: they never widen a batch for the others.
+        for batch in ([j for j in order if pending[j][0] not in cut_short], [j for j in order if pending[j][0] in cut_short]):
+            for j, comp in zip(batch, engine.generate([requests[j] for j in batch], config.sampling) if batch else ()):
+                completions[j] = comp
         targets = [[t for _, t in examples] for examples in drawn]
         stats["requests"] += len(requests)
         retry = []

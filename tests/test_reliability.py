@@ -299,8 +299,20 @@ def test_a_huge_caption_costs_a_row_and_says_it_was_cut(tmp_path, engine):
     pq.write_table(pa.table({"caption": captions}), tmp_path / "odd.parquet")
     work = tmp_path / "work"
     plan.plan([str(tmp_path / "odd.parquet")], work, num_shards=1)
-    stats = runner.run(work, runner.RunConfig(source="human", chunk_rows=16, max_attempts=1), [0], engine,
+    calls = []
+
+    class Calls:  # the real engine, keeping the prompts of each generate call
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def generate(self, requests, sampling):
+            calls.append([r.prompt for r in requests])
+            return engine.generate(requests, sampling)
+
+    stats = runner.run(work, runner.RunConfig(source="human", chunk_rows=16, max_attempts=1), [0], Calls(),
                        progress=False)[0]
+    long_calls = [c for c in calls if any("very long alt text" in p for p in c)]
+    assert [len(c) for c in long_calls] == [1]  # its own batch: it widens none of the others
     rows = pq.read_table(layout.Work(work).rewrite_file("human", 0)).to_pylist()
     assert rows[3]["reason"] == "caption_cut" or rows[3]["status"] == "failed"
     assert stats["captions_cut"] == 1
