@@ -1,9 +1,13 @@
-"""The transformers engine on the real embedded model."""
+"""The transformers engine on the real embedded model; every engine's option checks."""
+import re
+
+import pytest
 import torch
 
 from rewrite import prompt, seeds
-from rewrite.engines import Request, load
-from rewrite.engines.transformers import MIN_SHARED_PREFIX, prefix_plan, sample_rows, shared_prefix_length
+from rewrite.engines import EngineError, Request, load
+from rewrite.engines.transformers import (BUCKET_RATIO, BUCKET_SLACK, MIN_SHARED_PREFIX, pack_lanes, prefill_buckets,
+                                          prefix_plan, sample_rows, shared_prefix_length)
 from rewrite.settings import Sampling
 
 EXAMPLES = [
@@ -51,6 +55,68 @@ def test_prefix_plan_shares_a_prefix_within_a_group_only():
     assert len(set(which)) == 4 and [lengths[w] for w in which] == [len(r) - 1 for r in ids]
     short = [[1, 2, 3], [1, 2, 4]]  # a shared start shorter than MIN_SHARED_PREFIX is not worth it
     assert prefix_plan(short, ["g", "g"], reuse=True)[1] == [2, 2]
+
+
+def test_prefill_buckets_pad_only_prompts_of_similar_length():
+    lengths = [120, 2000, 118, 130, 125, 190, 10, 20]
+    buckets = prefill_buckets(lengths)
+    assert buckets == [[6, 7], [0, 2, 3, 4, 5], [1]]  # the 2,000-token prompt alone; given order kept
+    for b in buckets:
+        assert max(lengths[i] for i in b) <= min(lengths[i] for i in b) * BUCKET_RATIO + BUCKET_SLACK
+    assert prefill_buckets([117, 125, 132, 113] * 16) == [list(range(64))]  # ordinary prompts: one pass, as before
+    assert prefill_buckets([]) == []
+
+
+def test_pack_lanes_parts_lanes_only_where_padding_costs_more_than_a_pass():
+    columns = 10_000  # the weights' size in cache columns
+    assert pack_lanes([(63, 130), (1, 2000)], columns) == [[0], [1]]  # 63 rows x 1,870 columns of padding
+    assert pack_lanes([(8, 130), (1, 600)], columns) == [[0, 1]]  # 8 x 470: cheaper than another pass
+    assert pack_lanes([(32, 200), (32, 125)], columns) == [[0, 1]]  # new rows join the running ones
+    assert pack_lanes([(1, 2000), (30, 150), (20, 120)], columns) == [[1, 2], [0]]
+    assert pack_lanes([(10, 100), (1, 1100)], columns) == [[0, 1]]  # at most `columns`: merged
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-examples", "own-examples"])
+def test_a_long_prompt_neither_widens_nor_changes_the_short_rows(engine, shared):
+    """One prompt over ten times longer than the rest: every request completes, every forward pass wider
+    than a short row ever gets (prefill or decode) holds the long row alone, and the short rows' rewrites
+    are the ones they get without it."""
+    t = prompt.load_template()
+    captions = ["red car parked on the street", "bowl of fresh fruit on a table", "snowy mountains at sunrise",
+                "man playing guitar on stage", "old bridge over a river", "a cat asleep on a sofa",
+                "two boats in a small harbour", "kids flying a kite on a hill", "a plate of pancakes with berries",
+                "a train crossing a bridge", "a lighthouse on a cliff", "a dog catching a frisbee",
+                "a market stall full of fruit", "a woman reading in a park", "a snowy street at night"]
+    group = t.head(EXAMPLES) if shared else ""
+    short = [Request(t.render(EXAMPLES, c), seeds.generation_seed(0, "test", c, 0, 0), group) for c in captions]
+    widest = max(len(engine.encode(r.prompt)) for r in short)
+    ids = engine.encode(", ".join(captions * 40))
+    room = 1200 - len(engine.encode(t.render(EXAMPLES, "")))
+    long = Request(t.render(EXAMPLES, engine.decode(ids[:room])), 7, group)
+    long_tokens = len(engine.encode(long.prompt))
+    # Preconditions: one batch, and padding the short rows to the long one's width would cost more than
+    # the decode pass that keeps it apart (the cache columns that weigh as much as the weights).
+    assert engine.batch_size >= len(short) + 1
+    cfg = engine.lm.config
+    column_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * engine.lm.dtype.itemsize
+    assert len(short) * (long_tokens - widest) > sum(p.nbytes for p in engine.lm.parameters()) / column_bytes
+    sampling = Sampling(max_new_tokens=24)
+    alone = engine.generate(short, sampling)
+    passes: list[tuple[int, int]] = []  # (rows, attention width) of every forward pass of the real model
+    hook = engine.lm.register_forward_pre_hook(
+        lambda _, args, kwargs: passes.append(tuple(kwargs["attention_mask"].shape)), with_kwargs=True)
+    try:
+        together = engine.generate(short + [long], sampling)
+    finally:
+        hook.remove()
+    for c in together:
+        assert c.finish_reason in ("stop", "length") and c.generated_tokens >= 1
+    assert together[-1].prompt_tokens == long_tokens
+    wide = [rows for rows, width in passes if width > widest + sampling.max_new_tokens]  # no short row's
+    assert wide and set(wide) == {1}
+    assert [c.text for c in together[:-1]] == [c.text for c in alone]
+    if shared:  # the long row still takes the examples' prefix the first row computed
+        assert together[-1].cached_tokens == together[1].cached_tokens > 50
 
 
 def test_generation_is_deterministic_per_request_whatever_the_batch(engine):
@@ -108,8 +174,39 @@ def test_generation_stops_at_a_line_break_and_respects_max_tokens(engine):
 
 
 def test_unknown_engine_lists_the_known_ones():
-    import pytest
-    from rewrite.engines import EngineError
-
     with pytest.raises(EngineError, match="unknown engine 'nope'.*transformers"):
         load("nope")
+
+
+URL = "http://127.0.0.1:8000/v1"
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("transformers", {"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+    ("transformers", {"dtype": "nonsense"}, "--dtype must be one of float32, bfloat16, float16, auto, got 'nonsense'"),
+    ("transformers", {"max_model_len": 0}, "--max-model-len must be >= 1, got 0"),
+    ("vllm", {"tensor_parallel_size": 0}, "--tensor-parallel-size must be >= 1, got 0"),
+    ("vllm", {"gpu_memory_utilization": 0.0}, "--gpu-memory-utilization must be in (0, 1], got 0.0"),
+    ("vllm", {"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization must be in (0, 1], got 1.5"),
+    ("vllm", {"max_model_len": -1}, "--max-model-len must be >= 1, got -1"),
+    ("vllm", {"dtype": "fp64"}, "--dtype must be one of auto, float32, bfloat16, float16, float, half, got 'fp64'"),
+    ("vllm", {"engine_args": ["block_size"]}, "--engine-arg 'block_size': expected key=value"),
+    ("openai", {"base_url": URL, "timeout": 0}, "--timeout must be > 0 seconds, got 0"),
+    ("openai", {"base_url": URL, "max_model_len": 0}, "--max-model-len must be >= 1, got 0"),
+    ("openai", {"base_url": "127.0.0.1:8000/v1"}, "--base-url must be an http(s) URL"),
+    ("openai", {"base_url": "http://127.0.0.1:abc/v1"}, "--base-url must be an http(s) URL"),
+    ("openai", {"base_url": URL + "/completions"}, "--base-url is the API's root"),
+])
+def test_bad_engine_options_are_refused_before_the_model_loads(tmp_path, name, options, message):
+    """The model named is a directory that cannot load (no config, no tokenizer): had anything been
+    loaded before the options were checked, that would have failed first, with another error."""
+    with pytest.raises(EngineError, match=re.escape(message)):
+        load(name, str(tmp_path), **options)
+
+
+def test_engine_option_checks_let_the_edges_through():
+    from rewrite.engines import openai, transformers, vllm
+
+    transformers.check_options(1, "auto", 1)
+    vllm.check_options("half", 1, 1.0, 1)
+    openai.check_options("https://api.example.com/v1/", "chat", 1, 0.5, 1)

@@ -12,6 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlsplit
 
 from .. import model as model_lib
 from ..settings import Sampling
@@ -26,22 +27,42 @@ def model_name(model: str | None) -> str:
     return model or model_lib.resolve(None)
 
 
+def check_options(base_url: str | None, api: str, concurrency: int, timeout: float, max_model_len: int | None) -> None:
+    """Refuse bad options before the client or a tokenizer loads, naming them as the CLI spells them. A
+    wrong --base-url would otherwise only show as every request failing, and every row with it."""
+    if not base_url:
+        raise EngineError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+    try:
+        url = urlsplit(base_url)
+        well_formed = url.scheme in ("http", "https") and bool(url.hostname) and (url.port is None or url.port > 0)
+    except ValueError:  # a port that is not a number up to 65535, a broken IPv6 address
+        well_formed = False
+    if not well_formed:
+        raise EngineError(f"--base-url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
+    if url.path.rstrip("/").endswith("/completions"):
+        raise EngineError(f"--base-url is the API's root, such as http://127.0.0.1:8000/v1 (the client adds "
+                          f"/completions or /chat/completions), got {base_url!r}")
+    if api not in ("completions", "chat"):
+        raise EngineError(f"--api must be completions or chat, got {api!r}")
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise EngineError(f"--concurrency must be >= 1, got {concurrency!r}")
+    if not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise EngineError(f"--timeout must be > 0 seconds, got {timeout!r}")
+    if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 1):
+        raise EngineError(f"--max-model-len must be >= 1, got {max_model_len!r}")
+
+
 class OpenAIEngine(Engine):
     name = "openai"
 
     def __init__(self, model: str | None, *, base_url: str | None = None, api: str = "completions",
                  concurrency: int = 16, timeout: float = 60.0, request_retries: int = 5,
                  tokenizer: str | None = None, max_model_len: int | None = None):
+        check_options(base_url, api, concurrency, timeout, max_model_len)
         try:
             import openai
         except ImportError:
             raise EngineError("the openai engine needs the openai package: pip install openai") from None
-        if not base_url:
-            raise EngineError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        if api not in ("completions", "chat"):
-            raise EngineError(f"--api must be completions or chat, got {api!r}")
-        if concurrency < 1:
-            raise EngineError(f"--concurrency must be >= 1, got {concurrency}")
         self.model = model_name(model)
         self.api, self.concurrency, self.base_url = api, concurrency, base_url
         self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(API_KEY_ENV) or "EMPTY",

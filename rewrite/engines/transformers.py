@@ -7,6 +7,11 @@ requests join the running batch when it is half empty (continuous batching), and
 
 Each row samples with its own seeded generator (`sample_rows`), so a row's rewrite does not depend on
 which other rows share its batch.
+
+A row costs what a row costs: prompts are prefilled in buckets of similar length (`prefill_buckets`), and
+the running batch decodes in lanes, kept apart where padding one to the other's cache width would cost
+more than a forward pass (`pack_lanes`), so one very long prompt never makes the rows beside it pay for
+its width, in compute or in KV cache.
 """
 from __future__ import annotations
 
@@ -20,6 +25,15 @@ from .base import Completion, EngineError, Request, TokenizerEngine
 
 CANDIDATES = (64, 2048)  # widths searched for a row's top-p nucleus before the whole vocabulary
 MIN_SHARED_PREFIX = 8  # tokens; a shorter shared prefix is not worth a separate forward pass
+# A prefill bucket's longest prompt is at most BUCKET_RATIO x its shortest + BUCKET_SLACK tokens. A prefill
+# pass pays for a padded token as for a real one: so at most a third of a pass's tokens are padding (about
+# a sixth for evenly spread lengths) and one outlier never sets its width, while a chunk's LaCLIP prompts
+# (113-132 tokens with the demo captions) stay one pass. A tighter ratio takes more passes, each reading
+# the weights again (and on a GPU, less well filled). The slack keeps short prompts together, where a few
+# tokens of padding cost less than one more pass.
+BUCKET_RATIO = 1.5
+BUCKET_SLACK = 16
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: the checkpoint's own
 
 
 def sample_rows(logits: torch.Tensor, generators: Sequence[torch.Generator], temperature: float,
@@ -80,17 +94,59 @@ def prefix_plan(ids: Sequence[Sequence[int]], groups: Sequence[str], reuse: bool
     return which, lengths
 
 
-DTYPES = ("float32", "bfloat16", "float16")
+def prefill_buckets(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of `lengths` in buckets that share a padded forward pass, shortest bucket first: a bucket
+    starts at the shortest length not yet taken and holds every length up to BUCKET_RATIO x it +
+    BUCKET_SLACK. Within a bucket the indices keep their given order."""
+    buckets: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if buckets and lengths[i] <= lengths[buckets[-1][0]] * BUCKET_RATIO + BUCKET_SLACK:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return [sorted(b) for b in buckets]
+
+
+def pack_lanes(lanes: Sequence[tuple[int, int]], columns: float) -> list[list[int]]:
+    """Which lanes of the running batch, each (rows, cache width), decode in one forward pass.
+
+    Merged, the narrower lane's rows are padded to the wider width, and every decode step reads that
+    padding from the KV cache; kept apart, every step reads the model's weights once more. So, by width,
+    a lane joins the one before it when the padding that adds (rows before it x width difference) is at
+    most `columns`, the weights' size in cache columns. Within a pack the indices keep their given order."""
+    packs: list[list[int]] = []
+    rows = width = 0
+    for i in sorted(range(len(lanes)), key=lambda i: lanes[i][1]):
+        r, w = lanes[i]
+        if packs and rows * (w - width) <= columns:
+            packs[-1].append(i)
+            rows += r
+        else:
+            packs.append([i])
+            rows = r
+        width = w
+    return [sorted(p) for p in packs]
 
 
 def check_options(batch_size: int, dtype: str | None, max_model_len: int | None) -> None:
     """Refuse bad options before anything loads, naming them as the CLI spells them."""
-    if batch_size < 1:
-        raise EngineError(f"--batch-size must be >= 1, got {batch_size}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise EngineError(f"--batch-size must be >= 1, got {batch_size!r}")
     if dtype is not None and dtype not in DTYPES:
         raise EngineError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if max_model_len is not None and max_model_len < 1:
-        raise EngineError(f"--max-model-len must be >= 1, got {max_model_len}")
+    if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 1):
+        raise EngineError(f"--max-model-len must be >= 1, got {max_model_len!r}")
+
+
+def fit_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`t` cut or left-padded with zeros to `width` along `dim`: tokens sit at the right end, left padding
+    is masked out."""
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t.narrow(dim, -missing, width)
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 class TransformersEngine(TokenizerEngine):
@@ -110,10 +166,12 @@ class TransformersEngine(TokenizerEngine):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model)
             dtype = dtype or ("bfloat16" if self.device == "cuda" else "float32")
-            self.lm = AutoModelForCausalLM.from_pretrained(self.model, dtype=getattr(torch, dtype))
+            self.lm = AutoModelForCausalLM.from_pretrained(
+                self.model, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
         except OSError as e:
             raise EngineError(f"cannot load model {self.model}: {e}") from None
         self.lm.to(self.device).eval()
+        self.weight_bytes = sum(p.nbytes for p in self.lm.parameters())
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         # Tokens whose text holds a line break end a rewrite (stop at the first newline).
         texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
@@ -126,26 +184,19 @@ class TransformersEngine(TokenizerEngine):
     @torch.inference_mode()
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         """A continuous batch: rows leave it as they stop, and once it is half empty the next requests
-        (in the runner's order) are prefilled and joined to it."""
+        (in the runner's order) are prefilled and joined to it. It decodes in lanes (`pack_lanes`)."""
         ids = [self.encode(r.prompt) for r in requests]
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
         tokens: list[list[int]] = [[] for _ in requests]
         cached = [0] * len(requests)
         reasons: list[str] = ["stop"] * len(requests)
-        waiting = 0  # requests[waiting:] are not started yet
-        running: _Running | None = None
-        while True:
-            if waiting < len(requests) and (running is None or len(running.rows) <= self.batch_size // 2):
-                take = range(waiting, min(len(requests), waiting + self.batch_size - (len(running.rows) if running else 0)))
-                joined = self._prefill([ids[i] for i in take], [requests[i].group for i in take], list(take), cached)
-                running = joined if running is None else running.merge(joined)
-                waiting = take.stop
-            if running is None:
-                break
-            chosen = sample_rows(running.logits, [generators[i] for i in running.rows],
+
+        def advance(lane: _Running) -> bool:
+            """One token for each row of the lane; False once none of its rows goes on."""
+            chosen = sample_rows(lane.logits, [generators[i] for i in lane.rows],
                                  sampling.temperature, sampling.top_p).tolist()
             keep = []
-            for j, (i, t) in enumerate(zip(running.rows, chosen)):
+            for j, (i, t) in enumerate(zip(lane.rows, chosen)):
                 if t in self.eos_ids:
                     continue
                 tokens[i].append(t)
@@ -156,17 +207,45 @@ class TransformersEngine(TokenizerEngine):
                     continue
                 keep.append(j)
             if not keep:
-                running = None
-                continue
-            running.keep(keep)
-            running.step(self.lm, torch.tensor([chosen[j] for j in keep], device=self.device))
+                return False
+            lane.keep(keep)
+            lane.step(self.lm, torch.tensor([chosen[j] for j in keep], device=self.device))
+            return True
+
+        waiting = 0  # requests[waiting:] are not started yet
+        lanes: list[_Running] = []
+        while True:
+            running = sum(len(lane.rows) for lane in lanes)
+            if waiting < len(requests) and running <= self.batch_size // 2:
+                take = range(waiting, min(len(requests), waiting + self.batch_size - running))
+                joined = self._prefill([ids[i] for i in take], [requests[i].group for i in take], list(take), cached)
+                lanes = self._pack(lanes + joined)
+                waiting = take.stop
+            if not lanes:
+                break
+            lanes = [lane for lane in lanes if advance(lane)]
         return [Completion(text=self.decode(t), prompt_tokens=len(p), generated_tokens=len(t), finish_reason=r,
                            cached_tokens=c) for t, p, r, c in zip(tokens, ids, reasons, cached)]
 
-    def _prefill(self, ids: list[list[int]], groups: list[str], rows: list[int], cached: list[int]) -> _Running:
-        """Prompts into a new running batch: 1. the distinct prefixes in one left-padded forward pass;
-        2. each row's cache gathered from its prefix; 3. the rows' own tails, left-padded after it.
-        `cached[row]` gets the prompt tokens a row took from a prefix another row computed."""
+    def _pack(self, lanes: list[_Running]) -> list[_Running]:
+        """The lanes merged as `pack_lanes` finds it pays."""
+        if len(lanes) < 2:
+            return lanes
+        columns = self.weight_bytes / lanes[0].column_bytes()
+        packed = []
+        for pack in pack_lanes([(len(lane.rows), lane.width) for lane in lanes], columns):
+            merged = lanes[pack[0]]
+            for j in pack[1:]:
+                merged = merged.merge(lanes[j])
+            packed.append(merged)
+        return packed
+
+    def _prefill(self, ids: list[list[int]], groups: list[str], rows: list[int], cached: list[int]) -> list[_Running]:
+        """Prompts into new lanes of the running batch: 1. the distinct prefixes (`prefix_plan`), each
+        computed once, in buckets of similar length, one left-padded forward pass each; 2. per prefix
+        bucket, its rows in buckets of similar prompt length: each row's cache gathered from its prefix,
+        then the rows' own tails, left-padded after it. `cached[row]` gets the prompt tokens a row took
+        from a prefix another row computed."""
         from transformers import DynamicCache
 
         which, lengths = prefix_plan(ids, groups, self.prefix_reuse)
@@ -174,23 +253,37 @@ class TransformersEngine(TokenizerEngine):
         for j, w in enumerate(which):
             if owner[w] != j:
                 cached[rows[j]] = lengths[w]
-        width = max(lengths)
-        prefix_ids = [[self.pad_id] * (width - n) + ids[owner[p]][:n] for p, n in enumerate(lengths)]
-        prefix_mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=self.device)
-        cache = DynamicCache(config=self.lm.config)
-        if width:
-            self.lm(input_ids=torch.tensor(prefix_ids, device=self.device), attention_mask=prefix_mask,
-                    position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True)
-            cache.batch_select_indices(torch.tensor(which, device=self.device))
-        tails = [r[lengths[w]:] for r, w in zip(ids, which)]
-        tail_width = max(len(t) for t in tails)
-        mask = torch.cat([prefix_mask[which], torch.tensor(
-            [[0] * (tail_width - len(t)) + [1] * len(t) for t in tails], device=self.device)], dim=-1)
-        input_ids = torch.tensor([[self.pad_id] * (tail_width - len(t)) + t for t in tails], device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, width:],
-                         past_key_values=cache, use_cache=True).logits[:, -1, :]
-        return _Running(rows, cache, mask, positions[:, -1] + 1, logits)
+        lanes = []
+        for prefixes in prefill_buckets(lengths):
+            width = max(lengths[p] for p in prefixes)
+            prefix_ids = [[self.pad_id] * (width - lengths[p]) + ids[owner[p]][:lengths[p]] for p in prefixes]
+            prefix_mask = torch.tensor([[0] * (width - lengths[p]) + [1] * lengths[p] for p in prefixes],
+                                       device=self.device)
+            cache = DynamicCache(config=self.lm.config)
+            if width:
+                self.lm(input_ids=torch.tensor(prefix_ids, device=self.device), attention_mask=prefix_mask,
+                        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+            slot = {p: k for k, p in enumerate(prefixes)}
+            members = [j for j, w in enumerate(which) if w in slot]
+            for bucket in prefill_buckets([len(ids[j]) for j in members]):
+                bucket = [members[k] for k in bucket]
+                index = torch.tensor([slot[which[j]] for j in bucket], device=self.device)
+                own = max(lengths[which[j]] for j in bucket)  # the columns before it pad all of these rows
+                row_cache = DynamicCache(config=self.lm.config)
+                if own:
+                    for n, layer in enumerate(cache.layers):
+                        row_cache.update(fit_left(layer.keys[index], own, 2), fit_left(layer.values[index], own, 2), n)
+                tails = [ids[j][lengths[which[j]]:] for j in bucket]
+                tail_width = max(len(t) for t in tails)
+                mask = torch.cat([fit_left(prefix_mask[index], own, 1), torch.tensor(
+                    [[0] * (tail_width - len(t)) + [1] * len(t) for t in tails], device=self.device)], dim=-1)
+                input_ids = torch.tensor([[self.pad_id] * (tail_width - len(t)) + t for t in tails], device=self.device)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, own:],
+                                 past_key_values=row_cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                lanes.append(_Running([rows[j] for j in bucket], row_cache, mask, positions[:, -1] + 1, logits))
+        return lanes
 
     def describe(self) -> dict:
         return {"engine": self.name, "model": self.model, "device": self.device,
@@ -199,11 +292,19 @@ class TransformersEngine(TokenizerEngine):
 
 
 class _Running:
-    """The rows being decoded: their KV cache, attention mask (left padding is 0), next positions and
-    last logits, all in the same row order as `rows` (indices into the request list)."""
+    """A lane of the running batch: its rows' KV cache, attention mask (left padding is 0), next positions
+    and last logits, all in the same row order as `rows` (indices into the request list)."""
 
     def __init__(self, rows: list[int], cache, mask: torch.Tensor, next_pos: torch.Tensor, logits: torch.Tensor):
         self.rows, self.cache, self.mask, self.next_pos, self.logits = rows, cache, mask, next_pos, logits
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def column_bytes(self) -> int:
+        """Bytes of cache one row holds per column (one token's keys and values in every layer)."""
+        return sum(layer.keys[0, :, 0].nbytes + layer.values[0, :, 0].nbytes for layer in self.cache.layers)
 
     def keep(self, keep: list[int]) -> None:
         """Drop the other rows, and the cache columns no remaining row attends to."""
@@ -226,21 +327,12 @@ class _Running:
         self.next_pos = self.next_pos + 1
 
     def merge(self, other: "_Running") -> "_Running":
-        """One batch of both: the shorter cache is left-padded (masked) to the longer one's length."""
-        width = max(self.mask.shape[1], other.mask.shape[1])
-
-        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-            missing = width - t.shape[dim]
-            if not missing:
-                return t
-            shape = list(t.shape)
-            shape[dim] = missing
-            return torch.cat([t.new_zeros(shape), t], dim=dim)
-
+        """One lane of both: the narrower cache is left-padded (masked) to the wider one's width."""
+        width = max(self.width, other.width)
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
-            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
-        self.mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
+            mine.keys = torch.cat([fit_left(mine.keys, width, 2), fit_left(theirs.keys, width, 2)])
+            mine.values = torch.cat([fit_left(mine.values, width, 2), fit_left(theirs.values, width, 2)])
+        self.mask = torch.cat([fit_left(self.mask, width, 1), fit_left(other.mask, width, 1)])
         self.rows = self.rows + other.rows
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
         self.logits = torch.cat([self.logits, other.logits])

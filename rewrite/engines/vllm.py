@@ -25,6 +25,7 @@ SMALL_CPU = 4  # cores; at most this many, vLLM's CPU build reserves none for it
 CPU_KV_CACHE_BYTES = 2 << 30
 CPU_BLOCK_SIZE = 32
 TCMALLOC = ("tcmalloc_minimal", "tcmalloc")  # Debian: libtcmalloc-minimal4
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float", "half")  # what vLLM's `dtype` takes
 
 
 @contextlib.contextmanager
@@ -68,12 +69,28 @@ def parse_engine_args(pairs: Sequence[str]) -> dict:
     return out
 
 
+def check_options(dtype: str | None, tensor_parallel_size: int, gpu_memory_utilization: float | None,
+                  max_model_len: int | None) -> None:
+    """Refuse bad options before vLLM is imported or a model loaded, naming them as the CLI spells them."""
+    if dtype is not None and dtype not in DTYPES:
+        raise EngineError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
+        raise EngineError(f"--tensor-parallel-size must be >= 1, got {tensor_parallel_size!r}")
+    if gpu_memory_utilization is not None and (
+            not isinstance(gpu_memory_utilization, (int, float)) or not 0 < gpu_memory_utilization <= 1):
+        raise EngineError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+    if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 1):
+        raise EngineError(f"--max-model-len must be >= 1, got {max_model_len!r}")
+
+
 class VLLMEngine(TokenizerEngine):
     name = "vllm"
 
     def __init__(self, model: str | None, *, dtype: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool | None = None, engine_args: Sequence[str] = (), stop_at_newline: bool = True):
+        check_options(dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len)
+        extra = parse_engine_args(engine_args)
         try:
             from vllm import LLM
         except ImportError as e:
@@ -105,7 +122,7 @@ class VLLMEngine(TokenizerEngine):
             kwargs["max_model_len"] = max_model_len
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        kwargs.update(parse_engine_args(engine_args))
+        kwargs.update(extra)
         if on_cpu:
             kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
             if "gpu_memory_utilization" not in kwargs:
