@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from . import export as export_lib
+from . import exports
 from . import meta as meta_lib
 from . import layout, plan, publish, runner, settings, status as status_lib, stop
 from . import slurm as slurm_lib
@@ -28,7 +29,7 @@ app.add_typer(meta_app, name="meta")
 slurm_app = typer.Typer(help="Run shards as Slurm array jobs.", no_args_is_help=True)
 app.add_typer(slurm_app, name="slurm")
 
-USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, runner.RunError, export_lib.ExportError, publish.PublishError,
+USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, runner.RunError, exports.ExportError, publish.PublishError,
                status_lib.StatusError, EngineError, ModelError, TemplateError, ClipTokenizerError, slurm_lib.SlurmError,
                ValueError)
 EXIT_BAD_INPUT = 2  # bad input or options: the message names the file, row or option
@@ -62,17 +63,18 @@ def reported():
 
 @app.command()
 def shard(
-    inputs: List[str] = typer.Argument(..., help="Parquet/CSV/TSV/text files, folders or globs."),
+    inputs: List[str] = typer.Argument(..., help="Parquet/CSV/TSV/text files or webdataset .tar shards: files, folders, globs or brace ranges (shards/{00000..00127}.tar)."),
     out: Path = typer.Option(..., "--out", help="Work dir to hold the plan and all outputs."),
     num_shards: Optional[int] = typer.Option(None, help="Number of shards."),
     rows_per_shard: Optional[int] = typer.Option(None, help=f"Rows per shard (default {plan.DEFAULT_ROWS_PER_SHARD})."),
     caption_column: str = typer.Option("caption", help="Caption column of parquet/CSV/TSV inputs."),
     key_column: Optional[str] = typer.Option(None, help="Key column (default: `key` when present, else derived from file and row)."),
+    caption_field: Optional[str] = typer.Option(None, help="Webdataset input: the KEY.json field holding the caption (default: KEY.txt)."),
 ):
     """Plan shards over the inputs and save the plan in the work dir."""
     with reported():
         m = plan.plan(inputs, out, num_shards=num_shards, rows_per_shard=rows_per_shard,
-                      caption_column=caption_column, key_column=key_column)
+                      caption_column=caption_column, key_column=key_column, caption_field=caption_field)
     typer.echo(f"planned {m.num_shards} shards over {m.total_rows} rows from {len(m.files)} files in {out}")
 
 
@@ -110,6 +112,8 @@ def run(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     requeue_on_warning: bool = typer.Option(False, help="In a Slurm job: after stopping on SIGUSR1 (the time-limit warning), requeue the job so it resumes (set by `rewrite slurm submit`)."),
     stop_within: float = typer.Option(STOP_WITHIN, help="After SIGTERM/SIGUSR1: seconds the chunk in flight gets to finish and commit before the run stops without it."),
+    then_export: Optional[Path] = typer.Option(None, "--then-export", help="Then export this run's shards of this source to this folder (array tasks: each its own; the last to finish publishes)."),
+    export_format: str = typer.Option(exports.DEFAULT, help="Format of --then-export (see `rewrite export --format`)."),
 ):
     """Rewrite the captions of some shards with one meta set.
 
@@ -118,6 +122,7 @@ def run(
     (run again to resume)."""
     from . import engines
 
+    finished = []
     try:
         with reported(), stop.handling(stop_within):  # a signal while the model loads stops the run too
             manifest = plan.load_manifest(work)
@@ -134,28 +139,31 @@ def run(
                 example_sets=example_sets, max_caption_tokens=max_caption_tokens,
                 sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
             )
+            if then_export is not None:  # refused now, not after the rewriting
+                export_lib.check_out_folder(then_export, layout.Work(work), manifest)
+                exports.named(export_format)
             runner.tidy_done(work, config.source, shard_ids)
             todo = runner.pending_shards(work, config.source, shard_ids, overwrite)
             if not todo:
                 typer.echo(f"{config.source}: shards {plan.format_shard_spec(shard_ids) or 'none'} are done already "
                            "(--overwrite to redo them)")
-                return
-            # Everything that needs no model is checked before one loads.
-            job = runner.prepare(work, config, todo, named)
-            engine_name = engines.resolve_name(engine)
-            runner.preflight(job, job.fingerprint(engine_name, engines.model_name(engine_name, model)), overwrite)
-            options = {k: v for k, v in dict(
-                batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
-                base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
-            ).items() if v is not None}
-            typer.echo(f"loading the {engine_name} engine on {model or 'the embedded model'}", err=True)
-            eng = engines.load(engine_name, model, **options)
-            try:
-                finished = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress,
-                                      stop_within=stop_within, named=named)
-            finally:
-                eng.close()
+            else:
+                # Everything that needs no model is checked before one loads.
+                job = runner.prepare(work, config, todo, named)
+                engine_name = engines.resolve_name(engine)
+                runner.preflight(job, job.fingerprint(engine_name, engines.model_name(engine_name, model)), overwrite)
+                options = {k: v for k, v in dict(
+                    batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                    gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
+                    base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
+                ).items() if v is not None}
+                typer.echo(f"loading the {engine_name} engine on {model or 'the embedded model'}", err=True)
+                eng = engines.load(engine_name, model, **options)
+                try:
+                    finished = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress,
+                                          stop_within=stop_within, named=named)
+                finally:
+                    eng.close()
     except StopRequested as e:
         typer.echo(f"{e}: committed chunks are kept; run the same command again to resume", err=True)
         if requeue_on_warning and e.signum == signal.SIGUSR1:
@@ -170,6 +178,11 @@ def run(
     for s in finished:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
                    f"skipped {s['skipped']}, {s['captions_per_s']} captions/s")
+    if then_export is not None and shard_ids:
+        with reported():
+            summary = export_lib.export(work, then_export, [meta_lib.source_name(source)], fmt=export_format,
+                                        shards=shard_ids, overwrite=True, progress=False)
+        report_export(summary, then_export)
 
 
 @app.command()
@@ -195,23 +208,46 @@ def status(
 @app.command()
 def export(
     work: Path = typer.Option(..., "--work"),
-    out: Path = typer.Option(..., "--out", help="Dataset folder to write (not inside the work dir or an input)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (not inside the work dir or an input)."),
     source: Optional[List[str]] = typer.Option(None, help="Sources to include (default: all that were run)."),
+    fmt: str = typer.Option(exports.DEFAULT, "--format", help="hf (parquet + dataset card), wds (webdataset tars), csv (open_clip) or laclip (LaCLIP's CSV + one text file per rewrite)."),
+    shards: str = typer.Option("all", help="Shards to export now (array tasks each export theirs; the last to finish publishes)."),
+    workers: int = typer.Option(1, help="Shards exported at once by local processes."),
+    image_column: Optional[str] = typer.Option(None, help="csv/laclip: the input column of image paths (default: the first of " + ", ".join(exports.tables.IMAGE_COLUMNS) + ")."),
+    extract_images: Optional[Path] = typer.Option(None, help="csv/laclip: write images held in tars or parquet to this folder, named by key, and point the path column there."),
+    captions_only: bool = typer.Option(False, help="Only key, caption and rewrites (hf, csv): for joining at training time."),
+    views: Optional[List[str]] = typer.Option(None, "--views", help="wds: also write views/<column>/ tars whose .txt is this rewrite column, e.g. caption_chatgpt (repeatable)."),
+    separator: str = typer.Option("\t", help="csv: the field separator (open_clip's --csv-separator)."),
     allow_missing: bool = typer.Option(False, help="Export even when shards are unfinished (their rewrites are null)."),
     overwrite: bool = typer.Option(False, help="Replace an earlier export in --out (only files an export wrote are replaced)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Join the inputs with their rewrites as a Hugging Face dataset (parquet + dataset card).
+    """Join the inputs with their rewrites in the form a CLIP trainer reads.
 
-    The dataset appears all at once; a killed export is finished by running it again."""
+    The export appears all at once; a killed export is finished by running it again."""
     with reported():
-        summary = export_lib.export(work, out, source, allow_missing=allow_missing, overwrite=overwrite,
-                                    progress=progress)
+        manifest = plan.load_manifest(work)
+        options = exports.ExportOptions(image_column=image_column, extract_images=extract_images,
+                                        captions_only=captions_only, views=list(views or []),
+                                        separator=separator.encode().decode("unicode_escape"))
+        summary = export_lib.export(work, out, source, fmt=fmt, shards=plan.parse_shard_spec(shards, manifest.num_shards),
+                                    workers=workers, options=options, allow_missing=allow_missing,
+                                    overwrite=overwrite, progress=progress)
+    report_export(summary, out)
+
+
+def report_export(summary: dict, out: Path) -> None:
     if summary.get("up_to_date"):
         typer.echo(f"{out} holds this export already ({summary['rows']} rows in {len(summary['files'])} files)")
-    else:
+    elif summary["published"]:
         typer.echo(f"wrote {summary['rows']} rows in {len(summary['files'])} files to {out} "
-                   f"(columns: {', '.join(summary['columns'])})")
+                   f"(columns: {', '.join(summary.get('columns', []))})")
+        if summary.get("dropped_rows"):
+            typer.echo(f"left out {summary['dropped_rows']} rows without a caption or an image path", err=True)
+    else:
+        waiting = summary.get("unwritten") and f"shards {summary['unwritten']} are still to export" or summary.get("waiting")
+        typer.echo(f"exported shards {summary['written'] or 'none (written already)'} into {out}; not published yet: "
+                   f"{waiting}")
     for src, spec in summary["missing"].items():
         typer.echo(f"warning: {src} has no rewrites for shards {spec} (null in the export)", err=True)
     for problem in summary["damaged"]:
@@ -288,7 +324,8 @@ def slurm_submit(
     mem: Optional[str] = typer.Option(None, help="Memory per task, e.g. 64G."),
     account: Optional[str] = typer.Option(None),
     sbatch: Optional[List[str]] = typer.Option(None, help="Extra #SBATCH line, e.g. --sbatch=--qos=high (repeatable)."),
-    export_to: Optional[str] = typer.Option(None, "--then-export", help="Also submit an export to this folder, run once every task succeeded."),
+    export_to: Optional[str] = typer.Option(None, "--then-export", help="Each task then exports its shards of this source to this folder; the last to finish publishes it."),
+    export_format: str = typer.Option(exports.DEFAULT, help="Format of --then-export (see `rewrite export --format`)."),
     dry_run: bool = typer.Option(False, help="Print the script; submit nothing."),
 ):
     """Submit `rewrite run` over SHARDS as a Slurm array. Options after `--` go to `rewrite run`
@@ -298,7 +335,7 @@ def slurm_submit(
         shard_ids = plan.parse_shard_spec(shards, manifest.num_shards)
         record = slurm_lib.submit(work, source, shard_ids, parallel=parallel, tasks=tasks, run_args=ctx.args,
                                   resources=slurm_lib.Resources(partition, time_limit, gpus, cpus, mem, account, sbatch or []),
-                                  export_to=export_to, dry_run=dry_run)
+                                  export_to=export_to, export_format=export_format, dry_run=dry_run)
     if not record["shards"]:
         typer.echo(f"{record['source']}: shards {shards} are done already: nothing to submit")
     elif dry_run:
@@ -306,8 +343,8 @@ def slurm_submit(
     else:
         typer.echo(f"submitted array job {record['job_id']}: {record['tasks']} tasks over shards {record['shards']} "
                    f"(script {record['script']}, logs in {Path(work) / 'slurm' / 'logs'})")
-        if record.get("export_job"):
-            typer.echo(f"submitted export job {record['export_job']} (runs after the array succeeds)")
+        if export_to:
+            typer.echo(f"each task then exports its shards to {export_to}; the last to finish publishes it")
 
 
 @slurm_app.command("failed")

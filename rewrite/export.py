@@ -1,31 +1,25 @@
-"""Export: the input rows joined with each source's rewrites, as a Hugging Face dataset.
+"""Export: the input rows joined with each source's rewrites, in the form a CLIP trainer reads
+(rewrite/exports/: Hugging Face parquet, webdataset tars, open_clip CSV, LaCLIP's files).
 
-Writes OUT/data/train-00000-of-000NN.parquet (one file per shard, every original column passed
-through as stored, image bytes included) plus `caption_<source>` columns, and OUT/README.md, a dataset
-card whose YAML `configs:` lets `datasets.load_dataset(OUT)` find the files. The files are staged and
-published all at once (see publish.py): a reader never sees part of an export, a killed export is
-finished by a rerun, and only files an export wrote are ever replaced.
+An export is written shard by shard into OUT/.rewrite-staging/ and published all at once (publish.py):
+a reader never sees part of an export, a killed export is finished by a rerun that skips the shards
+already written, and only files an export wrote are ever replaced. Array tasks may each export their
+own shards (`--shards`) into one OUT; whichever finds every shard written last publishes it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from . import atomic, layout, plan, publish, runner, status
-
-READ_ROWS = 8192
-HF_METADATA_KEY = b"huggingface"
-CARD = "README.md"
-
-
-class ExportError(RuntimeError):
-    pass
+from . import exports, layout, plan, publish, runner, status
+from .exports import ExportError, ExportJob, ExportOptions
+from .exports.base import PARTS
 
 
 def check_out_folder(out: Path, w: layout.Work, manifest: plan.Manifest) -> None:
@@ -37,11 +31,14 @@ def check_out_folder(out: Path, w: layout.Work, manifest: plan.Manifest) -> None
             raise ExportError(f"--out {out} {relation} {what} {path}: an export goes to a folder of its own")
 
 
-def export_id(manifest: plan.Manifest, settings: dict, statuses: list) -> str:
-    """What defines an export's bytes: the plan, each source's settings and the committed files."""
-    body = {"plan": manifest.plan_id(), "sources": {
-        st.source: {"settings": settings[st.source], "files": [st.digests.get(s) for s in range(manifest.num_shards)]}
-        for st in statuses}}
+def export_id(manifest: plan.Manifest, settings: dict, statuses: list, fmt: str, options: ExportOptions) -> str:
+    """What defines an export's bytes: the plan, each source's settings and committed files, the format
+    and its options."""
+    body = {"plan": manifest.plan_id(), "format": fmt,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+            "sources": {st.source: {"settings": settings[st.source],
+                                    "files": [st.digests.get(s) for s in range(manifest.num_shards)]}
+                        for st in statuses}}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -50,141 +47,91 @@ def export(
     out: str | Path,
     sources: Sequence[str] | None = None,
     *,
+    fmt: str = exports.DEFAULT,
+    shards: Sequence[int] | None = None,
+    workers: int = 1,
+    options: ExportOptions | None = None,
     allow_missing: bool = False,
     overwrite: bool = False,
     progress: bool = False,
 ) -> dict:
-    """Write the dataset; returns a summary (files, rows, columns, missing shards)."""
-    from tqdm import tqdm
-
-    w, out = layout.Work(work), Path(out)
-    manifest, statuses = status.collect(w, list(sources) if sources else None, checksum=True)
+    """Write the export's files for `shards` (default: all), and publish it once every shard is written.
+    Returns a summary (files, rows, columns, missing shards, whether it is published)."""
+    w, out, options = layout.Work(work), Path(out), options or ExportOptions()
+    export_format = exports.named(fmt)
+    if workers < 1:
+        raise ExportError(f"--workers must be >= 1, got {workers}")
+    manifest = plan.load_manifest(w)
+    everything = list(range(manifest.num_shards))
+    chosen = everything if shards is None else list(shards)
+    manifest, statuses = status.collect(w, list(sources) if sources else None, checksum=set(chosen))
     check_out_folder(out, w, manifest)
     if not statuses:
         raise ExportError(f"{w.root} has no rewrites yet: run `rewrite run` first")
-    missing = {st.source: [s for s, state in st.shards.items() if state != status.DONE] for st in statuses}
+    missing = _missing(statuses, chosen, allow_missing)
+    settings = {st.source: runner.recorded_settings(w, st.source) for st in statuses}
+    done = {st.source: {s for s, state in st.shards.items() if state == status.DONE} for st in statuses}
+    job = ExportJob(w, manifest, settings, done, options)
+    export_format.check(job)
+    per_shard = {s: export_format.shard_files(job, s) for s in everything}
+    files = [f for s in everything for f in per_shard[s]] + export_format.final_files(job)
+    published = [f for f in files if Path(f).parts[0] != PARTS]
+    summary = {"out": str(out), "format": fmt, "files": published, "rows": manifest.total_rows,
+               "sources": list(settings), "missing": {k: plan.format_shard_spec(v) for k, v in missing.items()},
+               "damaged": [problem for st in statuses for problem in st.damage.values()],
+               "counts": {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses}}
+    ident = export_id(manifest, settings, statuses, fmt, options)
+    with publish.OutputFolder(out, ident, published, overwrite=overwrite,
+                              scratch=[f for f in files if f not in published]) as folder:
+        if folder.up_to_date:
+            return {**summary, "published": True, "up_to_date": True}
+        folder.begin()
+        todo = [s for s in chosen if not all(folder.written(f) for f in per_shard[s])]
+        _write_shards(export_format, job, todo, folder.staging, workers, progress)
+        summary["written"] = plan.format_shard_spec(todo)
+        if not folder.alone():
+            return {**summary, "published": False, "waiting": "other exports still write shards of this folder"}
+        if folder.published():
+            return {**summary, "published": True}
+        unwritten = [s for s in everything if not all(folder.written(f) for f in per_shard[s])]
+        if unwritten:
+            return {**summary, "published": False, "unwritten": plan.format_shard_spec(unwritten)}
+        export_format.finish(job, folder.path, summary)
+        folder.publish()
+    return {**summary, "published": True}
+
+
+def _missing(statuses: list, shards: list[int], allow_missing: bool) -> dict[str, list[int]]:
+    """Sources' shards among `shards` that are not done; refused unless `allow_missing`."""
+    missing = {st.source: [s for s in shards if st.shards[s] != status.DONE] for st in statuses}
     missing = {k: v for k, v in missing.items() if v}
-    damage = [problem for st in statuses for problem in st.damage.values()]
     if missing and not allow_missing:
+        damage = [problem for st in statuses for problem in st.damage.values()]
         detail = "; ".join(f"{src}: shards {plan.format_shard_spec(v)}" for src, v in missing.items())
         raise ExportError(f"not every shard is rewritten ({detail}). " + "".join(f"Damaged: {d}. " for d in damage[:3])
                           + "Finish them (`rewrite run`), or pass --allow-missing to export with nulls there")
-    settings = {st.source: runner.recorded_settings(w, st.source) for st in statuses}
-    names = [layout.export_data_file(s, manifest.num_shards) for s in range(manifest.num_shards)]
-    by_source = {st.source: st for st in statuses}
-    summary = {"out": str(out), "files": names, "rows": manifest.total_rows, "sources": list(settings),
-               "missing": {k: plan.format_shard_spec(v) for k, v in missing.items()}, "damaged": damage}
-    with publish.OutputFolder(out, export_id(manifest, settings, statuses), names + [CARD], overwrite=overwrite) as folder:
-        if folder.up_to_date:
-            return {**summary, "columns": _columns(out / names[0]), "up_to_date": True}
-        folder.begin()
-        for shard, name in enumerate(tqdm(names, unit="file", desc="export", disable=not progress, file=sys.stderr)):
-            if not folder.written(name):
-                _write_shard(w, manifest, shard, settings, by_source, folder.path(name))
-        first = folder.path(names[0])
-        summary["columns"] = _columns(first if first.exists() else out / names[0])
-        if not folder.written(CARD):
-            atomic.write_text(folder.path(CARD), dataset_card(summary, settings, statuses))
-        folder.publish()
-    return summary
+    return missing
 
 
-def _columns(path: Path) -> list[str]:
-    return pq.read_schema(path).names
+def _staged(staging: Path, name: str) -> Path:
+    path = staging / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def _aligned(w: layout.Work, source: str, shard: int, rows: int, done: bool) -> Iterator[pa.Table | None]:
-    """The source's sidecar rows in READ_ROWS chunks (None chunks when the shard is not done)."""
-    if not done:
-        for _ in range(plan.chunk_count(rows, READ_ROWS)):
-            yield None
-        return
-    path = w.rewrite_file(source, shard)
-    try:
-        batches = (pa.Table.from_batches([b]) for b in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS))
-        yield from plan.rechunk(batches, READ_ROWS)
-    except (pa.ArrowException, OSError) as e:
-        raise ExportError(f"{path}: cannot read the rewrites ({e})") from None
+def _write_shards(export_format: exports.ExportFormat, job: ExportJob, shards: list[int], staging: Path,
+                  workers: int, progress: bool) -> None:
+    """Each shard's files, by `workers` processes at once; each file is committed as it is finished."""
+    from tqdm import tqdm
 
-
-def _write_shard(w: layout.Work, manifest: plan.Manifest, shard: int, settings: dict, statuses: dict,
-                 path: Path) -> None:
-    rows = manifest.shard_rows(shard)
-    sidecars = {src: _aligned(w, src, shard, rows, statuses[src].shards[shard] == status.DONE) for src in settings}
-    key_column = manifest.key_column or layout.KEY
-    writer = None
-    with atomic.atomic_path(path) as tmp:
-        try:
-            for base in plan.iter_shard(manifest, shard, READ_ROWS, columns=None):
-                table, keys = base, base.column(key_column).cast(pa.string())
-                for src, chunks in sidecars.items():
-                    table = _join(table, keys, next(chunks), src, settings[src]["num_rewrites"], path)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, _with_hf_features(table.schema))
-                writer.write_table(table.cast(writer.schema))
-        finally:
-            if writer is not None:
-                writer.close()
-
-
-def _join(table: pa.Table, keys: pa.ChunkedArray, side: pa.Table | None, source: str, n: int, path: Path) -> pa.Table:
-    names = [layout.export_column(source, i, n) for i in range(n)]
-    if side is None:
-        for name in names:
-            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
-        return table
-    if side.num_rows != table.num_rows or not side.column(layout.KEY).equals(keys):
-        raise ExportError(f"{source} rewrites do not line up with the input rows for {path.name}: "
-                          "the work dir's plan changed after the run (rerun with --overwrite)")
-    for i, name in enumerate(names):
-        table = table.append_column(name, side.column(layout.rewrite_column(i, n)))
-    return table
-
-
-def _with_hf_features(schema: pa.Schema) -> pa.Schema:
-    """Keep the inputs' Hugging Face feature metadata (e.g. Image columns) and declare the new columns."""
-    meta = schema.metadata or {}
-    if HF_METADATA_KEY not in meta:
-        return schema
-    info = json.loads(meta[HF_METADATA_KEY])
-    features = info.setdefault("info", {}).setdefault("features", {})
-    for name in schema.names:
-        features.setdefault(name, {"dtype": "string", "_type": "Value"})
-    return schema.with_metadata({**meta, HF_METADATA_KEY: json.dumps(info).encode()})
-
-
-def dataset_card(summary: dict, settings: dict, statuses: list) -> str:
-    lines = [
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: data/train-*",
-        "---",
-        "",
-        "# Captions rewritten with `rewrite`",
-        "",
-        f"{summary['rows']} rows in {len(summary['files'])} parquet files under `data/`. Each row keeps every "
-        "column of its input row and adds one column per meta set of in-context examples (LaCLIP-style "
-        "language rewrites). A null rewrite means the row's caption was empty or every attempt was rejected.",
-        "",
-        "| column | what |",
-        "|---|---|",
-    ]
-    ours = {layout.export_column(src, i, s["num_rewrites"]) for src, s in settings.items() for i in range(s["num_rewrites"])}
-    for name in summary["columns"]:
-        what = "rewritten caption" if name in ours else "input column"
-        lines.append(f"| `{name}` | {what} |")
-    lines += ["", "| source | ok | failed | skipped | settings |", "|---|---|---|---|---|"]
-    for st in statuses:
-        s = settings[st.source]
-        desc = (f"model `{s['model']}`, engine {s['engine']}, seed {s['seed']}, k={s['num_examples']}, "
-                f"temperature {s['sampling']['temperature']}, top-p {s['sampling']['top_p']}, "
-                f"max new tokens {s['sampling']['max_new_tokens']}, rewrites/caption {s['num_rewrites']}")
-        lines.append(f"| {st.source} | {st.ok} | {st.failed} | {st.skipped} | {desc} |")
-    if summary["missing"]:
-        lines += ["", "Shards exported without rewrites (null): " +
-                  "; ".join(f"{k}: {v}" for k, v in summary["missing"].items())]
-    lines += ["", "Load it with `datasets.load_dataset(\"<this folder>\")`.", ""]
-    return "\n".join(lines)
+    staged = functools.partial(_staged, staging)
+    bar = tqdm(total=len(shards), unit="shard", desc="export", disable=not progress, file=sys.stderr)
+    with bar:
+        if workers == 1 or len(shards) < 2:
+            for shard in shards:
+                export_format.write_shard(job, shard, staged)
+                bar.update()
+            return
+        with ProcessPoolExecutor(max_workers=min(workers, len(shards))) as pool:
+            for _ in pool.map(export_format.write_shard, [job] * len(shards), shards, [staged] * len(shards)):
+                bar.update()

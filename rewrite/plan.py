@@ -1,10 +1,10 @@
 """Input discovery, shard planning and shard reading.
 
-Parquet inputs are planned from their footers alone (row counts), so planning costs O(files), not
-O(rows). CSV/TSV and text inputs are converted once, streaming, to parquet inside the work dir; after
-that every reader sees parquet. A shard is a list of pieces (file, first row, end row) covering a
-contiguous range of the concatenated inputs; a worker streams it in fixed chunks of rows, reading only
-the columns it needs.
+Each input format (rewrite/inputs/) says how a file is planned and read: parquet from its footer alone,
+CSV/TSV and text converted once to parquet inside the work dir, webdataset tars counted from img2dataset's
+stats (else their headers) and read in place, text members only. A shard is a list of pieces (file,
+first row, end row) covering a contiguous range of the concatenated inputs; a worker streams it in fixed
+chunks of rows, reading only the columns it needs.
 
 A work dir is self-contained: a file inside it is recorded relative to it, so it can be moved or
 copied. The inputs' schemas are unified at planning time, so a column whose type differs between files
@@ -13,7 +13,6 @@ is refused before any rewriting, and every chunk read with all columns has the o
 from __future__ import annotations
 
 import base64
-import csv
 import glob
 import hashlib
 import itertools
@@ -27,29 +26,21 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from . import atomic, layout
+from .inputs import SUFFIXES, Captions, InputFormat, PlanError, for_path
+from .inputs import named as format_named
+from .tars import expand_braces
 
-PARQUET_SUFFIXES = (".parquet",)
-CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
-TEXT_SUFFIXES = (".txt",)
-SUPPORTED = PARQUET_SUFFIXES + tuple(CSV_SUFFIXES) + TEXT_SUFFIXES
 MANIFEST_VERSION = 2
 DEFAULT_ROWS_PER_SHARD = 10_000
-_CONVERT_BATCH = 65_536
-
-
-class PlanError(ValueError):
-    """Bad input or a bad plan request: the message names the file, column or option."""
 
 
 @dataclass(frozen=True)
 class InputFile:
     path: str  # the input file (absolute)
     data: str  # the parquet file read (`path`, or its conversion): see Manifest.data_path
-    format: str  # parquet | csv | tsv | text
+    format: str  # the name of its format in inputs.FORMATS
     rows: int
     key_prefix: str  # derived keys are f"{key_prefix}-{row:09d}"
 
@@ -70,8 +61,13 @@ class Manifest:
     schema: pa.Schema  # every input is read as this (see unify); a derived `key` is not in it
     inputs: list[str]  # the input arguments, absolute: a file, a folder, or a glob's folder before its first wildcard
     root: Path = field(compare=False)  # the work dir, absolute; not saved, so the work dir can move
+    caption_field: str | None = None  # webdataset inputs: the KEY.json field captions come from (None: KEY.txt)
     version: int = MANIFEST_VERSION
     created: float = field(default_factory=time.time)
+
+    @property
+    def captions(self) -> Captions:
+        return Captions(self.caption_column, self.caption_field)
 
     @property
     def num_shards(self) -> int:
@@ -103,6 +99,7 @@ class Manifest:
             "version": self.version,
             "created": self.created,
             "caption_column": self.caption_column,
+            "caption_field": self.caption_field,
             "key_column": self.key_column,
             "total_rows": self.total_rows,
             "num_shards": self.num_shards,
@@ -117,6 +114,7 @@ class Manifest:
     def from_dict(cls, d: dict, root: Path) -> "Manifest":
         return cls(
             caption_column=d["caption_column"],
+            caption_field=d.get("caption_field"),
             key_column=d["key_column"],
             files=[InputFile(**f) for f in d["files"]],
             shards=[[Piece(*p) for p in s] for s in d["shards"]],
@@ -152,32 +150,41 @@ def load_manifest(work: str | Path | layout.Work) -> Manifest:
 
 
 def discover(inputs: Sequence[str]) -> list[Path]:
-    """Files named by paths, folders (searched recursively) or glob patterns, in a stable order."""
+    """Files named by paths, folders (searched recursively), glob patterns or brace ranges
+    (`shards/{00000..00127}.tar`), in a stable order."""
     if not inputs:
         raise PlanError("no input given")
+    known = ", ".join(SUFFIXES)
     found: list[Path] = []
     for arg in inputs:
-        path = Path(arg)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED)
-            if not files:
-                raise PlanError(f"input folder {arg} holds no {', '.join(SUPPORTED)} files")
-        elif path.is_file():
-            if path.suffix.lower() not in SUPPORTED:
-                raise PlanError(f"input {arg}: unsupported file type {path.suffix!r} (use {', '.join(SUPPORTED)})")
-            files = [path]
-        elif glob.has_magic(arg):
-            files = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).suffix.lower() in SUPPORTED)
-            if not files:
-                raise PlanError(f"input pattern {arg} matches no {', '.join(SUPPORTED)} files")
-        else:
-            raise PlanError(f"input path {arg} does not exist")
-        for f in files:
-            if not os.access(f, os.R_OK):
-                raise PlanError(f"input file {f} is not readable")
-        found += files
+        for one in expand_braces(arg):
+            path = Path(one)
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and for_path(p) and not _beside_its_tar(p))
+                if not files:
+                    raise PlanError(f"input folder {one} holds no {known} files")
+            elif path.is_file():
+                if not for_path(path):
+                    raise PlanError(f"input {one}: unsupported file type {path.suffix!r} (use {known})")
+                files = [path]
+            elif glob.has_magic(one):
+                files = sorted(Path(p) for p in glob.glob(one, recursive=True) if for_path(Path(p)))
+                if not files:
+                    raise PlanError(f"input pattern {one} matches no {known} files")
+            else:
+                raise PlanError(f"input path {one} does not exist" + (f" (from {arg})" if one != arg else ""))
+            for f in files:
+                if not os.access(f, os.R_OK):
+                    raise PlanError(f"input file {f} is not readable")
+            found += files
     unique: dict[Path, None] = dict.fromkeys(p.resolve() for p in found)
     return list(unique)
+
+
+def _beside_its_tar(path: Path) -> bool:
+    """img2dataset writes NNNNN.parquet (each sample's metadata, failures included) beside NNNNN.tar: a
+    folder of tars is read from the tars, not from these too."""
+    return path.suffix.lower() == ".parquet" and path.with_suffix(".tar").is_file()
 
 
 def _input_roots(inputs: Sequence[str]) -> list[Path]:
@@ -185,14 +192,14 @@ def _input_roots(inputs: Sequence[str]) -> list[Path]:
     wildcard (anything below it may match again), a plain glob's matched files (a folder beside them
     cannot: `rewrite shard "*.parquet" --out work` is fine)."""
     roots = []
-    for arg in inputs:
-        path = Path(arg)
-        if path.exists() or not glob.has_magic(arg):
+    for one in (one for arg in inputs for one in expand_braces(arg)):
+        path = Path(one)
+        if path.exists() or not glob.has_magic(one):
             roots.append(path.resolve())
-        elif "**" in arg:
+        elif "**" in one:
             roots.append(Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts)).resolve())
         else:
-            roots += [Path(p).resolve() for p in sorted(glob.glob(arg))]
+            roots += [Path(p).resolve() for p in sorted(glob.glob(one))]
     return roots
 
 
@@ -208,15 +215,6 @@ def _check_work_dir(root: Path, inputs: Sequence[Path]) -> None:
         raise PlanError(f"--out {root} {what} {given}: choose a work dir outside the inputs")
 
 
-def _format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
-    if suffix in CSV_SUFFIXES:
-        return suffix[1:]
-    return "text"
-
-
 # ---------------------------------------------------------------- planning
 
 
@@ -228,8 +226,10 @@ def plan(
     rows_per_shard: int | None = None,
     caption_column: str = layout.CAPTION,
     key_column: str | None = None,
+    caption_field: str | None = None,
 ) -> Manifest:
-    """Plan shards over the inputs and save the plan in `work`."""
+    """Plan shards over the inputs and save the plan in `work`. `caption_field`: for webdataset inputs,
+    the KEY.json field that holds the caption (default: KEY.txt)."""
     if num_shards is not None and rows_per_shard is not None:
         raise PlanError("give --num-shards or --rows-per-shard, not both")
     if num_shards is not None and num_shards < 1:
@@ -250,8 +250,13 @@ def plan(
     if others:
         raise PlanError(f"--out {work_dir.root} is not empty ({', '.join(others[:5])}) and holds no plan: "
                         "choose a new or empty folder for the work dir")
-    schemas = {p: _input_schema(p, caption_column) for p in paths}
-    key_column = _choose_key_column(paths, schemas, key_column)
+    captions = Captions(caption_column, caption_field)
+    formats = {p: for_path(p) for p in paths}
+    if caption_field is not None and not any(f.has_json_fields for f in formats.values()):
+        raise PlanError("--caption-field names a KEY.json field of webdataset (.tar) inputs, and there are none: "
+                        "use --caption-column for a table's column")
+    schemas = {p: formats[p].schema(p, captions) for p in paths}
+    key_column = _choose_key_column(formats, schemas, key_column)
     for p, schema in schemas.items():
         _check_columns(p, schema, caption_column, key_column)
     schema = unify(schemas)
@@ -259,27 +264,24 @@ def plan(
     files: list[InputFile] = []
     prefixes: set[str] = set()
     for i, path in enumerate(paths):
-        fmt = _format(path)
         prefix = path.stem if path.stem not in prefixes else f"{path.stem}.{i}"
         prefixes.add(prefix)
-        if fmt == "parquet":
-            rows = _parquet_file(path).metadata.num_rows
-            data = path
-        else:
-            data = work_dir.inputs / f"{i:05d}-{path.stem}.parquet"
-            if fmt == "text":
-                rows = _convert_text(path, data, caption_column)
-            else:
-                rows = _convert_csv(path, data, CSV_SUFFIXES[path.suffix.lower()], schemas[path])
+        converted = work_dir.inputs / f"{i:05d}-{path.stem}.parquet"
+        data, rows = formats[path].prepare(path, converted, schemas[path], captions)
         recorded = data.relative_to(work_dir.root) if data.is_relative_to(work_dir.root) else data
-        files.append(InputFile(path=str(path), data=str(recorded), format=fmt, rows=rows, key_prefix=prefix))
+        files.append(InputFile(path=str(path), data=str(recorded), format=formats[path].name, rows=rows,
+                               key_prefix=prefix))
 
     total = sum(f.rows for f in files)
     if total == 0:
         raise PlanError(f"the inputs hold no rows: {', '.join(str(p) for p in paths)}")
-    bounds = shard_bounds(total, num_shards=num_shards, rows_per_shard=rows_per_shard)
+    if any(formats[p].whole_files for p in paths):
+        bounds = file_bounds([f.rows for f in files], num_shards=num_shards, rows_per_shard=rows_per_shard)
+    else:
+        bounds = shard_bounds(total, num_shards=num_shards, rows_per_shard=rows_per_shard)
     manifest = Manifest(
         caption_column=caption_column,
+        caption_field=caption_field,
         key_column=key_column,
         files=files,
         shards=[pieces(files, start, stop) for start, stop in bounds],
@@ -301,6 +303,43 @@ def shard_bounds(total: int, *, num_shards: int | None = None, rows_per_shard: i
     return [(s, min(s + size, total)) for s in range(0, total, size)]
 
 
+def file_bounds(rows: Sequence[int], *, num_shards: int | None = None,
+                rows_per_shard: int | None = None) -> list[tuple[int, int]]:
+    """Global row ranges that hold whole files (webdataset tars: one output tar per input tar): files in
+    order, one a shard by default, or `num_shards` groups balanced by rows, or groups of at most
+    `rows_per_shard` rows (a larger file alone)."""
+    ends = list(itertools.accumulate(rows))
+    total = ends[-1] if ends else 0
+    if num_shards is not None:
+        if num_shards > len(rows):
+            raise PlanError(f"--num-shards {num_shards} is more than the {len(rows)} input files, and a shard of "
+                            "webdataset input holds whole tars")
+        cuts = sorted({min(range(len(ends)), key=lambda i: abs(ends[i] - total * k / num_shards))
+                       for k in range(1, num_shards)} | {len(ends) - 1})
+        cuts = _spread(cuts, num_shards, len(ends))
+    else:
+        size, cuts, start = rows_per_shard or 0, [], 0
+        for i, end in enumerate(ends):
+            if i + 1 == len(ends) or ends[i + 1] - start > size:
+                cuts.append(i)
+                start = end
+    bounds, start = [], 0
+    for i in cuts:
+        bounds.append((start, ends[i]))
+        start = ends[i]
+    return bounds
+
+
+def _spread(cuts: list[int], count: int, files: int) -> list[int]:
+    """`count` distinct last-file indices, the chosen `cuts` first, the rest filled in where free."""
+    chosen = set(cuts)
+    for i in range(files):
+        if len(chosen) >= count:
+            break
+        chosen.add(i)
+    return sorted(chosen)
+
+
 def pieces(files: Sequence[InputFile], start: int, stop: int) -> list[Piece]:
     """The file-local ranges that make up the global range [start, stop)."""
     out, offset = [], 0
@@ -312,42 +351,14 @@ def pieces(files: Sequence[InputFile], start: int, stop: int) -> list[Piece]:
     return out
 
 
-def _parquet_file(path: Path | str) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise PlanError(f"input file {path} is not a readable parquet file ({e})") from None
-
-
-def _input_schema(path: Path, caption_column: str) -> pa.Schema:
-    """The columns an input is read with: a parquet footer's, a CSV/TSV header's (all text), or the caption."""
-    fmt = _format(path)
-    if fmt == "parquet":
-        return _parquet_file(path).schema_arrow
-    if fmt == "text":
-        return pa.schema([(caption_column, pa.string())])
-    return pa.schema([(name, pa.string()) for name in _csv_header(path, CSV_SUFFIXES[path.suffix.lower()])])
-
-
-def _csv_header(path: Path, delimiter: str) -> list[str]:
-    with open(path, "rb") as f:
-        line = f.readline()
-    if not line.strip():
-        raise PlanError(f"input file {path} is empty (a CSV/TSV input needs a header row)")
-    try:
-        text = line.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise PlanError(f"{path}, line 1: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    return next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter))
-
-
-def _choose_key_column(paths: list[Path], schemas: dict[Path, pa.Schema], key_column: str | None) -> str | None:
+def _choose_key_column(formats: dict[Path, InputFormat], schemas: dict[Path, pa.Schema],
+                       key_column: str | None) -> str | None:
     """The key column asked for; else `key` when every input has one (text has no columns); else derived keys."""
     if key_column is not None:
-        if any(_format(p) == "text" for p in paths):
+        if not all(f.has_columns for f in formats.values()):
             raise PlanError(f"--key-column {key_column}: text inputs have no columns (keys are derived from file and line)")
         return key_column
-    has_key = {p: _format(p) != "text" and layout.KEY in schemas[p].names for p in paths}
+    has_key = {p: f.has_columns and layout.KEY in schemas[p].names for p, f in formats.items()}
     if all(has_key.values()):
         return layout.KEY
     if any(has_key.values()):
@@ -408,59 +419,6 @@ def _widens(src: pa.DataType, dst: pa.DataType) -> bool:
     return pa.types.is_floating(src) and pa.types.is_floating(dst) and dst.bit_width >= src.bit_width
 
 
-def _first_bad_utf8_line(path: Path) -> int | None:
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                return lineno
-    return None
-
-
-def _convert_text(path: Path, out: Path, caption_column: str) -> int:
-    """One caption per line (line breaks stripped; blank lines kept as rows, so row i is line i+1)."""
-    schema = pa.schema([(caption_column, pa.string())])
-    rows = 0
-    with atomic.atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer, open(path, "rb") as f:
-        batch: list[str] = []
-        for lineno, raw in enumerate(f, 1):
-            try:
-                batch.append(raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as e:
-                raise PlanError(f"{path}, line {lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if len(batch) == _CONVERT_BATCH:
-                writer.write_table(pa.table({caption_column: batch}, schema=schema))
-                rows += len(batch)
-                batch = []
-        if batch or rows == 0:
-            writer.write_table(pa.table({caption_column: batch}, schema=schema))
-            rows += len(batch)
-    return rows
-
-
-def _convert_csv(path: Path, out: Path, delimiter: str, schema: pa.Schema) -> int:
-    """Stream a CSV/TSV to parquet, every cell as the text written (an empty cell is ""): files cannot
-    disagree on inferred types, and ids keep their leading zeros."""
-    rows = 0
-    try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=1 << 22, column_names=schema.names, skip_rows=1),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types=schema, strings_can_be_null=False),
-        )
-        with atomic.atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-                rows += batch.num_rows
-    except pa.ArrowInvalid as e:
-        bad = _first_bad_utf8_line(path)
-        where = f", line {bad}: not valid UTF-8" if bad else f": cannot parse ({e})"
-        raise PlanError(f"input file {path}{where}") from None
-    return rows
-
-
 # ---------------------------------------------------------------- reading
 
 
@@ -500,38 +458,14 @@ def rechunk(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
 
 def _iter_piece(manifest: Manifest, piece: Piece, batch_rows: int, columns: Sequence[str] | None) -> Iterator[pa.Table]:
     f = manifest.files[piece.file]
-    data = manifest.data_path(f)
-    pf = _parquet_file(data)
-    if pf.metadata.num_rows != f.rows:
-        raise PlanError(f"input file {data} changed since it was planned ({f.rows} rows then, "
-                        f"{pf.metadata.num_rows} now): plan again into a new work dir")
     cap, key = manifest.caption_column, manifest.key_column
-    if columns is None:
-        read_cols = None
-    else:
-        read_cols = [cap] + ([key] if key and key != cap else [])
-    # Only the row groups that overlap the piece are read.
-    groups, offset, first_row = [], 0, None
-    for g in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
-        if offset + n > piece.start and offset < piece.stop:
-            groups.append(g)
-            first_row = offset if first_row is None else first_row
-        offset += n
-    if not groups:
-        return
-    row = first_row
-    try:
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=read_cols):
-            lo, hi = max(piece.start, row), min(piece.stop, row + batch.num_rows)
-            if lo < hi:
-                table = pa.Table.from_batches([batch.slice(lo - row, hi - lo)])
-                yield _standardise(table, manifest, f, lo, columns)
-            row += batch.num_rows
-            if row >= piece.stop:
-                break
-    except (pa.ArrowException, OSError) as e:
-        raise PlanError(f"input file {data}: cannot read rows ({e})") from None
+    read_cols = None if columns is None else [cap] + ([key] if key and key != cap else [])
+    rows = format_named(f.format).read(manifest.data_path(f), f.rows, piece.start, piece.stop, batch_rows,
+                                       read_cols, manifest.captions)
+    first = piece.start
+    for table in rows:
+        yield _standardise(table, manifest, f, first, columns)
+        first += table.num_rows
 
 
 def _standardise(table: pa.Table, manifest: Manifest, f: InputFile, first: int, columns: Sequence[str] | None) -> pa.Table:

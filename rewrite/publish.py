@@ -5,6 +5,11 @@ time, each committed atomically, so a killed export leaves finished files a reru
 there, the published entries (say `data/` and `README.md`) are moved into place by renames. A marker,
 OUT/.rewrite-export.json, records what the tool wrote there: only those files are ever replaced or
 removed, and a folder holding anything else is refused.
+
+Several processes may stage the same export at once (array tasks exporting their own shards): each holds
+OUT/.rewrite-export.lock shared while it writes. Starting another export over the staged files, and
+publishing, need it exclusive, so neither happens while a writer is at work. Marker changes are made
+under a short exclusive lock on OUT/.rewrite-export.mutex.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from typing import Sequence
 from . import atomic
 
 MARKER = ".rewrite-export.json"
-LOCK = ".rewrite-export.lock"  # held by the one export writing OUT
+LOCK = ".rewrite-export.lock"  # held shared by every process staging OUT; exclusive to reset or publish it
+MUTEX = ".rewrite-export.mutex"  # held briefly around every change of the marker
 STAGING = ".rewrite-staging"
 REPLACED = "replaced"  # inside the staging folder: the previous export, until the new one is in place
 
@@ -46,13 +52,19 @@ def _remove_files(root: Path, names: Sequence[str]) -> None:
 class OutputFolder:
     """OUT, about to receive an export identified by `export_id` made of `files` (paths relative to OUT)."""
 
-    def __init__(self, out: str | Path, export_id: str, files: Sequence[str], *, overwrite: bool):
-        self.out, self.export_id, self.files = Path(out), export_id, list(files)
+    def __init__(self, out: str | Path, export_id: str, files: Sequence[str], *, overwrite: bool,
+                 scratch: Sequence[str] = ()):
+        """`files` are published; `scratch` files are staged for the export's own use and removed once it
+        is published."""
+        self.out, self.export_id, self.files, self.scratch = Path(out), export_id, list(files), list(scratch)
         self.staging = self.out / STAGING
         if self.out.exists() and not self.out.is_dir():
             raise PublishError(f"--out {self.out} is a file, not a folder")
         self._refuse_foreign_folder()
-        self._lock: int | None = self._take_lock()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock: int | None = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        self._mutex: int | None = os.open(self.out / MUTEX, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(self._mutex, fcntl.LOCK_EX)
         try:
             self.marker = self._read_marker()
             published = self.marker.get("published")
@@ -64,6 +76,7 @@ class OutputFolder:
         except BaseException:
             self.close()
             raise
+        # The mutex stays held until begin() (or close()): the marker read above cannot change meanwhile.
 
     def __enter__(self) -> "OutputFolder":
         return self
@@ -74,26 +87,26 @@ class OutputFolder:
     def _refuse_foreign_folder(self) -> None:
         if not self.out.is_dir() or (self.out / MARKER).exists():
             return
-        others = sorted(p.name for p in self.out.iterdir() if p.name != LOCK)
+        others = sorted(p.name for p in self.out.iterdir() if p.name not in (LOCK, MUTEX))
         if others:
             raise PublishError(f"{self.out} is not empty and was not written by `rewrite export` "
                                f"({', '.join(others[:5])}): choose a new or empty --out; nothing there is removed or replaced")
 
-    def _take_lock(self) -> int:
-        """One export writes OUT at a time (the kernel drops the lock when its holder dies)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    def _exclusive(self) -> bool:
+        """Whether this process alone now holds OUT (no other process stages it); call with the mutex held."""
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
         except BlockingIOError:
-            os.close(fd)
-            raise PublishError(f"another export is writing {self.out} now: wait for it, or choose another --out") from None
-        return fd
+            return False
 
     def close(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        for name in ("_lock", "_mutex"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
 
     def _intact(self) -> bool:
         """The published files are still there with the sizes they were published with."""
@@ -129,12 +142,33 @@ class OutputFolder:
         atomic.write_json(self.out / MARKER, self.marker)
 
     def begin(self) -> None:
-        """Start (or resume) staging this export; the staged files of an unfinished other one are removed."""
+        """Start (or join, or resume) staging this export; the staged files of an unfinished other one are
+        removed, which only a process alone in OUT may do."""
         if self.marker.get("staging") != self.export_id:
+            if not self._exclusive():
+                self.close()
+                raise PublishError(f"another export is writing {self.out} now: wait for it, or choose another --out")
             _remove_files(self.staging, self.marker.get("staging_files", [])
                           + [f"{REPLACED}/{f}" for f in self.marker.get("files", [])])
-            self._write_marker(staging=self.export_id, staging_files=self.files, publishing=False)
+            self._write_marker(staging=self.export_id, staging_files=self.files + self.scratch, publishing=False)
         self.staging.mkdir(exist_ok=True)
+        fcntl.flock(self._lock, fcntl.LOCK_SH)  # from exclusive, or from none
+        fcntl.flock(self._mutex, fcntl.LOCK_UN)
+
+    def alone(self) -> bool:
+        """After staging: whether every other process staging OUT has finished, so that this one may
+        write the final files and publish (the mutex is then held until close())."""
+        fcntl.flock(self._mutex, fcntl.LOCK_EX)
+        self.marker = self._read_marker()  # another process may have published meanwhile: see published()
+        if self._exclusive():
+            return True
+        fcntl.flock(self._lock, fcntl.LOCK_SH)
+        fcntl.flock(self._mutex, fcntl.LOCK_UN)
+        return False
+
+    def published(self) -> bool:
+        """Whether this export is the one published in OUT."""
+        return self.marker.get("published") == self.export_id and not self.marker.get("staging")
 
     def path(self, name: str) -> Path:
         """Where file `name` is staged."""
@@ -168,4 +202,4 @@ class OutputFolder:
         sizes = {f: (self.out / f).stat().st_size for f in self.files}
         self._write_marker(published=self.export_id, files=self.files, sizes=sizes, staging=None, staging_files=[],
                            publishing=False)
-        _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old])
+        _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old] + self.scratch)

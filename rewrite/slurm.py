@@ -133,8 +133,9 @@ def _sbatch(args: Sequence[str]) -> str:
 
 def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: int, resources: Resources,
            run_args: Sequence[str] = (), tasks: int | None = None, export_to: str | None = None,
-           dry_run: bool = False, max_array: int | None = None) -> dict:
-    """Write the script for the unfinished ones among `shards` and submit it (unless dry_run)."""
+           export_format: str = "hf", dry_run: bool = False, max_array: int | None = None) -> dict:
+    """Write the script for the unfinished ones among `shards` and submit it (unless dry_run). With
+    `export_to`, each task then exports its own shards there (the last to finish publishes)."""
     from .runner import pending_shards
 
     w = layout.Work(work)
@@ -144,6 +145,10 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
 
         export_to = str(Path(export_to).resolve())
         check_out_folder(Path(export_to), w, manifest)  # refused now, not after every task ran
+        from .exports import named
+
+        named(export_format)
+        run_args = [*run_args, "--then-export", export_to, "--export-format", export_format]
     if parallel < 1:
         raise SlurmError(f"--parallel must be >= 1, got {parallel}")
     if tasks is not None and tasks < 1:
@@ -167,14 +172,6 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
     atomic.write_text(path, script)
     job_id = _sbatch([str(path)])
     record.update(job_id=job_id, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    if export_to:
-        command = [sys.executable, "-m", "rewrite.cli", "export", "--work", str(w.root.resolve()), "--out", export_to,
-                   "--overwrite"]
-        record["export_job"] = _sbatch([f"--dependency=afterok:{job_id}", f"--job-name=rewrite-export",
-                                        "--kill-on-invalid-dep=yes", f"--output={folder.resolve() / 'logs'}/export-%j.log",
-                                        *(["--partition", resources.partition] if resources.partition else []),
-                                        *(["--account", resources.account] if resources.account else []),
-                                        "--wrap", " ".join(shlex.quote(c) for c in command)])
     with open(folder / "jobs.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return record

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Container
 
 from . import done, layout, meta, plan
 from .done import DAMAGED, DONE, MISSING, PARTIAL
@@ -57,15 +58,17 @@ def source_names(work: str | Path, sources: list[str] | None) -> list[str]:
     return names
 
 
-def collect(work: str | Path, sources: list[str] | None = None, *, checksum: bool = False
+def collect(work: str | Path, sources: list[str] | None = None, *, checksum: bool | Container[int] = False
             ) -> tuple[plan.Manifest, list[SourceStatus]]:
+    """Each source's shard states. `checksum`: True, or the shards whose files are also checked against
+    their recorded sha256 (an export checks the shards it writes, not all of them in every array task)."""
     w = layout.Work(work)
     manifest = plan.load_manifest(w)
     out = []
     for source in source_names(w, sources):
         st = SourceStatus(source, {})
         for shard in range(manifest.num_shards):
-            found = done.check(w, source, shard, checksum=checksum)
+            found = done.check(w, source, shard, checksum=checksum is True or (checksum and shard in checksum))
             st.shards[shard] = found.state
             if found.state == DONE:
                 st.add(found.stats)

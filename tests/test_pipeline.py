@@ -41,7 +41,7 @@ def test_parquet_end_to_end_with_datasets(parquet_dir, tmp_path):
         assert stats["generated_tokens"] > 0 and stats["captions_per_s"] > 0
 
     result = run_cli("export", "--work", work, "--out", out)
-    assert "wrote 12 rows in 2 files" in result.stdout
+    assert "wrote 12 rows in 3 files" in result.stdout  # 2 parquet files and the card
     assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
     ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))["train"]
     assert ds.column_names == ["key", "caption", "image", "width", "caption_chatgpt", "caption_coco"]

@@ -94,12 +94,26 @@ def test_files_the_tool_did_not_write_are_never_touched(tmp_path):
         export(out / "notes.txt", "three")
 
 
-def test_one_export_writes_a_folder_at_a_time(tmp_path):
+def test_processes_of_one_export_stage_together_and_the_last_publishes(tmp_path):
+    """Array tasks staging the same export share OUT; another export waits until they are done; only a
+    process alone in OUT publishes."""
     out = tmp_path / "out"
-    with publish.OutputFolder(out, "one", FILES, overwrite=False):
+    first = publish.OutputFolder(out, "one", FILES, overwrite=False)
+    first.begin()
+    atomic.write_text(first.path(FILES[0]), "one:" + FILES[0])
+    with publish.OutputFolder(out, "one", FILES, overwrite=False) as second:  # the same export joins
+        second.begin()
+        for name in FILES[1:]:
+            atomic.write_text(second.path(name), "one:" + name)
+        assert not second.alone()  # the first still stages: not ours to publish
+        other = publish.OutputFolder(out, "two", FILES, overwrite=True)
         with pytest.raises(publish.PublishError, match="another export is writing"):
-            publish.OutputFolder(out, "one", FILES, overwrite=False)
-    export(out, "one")  # free again once the first one is done
+            other.begin()
+    assert first.alone()
+    first.publish()
+    first.close()
+    assert visible(out) == {name: f"one:{name}" for name in FILES}
+    assert export(out, "one").up_to_date
 
 
 def test_a_published_file_damaged_later_is_exported_again(tmp_path):

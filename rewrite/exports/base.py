@@ -1,0 +1,145 @@
+"""The interface every export format implements: one module per format, registered in __init__.py.
+
+An export is written shard by shard: each format names the files a shard gives (`shard_files`) and
+writes them (`write_shard`); once every shard's files are there, `finish` writes what spans the whole
+export (a dataset card, sizes.json, one CSV joined from the shards' parts). Files under PARTS are the
+export's own scratch: staged, never published.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import layout, plan
+
+PARTS = "parts"
+READ_BYTES = 64 << 20  # a chunk of joined rows holds about this much input data, whatever the row size
+MAX_READ_ROWS = 8192
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportOptions:
+    image_column: str | None = None  # csv/laclip: the input column holding each row's image path
+    extract_images: Path | None = None  # csv/laclip: write images held in tars or parquet here, named by key
+    captions_only: bool = False  # only the key, the original caption and the rewrites
+    views: list[str] = field(default_factory=list)  # wds: also write tars whose .txt is this rewrite column
+    separator: str = "\t"  # csv
+
+
+@dataclass
+class ExportJob:
+    """What every format reads: the plan, each source's settings and shard states, and the options."""
+    work: layout.Work
+    manifest: plan.Manifest
+    settings: dict[str, dict]  # source -> its recorded settings
+    done: dict[str, set[int]]  # source -> shards whose rewrites are committed and intact
+    options: ExportOptions
+
+    @property
+    def key_column(self) -> str:
+        return self.manifest.key_column or layout.KEY
+
+    def rewrite_columns(self) -> list[str]:
+        """`caption_<source>` (`caption_<source>_<i>` when n > 1), in the order of the sources."""
+        return [layout.export_column(src, i, s["num_rewrites"]) for src, s in self.settings.items()
+                for i in range(s["num_rewrites"])]
+
+    def batch_rows(self, shard: int) -> int:
+        """Rows per chunk so that a chunk holds about READ_BYTES of input data (images included)."""
+        per_row = 0.0
+        for piece in self.manifest.shards[shard]:
+            f = self.manifest.files[piece.file]
+            if f.format == "parquet" and f.rows:
+                meta = pq.ParquetFile(self.manifest.data_path(f)).metadata
+                size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+                per_row = max(per_row, size / f.rows)
+        return max(1, min(MAX_READ_ROWS, int(READ_BYTES / per_row) if per_row else MAX_READ_ROWS))
+
+    def rows(self, shard: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The shard's input rows (all columns, or `columns` of them) joined with every rewrite column; a
+        source whose shard is not done gives nulls."""
+        batch = self.batch_rows(shard)
+        sidecars = {src: _aligned(self.work, src, shard, self.manifest.shard_rows(shard), batch, shard in self.done[src])
+                    for src in self.settings}
+        for base in plan.iter_shard(self.manifest, shard, batch, columns=None):
+            keys = base.column(self.key_column).cast(pa.string())
+            table = base if columns is None else base.select(columns)
+            for src, chunks in sidecars.items():
+                table = _join(table, keys, next(chunks), src, self.settings[src]["num_rewrites"], shard)
+            yield table
+
+
+    def rewrites(self, shard: int) -> Iterator[pa.Table]:
+        """The shard's keys and rewrite columns, read from the sidecars alone (which hold the keys in
+        input order), so a format that copies its input as it is need not read it twice."""
+        done = [src for src in self.settings if shard in self.done[src]]
+        if not done:
+            yield from self.rows(shard, [self.key_column])
+            return
+        rows, batch = self.manifest.shard_rows(shard), MAX_READ_ROWS
+        sidecars = {src: _aligned(self.work, src, shard, rows, batch, src in done) for src in self.settings}
+        for side in _aligned(self.work, done[0], shard, rows, batch, True):
+            keys = side.column(layout.KEY)
+            table = pa.table({self.key_column: keys})
+            for src, chunks in sidecars.items():
+                table = _join(table, keys, next(chunks), src, self.settings[src]["num_rewrites"], shard)
+            yield table
+
+
+def _aligned(w: layout.Work, source: str, shard: int, rows: int, batch: int, done: bool) -> Iterator[pa.Table | None]:
+    """The source's sidecar rows in chunks of `batch` rows (None chunks when the shard is not done)."""
+    if not done:
+        for _ in range(plan.chunk_count(rows, batch)):
+            yield None
+        return
+    path = w.rewrite_file(source, shard)
+    try:
+        batches = (pa.Table.from_batches([b]) for b in pq.ParquetFile(path).iter_batches(batch_size=batch))
+        yield from plan.rechunk(batches, batch)
+    except (pa.ArrowException, OSError) as e:
+        raise ExportError(f"{path}: cannot read the rewrites ({e})") from None
+
+
+def _join(table: pa.Table, keys: pa.ChunkedArray, side: pa.Table | None, source: str, n: int, shard: int) -> pa.Table:
+    names = [layout.export_column(source, i, n) for i in range(n)]
+    if side is None:
+        for name in names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+        return table
+    if side.num_rows != table.num_rows or not side.column(layout.KEY).equals(keys):
+        raise ExportError(f"{source} rewrites of shard {layout.shard_id(shard)} do not line up with its input rows: "
+                          "the work dir's plan changed after the run (rerun with --overwrite)")
+    for i, name in enumerate(names):
+        table = table.append_column(name, side.column(layout.rewrite_column(i, n)))
+    return table
+
+
+Staged = Callable[[str], Path]  # where a file of the export (a path relative to OUT) is written
+
+
+class ExportFormat:
+    name: str = ""
+
+    def check(self, job: ExportJob) -> None:
+        """Refuse options or inputs this format cannot export, before anything is written."""
+
+    def shard_files(self, job: ExportJob, shard: int) -> list[str]:
+        raise NotImplementedError
+
+    def write_shard(self, job: ExportJob, shard: int, staged: Staged) -> None:
+        """Write the shard's files, each committed atomically (a killed export keeps the finished ones)."""
+        raise NotImplementedError
+
+    def final_files(self, job: ExportJob) -> list[str]:
+        return []
+
+    def finish(self, job: ExportJob, staged: Staged, summary: dict) -> None:
+        """Write the final files from the staged shard files."""

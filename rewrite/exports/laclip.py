@@ -1,0 +1,75 @@
+"""LaCLIP's train.py files (`--aug-text --augmented_caption_filelist ...`): train.csv without a header
+(image path, original caption; Python's csv defaults) and one text file per rewrite column, line i for
+CSV row i, a failed rewrite as an empty line (the loader then uses the original). LaCLIP silently drops a
+row whose path does not end in .jpg/.jpeg/.png, which would shift every later rewrite line: such a path
+is refused. No caption holds a line break (it would shift the lines too). A row without a caption of its
+own is left out (counted in the summary)."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+from .. import atomic, layout
+from . import tables
+from .base import PARTS, ExportError, ExportFormat, ExportJob
+
+CSV_FILE = "train.csv"
+KEPT_SUFFIXES = (".jpg", ".jpeg", ".png")  # LaCLIP's CsvDatasetAugCap keeps only these (case-sensitive)
+
+
+class LaclipExport(ExportFormat):
+    name = "laclip"
+
+    def check(self, job):
+        tables.image_column(job)
+        if job.options.captions_only:
+            raise ExportError("--captions-only: LaCLIP's CSV needs the image path; use --format hf or csv")
+
+    def _parts(self, job: ExportJob, shard: int) -> dict[str, str]:
+        sid = layout.shard_id(shard)
+        return {"csv": f"{PARTS}/{sid}.csv", "dropped": f"{PARTS}/{sid}.dropped",
+                **{c: f"{PARTS}/{sid}.{c}.txt" for c in job.rewrite_columns()}}
+
+    def shard_files(self, job, shard):
+        return list(self._parts(job, shard).values())
+
+    def write_shard(self, job, shard, staged):
+        column, extracted = tables.image_column(job), tables.extract(job, shard)
+        caption, rewrites, parts = job.manifest.caption_column, job.rewrite_columns(), self._parts(job, shard)
+        wanted = [job.key_column, caption] + ([column] if column and column not in (job.key_column, caption) else [])
+        lines: dict[str, list[str]] = {c: [] for c in rewrites}
+        dropped = 0
+        with atomic.atomic_path(staged(parts["csv"])) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            for table in job.rows(shard, wanted):
+                paths = tables.image_paths(job, table, column, extracted)
+                keys = table.column(job.key_column).to_pylist()
+                originals = table.column(caption).to_pylist()
+                values = {c: table.column(c).to_pylist() for c in rewrites}
+                for i, (key, path, original) in enumerate(zip(keys, paths, originals)):
+                    if not original or not original.strip() or not path:
+                        dropped += 1
+                        continue
+                    if not path.endswith(KEPT_SUFFIXES):
+                        raise ExportError(f"row {key}: image path {path!r} does not end in .jpg, .jpeg or .png, so "
+                                          "LaCLIP's loader would drop it and misalign every later rewrite: convert "
+                                          "the images, or use --extract-images DIR")
+                    writer.writerow([path, tables.one_line(original)])
+                    for c in rewrites:
+                        lines[c].append(tables.one_line(values[c][i] or ""))
+        for c in rewrites:  # a shard's rewrites of one column: as many lines as the CSV part has rows
+            atomic.write_text(staged(parts[c]), "".join(line + "\n" for line in lines[c]))
+        atomic.write_text(staged(parts["dropped"]), f"{dropped}\n")
+
+    def final_files(self, job):
+        return [CSV_FILE] + [f"{c}.txt" for c in job.rewrite_columns()]
+
+    def finish(self, job, staged, summary):
+        for name, part in [(CSV_FILE, "csv")] + [(f"{c}.txt", c) for c in job.rewrite_columns()]:
+            with atomic.atomic_path(staged(name)) as tmp, open(tmp, "wb") as out:
+                for shard in range(job.manifest.num_shards):
+                    with open(staged(self._parts(job, shard)[part]), "rb") as f:
+                        shutil.copyfileobj(f, out)
+        summary["columns"] = ["image path", job.manifest.caption_column] + [f"{c}.txt" for c in job.rewrite_columns()]
+        summary["dropped_rows"] = sum(int(staged(self._parts(job, s)["dropped"]).read_text())
+                                      for s in range(job.manifest.num_shards))

@@ -1,0 +1,66 @@
+"""open_clip's CSV/TSV (`--csv-img-key`, `--csv-caption-key`, `--csv-separator`, read with pandas): one
+file, train.tsv (train.csv with a comma separator), with a header row, the image path column, `title`
+(the original caption) and one column per rewrite. pandas reads an empty cell (or "NA", "null", ...) as
+NaN, which trains as the text "nan": a rewrite that failed is filled with the original caption, and a row
+whose own caption would read as missing is left out (counted in the summary)."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+from .. import atomic, layout
+from . import tables
+from .base import PARTS, ExportFormat, ExportJob
+
+TITLE = "title"  # open_clip's default --csv-caption-key
+
+
+class OpenClipCsvExport(ExportFormat):
+    name = "csv"
+
+    def _file(self, job: ExportJob) -> str:
+        return "train.tsv" if job.options.separator == "\t" else "train.csv"
+
+    def _path_column(self, job: ExportJob) -> str:
+        return job.options.image_column or tables.image_column(job) or "filepath"
+
+    def check(self, job):
+        tables.image_column(job)
+
+    def shard_files(self, job, shard):
+        return [f"{PARTS}/{layout.shard_id(shard)}.{self.name}", f"{PARTS}/{layout.shard_id(shard)}.dropped"]
+
+    def header(self, job: ExportJob) -> list[str]:
+        return [self._path_column(job), TITLE] + job.rewrite_columns()
+
+    def write_shard(self, job, shard, staged):
+        column, extracted = tables.image_column(job), tables.extract(job, shard)
+        rewrites, caption, dropped = job.rewrite_columns(), job.manifest.caption_column, 0
+        part, dropped_file = self.shard_files(job, shard)
+        wanted = [job.key_column, caption] + ([column] if column and column not in (job.key_column, caption) else [])
+        with atomic.atomic_path(staged(part)) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, delimiter=job.options.separator, lineterminator="\n")
+            for table in job.rows(shard, wanted):
+                paths = tables.image_paths(job, table, column, extracted)
+                originals = table.column(caption).to_pylist()
+                values = [table.column(c).to_pylist() for c in rewrites]
+                for i, (path, original) in enumerate(zip(paths, originals)):
+                    if not tables.readable(original) or not path:
+                        dropped += 1
+                        continue
+                    texts = [v[i] if tables.readable(v[i]) else original for v in values]
+                    writer.writerow([path, original] + texts)
+        atomic.write_text(staged(dropped_file), f"{dropped}\n")
+
+    def final_files(self, job):
+        return [self._file(job)]
+
+    def finish(self, job, staged, summary):
+        with atomic.atomic_path(staged(self._file(job))) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
+            csv.writer(out, delimiter=job.options.separator, lineterminator="\n").writerow(self.header(job))
+            for shard in range(job.manifest.num_shards):
+                with open(staged(self.shard_files(job, shard)[0]), encoding="utf-8", newline="") as part:
+                    shutil.copyfileobj(part, out)
+        summary["columns"] = self.header(job)
+        summary["dropped_rows"] = sum(int(staged(self.shard_files(job, s)[1]).read_text())
+                                      for s in range(job.manifest.num_shards))

@@ -1,0 +1,176 @@
+"""Webdataset tars, as open_clip and webdataset read them: for webdataset input, one output tar per input
+tar, with the same name, keys and member order, every member copied byte for byte except KEY.json, which
+gains one flat string field per rewrite column (`caption_<source>`, "" where the rewrite failed), and is
+created where a sample had none; a sizes.json (tar name -> samples) beside them.
+
+Table input (parquet, CSV) with images, as bytes (a binary column or a Hugging Face Image column) or as
+paths (--image-column), exports to one tar per shard, `{shard:05d}.tar`: KEY.<image type>, KEY.txt (the
+caption) and KEY.json (the row's other plain columns and the rewrite fields).
+
+`--views SOURCE` also writes views/caption_<source>/ with the same tars whose KEY.txt is that rewrite (the
+original where it failed), so released open_clip, which trains on KEY.txt only, can train on rewrites,
+and views mixed with the originals (open_clip's `::` and --train-data-upsampling-factors).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+
+from .. import atomic, layout, tars
+from . import tables
+from .base import ExportError, ExportFormat, ExportJob
+
+SIZES = "sizes.json"
+VIEWS = "views"
+
+
+class WebdatasetExport(ExportFormat):
+    name = "wds"
+
+    def check(self, job):
+        formats = {f.format for f in job.manifest.files}
+        if "wds" in formats and formats != {"wds"}:
+            raise ExportError("--format wds: webdataset input planned together with other input cannot be exported "
+                              f"as tars ({', '.join(sorted(formats))}); export it with --format hf, csv or laclip")
+        if "wds" not in formats:
+            _image_source(job)
+        names = [Path(f.path).name for f in job.manifest.files]
+        repeated = next((n for n in names if names.count(n) > 1), None)
+        if repeated:
+            raise ExportError(f"two input tars are named {repeated}: a wds export keeps each tar's name, so the "
+                              "inputs' names must differ")
+        columns = job.rewrite_columns()
+        for view in job.options.views:
+            if view not in columns:
+                raise ExportError(f"--views {view}: not a rewrite column of this export ({', '.join(columns)})")
+        if job.options.captions_only:
+            raise ExportError("--captions-only writes no tars: use --format hf, csv or laclip with it")
+
+    def _tars(self, job: ExportJob, shard: int) -> list[str]:
+        if not _from_tars(job):
+            return [f"{layout.shard_id(shard)}.tar"]
+        return [Path(job.manifest.files[p.file].path).name for p in job.manifest.shards[shard]]
+
+    def shard_files(self, job, shard):
+        return [name for folder in self._folders(job) for name in (f"{folder}{t}" for t in self._tars(job, shard))]
+
+    def _folders(self, job: ExportJob) -> list[str]:
+        """The folders written, relative to OUT: OUT itself ("") and each view's."""
+        return [""] + [f"{VIEWS}/{view}/" for view in job.options.views]
+
+    def write_shard(self, job, shard, staged):
+        if not _from_tars(job):
+            return self._write_from_rows(job, shard, staged)
+        pieces = job.manifest.shards[shard]
+        rewrites = self._rewrites(job, shard)
+        start = 0
+        for piece in pieces:
+            f = job.manifest.files[piece.file]
+            rows = rewrites[start:start + f.rows]
+            start += f.rows
+            fields = {key: {c: v or "" for c, v in values.items()} for key, values in rows}
+            for folder in self._folders(job):
+                view = folder[len(VIEWS) + 1:-1] if folder else None
+                txt = {key: values[view] for key, values in rows if values.get(view)} if view else None
+                with atomic.atomic_path(staged(folder + Path(f.path).name)) as tmp, open(tmp, "wb") as out:
+                    try:
+                        tars.copy_with_fields(f.path, out, fields, txt, every_sample=True)
+                    except tars.TarError as e:
+                        raise ExportError(str(e)) from None
+
+    def _rewrites(self, job: ExportJob, shard: int) -> list[tuple[str, dict]]:
+        """(key, {column: rewrite or None}) for each row of the shard, in order."""
+        columns = job.rewrite_columns()
+        out = []
+        for table in job.rewrites(shard):
+            keys = table.column(job.key_column).to_pylist()
+            values = {c: table.column(c).to_pylist() for c in columns}
+            out += [(key, {c: values[c][i] for c in columns}) for i, key in enumerate(keys)]
+        return out
+
+    def _write_from_rows(self, job: ExportJob, shard: int, staged) -> None:
+        """One tar of the shard's rows: image, caption and a json of the rest, per row (views too)."""
+        column, is_path = _image_source(job)
+        caption, rewrites = job.manifest.caption_column, job.rewrite_columns()
+        plain = [f.name for f in job.manifest.schema if f.name not in (column, caption) and _plain(f.type)]
+        name = self._tars(job, shard)[0]
+        with contextlib.ExitStack() as stack:
+            writers = {}
+            for folder in self._folders(job):  # each tar is closed before its file is committed
+                tmp = stack.enter_context(atomic.atomic_path(staged(folder + name)))
+                writers[folder] = stack.enter_context(tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT))
+            for table in job.rows(shard):
+                for row in table.to_pylist():
+                    key = row[job.key_column]
+                    _check_key(key, name)
+                    image, ext = _image(row[column], is_path, key)
+                    fields = {c: row[c] for c in plain if row[c] is not None}
+                    fields.update({c: row[c] or "" for c in rewrites})
+                    meta = json.dumps(fields, ensure_ascii=False, default=str).encode()
+                    for folder, tar in writers.items():
+                        view = folder[len(VIEWS) + 1:-1] if folder else None
+                        text = (row[view] if view and row[view] else row[caption]) or ""
+                        for member, data in ((f"{key}.{ext}", image), (f"{key}.txt", text.encode()), (f"{key}.json", meta)):
+                            info = tarfile.TarInfo(member)
+                            info.size, info.mode = len(data), 0o644
+                            tar.addfile(info, io.BytesIO(data))
+
+    def final_files(self, job):
+        return [f"{folder}{SIZES}" for folder in self._folders(job)]
+
+    def finish(self, job, staged, summary):
+        if _from_tars(job):
+            sizes = {Path(f.path).name: f.rows for f in job.manifest.files}
+        else:
+            sizes = {self._tars(job, s)[0]: job.manifest.shard_rows(s) for s in range(job.manifest.num_shards)}
+        for folder in self._folders(job):
+            atomic.write_text(staged(f"{folder}{SIZES}"), json.dumps(sizes, indent=1) + "\n")
+        summary["columns"] = [layout.KEY, "txt", "json"] + [f"json.{c}" for c in job.rewrite_columns()]
+
+
+def _from_tars(job: ExportJob) -> bool:
+    return all(f.format == "wds" for f in job.manifest.files)
+
+
+def _image_source(job: ExportJob) -> tuple[str, bool]:
+    """The column the images of table input come from, and whether it holds paths (else bytes)."""
+    schema = job.manifest.schema
+    for f in schema:
+        if tables.holds_bytes(f.type):
+            return f.name, False
+    if job.options.image_column or any(c in schema.names for c in tables.IMAGE_COLUMNS):
+        return tables.image_column(job), True
+    raise ExportError("--format wds: the input holds no images (no column of image bytes, none of the path columns "
+                      f"{', '.join(tables.IMAGE_COLUMNS)}): name one with --image-column, or use --format hf or csv")
+
+
+def _plain(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or \
+        pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _image(value, is_path: bool, key: str) -> tuple[bytes, str]:
+    """A row's image bytes and extension, from its bytes (or a Hugging Face Image's) or its path."""
+    if is_path:
+        path = Path(value["path"] if isinstance(value, dict) else value or "")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ExportError(f"row {key}: cannot read its image {path} ({e.strerror})") from None
+        return data, path.suffix.lstrip(".").lower() or tables.sniff(data)
+    data = value["bytes"] if isinstance(value, dict) else value
+    if data is None:
+        raise ExportError(f"row {key}: no image bytes (a sample needs an image)")
+    return data, tables.sniff(data)
+
+
+def _check_key(key: str, tar: str) -> None:
+    """A row key that can name tar members: no way out of a folder, and no dot (readers cut keys there)."""
+    tables.check_key(key, tar)
+    if "." in key.rsplit("/", 1)[-1]:
+        raise ExportError(f"row {key}: a webdataset key cannot hold a dot (readers cut the key there)")

@@ -1,0 +1,45 @@
+"""The interface every input format implements: one module per format, registered in __init__.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+
+
+class PlanError(ValueError):
+    """Bad input or a bad plan request: the message names the file, column or option."""
+
+
+@dataclass(frozen=True)
+class Captions:
+    """Where a row's caption comes from: `column` names it in the rows (and in a table input); `field`,
+    for webdataset input, is the KEY.json field it is read from (None: KEY.txt)."""
+    column: str
+    field: str | None = None
+
+
+class InputFormat:
+    """How `rewrite shard` plans a kind of input file and how a worker reads its rows.
+
+    A format sees one file at a time. `schema` says which columns its rows have; `prepare` runs once at
+    planning time and returns the file the readers use (the input itself, or a conversion written into
+    the work dir) and its row count; `read` yields the rows [start, stop) of that file in tables of at most
+    `batch_rows` rows, with the columns asked for (None: all of `schema`'s)."""
+
+    name: str = ""
+    suffixes: tuple[str, ...] = ()
+    has_columns: bool = True  # False: rows have only the caption, so keys are derived from file and row
+    has_json_fields: bool = False  # True: --caption-field can name the KEY.json field captions come from
+    whole_files: bool = False  # True: a shard holds whole files (an export writes one output file per input file)
+
+    def schema(self, path: Path, captions: Captions) -> pa.Schema:
+        raise NotImplementedError
+
+    def prepare(self, path: Path, converted: Path, schema: pa.Schema, captions: Captions) -> tuple[Path, int]:
+        raise NotImplementedError
+
+    def read(self, data: Path, rows: int, start: int, stop: int, batch_rows: int, columns: Sequence[str] | None,
+             captions: Captions) -> Iterator[pa.Table]:
+        raise NotImplementedError

@@ -1,0 +1,78 @@
+"""Webdataset tar shards (img2dataset / LAION / DataComp): read in place, text members only.
+
+A sample is a row: its key is the sample key, its caption KEY.txt (or a KEY.json field, --caption-field),
+and `json` holds KEY.json as text. Image bytes are never read: the tar is walked header by header and
+only .txt/.json members are read (tars.py). Row counts come from img2dataset's NNNNN_stats.json or
+NNNNN.parquet beside the tar, else from one scan of its headers; a worker that finds another count
+refuses the tar. Samples keep their tar order.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+from .. import layout, tars
+from .base import InputFormat, PlanError
+
+JSON = "json"  # the row column holding KEY.json as text
+
+
+def _checked(fn, *args):
+    try:
+        return fn(*args)
+    except tars.TarError as e:
+        raise PlanError(str(e)) from None
+
+
+class WebdatasetInput(InputFormat):
+    name = "wds"
+    suffixes = (".tar",)
+    has_json_fields = True
+    whole_files = True
+
+    def schema(self, path, captions):
+        if captions.column in (layout.KEY, JSON):
+            raise PlanError(f"--caption-column {captions.column!r} would clash with the `{layout.KEY}` and `{JSON}` "
+                            "columns of webdataset rows: choose another name")
+        return pa.schema([(layout.KEY, pa.string()), (captions.column, pa.string()), (JSON, pa.string())])
+
+    def prepare(self, path, converted, schema, captions):
+        rows = tars.stats_count(path)
+        return path, rows if rows is not None else _checked(tars.count_samples, path)
+
+    def read(self, data, rows, start, stop, batch_rows, columns, captions):
+        return self._read(data, rows, start, stop, batch_rows, columns, captions)
+
+    def _read(self, data: Path, rows: int, start: int, stop: int, batch_rows: int, columns, captions) -> Iterator[pa.Table]:
+        names = [layout.KEY, captions.column, JSON] if columns is None else list(dict.fromkeys(columns))
+        batch: dict[str, list] = {n: [] for n in names}
+        seen = 0
+        try:
+            for sample in tars.iter_samples(data, captions.field):
+                if seen >= stop:
+                    seen += 1  # past the rows asked for: when they end the tar, one too many
+                    break
+                if seen >= start:
+                    values = {layout.KEY: sample.key, captions.column: sample.caption,
+                              JSON: None if sample.json is None else json.dumps(sample.json, ensure_ascii=False)}
+                    for n in names:
+                        batch[n].append(values[n])
+                    if len(batch[names[0]]) == batch_rows:
+                        yield pa.table(batch, schema=_schema(names))
+                        batch = {n: [] for n in names}
+                seen += 1
+        except tars.TarError as e:
+            raise PlanError(str(e)) from None
+        if seen < stop or (stop == rows and seen > rows):
+            raise PlanError(f"input file {data} holds {'more than ' if seen > rows else ''}{min(seen, rows)} samples "
+                            f"where the plan counted {rows} (from img2dataset's stats beside it, or an earlier scan): "
+                            "the tar or its stats changed; plan again into a new work dir")
+        if batch[names[0]]:
+            yield pa.table(batch, schema=_schema(names))
+
+
+def _schema(names: list[str]) -> pa.Schema:
+    return pa.schema([(n, pa.string()) for n in names])
