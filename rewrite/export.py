@@ -15,31 +15,56 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from . import exports, layout, plan, publish, runner, status
+from . import atomic, exports, layout, plan, publish, runner, status
 from .exports import ExportError, ExportJob, ExportOptions
 from .exports.base import PARTS
 
 
-def check_out_folder(out: Path, w: layout.Work, manifest: plan.Manifest) -> None:
-    """Refuse an output folder that is, holds or lies inside the work dir or an input."""
+def check_out_folder(out: Path, w: layout.Work, manifest: plan.Manifest, option: str = "--out",
+                     others: Sequence[tuple[str, Path]] = ()) -> None:
+    """Refuse an output folder that is, holds or lies inside the work dir, an input or `others`."""
     out = out.resolve()
-    for what, path in [("the work dir", w.root.resolve())] + [("the input", Path(p)) for p in manifest.inputs]:
+    for what, path in [("the work dir", w.root.resolve())] + [("the input", Path(p)) for p in manifest.inputs] + \
+            [(name, p.resolve()) for name, p in others]:
         if out == path or out.is_relative_to(path) or path.is_relative_to(out):
             relation = "is" if out == path else ("lies inside" if out.is_relative_to(path) else "holds")
-            raise ExportError(f"--out {out} {relation} {what} {path}: an export goes to a folder of its own")
+            raise ExportError(f"{option} {out} {relation} {what} {path}: an export goes to a folder of its own")
 
 
-def export_id(manifest: plan.Manifest, settings: dict, statuses: list, fmt: str, options: ExportOptions) -> str:
-    """What defines an export's bytes: the plan, each source's settings and committed files, the format
-    and its options."""
-    body = {"plan": manifest.plan_id(), "format": fmt,
-            "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
-            "sources": {st.source: {"settings": settings[st.source],
-                                    "files": [st.digests.get(s) for s in range(manifest.num_shards)]}
-                        for st in statuses}}
+def export_id(manifest: plan.Manifest, settings: dict, fmt: str, options: ExportOptions) -> str:
+    """What defines the export being staged: the plan, each source's settings, the format and its options.
+    (Which rewrites each shard's files were made from is recorded per shard: `_made_from`.)"""
+    body = {"plan": manifest.plan_id(), "format": fmt, "sources": settings,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _made_from(statuses: list, shard: int) -> dict[str, str | None]:
+    """The committed rewrite files a shard's export is made from (sha256 per source; None: not done)."""
+    return {st.source: st.digests.get(shard) for st in statuses}
+
+
+def _content(made_from: dict) -> str:
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _record(shard: int) -> str:
+    """Staged beside a shard's files, written after them: what they were made from."""
+    return f"{PARTS}/{layout.shard_id(shard)}.from.json"
+
+
+def _written(folder: publish.OutputFolder, files: list[str], shard: int, made_from: dict) -> bool:
+    """The shard's files are staged, and made from the rewrites committed now (a shard redone since, or
+    done since it was exported with --allow-missing, is exported again)."""
+    record = folder.path(_record(shard))
+    if not (record.is_file() and all(folder.written(f) for f in files)):
+        return False
+    try:
+        return json.loads(record.read_text(encoding="utf-8")) == made_from
+    except ValueError:
+        return False
 
 
 def export(
@@ -66,6 +91,8 @@ def export(
     chosen = everything if shards is None else list(shards)
     manifest, statuses = status.collect(w, list(sources) if sources else None, checksum=set(chosen))
     check_out_folder(out, w, manifest)
+    if options.extract_images is not None:  # images named by key land there: never among the inputs
+        check_out_folder(options.extract_images, w, manifest, "--extract-images", [("the export folder --out", out)])
     if not statuses:
         raise ExportError(f"{w.root} has no rewrites yet: run `rewrite run` first")
     missing = _missing(statuses, chosen, allow_missing)
@@ -74,26 +101,32 @@ def export(
     job = ExportJob(w, manifest, settings, done, options)
     export_format.check(job)
     per_shard = {s: export_format.shard_files(job, s) for s in everything}
-    files = [f for s in everything for f in per_shard[s]] + export_format.final_files(job)
+    made_from = {s: _made_from(statuses, s) for s in everything}
+    files = [f for s in everything for f in per_shard[s] + [_record(s)]] + export_format.final_files(job)
     published = [f for f in files if Path(f).parts[0] != PARTS]
     summary = {"out": str(out), "format": fmt, "files": published, "rows": manifest.total_rows,
                "sources": list(settings), "missing": {k: plan.format_shard_spec(v) for k, v in missing.items()},
                "damaged": [problem for st in statuses for problem in st.damage.values()],
                "counts": {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses}}
-    ident = export_id(manifest, settings, statuses, fmt, options)
-    with publish.OutputFolder(out, ident, published, overwrite=overwrite,
-                              scratch=[f for f in files if f not in published]) as folder:
+    with publish.OutputFolder(out, export_id(manifest, settings, fmt, options), published, content=_content(made_from),
+                              overwrite=overwrite, scratch=[f for f in files if f not in published]) as folder:
         if folder.up_to_date:
             return {**summary, "published": True, "up_to_date": True}
         folder.begin()
-        todo = [s for s in chosen if not all(folder.written(f) for f in per_shard[s])]
-        _write_shards(export_format, job, todo, folder.staging, workers, progress)
+        todo = [s for s in chosen if not _written(folder, per_shard[s], s, made_from[s])]
+        for shard in _write_shards(export_format, job, todo, folder.staging, workers, progress):
+            atomic.write_json(folder.path(_record(shard)), made_from[shard])
         summary["written"] = plan.format_shard_spec(todo)
         if not folder.alone():
             return {**summary, "published": False, "waiting": "other exports still write shards of this folder"}
         if folder.published():
             return {**summary, "published": True}
-        unwritten = [s for s in everything if not all(folder.written(f) for f in per_shard[s])]
+        # Other processes may have committed shards since this one started: judge by what is there now.
+        _, statuses = status.collect(w, list(settings))
+        made_from = {s: _made_from(statuses, s) for s in everything}
+        folder.content = _content(made_from)
+        summary["counts"] = {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses}
+        unwritten = [s for s in everything if not _written(folder, per_shard[s], s, made_from[s])]
         if unwritten:
             return {**summary, "published": False, "unwritten": plan.format_shard_spec(unwritten)}
         export_format.finish(job, folder.path, summary)
@@ -120,18 +153,21 @@ def _staged(staging: Path, name: str) -> Path:
 
 
 def _write_shards(export_format: exports.ExportFormat, job: ExportJob, shards: list[int], staging: Path,
-                  workers: int, progress: bool) -> None:
-    """Each shard's files, by `workers` processes at once; each file is committed as it is finished."""
+                  workers: int, progress: bool) -> Iterator[int]:
+    """Each shard's files, by `workers` processes at once; each file is committed as it is finished, and
+    each shard is yielded once its files are."""
     from tqdm import tqdm
 
     staged = functools.partial(_staged, staging)
-    bar = tqdm(total=len(shards), unit="shard", desc="export", disable=not progress, file=sys.stderr)
-    with bar:
+    with tqdm(total=len(shards), unit="shard", desc="export", disable=not progress, file=sys.stderr) as bar:
         if workers == 1 or len(shards) < 2:
             for shard in shards:
                 export_format.write_shard(job, shard, staged)
                 bar.update()
+                yield shard
             return
         with ProcessPoolExecutor(max_workers=min(workers, len(shards))) as pool:
-            for _ in pool.map(export_format.write_shard, [job] * len(shards), shards, [staged] * len(shards)):
+            for shard, _ in zip(shards, pool.map(export_format.write_shard, [job] * len(shards), shards,
+                                                 [staged] * len(shards))):
                 bar.update()
+                yield shard

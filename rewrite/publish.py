@@ -39,9 +39,8 @@ def _remove_files(root: Path, names: Sequence[str]) -> None:
     for name in names:
         path = root / name
         path.unlink(missing_ok=True)
-        for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
-            tmp.unlink(missing_ok=True)
         folders.update(p for p in path.parents if p.is_relative_to(root))
+    _remove_temps(root, names)
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
         try:
             folder.rmdir()
@@ -49,14 +48,24 @@ def _remove_files(root: Path, names: Sequence[str]) -> None:
             pass  # not empty (someone else's file) or gone
 
 
+def _remove_temps(root: Path, names: Sequence[str]) -> None:
+    """Our temporary files beside the listed files (a writer killed mid-file leaves one behind)."""
+    for name in names:
+        path = root / name
+        for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+
+
 class OutputFolder:
     """OUT, about to receive an export identified by `export_id` made of `files` (paths relative to OUT)."""
 
     def __init__(self, out: str | Path, export_id: str, files: Sequence[str], *, overwrite: bool,
-                 scratch: Sequence[str] = ()):
+                 scratch: Sequence[str] = (), content: str | None = None):
         """`files` are published; `scratch` files are staged for the export's own use and removed once it
-        is published."""
+        is published. `content`: what the files are made from (an export already published with other
+        content is not up to date)."""
         self.out, self.export_id, self.files, self.scratch = Path(out), export_id, list(files), list(scratch)
+        self.content = content
         self.staging = self.out / STAGING
         if self.out.exists() and not self.out.is_dir():
             raise PublishError(f"--out {self.out} is a file, not a folder")
@@ -68,7 +77,8 @@ class OutputFolder:
         try:
             self.marker = self._read_marker()
             published = self.marker.get("published")
-            self.up_to_date = published == export_id and not self.marker.get("staging") and self._intact()
+            self.up_to_date = (published == export_id and self.marker.get("content") == content
+                               and not self.marker.get("staging") and self._intact())
             if published and published != export_id and not overwrite:
                 raise PublishError(f"{self.out} holds an earlier export with other rewrites or settings: choose "
                                    "another --out, or pass --overwrite to replace it")
@@ -188,6 +198,7 @@ class OutputFolder:
         if missing:
             raise PublishError(f"cannot publish {self.out}: {', '.join(missing[:3])} not written")
         old = self.marker.get("files", [])
+        _remove_temps(self.staging, self.files)  # left by writers killed mid-file: they must not be published
         self._write_marker(published=None, publishing=True)  # until the end, OUT holds no whole export
         replaced = self.staging / REPLACED
         for top in dict.fromkeys(Path(f).parts[0] for f in self.files):
@@ -200,6 +211,6 @@ class OutputFolder:
                 os.rename(target, replaced / top)
             os.replace(staged, target)
         sizes = {f: (self.out / f).stat().st_size for f in self.files}
-        self._write_marker(published=self.export_id, files=self.files, sizes=sizes, staging=None, staging_files=[],
-                           publishing=False)
+        self._write_marker(published=self.export_id, content=self.content, files=self.files, sizes=sizes,
+                           staging=None, staging_files=[], publishing=False)
         _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old] + self.scratch)

@@ -249,13 +249,13 @@ def test_a_killed_wds_export_is_invisible_and_a_rerun_keeps_its_finished_tars(re
 
     out = tmp_path / "out"
     proc = run_cli("export", "--work", rewritten, "--out", out, "--format", "wds", check=False,
-                   env={"REWRITE_KILL_AT": "committed:.rewrite-staging/00001.tar"})
+                   env={"REWRITE_KILL_AT": "committed:parts/00001.from.json"})  # shard 1 fully staged
     assert proc.returncode == -signal.SIGKILL
     assert not list(out.glob("*.tar")) and not (out / "sizes.json").exists()
-    staged = {p.name: p.stat().st_ino for p in (out / ".rewrite-staging").glob("*.tar")}
-    assert sorted(staged) == ["00000.tar", "00001.tar"]
+    kept = (out / ".rewrite-staging" / "00001.tar").stat().st_ino
     run_cli("export", "--work", rewritten, "--out", out, "--format", "wds")
-    assert {p.name: p.stat().st_ino for p in out.glob("*.tar")} == {**staged, "00002.tar": (out / "00002.tar").stat().st_ino}
+    assert (out / "00001.tar").stat().st_ino == kept  # not written again
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
     assert not (out / ".rewrite-staging").exists() or not list((out / ".rewrite-staging").iterdir())
 
 
@@ -283,3 +283,43 @@ def test_parquet_with_image_bytes_exports_to_tars(parquet_dir, tmp_path):
 def sidecar_of(work: Path, shards: int) -> dict[str, str | None]:
     rows = [r for s in range(shards) for r in pq.read_table(work / "rewrites" / SOURCE / f"{s:05d}.parquet").to_pylist()]
     return {r["key"]: r["rewrite"] for r in rows}
+
+
+def test_extracted_images_never_land_among_the_inputs(rewritten, tmp_path):
+    shards = rewritten.parent / "shards"
+    for folder in (shards, shards / "00000.tar", rewritten / "img", tmp_path / "out" / "img"):
+        proc = run_cli("export", "--work", rewritten, "--out", tmp_path / "out", "--format", "csv",
+                       "--extract-images", folder, check=False)
+        assert proc.returncode == 2 and "--extract-images" in proc.stderr and "a folder of its own" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in shards.iterdir()) == sorted(["00000.tar", "00001.tar", "00002.tar", "00000_stats.json"])
+
+
+def test_tasks_finishing_in_any_order_publish_once_with_what_is_committed_last(rewritten, tmp_path, monkeypatch):
+    """Task A exports shard 2 while shard 0 is not yet rewritten; meanwhile task B exports shards 0-1
+    (shard 0 now done) and cannot publish beside A; A, last to finish, looks again and publishes."""
+    from rewrite import export as export_lib
+
+    out, stats = tmp_path / "out", rewritten / "rewrites" / SOURCE / "00000.stats.json"
+    hidden = stats.with_name("hidden")
+    stats.rename(hidden)  # shard 0 is "not done" when A starts
+    real = export_lib._write_shards
+    outcome = {}
+
+    def a_writes(*args, **kw):
+        for shard in real(*args, **kw):
+            if "b" not in outcome:  # in A: shard 0 is committed, and B exports while A still holds OUT
+                hidden.rename(stats)
+                outcome["b"] = None
+                outcome["b"] = export_lib.export(rewritten, out, fmt="wds", shards=[0, 1])
+            yield shard
+
+    monkeypatch.setattr(export_lib, "_write_shards", a_writes)
+    try:
+        outcome["a"] = export_lib.export(rewritten, out, fmt="wds", shards=[2])
+    finally:
+        if hidden.exists():
+            hidden.rename(stats)
+    assert not outcome["b"]["published"] and outcome["b"]["written"] == "0-1"
+    assert outcome["a"]["published"]
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+    assert export_lib.export(rewritten, out, fmt="wds").get("up_to_date")

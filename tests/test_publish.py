@@ -122,3 +122,19 @@ def test_a_published_file_damaged_later_is_exported_again(tmp_path):
     (out / "data" / "a.parquet").write_text("cut")
     assert not export(out, "one").up_to_date  # same export, no --overwrite needed
     assert visible(out) == {name: f"one:{name}" for name in FILES}
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_never_published(tmp_path):
+    out = tmp_path / "out"
+    folder = publish.OutputFolder(out, "one", FILES, overwrite=False)
+    folder.begin()
+    leftover = folder.path("data/.b.parquet.0123456789abcdef.tmp")  # as atomic.temp_beside names them
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_text("cut")
+    for name in FILES:
+        atomic.write_text(folder.path(name), "one:" + name)
+    assert folder.alone()
+    folder.publish()
+    folder.close()
+    assert visible(out) == {name: f"one:{name}" for name in FILES}
+    assert not list(out.rglob("*.tmp"))

@@ -2,11 +2,12 @@
 rules that keep one text per cell that their readers read back as written."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
 
-from .. import tars
+from .. import atomic, tars
 from .base import ExportError, ExportJob
 
 IMAGE_COLUMNS = ("filepath", "image_path", "image", "path")
@@ -100,9 +101,7 @@ def _extract_from_rows(job: ExportJob, shard: int, folder: Path) -> dict[str, st
                 continue
             check_key(key, "--extract-images")
             name = f"{key}.{sniff(data)}"
-            path = folder / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            _write_whole(folder / name, data)
             written[key] = name
     return written
 
@@ -121,3 +120,14 @@ def sniff(data: bytes) -> str:
         return "webp"
     return "jpg"
 
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """The file whole or not at all (a temporary name, then a rename), as tars.extract_images writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.temp_beside(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
