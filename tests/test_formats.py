@@ -323,3 +323,17 @@ def test_tasks_finishing_in_any_order_publish_once_with_what_is_committed_last(r
     assert outcome["a"]["published"]
     assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
     assert export_lib.export(rewritten, out, fmt="wds").get("up_to_date")
+
+
+def test_every_format_implements_its_whole_interface():
+    """Formats are found through FORMATS alone: each must be a complete one (an abstract method left out
+    would make it fail to instantiate, and FORMATS to import)."""
+    from rewrite import exports, inputs
+    from rewrite.exports.base import ExportFormat
+    from rewrite.inputs.base import InputFormat
+
+    assert [f.name for f in inputs.FORMATS] == ["parquet", "csv", "tsv", "text", "wds"]
+    assert list(exports.FORMATS) == ["hf", "wds", "csv", "laclip"]
+    for base in (InputFormat, ExportFormat):
+        with pytest.raises(TypeError, match="abstract"):
+            type("Incomplete", (base,), {})()

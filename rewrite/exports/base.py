@@ -7,6 +7,7 @@ export's own scratch: staged, never published.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -125,18 +126,20 @@ def _join(table: pa.Table, keys: pa.ChunkedArray, side: pa.Table | None, source:
 Staged = Callable[[str], Path]  # where a file of the export (a path relative to OUT) is written
 
 
-class ExportFormat:
+class ExportFormat(ABC):
     name: str = ""
 
     def check(self, job: ExportJob) -> None:
         """Refuse options or inputs this format cannot export, before anything is written."""
 
+    @abstractmethod
     def shard_files(self, job: ExportJob, shard: int) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def write_shard(self, job: ExportJob, shard: int, staged: Staged) -> None:
         """Write the shard's files, each committed atomically (a killed export keeps the finished ones)."""
-        raise NotImplementedError
+        ...
 
     def final_files(self, job: ExportJob) -> list[str]:
         return []

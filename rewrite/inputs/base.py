@@ -1,6 +1,7 @@
 """The interface every input format implements: one module per format, registered in __init__.py."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,7 +21,7 @@ class Captions:
     field: str | None = None
 
 
-class InputFormat:
+class InputFormat(ABC):
     """How `rewrite shard` plans a kind of input file and how a worker reads its rows.
 
     A format sees one file at a time. `schema` says which columns its rows have; `prepare` runs once at
@@ -34,12 +35,15 @@ class InputFormat:
     has_json_fields: bool = False  # True: --caption-field can name the KEY.json field captions come from
     whole_files: bool = False  # True: a shard holds whole files (an export writes one output file per input file)
 
+    @abstractmethod
     def schema(self, path: Path, captions: Captions) -> pa.Schema:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def prepare(self, path: Path, converted: Path, schema: pa.Schema, captions: Captions) -> tuple[Path, int]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def read(self, data: Path, rows: int, start: int, stop: int, batch_rows: int, columns: Sequence[str] | None,
              captions: Captions) -> Iterator[pa.Table]:
-        raise NotImplementedError
+        ...

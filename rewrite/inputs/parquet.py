@@ -2,6 +2,7 @@
 (row counts), read by row group, only the columns asked for."""
 from __future__ import annotations
 
+from abc import ABC
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -62,7 +63,7 @@ class ParquetInput(InputFormat):
         return read_rows(data, rows, start, stop, batch_rows, columns)
 
 
-class ConvertedInput(InputFormat):
+class ConvertedInput(InputFormat, ABC):
     """A format converted once, at planning time, to a parquet file in the work dir."""
 
     def read(self, data, rows, start, stop, batch_rows, columns, captions):
