@@ -34,31 +34,24 @@ class LaclipExport(ExportFormat):
         return list(self._parts(job, shard).values())
 
     def write_shard(self, job, shard, staged):
-        column, extracted = tables.image_column(job), tables.extract(job, shard)
-        caption, rewrites, parts = job.manifest.caption_column, job.rewrite_columns(), self._parts(job, shard)
-        wanted = [job.key_column, caption] + ([column] if column and column not in (job.key_column, caption) else [])
-        lines: dict[str, list[str]] = {c: [] for c in rewrites}
+        columns, parts = job.rewrite_columns(), self._parts(job, shard)
+        lines: list[list[str]] = [[] for _ in columns]
         dropped = 0
         with atomic.atomic_path(staged(parts["csv"])) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
-            for table in job.rows(shard, wanted):
-                paths = tables.image_paths(job, table, column, extracted)
-                keys = table.column(job.key_column).to_pylist()
-                originals = table.column(caption).to_pylist()
-                values = {c: table.column(c).to_pylist() for c in rewrites}
-                for i, (key, path, original) in enumerate(zip(keys, paths, originals)):
-                    if not original or not original.strip() or not path:
-                        dropped += 1
-                        continue
-                    if not path.endswith(KEPT_SUFFIXES):
-                        raise ExportError(f"row {key}: image path {path!r} does not end in .jpg, .jpeg or .png, so "
-                                          "LaCLIP's loader would drop it and misalign every later rewrite: convert "
-                                          "the images, or use --extract-images DIR")
-                    writer.writerow([path, tables.one_line(original)])
-                    for c in rewrites:
-                        lines[c].append(tables.one_line(values[c][i] or ""))
-        for c in rewrites:  # a shard's rewrites of one column: as many lines as the CSV part has rows
-            atomic.write_text(staged(parts[c]), "".join(line + "\n" for line in lines[c]))
+            for key, path, original, rewrites in tables.image_rows(job, shard):
+                if not original or not original.strip() or not path:
+                    dropped += 1
+                    continue
+                if not path.endswith(KEPT_SUFFIXES):
+                    raise ExportError(f"row {key}: image path {path!r} does not end in .jpg, .jpeg or .png, so "
+                                      "LaCLIP's loader would drop it and misalign every later rewrite: convert "
+                                      "the images, or use --extract-images DIR")
+                writer.writerow([path, tables.one_line(original)])
+                for column_lines, rewrite in zip(lines, rewrites):
+                    column_lines.append(tables.one_line(rewrite or ""))
+        for c, column_lines in zip(columns, lines):  # as many lines as the CSV part has rows
+            atomic.write_text(staged(parts[c]), "".join(line + "\n" for line in column_lines))
         atomic.write_text(staged(parts["dropped"]), f"{dropped}\n")
 
     def final_files(self, job):

@@ -34,22 +34,15 @@ class OpenClipCsvExport(ExportFormat):
         return [self._path_column(job), TITLE] + job.rewrite_columns()
 
     def write_shard(self, job, shard, staged):
-        column, extracted = tables.image_column(job), tables.extract(job, shard)
-        rewrites, caption, dropped = job.rewrite_columns(), job.manifest.caption_column, 0
         part, dropped_file = self.shard_files(job, shard)
-        wanted = [job.key_column, caption] + ([column] if column and column not in (job.key_column, caption) else [])
+        dropped = 0
         with atomic.atomic_path(staged(part)) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, delimiter=job.options.separator, lineterminator="\n")
-            for table in job.rows(shard, wanted):
-                paths = tables.image_paths(job, table, column, extracted)
-                originals = table.column(caption).to_pylist()
-                values = [table.column(c).to_pylist() for c in rewrites]
-                for i, (path, original) in enumerate(zip(paths, originals)):
-                    if not tables.readable(original) or not path:
-                        dropped += 1
-                        continue
-                    texts = [v[i] if tables.readable(v[i]) else original for v in values]
-                    writer.writerow([path, original] + texts)
+            for _, path, original, rewrites in tables.image_rows(job, shard):
+                if not tables.readable(original) or not path:
+                    dropped += 1
+                    continue
+                writer.writerow([path, original] + [r if tables.readable(r) else original for r in rewrites])
         atomic.write_text(staged(dropped_file), f"{dropped}\n")
 
     def final_files(self, job):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -65,6 +66,20 @@ def image_paths(job: ExportJob, table: pa.Table, column: str | None, extracted: 
     folder = job.options.extract_images
     return [str(folder / extracted[key]) if key in extracted else None
             for key in table.column(job.key_column).to_pylist()]
+
+
+def image_rows(job: ExportJob, shard: int) -> Iterator[tuple[str, str | None, str | None, list[str | None]]]:
+    """(key, image path, original caption, [rewrite per rewrite column]) for each row of the shard, the
+    images extracted first when --extract-images asks for it: what the CSV-shaped formats write."""
+    column, extracted = image_column(job), extract(job, shard)
+    caption, rewrites = job.manifest.caption_column, job.rewrite_columns()
+    wanted = [job.key_column, caption] + ([column] if column and column not in (job.key_column, caption) else [])
+    for table in job.rows(shard, wanted):
+        paths = image_paths(job, table, column, extracted)
+        values = [table.column(c).to_pylist() for c in rewrites]
+        for i, (key, original) in enumerate(zip(table.column(job.key_column).to_pylist(),
+                                                table.column(caption).to_pylist())):
+            yield key, paths[i], original, [v[i] for v in values]
 
 
 def extract(job: ExportJob, shard: int) -> dict[str, str]:
