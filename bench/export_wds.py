@@ -1,7 +1,7 @@
 """Webdataset benchmark: wds export throughput against a plain copy, the export's peak memory from 1 to
 N tars, and planning 1,000 tars without reading image bytes. One run, on tars it makes itself.
 
-    python bench/export_wds.py [--tars 10] [--samples 1000] [--image-kb 50] [--plan-tars 1000]
+    python bench/export_wds.py [--tars 10] [--samples 1000] [--image-kb 50] [--plan-tars 1000] [--workers N]
 
 The tars follow img2dataset's layout: `{shard:05d}.tar` holding KEY.jpg, KEY.json, KEY.txt per sample
 (9-digit keys, members in the order webdataset's TarWriter writes them), with `{shard:05d}_stats.json`
@@ -13,7 +13,9 @@ default); nothing ever decodes them.
    no sampling), so that only the export is measured, not generation. Then, after a warm-up read of
    every tar (so the page cache holds the inputs for every contender alike), `export.export(work, out,
    fmt="wds")` is timed against `shutil.copyfile` of each tar into another folder, and against the same
-   copy followed by an fsync of each file (the export fsyncs each tar it commits). Each is timed 3 times,
+   copy followed by an fsync of each file (the export fsyncs each tar it commits), against a copy
+   through a buffer in Python (what any copy that must see the bytes costs, before parsing a header),
+   and, with --workers N > 1 (default: the machine's cores), against `export(..., workers=N)`. Each is timed 3 times,
    interleaved (in a rotated order each repeat), with `os.sync()` before each (so writeback of the
    previous one does not overlap); each timed run follows an untimed run of the same contender whose
    output was just removed, so all write into memory in the same state (see `throughput`). The best
@@ -178,11 +180,27 @@ def time_copy(tars: Sequence[Path], dest: Path, fsync: bool) -> float:
     return time.perf_counter() - started
 
 
-def time_export(work: Path, out: Path) -> float:
+def time_userspace_copy(tars: Sequence[Path], dest: Path) -> float:
+    """The same bytes through a buffer in this process (pread, write; no tar parsing, no fsync): the
+    ceiling of any copy that must see the bytes, as the export must to change KEY.json members."""
+    dest.mkdir()
+    started = time.perf_counter()
+    for t in tars:
+        src, dst = os.open(t, os.O_RDONLY), os.open(dest / t.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            while data := os.read(src, 1 << 18):
+                os.write(dst, data)
+        finally:
+            os.close(src)
+            os.close(dst)
+    return time.perf_counter() - started
+
+
+def time_export(work: Path, out: Path, workers: int = 1) -> float:
     from rewrite import export
 
     started = time.perf_counter()
-    summary = export.export(work, out, fmt="wds")
+    summary = export.export(work, out, fmt="wds", workers=workers)
     seconds = time.perf_counter() - started
     if not summary.get("published"):
         raise SystemExit(f"the export was not published: {summary}")
@@ -210,21 +228,25 @@ def _rotated(items: list, r: int) -> list:
 
 def _run(what: str, work: Path, tars: list[Path], target: Path) -> float:
     os.sync()
-    if what == "export":
-        seconds = time_export(work, target)
+    if what.startswith("export"):
+        seconds = time_export(work, target, workers=int(what.partition("_workers")[2] or 1))
+    elif what == "copy_userspace":
+        seconds = time_userspace_copy(tars, target)
     else:
         seconds = time_copy(tars, target, fsync=what == "copy_fsync")
     return seconds
 
 
-def throughput(work: Path, tars: list[Path], tmp: Path, repeats: int) -> dict:
+def throughput(work: Path, tars: list[Path], tmp: Path, repeats: int, workers: int) -> dict:
     """Each timed run follows an untimed run of the same contender whose output was just removed, so that
     every contender writes into memory in the same state. Without it the copy's speed on this VM swung
     from 350 to 3,800 MB/s with whatever ran before it (a fresh 590 MB write, the export's fsynced
     output just deleted), while the export, bound by the CPU, stayed within 10%."""
     total = sum(t.stat().st_size for t in tars)
     warm_read(tars)
-    times: dict[str, list[float]] = {"copy": [], "copy_fsync": [], "export": []}
+    times: dict[str, list[float]] = {"copy": [], "copy_fsync": [], "copy_userspace": [], "export": []}
+    if workers > 1:
+        times[f"export_workers{workers}"] = []
     untimed: dict[str, list[float]] = {k: [] for k in times}
     for r in range(repeats):
         for what in _rotated(list(times), r):  # each contender follows a different one in each repeat
@@ -242,7 +264,10 @@ def throughput(work: Path, tars: list[Path], tmp: Path, repeats: int) -> dict:
     return {"tar_bytes": total, "seconds": times, "untimed_seconds": untimed, "best_seconds": best,
             "mb_per_s": {k: total / MB / v for k, v in best.items()},
             "export_over_copy": best["copy"] / best["export"],
-            "export_over_copy_fsync": best["copy_fsync"] / best["export"]}
+            "export_over_copy_fsync": best["copy_fsync"] / best["export"],
+            "userspace_copy_over_copy": best["copy"] / best["copy_userspace"],
+            "workers": workers,
+            "export_workers_over_copy": best["copy"] / best[f"export_workers{workers}"] if workers > 1 else None}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -385,9 +410,17 @@ def report(args, c: dict, made: dict, tp: dict, mem: dict, pl: dict) -> str:
         "|---|---|---|",
         f"| copy: `shutil.copyfile` per tar | {mbs['copy']:,.0f} MB/s | |",
         f"| copy + fsync per tar | {mbs['copy_fsync']:,.0f} MB/s | |",
+        f"| copy through a buffer in Python (read, write; no fsync) | {mbs['copy_userspace']:,.0f} MB/s "
+        f"({tp['userspace_copy_over_copy']:.2f} x copy) | |",
         f"| export `--format wds` (fsyncs each tar) | {mbs['export']:,.0f} MB/s | |",
         f"| export / copy | {tp['export_over_copy']:.2f} | >= 0.5 |",
         f"| export / (copy + fsync) | {tp['export_over_copy_fsync']:.2f} | |",
+    ]
+    if tp.get("export_workers_over_copy"):
+        w = tp["workers"]
+        lines += [f"| export `--workers {w}` (one process per shard) | {mbs[f'export_workers{w}']:,.0f} MB/s | |",
+                  f"| export `--workers {w}` / copy | {tp['export_workers_over_copy']:.2f} | >= 0.5 |"]
+    lines += [
         f"| export peak RSS, 1 tar | {one['vmhwm_kb'] / 1024:,.0f} MB ({one['rss_after_imports_kb'] / 1024:,.0f} MB "
         "before exporting) | |",
         f"| export peak RSS, {args.tars} tars | {many['vmhwm_kb'] / 1024:,.0f} MB "
@@ -413,6 +446,8 @@ def main() -> None:
     ap.add_argument("--image-kb", type=float, default=50, help="images are 0.6-1.6 x this many KB")
     ap.add_argument("--plan-tars", type=int, default=1000, help="tars for the planning run")
     ap.add_argument("--plan-samples", type=int, default=20, help="samples per tar of the planning run")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="also time `export --workers N` (default: this machine's cores; 1 times only the default)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats; the best counts")
     ap.add_argument("--tmp-dir", help="where the temporary tars go (default: the system's temp dir)")
     ap.add_argument("--out-json", help="the JSON result file (default bench/results/<time>-export_wds.json); "
@@ -431,7 +466,7 @@ def main() -> None:
         tars = sorted((tmp / "tars").glob("*.tar"))
         made = rewrite_all(tmp / "tars", tmp / "work")
         print(f"rewrote {made['rows']} rows in {made['seconds']:.1f} s; timing export against copy", file=sys.stderr)
-        tp = throughput(tmp / "work", tars, tmp, args.repeats)
+        tp = throughput(tmp / "work", tars, tmp, args.repeats, args.workers)
 
         print("peak memory: export of 1 tar and of all in subprocesses", file=sys.stderr)
         (tmp / "tars-1").mkdir()

@@ -29,6 +29,7 @@ from typing import IO, Iterator
 BLOCK = tarfile.BLOCKSIZE
 TEXT_EXTS = ("txt", "json")
 COPY_BUFFER = 1 << 18  # piece size of copies (a member's data is never held whole)
+WRITEBACK_STEP = 8 << 20  # bytes of a copy's output after which its writeback is started (see _Output)
 
 # webdataset's tariterators.base_plus_ext: the key may hold folders, its basename part holds no dot.
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -711,7 +712,13 @@ class _Output:
     else is written) and new bytes. Ranges are read in COPY_BUFFER pieces. A regular file gets one
     os.writev per COPY_BUFFER bytes gathered, through its descriptor (os.sendfile of each range between
     two rewritten KEY.json members measured slower: 26 vs 19 ms a 59 MB shard); any other file object
-    gets a write() per piece."""
+    gets a write() per piece.
+
+    Every WRITEBACK_STEP bytes written to a regular file, the kernel is told to start writing them to disk
+    (posix_fadvise DONTNEED, which also lets it drop them from the page cache once written): the fsync
+    that commits the tar then finds most of it on disk, written while the copy went on (measured: 58 to
+    47 ms a 59 MB shard, copy and fsync), and an export of many GB does not fill the page cache with
+    output it will not read again."""
 
     def __init__(self, dst: IO[bytes], src_fd: int, path: str | Path):
         self.dst, self.src_fd, self.path = dst, src_fd, path
@@ -720,6 +727,7 @@ class _Output:
         self.fd = _regular_fd(dst)
         self.gathered: list[bytes] = []
         self.gathered_size = 0
+        self.written_back = self.position  # output bytes before this were handed to writeback
 
     def keep(self, end: int) -> None:
         """Source bytes up to `end` go to the output as they are."""
@@ -774,6 +782,9 @@ class _Output:
             while view:
                 view = view[os.write(self.fd, view):]
         self.gathered, self.gathered_size = [], 0
+        if self.position - self.written_back >= WRITEBACK_STEP and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, self.written_back, self.position - self.written_back, os.POSIX_FADV_DONTNEED)
+            self.written_back = self.position
 
 
 def _tell(fileobj: IO[bytes]) -> int:

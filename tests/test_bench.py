@@ -1,4 +1,4 @@
-"""The benchmark's method parsing (bench/run.py): pure functions, tested directly."""
+"""The benchmarks: bench/run.py's method parsing (pure functions, tested directly), and bench/export_wds.py run at toy size."""
 from __future__ import annotations
 
 import importlib.util
@@ -23,3 +23,21 @@ def test_modifiers_map_to_engine_run_and_schedule_options():
     assert bench.parse_method("transformers:no-prefix,no-stop")[1] == {"prefix_reuse": False, "stop_at_newline": False}
     with pytest.raises(SystemExit, match="unknown modifier 'fast'"):
         bench.parse_method("vllm:fast")
+
+
+def test_export_benchmark_runs_end_to_end_at_small_size(tmp_path):
+    """bench/export_wds.py at toy size: it exports for real, checks its output, and writes its table."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "export_wds.py"),
+                           "--tars", "2", "--samples", "20", "--image-kb", "2", "--plan-tars", "4", "--repeats", "1",
+                           "--workers", "2", "--tmp-dir", str(tmp_path), "--out-json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["throughput"]["mb_per_s"]) == {"copy", "copy_fsync", "copy_userspace", "export", "export_workers2"}
+    assert result["plan"]["stats"]["tars_opened"] == 0
+    assert "export `--workers 2` / copy" in out.with_suffix(".md").read_text()
