@@ -50,7 +50,7 @@ def build(engine, n: int, long_tokens: int, example_sets: int):
     budget = engine.context_length - Sampling().max_new_tokens
 
     def request(ident: str, caption: str, examples) -> Request:
-        text, _ = prompt.fit_prompt(template, examples, caption, engine.encode, engine.decode, budget)
+        text, _, _ = prompt.fit_prompt(template, examples, caption, engine.encode, engine.decode, budget)
         return Request(text, seeds.generation_seed(0, SOURCE, ident, 0, 0), group=template.head(examples))
 
     drawn = []

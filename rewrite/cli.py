@@ -47,6 +47,12 @@ def describe_os_error(e: OSError) -> str:
     return f"{where}: {e.strerror or e}" if where else str(e)
 
 
+def schedule_option(scheduler: str, open_chunks: int) -> settings.Schedule:
+    if scheduler not in ("stream", "chunked"):
+        raise ValueError(f"--scheduler must be stream or chunked, got {scheduler!r}")
+    return settings.Schedule(streaming=scheduler == "stream", open_chunks=open_chunks)
+
+
 @contextmanager
 def reported():
     """One line and a documented exit code for every error a user can cause or meet, never a traceback.
@@ -100,6 +106,8 @@ def run(
     concurrency: Optional[int] = typer.Option(None, help="openai: requests in flight (default 16)."),
     timeout: Optional[float] = typer.Option(None, help="openai: seconds per request (default 60)."),
     chunk_rows: int = typer.Option(settings.CHUNK_ROWS, help="Rows committed together."),
+    scheduler: str = typer.Option("stream", help="stream: requests built ahead of the engine, a rejected rewrite retried at once, each chunk committed when its rows are final; chunked: a chunk at a time with retry rounds (the earlier way, to compare). The rewrites are the same."),
+    open_chunks: int = typer.Option(settings.OPEN_CHUNKS, help="stream: chunks in flight at once (each holds its rows in memory; a kill loses at most these)."),
     max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
     temperature: float = typer.Option(settings.Sampling.temperature),
     top_p: float = typer.Option(settings.Sampling.top_p),
@@ -139,6 +147,7 @@ def run(
                 example_sets=example_sets, max_caption_tokens=max_caption_tokens,
                 sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
             )
+            schedule = schedule_option(scheduler, open_chunks)
             if then_export is not None:  # refused now, not after the rewriting
                 export_lib.check_out_folder(then_export, layout.Work(work), manifest)
                 exports.named(export_format)
@@ -161,7 +170,7 @@ def run(
                 eng = engines.load(engine_name, model, **options)
                 try:
                     finished = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress,
-                                          stop_within=stop_within, named=named)
+                                          stop_within=stop_within, named=named, schedule=schedule)
                 finally:
                     eng.close()
     except StopRequested as e:

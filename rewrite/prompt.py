@@ -110,12 +110,14 @@ def fit_prompt(
     encode: Callable[[str], list[int]],
     decode: Callable[[list[int]], str],
     max_tokens: int,
-) -> tuple[str, bool]:
+) -> tuple[str, list[int], bool]:
     """The prompt, cut at the token level when longer than `max_tokens`; the cut falls in the caption,
-    so the prompt still ends with the query's tail (` =>`). Returns (prompt, was_cut)."""
+    so the prompt still ends with the query's tail (` =>`). Returns (prompt, its token ids, was_cut):
+    the engine takes the ids as they are, so a prompt is tokenized once."""
     prompt = template.render(examples, caption)
-    if len(encode(prompt)) <= max_tokens:
-        return prompt, False
+    ids = encode(prompt)
+    if len(ids) <= max_tokens:
+        return prompt, ids, False
     head, tail = template.head(examples), template.tail()
     room = max_tokens - len(encode(head)) - len(encode(tail)) - 1
     if room < 1:
@@ -123,4 +125,5 @@ def fit_prompt(
             f"the prompt's examples alone need more than {max_tokens} tokens: raise the model length or lower k"
         )
     cut = decode(encode(normalise_caption(caption))[:room]).strip()
-    return head + cut + tail, True
+    text = head + cut + tail
+    return text, encode(text), True

@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, atomic, clip_tokens, done, faults, layout, meta, plan, prompt, seeds, settings, stop, validate
+from . import __version__, atomic, clip_tokens, done, faults, layout, meta, plan, prompt, rows, scheduler, settings, stop
 from . import model as model_lib
 from .lock import ShardLock, SourceLock
 from .engines.base import Engine, Request
@@ -370,6 +371,7 @@ def run_shard(
     progress: bool = True,
     schedule: Schedule = Schedule(),
 ) -> dict:
+    """Rewrite a shard's chunks not committed yet (streaming, or a chunk at a time), then join its parts."""
     from tqdm import tqdm
 
     parts = w.parts(config.source, shard)
@@ -377,45 +379,84 @@ def run_shard(
     # Temporary files of a writer killed half-way through a commit (never read: commits are renames).
     for leftover in [*parts.glob(".*.tmp"), *w.rewrites(config.source).glob(f".{layout.shard_id(shard)}.*.tmp")]:
         leftover.unlink(missing_ok=True)
-    rows = manifest.shard_rows(shard)
-    keys_seen: set[int] = set()
-    duplicate_keys = 0
-    bar = tqdm(total=rows, unit="caption", desc=f"{config.source} {layout.shard_id(shard)}",
+    bar = tqdm(total=manifest.shard_rows(shard), unit="caption", desc=f"{config.source} {layout.shard_id(shard)}",
                disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    chunk_stats: list[dict] = []
+    chunk_stats: dict[int, dict] = {}
     out_schema = schema(config.num_rewrites)
-    for index, table in enumerate(plan.iter_shard(manifest, shard, config.chunk_rows)):
-        for key in table.column(layout.KEY).to_pylist():
-            if hash(key) in keys_seen:
-                if not duplicate_keys:
-                    print(f"{config.source} shard {layout.shard_id(shard)}: key {key!r} appears more than once; rows "
-                          "are matched by position, so each keeps its own rewrite", file=sys.stderr)
-                duplicate_keys += 1
-            keys_seen.add(hash(key))
-        part = parts / f"{index:05d}.parquet"
-        committed = _committed_part(part, table)
-        if committed is not None:  # committed by an earlier run
-            chunk_stats.append(committed)
-            bar.update(table.num_rows)
-            continue
-        stop.check()  # asked to stop: take no new chunk
-        with stop.deferred():  # a stop request waits for this chunk's commit
-            started = time.perf_counter()
-            result, stats = rewrite_chunk(table, config, meta_set, template, engine, schedule)
-            stats["seconds"] = time.perf_counter() - started
-            faults.point("generated")
-            with atomic.atomic_path(part) as tmp:
-                pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
-        chunk_stats.append(stats)
-        bar.update(table.num_rows)
-        secs = sum(s["seconds"] for s in chunk_stats)
-        bar.set_postfix(ok=sum(s["ok"] for s in chunk_stats), failed=sum(s["failed"] for s in chunk_stats),
-                        captions_s=f"{sum(s['rows'] for s in chunk_stats) / secs:.2f}" if secs else "-")
-    bar.close()
+    bar_lock = threading.Lock()
 
+    def commit(index: int, result: pa.Table, stats: dict) -> None:
+        faults.point("generated")
+        with atomic.atomic_path(parts / f"{index:05d}.parquet") as tmp:
+            pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
+        with bar_lock:
+            chunk_stats[index] = stats
+            _show(bar, chunk_stats, stats["rows"])
+
+    todo = _ChunksToDo(manifest, shard, config, parts, chunk_stats, lambda n: _show(bar, chunk_stats, n))
+    if schedule.streaming:
+        streaming = scheduler.StreamingShard(
+            prompting(config, meta_set, template, engine), engine, config.sampling, schedule,
+            num_rewrites=config.num_rewrites, max_attempts=config.max_attempts, dedup=config.dedup,
+            schema=out_schema, commit=commit)
+        with stop.deferred():  # a stop request lets the open chunks finish and commit
+            streaming.run(todo)
+        stop.check()  # asked to stop: the chunks not started stay for a rerun
+    else:
+        for index, table in todo:
+            stop.check()  # asked to stop: take no new chunk
+            with stop.deferred():  # a stop request waits for this chunk's commit
+                started = time.perf_counter()
+                result, stats = rewrite_chunk(table, config, meta_set, template, engine, schedule)
+                stats["seconds"] = time.perf_counter() - started
+                commit(index, result, stats)
+    bar.close()
+    return _finish_shard(w, config, shard, engine, [chunk_stats[i] for i in range(len(chunk_stats))],
+                         todo.duplicate_keys)
+
+
+class _ChunksToDo:
+    """The shard's chunks in order, reading each once: a chunk an earlier run committed has its stats put
+    in `chunk_stats` (and is shown done); the others are yielded as (index, table). Counts the keys seen
+    more than once (`duplicate_keys`)."""
+
+    def __init__(self, manifest, shard, config, parts, chunk_stats, show):
+        self.manifest, self.shard, self.config, self.parts = manifest, shard, config, parts
+        self.chunk_stats, self.show = chunk_stats, show
+        self.duplicate_keys = 0
+
+    def __iter__(self) -> Iterator[tuple[int, pa.Table]]:
+        keys_seen: set[int] = set()
+        for index, table in enumerate(plan.iter_shard(self.manifest, self.shard, self.config.chunk_rows)):
+            for key in table.column(layout.KEY).to_pylist():
+                if hash(key) in keys_seen:
+                    if not self.duplicate_keys:
+                        print(f"{self.config.source} shard {layout.shard_id(self.shard)}: key {key!r} appears more than "
+                              "once; rows are matched by position, so each keeps its own rewrite", file=sys.stderr)
+                    self.duplicate_keys += 1
+                keys_seen.add(hash(key))
+            committed = _committed_part(self.parts / f"{index:05d}.parquet", table)
+            if committed is not None:  # committed by an earlier run
+                self.chunk_stats[index] = committed
+                self.show(table.num_rows)
+                continue
+            yield index, table
+
+
+def _show(bar, chunk_stats: dict, rows_done: int) -> None:
+    bar.update(rows_done)
+    secs = sum(s["seconds"] for s in chunk_stats.values())
+    bar.set_postfix(ok=sum(s["ok"] for s in chunk_stats.values()), failed=sum(s["failed"] for s in chunk_stats.values()),
+                    captions_s=f"{sum(s['rows'] for s in chunk_stats.values()) / secs:.2f}" if secs else "-")
+
+
+def _finish_shard(w: layout.Work, config: RunConfig, shard: int, engine: Engine, chunk_stats: list[dict],
+                  duplicate_keys: int) -> dict:
+    """Join the shard's parts into its rewrite file and write its stats, last: the shard is done."""
+    parts = w.parts(config.source, shard)
     with stop.deferred():
         final = w.rewrite_file(config.source, shard)
-        with atomic.atomic_path(final) as tmp, pq.ParquetWriter(tmp, out_schema) as writer:
+        with atomic.atomic_path(final) as tmp, pq.ParquetWriter(tmp, schema(config.num_rewrites)) as writer:
             # Row groups of a fixed size, so the file's bytes do not depend on the chunk size either.
             tables = (pq.read_table(parts / f"{i:05d}.parquet").replace_schema_metadata(None) for i in range(len(chunk_stats)))
             for table in plan.rechunk(tables, ROW_GROUP_ROWS):
@@ -445,102 +486,82 @@ def merge_stats(chunks: Iterable[dict]) -> dict:
     return total
 
 
-def schedule_order(prompts: Sequence[str], examples: Sequence[Sequence[meta.Example]], schedule: Schedule) -> list[int]:
-    """The order to submit requests in: grouped by their examples (a group's prompts share a prefix),
-    then by length (less padding in a batch)."""
+def schedule_order(prompts: Sequence[str], groups: Sequence[str], schedule: Schedule) -> list[int]:
+    """The order to submit requests in: grouped by their examples (`groups`: a group's prompts share a
+    prefix), then by length (less padding in a batch)."""
     def key(i: int) -> tuple:
-        return ((tuple(examples[i]) if schedule.group_by_examples else ()),
+        return ((groups[i] if schedule.group_by_examples else ""),
                 (len(prompts[i]) if schedule.sort_by_length else 0))
 
     return sorted(range(len(prompts)), key=key)
+
+
+def prompting(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> rows.Prompting:
+    return rows.Prompting(config.source, config.seed, config.example_sets, config.num_examples,
+                          config.max_caption_tokens, meta_set, template, engine.encode, engine.decode,
+                          engine.context_length - config.sampling.max_new_tokens)
 
 
 def rewrite_chunk(
     table: pa.Table, config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine,
     schedule: Schedule = Schedule(),
 ) -> tuple[pa.Table, dict]:
-    """Rewrite one chunk of (key, caption) rows; returns the sidecar rows and the chunk's stats."""
+    """Rewrite one chunk of (key, caption) rows at once: one `generate` call per attempt, the rejected
+    rows again in the next (the scheduler before streaming, kept to compare against); returns the
+    sidecar rows and the chunk's stats."""
     keys = table.column(layout.KEY).to_pylist()
     captions = table.column(layout.CAPTION).to_pylist()
     n = config.num_rewrites
-    # A row's identity seeds its examples and sampling. With dedup, identical captions share it (and
-    # so share their rewrite, whichever shard or chunk they fall in); without, the key does.
-    identity = [
-        (prompt.normalise_caption(c) if config.dedup else k) if c is not None and c.strip() else None
-        for k, c in zip(keys, captions)
-    ]
-    unique: dict[str, str] = {}
-    for ident, cap in zip(identity, captions):
-        if ident is not None and ident not in unique:
-            unique[ident] = cap
-    # A caption's share of the prompt is capped, so one huge caption costs what a caption costs.
-    fitted = {ident: prompt.cap_caption(cap, engine.encode, engine.decode, config.max_caption_tokens)
-              for ident, cap in unique.items()}
-    cut_short = {ident for ident, (_, cut) in fitted.items() if cut}
-    results: dict[tuple[str, int], tuple[str | None, str, str | None]] = {}
+    ask = prompting(config, meta_set, template, engine)
+    identity = rows.identities(keys, captions, config.dedup)
+    unique = rows.unique_captions(identity, captions)
+    fitted = {ident: ask.caption(cap) for ident, cap in unique.items()}
+    cut_items = {(ident, i) for ident, (_, cut) in fitted.items() if cut for i in range(n)}
+    results: dict[tuple[str, int], rows.Result] = {}
     stats = {"rows": len(keys), "unique_captions": len(unique), "requests": 0, "prompt_tokens": 0,
              "cached_prompt_tokens": 0, "generated_tokens": 0}
     rejected: Counter = Counter()
     failed_reasons: Counter = Counter()
-    budget = engine.context_length - config.sampling.max_new_tokens
-    pending = [(ident, cap, i) for ident, cap in unique.items() for i in range(n)]
+    pending = [(ident, i) for ident in unique for i in range(n)]
     for attempt in range(config.max_attempts):
         if not pending:
             break
-        requests, drawn = [], []
-        for ident, cap, i in pending:
-            rng = seeds.example_rng(config.seed, config.source, ident, i, attempt, config.example_sets)
-            examples = meta.sample_examples(meta_set, rng, config.num_examples)
-            text, cut = prompt.fit_prompt(template, examples, fitted[ident][0], engine.encode, engine.decode, budget)
+        requests, targets = [], []
+        for ident, i in pending:
+            request, tgts, cut = ask.request(ident, fitted[ident][0], i, attempt)
             if cut:
-                cut_short.add(ident)
-            requests.append(Request(text, seeds.generation_seed(config.seed, config.source, ident, i, attempt),
-                                    group=template.head(examples)))
-            drawn.append(examples)
-        order = schedule_order([r.prompt for r in requests], drawn, schedule)
+                cut_items.add((ident, i))
+            requests.append(request)
+            targets.append(tgts)
+        order = schedule_order([r.prompt for r in requests], [r.group for r in requests], schedule)
         completions: list = [None] * len(requests)
         # Rows whose caption was cut go to the engine on their own: they never widen a batch for the others.
-        for batch in ([j for j in order if pending[j][0] not in cut_short], [j for j in order if pending[j][0] in cut_short]):
+        for batch in ([j for j in order if pending[j] not in cut_items], [j for j in order if pending[j] in cut_items]):
             for j, comp in zip(batch, engine.generate([requests[j] for j in batch], config.sampling) if batch else ()):
                 completions[j] = comp
-        targets = [[t for _, t in examples] for examples in drawn]
         stats["requests"] += len(requests)
         retry = []
-        for (ident, cap, i), tgts, comp in zip(pending, targets, completions):
-            stats["prompt_tokens"] += comp.prompt_tokens
-            stats["cached_prompt_tokens"] += comp.cached_tokens
-            stats["generated_tokens"] += comp.generated_tokens
-            text = prompt.parse_completion(comp.text)
-            reason = validate.check(text, fitted[ident][0], comp, tgts, clip_tokens.count)
-            if reason is None:
-                results[ident, i] = (text, layout.STATUS_OK, validate.CAPTION_CUT if ident in cut_short else None)
+        for (ident, i), tgts, comp in zip(pending, targets, completions):
+            count_tokens(stats, comp)
+            text, reason = rows.judge(comp, fitted[ident][0], tgts)
+            if reason is not None:
+                rejected[reason] += 1
+            result = rows.final(text, reason, attempt, config.max_attempts, (ident, i) in cut_items)
+            if result is None:
+                retry.append((ident, i))
                 continue
-            rejected[reason] += 1
-            if attempt + 1 < config.max_attempts:
-                retry.append((ident, cap, i))
-            else:
-                results[ident, i] = (None, layout.STATUS_FAILED, reason)
+            results[ident, i] = result
+            if reason is not None:
                 failed_reasons[reason] += 1
         pending = retry
-
-    columns: dict[str, list] = {layout.KEY: keys}
-    ok = failed = 0
-    for i in range(n):
-        values, statuses, reasons = [], [], []
-        for ident in identity:
-            if ident is None:
-                value, status, reason = None, layout.STATUS_SKIPPED, validate.EMPTY_CAPTION
-            else:
-                value, status, reason = results[ident, i]
-            ok += status == layout.STATUS_OK
-            failed += status == layout.STATUS_FAILED
-            values.append(value)
-            statuses.append(status)
-            reasons.append(reason)
-        columns[layout.rewrite_column(i, n)] = values
-        columns[layout.suffixed(layout.STATUS, i, n)] = statuses
-        columns[layout.suffixed(layout.REASON, i, n)] = reasons
+    table, ok, failed = rows.columns(keys, identity, results, n, schema(n))
     stats.update(ok=ok, failed=failed, skipped=sum(ident is None for ident in identity),
-                 captions_cut=sum(ident in cut_short for ident in identity),
+                 captions_cut=sum(ident in {ident for ident, _ in cut_items} for ident in identity),
                  rejected=dict(rejected), failed_reasons=dict(failed_reasons))
-    return pa.table(columns, schema=schema(n)), stats
+    return table, stats
+
+
+def count_tokens(stats: dict, completion) -> None:
+    stats["prompt_tokens"] += completion.prompt_tokens
+    stats["cached_prompt_tokens"] += completion.cached_tokens
+    stats["generated_tokens"] += completion.generated_tokens

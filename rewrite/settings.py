@@ -12,6 +12,7 @@ NUM_REWRITES = 1
 MAX_ATTEMPTS = 3  # a rejected rewrite is tried again with fresh examples and seed
 BATCH_SIZE = 64  # transformers engine: rows decoded together (64 ran fastest on 2 cores with the embedded model)
 CHUNK_ROWS = 512  # rows committed together; bounds memory and the work lost to a crash
+OPEN_CHUNKS = 4  # chunks the streaming scheduler holds at once: requests of the next are built while one decodes
 TEMPLATE = "laclip"
 # A caption's share of a prompt, in model tokens: a longer caption is cut (its row's reason says so), so
 # one pathological row (a 1 MB alt text) costs what a row costs. CLIP reads 77 of its own tokens; 256
@@ -47,3 +48,11 @@ class Schedule:
 
     group_by_examples: bool = True  # requests sharing examples side by side: their prefix is computed once
     sort_by_length: bool = True  # within a group, similar lengths together: less padding
+    # Streaming (scheduler.py): requests built ahead of the engine, a rejected rewrite retried at once,
+    # each chunk committed as soon as its rows are final. False: a chunk at a time, with retry rounds.
+    streaming: bool = True
+    open_chunks: int = OPEN_CHUNKS  # chunks in flight at once while streaming (memory; work a kill loses)
+
+    def __post_init__(self) -> None:
+        if self.open_chunks < 1:
+            raise ValueError(f"--open-chunks must be >= 1, got {self.open_chunks}")

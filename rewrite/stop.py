@@ -86,3 +86,8 @@ def check() -> None:
     """Raise StopRequested if a stop was asked for (called between chunks)."""
     if _requested is not None:
         raise StopRequested(_requested)
+
+
+def requested() -> bool:
+    """Whether a stop was asked for (for a thread that must not raise: it takes no new work)."""
+    return _requested is not None

@@ -60,7 +60,8 @@ KILL_AT = [
     "commit:bard/settings.json",  # while the fingerprint is being committed
     "generated@2",  # a chunk generated, not yet committed
     "commit:00000.parts/00001.parquet",  # during a chunk commit: written and synced, not renamed
-    "committed:00000.parts/00002.parquet",  # the last chunk committed, the shard not yet assembled
+    "committed:00000.parts/00001.parquet",  # a chunk committed, the shard not yet assembled (streaming may
+    # have committed chunk 2 before the kill in chunk 1's commit: then chunk 1 is the last)
     "commit:bard/00000.parquet",  # during the final file's commit
     "committed:bard/00000.parquet",  # the final file committed, its stats (the done marker) not yet
     "committed:bard/00000.stats.json",  # done marker written, the chunk parts not yet cleaned up
@@ -99,19 +100,24 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path):
         assert (a["rows"], a["ok"], a["failed"], a["rejected"]) == (b["rows"], b["ok"], b["failed"], b["rejected"])
 
 
-def test_sigterm_commits_the_chunk_in_flight_and_exits_75(tmp_path):
+@pytest.mark.parametrize("open_chunks", [1, 4])
+def test_sigterm_commits_the_chunks_in_flight_and_exits_75(tmp_path, open_chunks):
     work = planned(tmp_path, "w", shards=1)
     parts = work / "rewrites" / SOURCE / "00000.parts"
-    proc = start(work, "--stop-within", "120")
+    proc = start(work, "--stop-within", "120", "--open-chunks", str(open_chunks))
     wait_for(lambda: any(parts.glob("*.parquet")))  # chunk 0 committed
-    time.sleep(0.5)  # chunk 1 in flight (a chunk takes seconds; a signal before it starts takes no chunk)
+    time.sleep(0.5)  # the next chunks in flight (a chunk takes seconds; a signal before one starts takes none)
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)  # delivered twice at once (Slurm signals the job, the script forwards): one request
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 75, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     committed = sorted(p.name for p in parts.glob("*.parquet"))
-    assert committed == ["00000.parquet", "00001.parquet"]  # the chunk in flight was finished, no new one
+    if open_chunks == 1:
+        assert committed == ["00000.parquet", "00001.parquet"]  # the chunk in flight was finished, no new one
+    else:  # the chunks in flight were finished (at most open_chunks after chunk 0), none started after
+        assert committed == [f"{i:05d}.parquet" for i in range(len(committed))], committed
+        assert 2 <= len(committed) <= 1 + open_chunks < 8, committed
     assert not (work / "rewrites" / SOURCE / "00000.stats.json").exists()
     run_cli("run", "--work", work, *RUN)  # resumes
     assert pq.read_table(work / "rewrites" / SOURCE / "00000.parquet").num_rows == 36

@@ -95,7 +95,7 @@ def test_schedule_groups_by_examples_then_length():
     from rewrite.runner import schedule_order
     from rewrite.settings import Schedule
 
-    ex_a, ex_b = [("a", "A")], [("b", "B")]
+    ex_a, ex_b = "head with examples a =>", "head with examples b =>"  # the prompts' shared starts
     prompts = ["bbbb", "a", "bb", "aaa", "b"]
     examples = [ex_b, ex_a, ex_b, ex_a, ex_b]
     assert schedule_order(prompts, examples, Schedule()) == [1, 3, 4, 2, 0]

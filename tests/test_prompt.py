@@ -45,18 +45,18 @@ def test_over_long_prompt_is_cut_in_the_caption_and_still_ends_with_the_arrow():
     encode = lambda s: s.split(" ")
     decode = lambda ids: " ".join(ids)
     long_caption = " ".join(f"w{i}" for i in range(500))
-    text, cut = prompt.fit_prompt(t, EXAMPLES, long_caption, encode, decode, max_tokens=60)
-    assert cut and text.endswith(" =>") and len(encode(text)) <= 60
+    text, ids, cut = prompt.fit_prompt(t, EXAMPLES, long_caption, encode, decode, max_tokens=60)
+    assert cut and text.endswith(" =>") and len(encode(text)) <= 60 and ids == encode(text)
     assert text.startswith("write image captions differently,")
     assert "w0 w1 w2" in text and "w499" not in text
-    short, cut = prompt.fit_prompt(t, EXAMPLES, "a bird", encode, decode, max_tokens=60)
+    short, _, cut = prompt.fit_prompt(t, EXAMPLES, "a bird", encode, decode, max_tokens=60)
     assert not cut and short == t.render(EXAMPLES, "a bird")
 
 
 def test_over_long_prompt_with_the_real_tokenizer(engine):
     t = prompt.load_template()
-    text, cut = prompt.fit_prompt(t, EXAMPLES, "a very long caption " * 400, engine.encode, engine.decode, 120)
-    assert cut and text.endswith(" =>") and len(engine.encode(text)) <= 120
+    text, ids, cut = prompt.fit_prompt(t, EXAMPLES, "a very long caption " * 400, engine.encode, engine.decode, 120)
+    assert cut and text.endswith(" =>") and len(engine.encode(text)) <= 120 and ids == engine.encode(text)
 
 
 def test_template_errors(tmp_path):

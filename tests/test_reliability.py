@@ -17,6 +17,7 @@ import pytest
 
 from conftest import run_cli, write_parquet
 from rewrite import layout, plan, runner
+from rewrite.settings import Schedule
 
 CAPTIONS = ["a red kite over a green field", "two dogs asleep on a sofa", "a bowl of soup with bread",
             "a lighthouse at dusk", "a cyclist on a mountain road", "fresh bread on a wooden board"]
@@ -294,7 +295,11 @@ def test_input_columns_survive_the_export_and_collisions_are_refused_before_rewr
 # ------------------------------------------------------------------ 8. pathological rows
 
 
-def test_a_huge_caption_costs_a_row_and_says_it_was_cut(tmp_path, engine):
+@pytest.mark.parametrize("streaming", [False, True], ids=["chunked", "streaming"])
+def test_a_huge_caption_costs_a_row_and_says_it_was_cut(tmp_path, engine, streaming):
+    """A chunk at a time, the cut row goes to the engine in a call of its own; streaming, the engine
+    takes it like any row (the transformers engine's buckets keep it from widening the others: see
+    test_engine's long-prompt test), so the row's cost and its reason are what is checked."""
     captions = CAPTIONS[:3] + ["a very long alt text " * 50_000] + CAPTIONS[3:]  # ~1 MB
     pq.write_table(pa.table({"caption": captions}), tmp_path / "odd.parquet")
     work = tmp_path / "work"
@@ -310,9 +315,12 @@ def test_a_huge_caption_costs_a_row_and_says_it_was_cut(tmp_path, engine):
             return engine.generate(requests, sampling)
 
     stats = runner.run(work, runner.RunConfig(source="human", chunk_rows=16, max_attempts=1), [0], Calls(),
-                       progress=False)[0]
+                       progress=False, schedule=Schedule(streaming=streaming))[0]
     long_calls = [c for c in calls if any("very long alt text" in p for p in c)]
-    assert [len(c) for c in long_calls] == [1]  # its own batch: it widens none of the others
+    if not streaming:
+        assert [len(c) for c in long_calls] == [1]  # its own batch: it widens none of the others
+    else:
+        assert len(long_calls) == 1 and long_calls[0][-1].count("very long alt text") > 10  # sent last, once
     rows = pq.read_table(layout.Work(work).rewrite_file("human", 0)).to_pylist()
     assert rows[3]["reason"] == "caption_cut" or rows[3]["status"] == "failed"
     assert stats["captions_cut"] == 1

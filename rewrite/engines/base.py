@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..settings import Sampling
 
@@ -19,6 +19,10 @@ class Request:
     # Requests of one call with the same group start alike (instruction and examples): an engine
     # may compute that shared start once.
     group: str = ""
+    prompt_ids: tuple[int, ...] | None = None  # the prompt as tokenized when it was fitted: not tokenized again
+
+    def ids(self, encode: Callable[[str], list[int]]) -> list[int]:
+        return list(self.prompt_ids) if self.prompt_ids is not None else encode(self.prompt)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Completion:
 class Engine(ABC):
     name: str
     model: str  # what was loaded: a directory or a served model name
+    in_flight = 256  # requests a stream holds at once (an engine with a batch size holds that many)
 
     @property
     @abstractmethod
@@ -50,6 +55,12 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         """One completion per request, in order; generation stops at the first line break."""
+
+    def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
+        """Completions as they finish, each with its request's position in `requests`. See `stream`:
+        this default gathers up to `in_flight` requests into one `generate` call at a time; an engine
+        that can take requests while it decodes overrides it."""
+        return generate_in_rounds(self, requests, sampling, self.in_flight)
 
     def describe(self) -> dict:
         return {"engine": self.name, "model": self.model}
@@ -73,3 +84,48 @@ class TokenizerEngine(Engine):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def stream(engine, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
+    """`engine`'s completions as they finish, each as (position of its request in `requests`, completion).
+
+    `requests` is pulled lazily, only when the engine has room, so its producer can still add work (a
+    retry of a rejected completion) while the stream runs. It yields None for "nothing to give yet": the
+    engine then goes on with what it holds, and asks again later. An object that is not an Engine but
+    has `generate` (a test's wrapper) is streamed in rounds of `generate` calls."""
+    if isinstance(engine, Engine):
+        return engine.stream(requests, sampling)
+    return generate_in_rounds(engine, requests, sampling, Engine.in_flight)
+
+
+def generate_in_rounds(engine, requests: Iterable[Request | None], sampling: Sampling,
+                       size: int) -> Iterator[tuple[int, Completion]]:
+    """A stream made of `generate` calls: each takes what `requests` gives, up to `size`, until it
+    gives None (nothing yet) or ends."""
+    source, position, ended = iter(requests), 0, False
+    while not ended:
+        batch: list[Request] = []
+        while len(batch) < size:
+            request = next(source, _END)
+            if request is _END:
+                ended = True
+                break
+            if request is None:
+                if batch:
+                    break
+                continue  # nothing held: ask until there is something (a producer blocks rather than spin)
+            batch.append(request)
+        if batch:
+            yield from enumerate(engine.generate(batch, sampling), position)
+            position += len(batch)
+
+
+def in_order(completions: Iterable[tuple[int, Completion]], count: int) -> list[Completion]:
+    """A stream's completions by request position, for a `generate` built on `stream`."""
+    out: list[Completion | None] = [None] * count
+    for position, completion in completions:
+        out[position] = completion
+    return out  # type: ignore[return-value]
+
+
+_END = object()

@@ -15,13 +15,14 @@ its width, in compute or in KV cache.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from .. import model as model_lib
 from ..settings import BATCH_SIZE, Sampling
-from .base import Completion, EngineError, Request, TokenizerEngine
+from .base import Completion, EngineError, Request, TokenizerEngine, in_order
 
 CANDIDATES = (64, 2048)  # widths searched for a row's top-p nucleus before the whole vocabulary
 MIN_SHARED_PREFIX = 8  # tokens; a shorter shared prefix is not worth a separate forward pass
@@ -181,51 +182,69 @@ class TransformersEngine(TokenizerEngine):
         context = getattr(self.lm.config, "max_position_embeddings", None) or 2048
         self._context = min(context, max_model_len) if max_model_len else context
 
-    @torch.inference_mode()
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
-        """A continuous batch: rows leave it as they stop, and once it is half empty the next requests
-        (in the runner's order) are prefilled and joined to it. It decodes in lanes (`pack_lanes`)."""
-        ids = [self.encode(r.prompt) for r in requests]
-        generators = [torch.Generator().manual_seed(r.seed) for r in requests]
-        tokens: list[list[int]] = [[] for _ in requests]
-        cached = [0] * len(requests)
-        reasons: list[str] = ["stop"] * len(requests)
+        return in_order(self.stream(requests, sampling), len(requests))
 
-        def advance(lane: _Running) -> bool:
-            """One token for each row of the lane; False once none of its rows goes on."""
-            chosen = sample_rows(lane.logits, [generators[i] for i in lane.rows],
-                                 sampling.temperature, sampling.top_p).tolist()
-            keep = []
-            for j, (i, t) in enumerate(zip(lane.rows, chosen)):
-                if t in self.eos_ids:
-                    continue
-                tokens[i].append(t)
-                if self.stop_at_newline and t in self.newline_ids:
-                    continue
-                if len(tokens[i]) >= sampling.max_new_tokens:
-                    reasons[i] = "length"
-                    continue
-                keep.append(j)
-            if not keep:
-                return False
-            lane.keep(keep)
-            lane.step(self.lm, torch.tensor([chosen[j] for j in keep], device=self.device))
-            return True
-
-        waiting = 0  # requests[waiting:] are not started yet
+    @torch.inference_mode()
+    def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
+        """A continuous batch: rows leave it as they stop (and are yielded then), and once it is half
+        empty the next requests are pulled, prefilled and joined to it. It decodes in lanes (`pack_lanes`)."""
+        source, position, ended = iter(requests), 0, False
+        rows: dict[int, _Row] = {}
         lanes: list[_Running] = []
         while True:
             running = sum(len(lane.rows) for lane in lanes)
-            if waiting < len(requests) and running <= self.batch_size // 2:
-                take = range(waiting, min(len(requests), waiting + self.batch_size - running))
-                joined = self._prefill([ids[i] for i in take], [requests[i].group for i in take], list(take), cached)
-                lanes = self._pack(lanes + joined)
-                waiting = take.stop
+            if not ended and running <= self.batch_size // 2:
+                taken: list[int] = []
+                while running + len(taken) < self.batch_size:
+                    request = next(source, _END)
+                    if request is _END:
+                        ended = True
+                        break
+                    if request is None:  # nothing to give yet: decode what is held (or ask again when none)
+                        if taken or lanes:
+                            break
+                        continue
+                    rows[position] = _Row(request.ids(self.encode), torch.Generator().manual_seed(request.seed),
+                                          request.group)
+                    taken.append(position)
+                    position += 1
+                if taken:
+                    joined = self._prefill([rows[i].ids for i in taken], [rows[i].group for i in taken],
+                                           taken, rows)
+                    lanes = self._pack(lanes + joined)
             if not lanes:
-                break
-            lanes = [lane for lane in lanes if advance(lane)]
-        return [Completion(text=self.decode(t), prompt_tokens=len(p), generated_tokens=len(t), finish_reason=r,
-                           cached_tokens=c) for t, p, r, c in zip(tokens, ids, reasons, cached)]
+                if ended:
+                    return
+                continue
+            finished: list[int] = []
+            lanes = [lane for lane in lanes if self._advance(lane, rows, sampling, finished)]
+            for i in finished:
+                row = rows.pop(i)
+                yield i, Completion(text=self.decode(row.tokens), prompt_tokens=len(row.ids),
+                                    generated_tokens=len(row.tokens), finish_reason=row.reason,
+                                    cached_tokens=row.cached)
+
+    def _advance(self, lane: "_Running", rows: dict[int, "_Row"], sampling: Sampling, finished: list[int]) -> bool:
+        """One token for each row of the lane; rows that stop go to `finished`. False once none goes on."""
+        chosen = sample_rows(lane.logits, [rows[i].generator for i in lane.rows],
+                             sampling.temperature, sampling.top_p).tolist()
+        keep = []
+        for j, (i, t) in enumerate(zip(lane.rows, chosen)):
+            row = rows[i]
+            if t not in self.eos_ids:
+                row.tokens.append(t)
+                if not (self.stop_at_newline and t in self.newline_ids):
+                    if len(row.tokens) < sampling.max_new_tokens:
+                        keep.append(j)
+                        continue
+                    row.reason = "length"
+            finished.append(i)
+        if not keep:
+            return False
+        lane.keep(keep)
+        lane.step(self.lm, torch.tensor([chosen[j] for j in keep], device=self.device))
+        return True
 
     def _pack(self, lanes: list[_Running]) -> list[_Running]:
         """The lanes merged as `pack_lanes` finds it pays."""
@@ -240,19 +259,19 @@ class TransformersEngine(TokenizerEngine):
             packed.append(merged)
         return packed
 
-    def _prefill(self, ids: list[list[int]], groups: list[str], rows: list[int], cached: list[int]) -> list[_Running]:
+    def _prefill(self, ids: list[list[int]], groups: list[str], rows: list[int], state: dict[int, "_Row"]) -> list[_Running]:
         """Prompts into new lanes of the running batch: 1. the distinct prefixes (`prefix_plan`), each
         computed once, in buckets of similar length, one left-padded forward pass each; 2. per prefix
         bucket, its rows in buckets of similar prompt length: each row's cache gathered from its prefix,
-        then the rows' own tails, left-padded after it. `cached[row]` gets the prompt tokens a row took
-        from a prefix another row computed."""
+        then the rows' own tails, left-padded after it. `state[row].cached` gets the prompt tokens a row
+        took from a prefix another row computed."""
         from transformers import DynamicCache
 
         which, lengths = prefix_plan(ids, groups, self.prefix_reuse)
         owner = {w: i for i, w in reversed(list(enumerate(which)))}  # a row holding each prefix
         for j, w in enumerate(which):
             if owner[w] != j:
-                cached[rows[j]] = lengths[w]
+                state[rows[j]].cached = lengths[w]
         lanes = []
         for prefixes in prefill_buckets(lengths):
             width = max(lengths[p] for p in prefixes)
@@ -289,6 +308,18 @@ class TransformersEngine(TokenizerEngine):
         return {"engine": self.name, "model": self.model, "device": self.device,
                 "dtype": str(self.lm.dtype).replace("torch.", ""), "batch_size": self.batch_size,
                 "stop_at_newline": self.stop_at_newline, "prefix_reuse": self.prefix_reuse}
+
+
+@dataclass
+class _Row:
+    """A request in the running batch: its prompt ids, its own generator, what it generated so far."""
+
+    ids: list[int]
+    generator: torch.Generator
+    group: str = ""
+    tokens: list[int] = field(default_factory=list)
+    reason: str = "stop"
+    cached: int = 0
 
 
 class _Running:
@@ -341,3 +372,6 @@ class _Running:
 
 def create(model: str | None, **options) -> TransformersEngine:
     return TransformersEngine(model, **options)
+
+
+_END = object()

@@ -144,7 +144,7 @@ class VLLMEngine(TokenizerEngine):
                            stop=["\n"] if self.stop_at_newline else None, seed=r.seed)
             for r in requests
         ]
-        prompts = [{"prompt_token_ids": self.encode(r.prompt)} for r in requests]
+        prompts = [{"prompt_token_ids": r.ids(self.encode)} for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []
         for out in outputs:
