@@ -87,6 +87,14 @@ def parse_method(method: str) -> tuple[str, dict, dict, dict]:
             schedule["group_by_examples"] = False
         elif mod == "no-sort":
             schedule["sort_by_length"] = False
+        elif mod == "chunked":  # a chunk at a time with retry rounds, the scheduler before streaming
+            schedule["streaming"] = False
+        elif mod.startswith("dtype="):
+            engine_opts["dtype"] = mod.split("=", 1)[1]
+        elif mod == "unseeded" and engine == "vllm":  # no per-request seeds: vLLM's faster sampling path
+            engine_opts["per_request_seeds"] = False
+        elif mod.startswith("arg=") and engine == "vllm":  # any LLM(...) argument, e.g. arg=max_num_seqs=64
+            engine_opts.setdefault("engine_args", []).append(mod.split("=", 1)[1])
         else:
             raise SystemExit(f"unknown modifier {mod!r} in {method!r}")
     return engine, engine_opts, config, schedule

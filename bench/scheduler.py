@@ -40,11 +40,10 @@ from typing import Iterable, Iterator, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from rewrite.engines.base import Completion, Engine, Request, in_order  # noqa: E402
+from rewrite.engines.base import Completion, Engine, Intake, Request, in_order  # noqa: E402
 from rewrite.settings import Sampling  # noqa: E402
 
 SOURCE = "coco"
-_END = object()
 
 
 class SimulatedGPU(Engine):
@@ -84,22 +83,13 @@ class SimulatedGPU(Engine):
         return in_order(self.stream(requests, sampling), len(requests))
 
     def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
-        source, position, ended = iter(requests), 0, False
+        intake = Intake(requests)
         running: dict[int, list] = {}  # position -> [steps left, completion]
         while True:
-            while not ended and len(running) < self.max_running:  # requests join at any step
-                request = next(source, _END)
-                if request is _END:
-                    ended = True
-                    break
-                if request is None:
-                    if running:
-                        break
-                    continue
-                running[position] = list(self._draw(request))
-                position += 1
+            for position, request in intake.take(self.max_running - len(running), holding=bool(running)):
+                running[position] = list(self._draw(request))  # requests join at any step
             if not running:
-                if ended:
+                if intake.ended:
                     return
                 continue
             step = self.t0 + self.t1 * len(running)

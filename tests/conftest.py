@@ -91,6 +91,17 @@ class Recording:
         self.requests += list(requests)
         return self.engine.generate(requests, sampling)
 
+    def stream(self, requests, sampling):
+        from rewrite.engines import base
+
+        def recorded():
+            for request in requests:
+                if request is not None:
+                    self.requests.append(request)
+                yield request
+
+        return base.stream(self.engine, recorded(), sampling)
+
 
 @pytest.fixture(scope="session")
 def engine():

@@ -137,6 +137,36 @@ def test_generation_is_deterministic_per_request_whatever_the_batch(engine):
     assert {c.text for c in other_seeds} - {together[0].text}  # another seed, another rewrite
 
 
+def test_stream_takes_requests_while_it_decodes_and_gives_what_generate_gives(engine):
+    """Requests fed in as earlier ones finish (with "nothing yet" Nones between) get the same
+    completions as one generate call; each comes back once, under its position."""
+    t = prompt.load_template()
+    captions = ["red car parked on the street", "bowl of fresh fruit on a table", "snowy mountains at sunrise",
+                "man playing guitar on stage", "old bridge over a river", "a cat asleep in the sun"]
+    reqs = [Request(t.render(EXAMPLES, c), seeds.generation_seed(0, "chatgpt", c, 0, 0)) for c in captions]
+    expected = [c.text for c in engine.generate(reqs, Sampling())]
+    returned = []
+
+    def fed():
+        yield from reqs[:2]
+        while not returned:  # the engine holds work: it decodes on between these
+            yield None
+        for r in reqs[2:]:
+            yield r
+            yield None
+
+    batch = engine.batch_size
+    engine.batch_size = 2  # so the later requests join a running batch
+    try:
+        for position, completion in engine.stream(fed(), Sampling()):
+            returned.append((position, completion.text))
+    finally:
+        engine.batch_size = batch
+    assert sorted(p for p, _ in returned) == list(range(len(reqs)))
+    assert [text for _, text in sorted(returned)] == expected
+    assert [p for p, _ in returned[:1]] in ([0], [1])  # one of the first two came back before the rest went in
+
+
 def test_shared_prefix_reuse_and_stopping_do_not_change_rewrites(engine):
     t = prompt.load_template()
     captions = ["a cat asleep on a sofa", "two boats in a small harbour", "kids flying a kite on a hill",

@@ -171,6 +171,8 @@ def test_openai_failures_mark_rows_failed_and_the_shard_goes_on(tmp_path, text_f
     assert len(rows) == len(CAPTIONS)
     assert {r["reason"] for r in rows if r["status"] == "failed"} == {"engine_error"}
     assert stats["failed"] == len(CAPTIONS) - 1 and stats["skipped"] == 1
+    errors = stats["engine_errors"]  # what the engine said, counted by message (a few kept per chunk)
+    assert sum(errors.values()) == stats["requests"] and all("Connection" in m for m in errors), errors
 
 
 def test_vllm_layouts_agree(vllm_engine, tmp_path):

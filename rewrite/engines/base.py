@@ -91,33 +91,47 @@ def stream(engine, requests: Iterable[Request | None], sampling: Sampling) -> It
 
     `requests` is pulled lazily, only when the engine has room, so its producer can still add work (a
     retry of a rejected completion) while the stream runs. It yields None for "nothing to give yet": the
-    engine then goes on with what it holds, and asks again later. An object that is not an Engine but
-    has `generate` (a test's wrapper) is streamed in rounds of `generate` calls."""
-    if isinstance(engine, Engine):
+    engine then goes on with what it holds, and asks again later. An object that is not an Engine and
+    whose class has no `stream`, only `generate` (a test's wrapper), is streamed in rounds of `generate`
+    calls."""
+    if isinstance(engine, Engine) or hasattr(type(engine), "stream"):
         return engine.stream(requests, sampling)
     return generate_in_rounds(engine, requests, sampling, Engine.in_flight)
+
+
+class Intake:
+    """The pulling side of a stream: requests taken from `requests` as the engine has room, numbered by
+    position (the Nones of "nothing yet" not counted)."""
+
+    def __init__(self, requests: Iterable[Request | None]):
+        self.source, self.position, self.ended = iter(requests), 0, False
+
+    def take(self, room: int, holding: bool) -> list[tuple[int, Request]]:
+        """Up to `room` requests. A None ends the take once there is work (held or taken); with none,
+        the take asks again (a producer waits rather than give None to an engine holding nothing)."""
+        taken: list[tuple[int, Request]] = []
+        while not self.ended and len(taken) < room:
+            request = next(self.source, _END)
+            if request is _END:
+                self.ended = True
+            elif request is None:
+                if taken or holding:
+                    break
+            else:
+                taken.append((self.position, request))
+                self.position += 1
+        return taken
 
 
 def generate_in_rounds(engine, requests: Iterable[Request | None], sampling: Sampling,
                        size: int) -> Iterator[tuple[int, Completion]]:
     """A stream made of `generate` calls: each takes what `requests` gives, up to `size`, until it
     gives None (nothing yet) or ends."""
-    source, position, ended = iter(requests), 0, False
-    while not ended:
-        batch: list[Request] = []
-        while len(batch) < size:
-            request = next(source, _END)
-            if request is _END:
-                ended = True
-                break
-            if request is None:
-                if batch:
-                    break
-                continue  # nothing held: ask until there is something (a producer blocks rather than spin)
-            batch.append(request)
+    intake = Intake(requests)
+    while not intake.ended:
+        batch = intake.take(size, holding=False)
         if batch:
-            yield from enumerate(engine.generate(batch, sampling), position)
-            position += len(batch)
+            yield from zip((p for p, _ in batch), engine.generate([r for _, r in batch], sampling))
 
 
 def in_order(completions: Iterable[tuple[int, Completion]], count: int) -> list[Completion]:

@@ -9,14 +9,14 @@ finish_reason "error", so its rows are marked failed with the reason while the s
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from .. import model as model_lib
 from ..settings import Sampling
-from .base import Completion, Engine, EngineError, Request
+from .base import Completion, Engine, EngineError, Intake, Request, in_order
 
 API_KEY_ENV = "OPENAI_API_KEY"
 
@@ -118,8 +118,29 @@ class OpenAIEngine(Engine):
                           finish_reason="length" if choice.finish_reason == "length" else "stop")
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
+        return in_order(self.stream(requests, sampling), len(requests))
+
+    def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
+        """One pool of `concurrency` threads for the whole stream: a request is sent as soon as a slot
+        frees, and each completion is yielded as it comes. Closing the stream waits for the requests
+        already sent (a request cannot be taken back) but sends no more."""
+        intake = Intake(requests)
+        running: dict = {}  # future -> position
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda r: self._one(r, sampling), requests))
+            try:
+                while True:
+                    for position, request in intake.take(self.concurrency - len(running), holding=bool(running)):
+                        running[pool.submit(self._one, request, sampling)] = position
+                    if not running:
+                        if intake.ended:
+                            return
+                        continue
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        yield running.pop(future), future.result()
+            finally:
+                for future in running:
+                    future.cancel()
 
     def describe(self) -> dict:
         return {"engine": self.name, "model": self.model, "base_url": self.base_url, "api": self.api}
@@ -130,3 +151,4 @@ class OpenAIEngine(Engine):
 
 def create(model: str | None, **options) -> OpenAIEngine:
     return OpenAIEngine(model, **options)
+

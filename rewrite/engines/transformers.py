@@ -22,7 +22,7 @@ import torch
 
 from .. import model as model_lib
 from ..settings import BATCH_SIZE, Sampling
-from .base import Completion, EngineError, Request, TokenizerEngine, in_order
+from .base import Completion, EngineError, Intake, Request, TokenizerEngine, in_order
 
 CANDIDATES = (64, 2048)  # widths searched for a row's top-p nucleus before the whole vocabulary
 MIN_SHARED_PREFIX = 8  # tokens; a shorter shared prefix is not worth a separate forward pass
@@ -189,32 +189,22 @@ class TransformersEngine(TokenizerEngine):
     def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
         """A continuous batch: rows leave it as they stop (and are yielded then), and once it is half
         empty the next requests are pulled, prefilled and joined to it. It decodes in lanes (`pack_lanes`)."""
-        source, position, ended = iter(requests), 0, False
+        intake = Intake(requests)
         rows: dict[int, _Row] = {}
         lanes: list[_Running] = []
         while True:
             running = sum(len(lane.rows) for lane in lanes)
-            if not ended and running <= self.batch_size // 2:
-                taken: list[int] = []
-                while running + len(taken) < self.batch_size:
-                    request = next(source, _END)
-                    if request is _END:
-                        ended = True
-                        break
-                    if request is None:  # nothing to give yet: decode what is held (or ask again when none)
-                        if taken or lanes:
-                            break
-                        continue
+            if running <= self.batch_size // 2:
+                taken = intake.take(self.batch_size - running, holding=bool(lanes))
+                for position, request in taken:
                     rows[position] = _Row(request.ids(self.encode), torch.Generator().manual_seed(request.seed),
                                           request.group)
-                    taken.append(position)
-                    position += 1
                 if taken:
-                    joined = self._prefill([rows[i].ids for i in taken], [rows[i].group for i in taken],
-                                           taken, rows)
+                    joined = self._prefill([rows[p].ids for p, _ in taken], [rows[p].group for p, _ in taken],
+                                           [p for p, _ in taken], rows)
                     lanes = self._pack(lanes + joined)
             if not lanes:
-                if ended:
+                if intake.ended:
                     return
                 continue
             finished: list[int] = []
@@ -373,5 +363,3 @@ class _Running:
 def create(model: str | None, **options) -> TransformersEngine:
     return TransformersEngine(model, **options)
 
-
-_END = object()

