@@ -11,10 +11,11 @@ length (10-40 tokens) and whether its rewrite is rejected (an empty completion) 
 seed, so both schedulers see the same work. Everything else is the real runner: plan, chunks, prompts
 tokenized with the packaged model's tokenizer, validation with CLIP's tokenizer, commits, stats.
 
-Per configuration (in a subprocess of its own, for its peak RSS): engine-busy share (sleeping in steps /
-wall time of the run), mean batch occupancy (running / max per step), useful share (their product),
+Per configuration (in a subprocess of its own, for its peak RSS): engine-busy share (time in steps, as
+slept, / wall time of `runner.run`), mean batch occupancy (running / max per step), useful share (their product),
 captions/s and its ratio to the ideal (the steps the run needed, each full: total sequence-steps /
-max-running x the full-batch step time), chunk commit latency p50/p99 (from the chunk's rows being
+max-running x the full-batch step time), busy share in steady state (from the first step's start to
+the last one's end: without the run's start-up and final assembly), chunk commit latency p50/p99 (from the chunk's rows being
 read to its part being committed), CPU ms per caption (process CPU time, sleeping excluded) and peak RSS.
 
 Sweep: full-batch step time 2 / 10 / 20 ms x rejects 0 / 3 / 20% x chunk 512 / 4,096 (--quick: 10 ms,
@@ -58,6 +59,7 @@ class SimulatedGPU(Engine):
         self.t1 = step_full * (1 - fixed_share) / max_running
         self.model = "simulated"
         self.busy = 0.0
+        self.first_step = self.last_step = None  # perf_counter at the first step's start, the last one's end
         self.steps = 0
         self.occupied = 0  # sequence-steps
         self.lock = threading.Lock()
@@ -92,9 +94,11 @@ class SimulatedGPU(Engine):
                 if intake.ended:
                     return
                 continue
-            step = self.t0 + self.t1 * len(running)
-            time.sleep(step)
-            self.busy += step
+            started = time.perf_counter()
+            time.sleep(self.t0 + self.t1 * len(running))
+            self.last_step = time.perf_counter()
+            self.first_step = self.first_step or started
+            self.busy += self.last_step - started  # as slept: a sleep overruns by ~0.1-0.5 ms
             self.steps += 1
             self.occupied += len(running)
             for p in list(running):
@@ -164,7 +168,8 @@ def one(args) -> dict:
     lat = sorted(latencies.values())
     return {"mode": args.mode, "step_ms": args.step_ms, "reject": args.reject, "chunk": args.chunk,
             "captions": stats["rows"], "requests": stats["requests"], "ok": stats["ok"], "failed": stats["failed"],
-            "seconds": wall, "busy": engine.busy / wall, "occupancy": engine.occupied / engine.steps / engine.max_running,
+            "seconds": wall, "busy": engine.busy / wall,
+            "busy_steady": engine.busy / (engine.last_step - engine.first_step), "occupancy": engine.occupied / engine.steps / engine.max_running,
             "useful": engine.busy / wall * engine.occupied / engine.steps / engine.max_running,
             "captions_per_s": stats["rows"] / wall, "ideal_share": ideal / wall,
             "commit_p50_s": statistics.median(lat) if lat else None,
@@ -183,7 +188,7 @@ def measure(mode: str, step_ms: float, reject: float, chunk: int, args) -> dict:
 
 
 def line(r: dict) -> str:
-    return (f"{r['mode']}: busy={r['busy']:.2f} occupancy={r['occupancy']:.2f} useful={r['useful']:.2f} "
+    return (f"{r['mode']}: busy={r['busy']:.2f} busy_steady={r['busy_steady']:.2f} occupancy={r['occupancy']:.2f} useful={r['useful']:.2f} "
             f"captions/s={r['captions_per_s']:.0f} ideal={r['ideal_share']:.2f} "
             f"commit_p50={r['commit_p50_s']:.2f}s commit_p99={r['commit_p99_s']:.2f}s "
             f"cpu_ms/caption={r['cpu_ms_per_caption']:.2f} rss={r['peak_rss_mb']:.0f}MB")
@@ -192,11 +197,12 @@ def line(r: dict) -> str:
 def table(results: list[dict], cpu: str) -> str:
     rows = [f"CPU: {cpu}; simulated GPU: max 256 running, step = 40% fixed + 60% per running sequence at a "
             "full batch; outputs 10-40 tokens", "",
-            "| step | rejects | chunk | mode | busy | occupancy | useful | captions/s | vs ideal | commit p50 / p99 | "
-            "CPU ms/caption | peak RSS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| step | rejects | chunk | mode | busy | busy, steady | occupancy | useful | captions/s | vs ideal | "
+            "commit p50 / p99 | CPU ms/caption | peak RSS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r['step_ms']:g} ms | {r['reject']:.0%} | {r['chunk']} | {r['mode']} | {r['busy']:.2f} | "
+                    f"{r['busy_steady']:.2f} | "
                     f"{r['occupancy']:.2f} | {r['useful']:.2f} | {r['captions_per_s']:,.0f} | {r['ideal_share']:.2f} | "
                     f"{r['commit_p50_s']:.2f} / {r['commit_p99_s']:.2f} s | {r['cpu_ms_per_caption']:.2f} | "
                     f"{r['peak_rss_mb']:,.0f} MB |")

@@ -30,6 +30,7 @@ from .engines import base as engines
 from .settings import Sampling, Schedule
 
 _END = object()
+SLICE = 256  # requests built, ordered and queued together: the engine gets a big chunk's first ones early
 ABORT_WAIT = 10.0  # seconds a stopped run waits for its threads (the engine's current step, a commit)
 MAX_ERROR_SAMPLES = 10  # distinct engine error messages kept in a chunk's stats
 
@@ -159,20 +160,21 @@ class StreamingShard:
                         new.append(item)
                     item.waiters.append(chunk)
                     chunk.waiting.add((ident, i))
-        fitted: dict[str, tuple[str, bool]] = {}
-        built = []
-        for item in new:  # outside the lock: tokenizing is the slow part
-            if item.ident not in fitted:
-                fitted[item.ident] = self.ask.caption(unique[item.ident])
-            item.caption, item.cut = fitted[item.ident]
-            built.append((item, self._request(item)))
-        order = schedule_order(built, self.schedule)
         with self.lock:
             if not chunk.waiting:  # every row was answered by earlier chunks (or has no caption)
                 self._complete(chunk)
-        with self.ready:
-            self.fresh.extend(built[j] for j in order)
-            self.ready.notify_all()
+        fitted: dict[str, tuple[str, bool]] = {}
+        for start in range(0, len(new), SLICE):  # outside the lock: tokenizing is the slow part
+            built = []
+            for item in new[start:start + SLICE]:
+                if item.ident not in fitted:
+                    fitted[item.ident] = self.ask.caption(unique[item.ident])
+                item.caption, item.cut = fitted[item.ident]
+                built.append((item, self._request(item)))
+            order = schedule_order(built, self.schedule)
+            with self.ready:
+                self.fresh.extend(built[j] for j in order)
+                self.ready.notify_all()
 
     def _request(self, item: _Item):
         request, item.targets, cut = self.ask.request(item.ident, item.caption, item.index, item.attempt)
