@@ -93,6 +93,11 @@ def parse_method(method: str) -> tuple[str, dict, dict, dict]:
             engine_opts["dtype"] = mod.split("=", 1)[1]
         elif mod == "unseeded" and engine == "vllm":  # no per-request seeds: vLLM's faster sampling path
             engine_opts["per_request_seeds"] = False
+        elif mod.startswith("ngram=") and engine == "vllm":  # n-gram speculative decoding, K tokens proposed
+            k = int(mod.split("=", 1)[1])
+            engine_opts.setdefault("engine_args", []).append(
+                'speculative_config={"method": "ngram", "num_speculative_tokens": %d, "prompt_lookup_max": 4, '
+                '"prompt_lookup_min": 2}' % k)
         elif mod.startswith("arg=") and engine == "vllm":  # any LLM(...) argument, e.g. arg=max_num_seqs=64
             engine_opts.setdefault("engine_args", []).append(mod.split("=", 1)[1])
         else:

@@ -128,19 +128,10 @@ def run(
     Exit codes: 0 done (shards held by another live worker are skipped), 1 a file could not be read or
     written, 2 bad input or options, 75 stopped by SIGTERM/SIGUSR1/SIGINT with every committed chunk kept
     (run again to resume)."""
-    from . import engines
-
-    finished = []
+    result = runner.TaskResult([], [])
     try:
         with reported(), stop.handling(stop_within):  # a signal while the model loads stops the run too
             manifest = plan.load_manifest(work)
-            named = plan.parse_shard_spec(shards, manifest.num_shards)
-            shard_ids = named
-            task = slurm_lib.array_task(os.environ)
-            if task is not None and len(named) > 1:  # an array task: its share of the spec
-                shard_ids = slurm_lib.task_share(named, *task)
-                typer.echo(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shard_ids) or 'none'}",
-                           err=True)
             config = runner.RunConfig(
                 source=source, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
                 max_attempts=max_attempts, chunk_rows=chunk_rows, dedup=dedup, template=template,
@@ -151,46 +142,30 @@ def run(
             if then_export is not None:  # refused now, not after the rewriting
                 export_lib.check_out_folder(then_export, layout.Work(work), manifest)
                 exports.named(export_format)
-            runner.tidy_done(work, config.source, shard_ids)
-            todo = runner.pending_shards(work, config.source, shard_ids, overwrite)
-            if not todo:
-                typer.echo(f"{config.source}: shards {plan.format_shard_spec(shard_ids) or 'none'} are done already "
-                           "(--overwrite to redo them)")
-            else:
-                # Everything that needs no model is checked before one loads.
-                job = runner.prepare(work, config, todo, named)
-                engine_name = engines.resolve_name(engine)
-                runner.preflight(job, job.fingerprint(engine_name, engines.model_name(engine_name, model)), overwrite)
-                options = {k: v for k, v in dict(
-                    batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                    gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
-                    base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
-                ).items() if v is not None}
-                typer.echo(f"loading the {engine_name} engine on {model or 'the embedded model'}", err=True)
-                eng = engines.load(engine_name, model, **options)
-                try:
-                    finished = runner.run(work, config, todo, eng, overwrite=overwrite, progress=progress,
-                                          stop_within=stop_within, named=named, schedule=schedule)
-                finally:
-                    eng.close()
+            options = {k: v for k, v in dict(
+                batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
+                base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
+            ).items() if v is not None}
+            result = runner.run_task(work, config, plan.parse_shard_spec(shards, manifest.num_shards), engine, model,
+                                     options, overwrite=overwrite, progress=progress, schedule=schedule,
+                                     stop_within=stop_within, say=lambda m: typer.echo(m, err=True))
     except StopRequested as e:
         typer.echo(f"{e}: committed chunks are kept; run the same command again to resume", err=True)
         if requeue_on_warning and e.signum == signal.SIGUSR1:
-            # Slurm answers the requeue with SIGTERM to this job: ignore it, report and exit 75.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
-                job_id = slurm_lib.requeue_self(os.environ)
-                typer.echo(f"requeued Slurm job {job_id}: it resumes from the committed chunks", err=True)
+                typer.echo(f"requeued Slurm job {slurm_lib.requeue_after_warning(os.environ)}: it resumes from the "
+                           "committed chunks", err=True)
             except slurm_lib.SlurmError as err:
                 typer.echo(f"error: {err}", err=True)
         raise typer.Exit(STOPPED)
-    for s in finished:
+    for s in result.finished:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
                    f"skipped {s['skipped']}, {s['captions_per_s']} captions/s")
-    if then_export is not None and shard_ids:
+    if then_export is not None and result.shards:
         with reported():
             summary = export_lib.export(work, then_export, [meta_lib.source_name(source)], fmt=export_format,
-                                        shards=shard_ids, overwrite=True, progress=False)
+                                        shards=result.shards, overwrite=True, progress=False)
         report_export(summary, then_export)
 
 
@@ -207,11 +182,7 @@ def status(
             typer.echo(json.dumps([{**vars(s), "slurm": slurm_lib.jobs(work, s.source)} for s in statuses], indent=2,
                                   default=str))
             return
-        lines = status_lib.render(manifest, statuses, layout.Work(work).strays()).splitlines()
-        for st in statuses:  # Slurm's view beside each source's shard states
-            at = next(i for i, line in enumerate(lines) if line.startswith(f"{st.source:8s} done"))
-            lines[at + 1:at + 1] = slurm_lib.describe(work, st.source)
-        typer.echo("\n".join(lines))
+        typer.echo(slurm_lib.status_text(work, manifest, statuses, layout.Work(work).strays()))
 
 
 @app.command()

@@ -1,14 +1,16 @@
-"""The shard runner: read a shard in chunks, rewrite each chunk, commit it, then mark the shard done.
+"""The shard runner: read a shard in chunks, rewrite them, commit each, then mark the shard done.
 
-Per chunk: identical captions are rewritten once (dedup), every (caption, rewrite index) becomes a
-request whose examples and seed are derived from what identifies it, completions are parsed and
-checked, rejected ones are tried again, and the chunk is committed as a parquet part. When all parts
-exist they are joined into WORK/rewrites/<source>/<shard>.parquet, and the stats json is written last.
-A rerun skips done shards and resumes a partial one from its committed parts.
+Identical captions are rewritten once (dedup), every (caption, rewrite index) becomes a request whose
+examples and seed are derived from what identifies it (rows.py), completions are parsed and checked,
+rejected ones are tried again, and each chunk is committed as a parquet part: by the streaming
+scheduler (scheduler.py, the default) or a chunk at a time with retry rounds (`rewrite_chunk`). When
+all parts exist they are joined into WORK/rewrites/<source>/<shard>.parquet, and the stats json is
+written last. A rerun skips done shards and resumes a partial one from its committed parts.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import threading
@@ -16,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -317,6 +319,44 @@ def run(
         finally:
             source_lock.release()
     return finished
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    shards: list[int]  # the shards this process was to run (an array task's share)
+    finished: list[dict]  # the stats of those it finished now (not those done already)
+
+
+def run_task(work: str | Path, config: RunConfig, named: Sequence[int], engine_name: str, model: str | None = None,
+             engine_options: dict | None = None, *, overwrite: bool = False, progress: bool = True,
+             schedule: Schedule = Schedule(), stop_within: float = stop.STOP_WITHIN,
+             environ: Mapping[str, str] = os.environ, say: Callable[[str], None] = _say) -> TaskResult:
+    """`rewrite run` as a library call: this process's share of the `named` shards (inside a Slurm array
+    task, its share; see slurm.this_task_shards), those done already skipped, everything that needs no
+    model checked before the engine loads, then the run, the engine closed after it however it ends."""
+    from . import engines, slurm
+
+    shards, task = slurm.this_task_shards(named, environ)
+    if task is not None:
+        say(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shards) or 'none'}")
+    tidy_done(work, config.source, shards)
+    todo = pending_shards(work, config.source, shards, overwrite)
+    if not todo:
+        say(f"{config.source}: shards {plan.format_shard_spec(shards) or 'none'} are done already "
+            "(--overwrite to redo them)")
+        return TaskResult(shards, [])
+    job = prepare(work, config, todo, named)
+    name = engines.resolve_name(engine_name)
+    preflight(job, job.fingerprint(name, engines.model_name(name, model)), overwrite)
+    say(f"loading the {name} engine on {model or 'the embedded model'}")
+    with engines.opened(name, model, **(engine_options or {})) as engine:
+        finished = run(work, config, todo, engine, overwrite=overwrite, progress=progress, stop_within=stop_within,
+                       named=named, schedule=schedule)
+    return TaskResult(shards, finished)
 
 
 def _run_locked(job: Job, shard: int, engine: Engine, *, overwrite: bool, progress: bool, schedule: Schedule) -> dict | None:

@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,23 @@ def task_share(shards: Sequence[int], index: int, count: int) -> list[int]:
         raise SlurmError(f"array task {index} is outside 0-{count - 1}")
     n = len(shards)
     return list(shards[index * n // count : (index + 1) * n // count])
+
+
+def this_task_shards(named: Sequence[int], environ: Mapping[str, str]) -> tuple[list[int], tuple[int, int] | None]:
+    """The shards this process runs of the `named` ones: its share inside an array task (with the task's
+    (index, count)), else all of them (and None)."""
+    task = array_task(environ)
+    if task is None or len(named) <= 1:
+        return list(named), None
+    return task_share(named, *task), task
+
+
+def requeue_after_warning(environ: Mapping[str, str]) -> str:
+    """After a run stopped on SIGUSR1 (the time-limit warning): requeue this job so it resumes from its
+    committed chunks; returns the job id. Slurm answers the requeue with SIGTERM to this job, which is
+    ignored from here on: the run has stopped already, and exits with its own code."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return requeue_self(environ)
 
 
 def array_task(environ: Mapping[str, str]) -> tuple[int, int] | None:
@@ -246,6 +264,13 @@ def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:] if log.exists() else []
         out.append({"shard": shard, "job": f"{record['job_id']}_{task}", "log": str(log), "tail": tail})
     return out
+
+
+def status_text(work: str | Path, manifest, statuses, strays) -> str:
+    """`rewrite status`'s text: each source's shard states, with Slurm's view of its jobs beneath."""
+    from . import status as status_lib
+
+    return status_lib.render(manifest, statuses, strays, notes={st.source: describe(work, st.source) for st in statuses})
 
 
 def describe(work: str | Path, source: str) -> list[str]:

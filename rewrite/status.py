@@ -79,7 +79,9 @@ def collect(work: str | Path, sources: list[str] | None = None, *, checksum: boo
     return manifest, out
 
 
-def render(manifest: plan.Manifest, statuses: list[SourceStatus], strays: list[Path] = ()) -> str:
+def render(manifest: plan.Manifest, statuses: list[SourceStatus], strays: list[Path] = (),
+           notes: dict[str, list[str]] | None = None) -> str:
+    """The status text; `notes[source]`: lines shown right under a source's line (Slurm's view)."""
     lines = [f"plan: {manifest.num_shards} shards, {manifest.total_rows} rows, {len(manifest.files)} input files"]
     if not statuses:
         lines.append("no source has been run yet (rewrite run --work WORK --source SOURCE --shards all)")
@@ -91,6 +93,7 @@ def render(manifest: plan.Manifest, statuses: list[SourceStatus], strays: list[P
         if st.seconds:
             line += f"  {st.rows_done / st.seconds:.2f} captions/s"
         lines.append(line)
+        lines += (notes or {}).get(st.source, [])
         for state in (PARTIAL, MISSING, DAMAGED):
             if st.count(state):
                 lines.append(f"         {state} shards: {st.spec(state)}")

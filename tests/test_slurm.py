@@ -28,6 +28,13 @@ def test_more_shards_than_the_array_limit():
         slurm.task_share(shards, 1001, 1001)
 
 
+def test_this_task_takes_its_share_of_the_named_shards():
+    env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
+    assert slurm.this_task_shards([0, 1, 2, 3], env) == ([2, 3], (1, 2))
+    assert slurm.this_task_shards([5], env) == ([5], None)  # one named shard is taken as it is
+    assert slurm.this_task_shards([0, 1, 2], {}) == ([0, 1, 2], None)  # not in an array
+
+
 def test_array_task_from_the_environment():
     assert slurm.array_task({}) is None
     assert slurm.array_task({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "16",

@@ -5,13 +5,15 @@ adding an engine touches that one file. `load("<name>", ...)` finds it by name.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import sys
+from typing import Iterator
 
 from .base import Completion, Engine, EngineError, Request
 
-__all__ = ["Completion", "Engine", "EngineError", "Request", "available", "load"]
+__all__ = ["Completion", "Engine", "EngineError", "Request", "available", "load", "opened"]
 
 
 def available() -> list[str]:
@@ -54,3 +56,13 @@ def load(name: str, model: str | None = None, **options) -> Engine:
         return module.create(model, **options)
     except TypeError as e:
         raise EngineError(f"engine {name}: {e} (that option does not apply to this engine)") from None
+
+
+@contextlib.contextmanager
+def opened(name: str, model: str | None = None, **options) -> Iterator[Engine]:
+    """`load`, closed again (its memory and processes freed) when the block ends, however it ends."""
+    engine = load(name, model, **options)
+    try:
+        yield engine
+    finally:
+        engine.close()
