@@ -240,3 +240,12 @@ def test_engine_option_checks_let_the_edges_through():
     transformers.check_options(1, "auto", 1)
     vllm.check_options("half", 1, 1.0, 1)
     openai.check_options("https://api.example.com/v1/", "chat", 1, 0.5, 1)
+
+
+def test_vllm_picks_bfloat16_on_a_cpu_with_bf16_instructions():
+    from rewrite.engines.vllm import cpu_dtype
+
+    assert cpu_dtype("processor: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n") == "bfloat16"
+    assert cpu_dtype("flags\t\t: fpu avx2 amx_bf16 amx_tile\n") == "bfloat16"
+    assert cpu_dtype("flags\t\t: fpu sse avx2 fma\n") == "float32"
+    assert cpu_dtype("no flags line\n") == "float32"
