@@ -95,7 +95,7 @@ def run(
     num_rewrites: int = typer.Option(settings.NUM_REWRITES, help="Rewrites per caption."),
     num_examples: int = typer.Option(settings.NUM_EXAMPLES, help="In-context examples per prompt (k)."),
     batch_size: Optional[int] = typer.Option(None, help=f"transformers: prompts per forward batch (default {settings.BATCH_SIZE})."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 or auto (the checkpoint's own); default: float32 on a CPU; on a GPU bfloat16 with transformers, the model's own with vllm."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 or auto (the checkpoint's own); default: on a CPU float32 (vllm: bfloat16 where the CPU has AVX-512 BF16 or AMX); on a GPU bfloat16 with transformers, the model's own with vllm."),
     max_model_len: Optional[int] = typer.Option(None, help="Cap on prompt + completion tokens."),
     tensor_parallel_size: Optional[int] = typer.Option(None, help="vllm: GPUs per model."),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vllm: share of GPU memory to use."),
