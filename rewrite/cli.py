@@ -48,9 +48,10 @@ def describe_os_error(e: OSError) -> str:
 
 
 def schedule_option(scheduler: str, open_chunks: int) -> settings.Schedule:
-    if scheduler not in ("stream", "chunked"):
-        raise ValueError(f"--scheduler must be stream or chunked, got {scheduler!r}")
-    return settings.Schedule(streaming=scheduler == "stream", open_chunks=open_chunks)
+    choices = {"auto": None, "stream": True, "chunked": False}
+    if scheduler not in choices:
+        raise ValueError(f"--scheduler must be auto, stream or chunked, got {scheduler!r}")
+    return settings.Schedule(streaming=choices[scheduler], open_chunks=open_chunks)
 
 
 @contextmanager
@@ -106,7 +107,7 @@ def run(
     concurrency: Optional[int] = typer.Option(None, help="openai: requests in flight (default 16)."),
     timeout: Optional[float] = typer.Option(None, help="openai: seconds per request (default 60)."),
     chunk_rows: int = typer.Option(settings.CHUNK_ROWS, help="Rows committed together."),
-    scheduler: str = typer.Option("stream", help="stream: requests built ahead of the engine, a rejected rewrite retried at once, each chunk committed when its rows are final; chunked: a chunk at a time with retry rounds (the earlier way, to compare). The rewrites are the same."),
+    scheduler: str = typer.Option("auto", help="stream: requests built ahead of the engine, a rejected rewrite retried at once, each chunk committed when its rows are final (keeps a GPU busy); chunked: a chunk at a time with retry rounds (reruns byte-identical with any engine); auto: stream with vllm and openai, chunked with transformers. Both send the same requests."),
     open_chunks: int = typer.Option(settings.OPEN_CHUNKS, help="stream: chunks in flight at once (each holds its rows in memory; a kill loses at most these)."),
     max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
     temperature: float = typer.Option(settings.Sampling.temperature),
@@ -159,6 +160,9 @@ def run(
             except slurm_lib.SlurmError as err:
                 typer.echo(f"error: {err}", err=True)
         raise typer.Exit(STOPPED)
+    if result.done_already:
+        typer.echo(f"{meta_lib.source_name(source)}: shards {plan.format_shard_spec(result.shards) or 'none'} are done "
+                   "already (--overwrite to redo them)")
     for s in result.finished:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
                    f"skipped {s['skipped']}, {s['captions_per_s']} captions/s")

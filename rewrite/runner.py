@@ -329,6 +329,7 @@ def _say(message: str) -> None:
 class TaskResult:
     shards: list[int]  # the shards this process was to run (an array task's share)
     finished: list[dict]  # the stats of those it finished now (not those done already)
+    done_already: bool = False  # every one of them was done before this run
 
 
 def run_task(work: str | Path, config: RunConfig, named: Sequence[int], engine_name: str, model: str | None = None,
@@ -346,9 +347,7 @@ def run_task(work: str | Path, config: RunConfig, named: Sequence[int], engine_n
     tidy_done(work, config.source, shards)
     todo = pending_shards(work, config.source, shards, overwrite)
     if not todo:
-        say(f"{config.source}: shards {plan.format_shard_spec(shards) or 'none'} are done already "
-            "(--overwrite to redo them)")
-        return TaskResult(shards, [])
+        return TaskResult(shards, [], done_already=True)
     job = prepare(work, config, todo, named)
     name = engines.resolve_name(engine_name)
     preflight(job, job.fingerprint(name, engines.model_name(name, model)), overwrite)
@@ -434,7 +433,8 @@ def run_shard(
             _show(bar, chunk_stats, stats["rows"])
 
     todo = _ChunksToDo(manifest, shard, config, parts, chunk_stats, lambda n: _show(bar, chunk_stats, n))
-    if schedule.streaming:
+    streaming = schedule.streaming if schedule.streaming is not None else getattr(engine, "streams_by_default", False)
+    if streaming:
         streaming = scheduler.StreamingShard(
             prompting(config, meta_set, template, engine), engine, config.sampling, schedule,
             num_rewrites=config.num_rewrites, max_attempts=config.max_attempts, dedup=config.dedup,

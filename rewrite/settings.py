@@ -50,7 +50,8 @@ class Schedule:
     sort_by_length: bool = True  # within a group, similar lengths together: less padding
     # Streaming (scheduler.py): requests built ahead of the engine, a rejected rewrite retried at once,
     # each chunk committed as soon as its rows are final. False: a chunk at a time, with retry rounds.
-    streaming: bool = True
+    # None: the engine's choice (Engine.streams_by_default).
+    streaming: bool | None = None
     open_chunks: int = OPEN_CHUNKS  # chunks in flight at once while streaming (memory; work a kill loses)
 
     def __post_init__(self) -> None:

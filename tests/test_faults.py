@@ -68,26 +68,38 @@ KILL_AT = [
 ]
 
 
-def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path):
+@pytest.mark.parametrize("scheduler", ["chunked", "stream"])
+def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, scheduler):
+    """A chunk at a time, the resumed run's bytes equal an uninterrupted run's. Streaming, batches mix
+    chunks as they come, so the transformers engine's text agrees up to fp32 batch rounding instead
+    (see test_determinism); no row is lost or written twice either way."""
     clean = planned(tmp_path, "clean")
-    run_cli("run", "--work", clean, *RUN)
+    run_cli("run", "--work", clean, *RUN, "--scheduler", scheduler)
     expected = outputs(clean)
 
     work = planned(tmp_path, "killed")
     for moment in KILL_AT:
-        proc = start(work, env={"REWRITE_KILL_AT": moment})
+        proc = start(work, "--scheduler", scheduler, env={"REWRITE_KILL_AT": moment})
         proc.communicate(timeout=600)
         assert proc.returncode == -signal.SIGKILL, f"{moment}: the run was not killed ({proc.returncode})"
     # And once from outside, at a random time while shard 1 is being written.
-    proc = start(work)
+    proc = start(work, "--scheduler", scheduler)
     wait_for(lambda: any((work / "rewrites" / SOURCE / "00001.parts").glob("*.parquet")))
     time.sleep(random.Random(5).uniform(0, 1.5))
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
 
-    run_cli("run", "--work", work, *RUN)
-    assert outputs(work) == expected  # byte for byte
+    run_cli("run", "--work", work, *RUN, "--scheduler", scheduler)
+    if scheduler == "chunked":
+        assert outputs(work) == expected  # byte for byte
+    else:
+        rewrites = [pq.read_table(work / "rewrites" / SOURCE / f"{s:05d}.parquet").column("rewrite").to_pylist()
+                    for s in range(3)]
+        clean_rewrites = [pq.read_table(clean / "rewrites" / SOURCE / f"{s:05d}.parquet").column("rewrite")
+                          .to_pylist() for s in range(3)]
+        same = sum(a == b for got, want in zip(rewrites, clean_rewrites) for a, b in zip(got, want))
+        assert same >= 0.9 * 36, f"{same}/36 rewrites agree"
     keys = [k for s in range(3) for k in pq.read_table(work / "rewrites" / SOURCE / f"{s:05d}.parquet")
             .column("key").to_pylist()]
     assert len(keys) == len(set(keys)) == 36
@@ -97,14 +109,16 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path):
     for s in range(3):
         a = json.loads((work / "rewrites" / SOURCE / f"{s:05d}.stats.json").read_text())
         b = json.loads((clean / "rewrites" / SOURCE / f"{s:05d}.stats.json").read_text())
-        assert (a["rows"], a["ok"], a["failed"], a["rejected"]) == (b["rows"], b["ok"], b["failed"], b["rejected"])
+        assert a["rows"] == b["rows"] == a["ok"] + a["failed"] + a["skipped"]
+        if scheduler == "chunked":
+            assert (a["ok"], a["failed"], a["rejected"]) == (b["ok"], b["failed"], b["rejected"])
 
 
 @pytest.mark.parametrize("open_chunks", [1, 4])
 def test_sigterm_commits_the_chunks_in_flight_and_exits_75(tmp_path, open_chunks):
     work = planned(tmp_path, "w", shards=1)
     parts = work / "rewrites" / SOURCE / "00000.parts"
-    proc = start(work, "--stop-within", "120", "--open-chunks", str(open_chunks))
+    proc = start(work, "--stop-within", "120", "--scheduler", "stream", "--open-chunks", str(open_chunks))
     wait_for(lambda: any(parts.glob("*.parquet")))  # chunk 0 committed
     time.sleep(0.5)  # the next chunks in flight (a chunk takes seconds; a signal before one starts takes none)
     proc.send_signal(signal.SIGTERM)

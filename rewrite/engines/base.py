@@ -39,6 +39,10 @@ class Engine(ABC):
     name: str
     model: str  # what was loaded: a directory or a served model name
     in_flight = 256  # requests a stream holds at once (an engine with a batch size holds that many)
+    # Whether runs stream by default (--scheduler auto). Streaming mixes chunks in a batch as they come,
+    # so an engine whose text depends on its batch companions (float rounding) writes other bytes on
+    # a rerun; such an engine runs a chunk at a time unless asked (--scheduler stream).
+    streams_by_default = True
 
     @property
     @abstractmethod

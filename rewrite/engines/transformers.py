@@ -151,6 +151,9 @@ def fit_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 class TransformersEngine(TokenizerEngine):
+    # Batched float kernels round by a row's batch companions, which streaming makes depend on timing; on a
+    # CPU there is no idle GPU to win back, so a chunk at a time (byte-identical reruns) is the default.
+    streams_by_default = False
     name = "transformers"
 
     def __init__(self, model: str | None, batch_size: int = BATCH_SIZE, dtype: str | None = None,
