@@ -87,8 +87,8 @@ def parse_method(method: str) -> tuple[str, dict, dict, dict]:
             schedule["group_by_examples"] = False
         elif mod == "no-sort":
             schedule["sort_by_length"] = False
-        elif mod == "chunked":  # a chunk at a time with retry rounds, the scheduler before streaming
-            schedule["streaming"] = False
+        elif mod in ("chunked", "stream"):  # --scheduler chunked (a chunk at a time, retry rounds) or stream
+            schedule["streaming"] = mod == "stream"
         elif mod.startswith("dtype="):
             engine_opts["dtype"] = mod.split("=", 1)[1]
         elif mod == "unseeded" and engine == "vllm":  # no per-request seeds: vLLM's faster sampling path

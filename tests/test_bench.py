@@ -22,6 +22,7 @@ def test_modifiers_map_to_engine_run_and_schedule_options():
     assert opts["engine_args"] == ["block_size=32", "enable_prefix_caching=false"]
     assert bench.parse_method("transformers:no-prefix,no-stop")[1] == {"prefix_reuse": False, "stop_at_newline": False}
     engine, opts, _, schedule = bench.parse_method("vllm:chunked,dtype=bfloat16,unseeded,arg=max_num_seqs=64")
+    assert bench.parse_method("transformers:stream")[3] == {"streaming": True}
     assert schedule == {"streaming": False} and opts == {"dtype": "bfloat16", "per_request_seeds": False,
                                                          "engine_args": ["max_num_seqs=64"]}
     with pytest.raises(SystemExit, match="unknown modifier 'fast'"):
