@@ -101,3 +101,27 @@ def final(text: str, reason: str | None, attempt: int, max_attempts: int, cut: b
     if attempt + 1 < max_attempts:
         return None
     return None, layout.STATUS_FAILED, reason
+
+
+def schedule_order(prompts: Sequence[str], groups: Sequence[str], schedule) -> list[int]:
+    """The order to submit requests in: grouped by their examples (`groups`: a group's prompts share a
+    prefix), then by length (less padding in a batch)."""
+    def key(i: int) -> tuple:
+        return ((groups[i] if schedule.group_by_examples else ""),
+                (len(prompts[i]) if schedule.sort_by_length else 0))
+
+    return sorted(range(len(prompts)), key=key)
+
+
+def chunk_stats(rows: int, unique: int) -> dict:
+    """A chunk's counters before any request: `count` adds to them."""
+    return {"rows": rows, "unique_captions": unique, "requests": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0,
+            "generated_tokens": 0}
+
+
+def count(stats: dict, completion: Completion) -> None:
+    """One request's completion in a chunk's stats."""
+    stats["requests"] += 1
+    stats["prompt_tokens"] += completion.prompt_tokens
+    stats["cached_prompt_tokens"] += completion.cached_tokens
+    stats["generated_tokens"] += completion.generated_tokens

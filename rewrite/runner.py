@@ -433,8 +433,7 @@ def run_shard(
             _show(bar, chunk_stats, stats["rows"])
 
     todo = _ChunksToDo(manifest, shard, config, parts, chunk_stats, lambda n: _show(bar, chunk_stats, n))
-    streaming = schedule.streaming if schedule.streaming is not None else getattr(engine, "streams_by_default", False)
-    if streaming:
+    if schedule.streaming if schedule.streaming is not None else getattr(engine, "streams_by_default", False):
         streaming = scheduler.StreamingShard(
             prompting(config, meta_set, template, engine), engine, config.sampling, schedule,
             num_rewrites=config.num_rewrites, max_attempts=config.max_attempts, dedup=config.dedup,
@@ -526,16 +525,6 @@ def merge_stats(chunks: Iterable[dict]) -> dict:
     return total
 
 
-def schedule_order(prompts: Sequence[str], groups: Sequence[str], schedule: Schedule) -> list[int]:
-    """The order to submit requests in: grouped by their examples (`groups`: a group's prompts share a
-    prefix), then by length (less padding in a batch)."""
-    def key(i: int) -> tuple:
-        return ((groups[i] if schedule.group_by_examples else ""),
-                (len(prompts[i]) if schedule.sort_by_length else 0))
-
-    return sorted(range(len(prompts)), key=key)
-
-
 def prompting(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> rows.Prompting:
     return rows.Prompting(config.source, config.seed, config.example_sets, config.num_examples,
                           config.max_caption_tokens, meta_set, template, engine.encode, engine.decode,
@@ -558,8 +547,7 @@ def rewrite_chunk(
     fitted = {ident: ask.caption(cap) for ident, cap in unique.items()}
     cut_items = {(ident, i) for ident, (_, cut) in fitted.items() if cut for i in range(n)}
     results: dict[tuple[str, int], rows.Result] = {}
-    stats = {"rows": len(keys), "unique_captions": len(unique), "requests": 0, "prompt_tokens": 0,
-             "cached_prompt_tokens": 0, "generated_tokens": 0}
+    stats = rows.chunk_stats(len(keys), len(unique))
     rejected: Counter = Counter()
     failed_reasons: Counter = Counter()
     pending = [(ident, i) for ident in unique for i in range(n)]
@@ -573,16 +561,15 @@ def rewrite_chunk(
                 cut_items.add((ident, i))
             requests.append(request)
             targets.append(tgts)
-        order = schedule_order([r.prompt for r in requests], [r.group for r in requests], schedule)
+        order = rows.schedule_order([r.prompt for r in requests], [r.group for r in requests], schedule)
         completions: list = [None] * len(requests)
         # Rows whose caption was cut go to the engine on their own: they never widen a batch for the others.
         for batch in ([j for j in order if pending[j] not in cut_items], [j for j in order if pending[j] in cut_items]):
             for j, comp in zip(batch, engine.generate([requests[j] for j in batch], config.sampling) if batch else ()):
                 completions[j] = comp
-        stats["requests"] += len(requests)
         retry = []
         for (ident, i), tgts, comp in zip(pending, targets, completions):
-            count_tokens(stats, comp)
+            rows.count(stats, comp)
             text, reason = rows.judge(comp, fitted[ident][0], tgts)
             if reason is not None:
                 rejected[reason] += 1
@@ -599,9 +586,3 @@ def rewrite_chunk(
                  captions_cut=sum(ident in {ident for ident, _ in cut_items} for ident in identity),
                  rejected=dict(rejected), failed_reasons=dict(failed_reasons))
     return table, stats
-
-
-def count_tokens(stats: dict, completion) -> None:
-    stats["prompt_tokens"] += completion.prompt_tokens
-    stats["cached_prompt_tokens"] += completion.cached_tokens
-    stats["generated_tokens"] += completion.generated_tokens

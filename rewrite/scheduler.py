@@ -146,8 +146,7 @@ class StreamingShard:
         captions = table.column(layout.CAPTION).to_pylist()
         identity = rows.identities(keys, captions, self.dedup)
         unique = rows.unique_captions(identity, captions)
-        chunk = _Chunk(index, keys, identity, {"rows": len(keys), "unique_captions": len(unique), "requests": 0,
-                                               "prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0})
+        chunk = _Chunk(index, keys, identity, rows.chunk_stats(len(keys), len(unique)))
         new: list[_Item] = []
         with self.lock:
             for ident in unique:
@@ -232,11 +231,7 @@ class StreamingShard:
     # -- the caller's thread: judging ------------------------------------------------------------------
 
     def _judge(self, item: _Item, completion) -> None:
-        owner = item.owner.stats
-        owner["requests"] += 1
-        owner["prompt_tokens"] += completion.prompt_tokens
-        owner["cached_prompt_tokens"] += completion.cached_tokens
-        owner["generated_tokens"] += completion.generated_tokens
+        rows.count(item.owner.stats, completion)
         if completion.error and (completion.error in item.owner.engine_errors
                                  or len(item.owner.engine_errors) < MAX_ERROR_SAMPLES):
             item.owner.engine_errors[completion.error] += 1
@@ -295,10 +290,8 @@ class StreamingShard:
 
 
 def schedule_order(built: list, schedule: Schedule) -> list[int]:
-    """The order a chunk's first attempts go to the engine: `runner.schedule_order`, with requests whose
+    """The order a chunk's first attempts go to the engine: `rows.schedule_order`, with requests whose
     caption was cut last (they never sit in the middle of a batch of ordinary ones)."""
-    from .runner import schedule_order as order
-
     requests = [request for _, request in built]
-    ranked = order([r.prompt for r in requests], [r.group for r in requests], schedule)
+    ranked = rows.schedule_order([r.prompt for r in requests], [r.group for r in requests], schedule)
     return sorted(ranked, key=lambda j: built[j][0].cut)

@@ -92,7 +92,7 @@ def test_example_sets_share_a_few_fixed_draws():
 
 
 def test_schedule_groups_by_examples_then_length():
-    from rewrite.runner import schedule_order
+    from rewrite.rows import schedule_order
     from rewrite.settings import Schedule
 
     ex_a, ex_b = "head with examples a =>", "head with examples b =>"  # the prompts' shared starts
