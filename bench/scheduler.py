@@ -157,10 +157,12 @@ def one(args) -> dict:
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(captions(args.captions)) + "\n", encoding="utf-8")
         plan.plan([str(src)], Path(tmp) / "work", num_shards=1)
+        config = runner.RunConfig(source=SOURCE, chunk_rows=args.chunk)
+        runner.prepare(Path(tmp) / "work", config, [0])  # as `rewrite run` does before its engine loads
         latencies: dict[int, float] = {}
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with commit_latencies(latencies):
-            stats = runner.run(Path(tmp) / "work", runner.RunConfig(source=SOURCE, chunk_rows=args.chunk), [0], engine,
+            stats = runner.run(Path(tmp) / "work", config, [0], engine,
                                progress=False, schedule=Schedule(streaming=args.mode == "stream"))[0]
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     full_step = engine.t0 + engine.t1 * engine.max_running

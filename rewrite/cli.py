@@ -88,7 +88,8 @@ def shard(
 @app.command()
 def run(
     work: Path = typer.Option(..., "--work", help="Work dir made by `rewrite shard`."),
-    source: str = typer.Option(..., help="Meta set: chatgpt, bard, coco (mscoco), human, or a .jsonl file."),
+    source: str = typer.Option(..., help="Meta set: chatgpt, bard, coco (mscoco), human, or a .jsonl file; a comma-separated list of them, or all (the four): one engine start, each set its own column."),
+    meta_dir: Optional[Path] = typer.Option(None, help="Read the sets named chatgpt, bard, coco, human from DIR/<name>.jsonl (e.g. the paper's own, from `rewrite meta import-laclip`)."),
     shards: str = typer.Option("all", help="Shards to run: 0-127, 7, 0,3,9-12 or all."),
     engine: str = typer.Option(settings.ENGINE, help="transformers, vllm, openai, or auto (vllm on a GPU when installed)."),
     model: Optional[str] = typer.Option(None, help="Local model dir (or hub id on your cluster; the served name with openai); default: the embedded SmolLM2-135M."),
@@ -110,6 +111,7 @@ def run(
     scheduler: str = typer.Option("auto", help="stream: requests built ahead of the engine, a rejected rewrite retried at once, each chunk committed when its rows are final (keeps a GPU busy); chunked: a chunk at a time with retry rounds (reruns byte-identical with any engine); auto: stream with vllm and openai, chunked with transformers. Both send the same requests."),
     open_chunks: int = typer.Option(settings.OPEN_CHUNKS, help="stream: chunks in flight at once (each holds its rows in memory; a kill loses at most these)."),
     max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
+    min_faithfulness: Optional[float] = typer.Option(None, help="Reject (and retry) a rewrite whose faithfulness to its caption (content-word F1, 0-1; see `rewrite report`) is below this; e.g. 0.2."),
     temperature: float = typer.Option(settings.Sampling.temperature),
     top_p: float = typer.Option(settings.Sampling.top_p),
     max_new_tokens: int = typer.Option(settings.Sampling.max_new_tokens),
@@ -124,21 +126,22 @@ def run(
     then_export: Optional[Path] = typer.Option(None, "--then-export", help="Then export this run's shards of this source to this folder (array tasks: each its own; the last to finish publishes)."),
     export_format: str = typer.Option(exports.DEFAULT, help="Format of --then-export (see `rewrite export --format`)."),
 ):
-    """Rewrite the captions of some shards with one meta set.
+    """Rewrite the captions of some shards with one meta set, or several (one column each).
 
     Exit codes: 0 done (shards held by another live worker are skipped), 1 a file could not be read or
     written, 2 bad input or options, 75 stopped by SIGTERM/SIGUSR1/SIGINT with every committed chunk kept
     (run again to resume)."""
-    result = runner.TaskResult([], [])
+    result, names = runner.TaskResult([], []), []
     try:
         with reported(), stop.handling(stop_within):  # a signal while the model loads stops the run too
             manifest = plan.load_manifest(work)
-            config = runner.RunConfig(
-                source=source, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
+            configs = runner.set_configs(
+                settings.source_list(source), meta_dir, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
                 max_attempts=max_attempts, chunk_rows=chunk_rows, dedup=dedup, template=template,
-                example_sets=example_sets, max_caption_tokens=max_caption_tokens,
+                example_sets=example_sets, max_caption_tokens=max_caption_tokens, min_faithfulness=min_faithfulness,
                 sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
             )
+            names = [c.source for c in configs]
             schedule = schedule_option(scheduler, open_chunks)
             if then_export is not None:  # refused now, not after the rewriting
                 export_lib.check_out_folder(then_export, layout.Work(work), manifest)
@@ -148,7 +151,7 @@ def run(
                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
                 base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
             ).items() if v is not None}
-            result = runner.run_task(work, config, plan.parse_shard_spec(shards, manifest.num_shards), engine, model,
+            result = runner.run_task(work, configs, plan.parse_shard_spec(shards, manifest.num_shards), engine, model,
                                      options, overwrite=overwrite, progress=progress, schedule=schedule,
                                      stop_within=stop_within, say=lambda m: typer.echo(m, err=True))
     except StopRequested as e:
@@ -161,14 +164,14 @@ def run(
                 typer.echo(f"error: {err}", err=True)
         raise typer.Exit(STOPPED)
     if result.done_already:
-        typer.echo(f"{meta_lib.source_name(source)}: shards {plan.format_shard_spec(result.shards) or 'none'} are done "
+        typer.echo(f"{', '.join(names)}: shards {plan.format_shard_spec(result.shards) or 'none'} are done "
                    "already (--overwrite to redo them)")
     for s in result.finished:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
                    f"skipped {s['skipped']}, {s['captions_per_s']} captions/s")
     if then_export is not None and result.shards:
         with reported():
-            summary = export_lib.export(work, then_export, [meta_lib.source_name(source)], fmt=export_format,
+            summary = export_lib.export(work, then_export, names, fmt=export_format,
                                         shards=result.shards, overwrite=True, progress=False)
         report_export(summary, then_export)
 

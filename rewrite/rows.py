@@ -47,6 +47,7 @@ class Prompting:
     encode: Callable[[str], list[int]]
     decode: Callable[[Sequence[int]], str]
     budget: int  # prompt tokens: the context less the longest completion
+    min_faithfulness: float | None = None  # the judge's gate (validate.check)
 
     def caption(self, caption: str) -> tuple[str, bool]:
         """The caption as it goes into prompts, and whether it was cut (its share of a prompt is capped, so
@@ -64,10 +65,11 @@ class Prompting:
         return request, [t for _, t in examples], cut
 
 
-def judge(completion: Completion, caption: str, targets: Sequence[str]) -> tuple[str, str | None]:
+def judge(completion: Completion, caption: str, targets: Sequence[str],
+          min_faithfulness: float | None = None) -> tuple[str, str | None]:
     """(the rewrite parsed from `completion`, the reason to reject it or None)."""
     text = prompt.parse_completion(completion.text)
-    return text, validate.check(text, caption, completion, targets, clip_tokens.count)
+    return text, validate.check(text, caption, completion, targets, clip_tokens.count, min_faithfulness)
 
 
 def columns(keys: Sequence[str], identity: Sequence[str | None], results: Mapping[tuple[str, int], Result],

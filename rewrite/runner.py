@@ -9,6 +9,7 @@ written last. A rerun skips done shards and resumes a partial one from its commi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,7 +45,9 @@ class RunConfig:
     """What defines the output of a run (with the engine's model).
 
     `source` may be given as a shipped set's name or a custom set's .jsonl path; it is kept as the
-    set's name (which names its folder, column and seeds), and the path goes to `meta_file`."""
+    set's name (which names its folder, column and seeds), and the path goes to `meta_file`. A set
+    named like a shipped one may be read from elsewhere (`meta_file`: e.g. the paper's own sets, as
+    `rewrite meta import-laclip` writes them)."""
 
     source: str
     seed: int = settings.SEED
@@ -58,26 +61,43 @@ class RunConfig:
     template: str = settings.TEMPLATE
     sampling: Sampling = field(default_factory=Sampling)
     meta_file: str | None = None
+    min_faithfulness: float | None = None  # a rewrite scoring below it is rejected (validate.UNFAITHFUL)
 
     def __post_init__(self) -> None:
         if self.meta_file is None and meta.is_file_source(self.source):
             object.__setattr__(self, "meta_file", str(Path(self.source).resolve()))
-        object.__setattr__(self, "source", meta.source_name(self.meta_file or self.source))
+        object.__setattr__(self, "source", meta.source_name(self.source))
         for name in ("num_rewrites", "num_examples", "max_attempts", "chunk_rows", "max_caption_tokens"):
             if getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.example_sets < 0:
             raise RunError(f"--example-sets must be >= 0, got {self.example_sets}")
+        if self.min_faithfulness is not None and not 0 <= self.min_faithfulness <= 1:
+            raise RunError(f"--min-faithfulness must be between 0 and 1, got {self.min_faithfulness}")
 
     def fingerprint(self, meta_set: meta.MetaSet, template: prompt.Template, engine_name: str, model: str) -> dict:
         """Everything a resumed or appended run must share with the first one."""
         d = asdict(self)
         d.pop("chunk_rows")  # chunk size changes commits, not rewrites
         d.pop("meta_file")  # where the set (or template) lies does not matter; its digest does
+        if d["min_faithfulness"] is None:
+            d.pop("min_faithfulness")  # work dirs made before the gate existed resume
         d["template"] = template.name
         return {**d, "meta_digest": meta_set.digest(), "template_digest": template.digest,
                 "engine": engine_name, "model": model, "model_digest": model_lib.digest(model),
                 "version": __version__}
+
+
+def set_configs(sources: Sequence[str], meta_dir: str | Path | None = None, **settings_) -> list[RunConfig]:
+    """One RunConfig per meta set of --source (see settings.source_list); with `meta_dir`, the sets named
+    like the shipped ones are read from META_DIR/<name>.jsonl instead."""
+    configs = []
+    for source in sources:
+        meta_file = None
+        if meta_dir is not None and not meta.is_file_source(source):
+            meta_file = str((Path(meta_dir) / f"{meta.source_name(source)}.jsonl").resolve())
+        configs.append(RunConfig(source=source, meta_file=meta_file, **settings_))
+    return configs
 
 
 @dataclass(frozen=True)
@@ -305,19 +325,39 @@ def run(
     overwrite that starts the source over must name every shard with output. A shard another live
     process is writing is skipped (see lock.py). On SIGTERM/SIGUSR1/SIGINT the chunk in flight is
     committed and StopRequested is raised (see stop.py)."""
-    job = prepare(work, config, shards, named)
-    fingerprint = job.fingerprint(engine.describe()["engine"], engine.model)
+    return run_sets(work, [config], shards, engine, overwrite=overwrite, progress=progress, schedule=schedule,
+                    stop_within=stop_within, named=named)
+
+
+def run_sets(
+    work: str | Path,
+    configs: Sequence[RunConfig],
+    shards: Sequence[int],
+    engine: Engine,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    schedule: Schedule = Schedule(),
+    stop_within: float = stop.STOP_WITHIN,
+    named: Sequence[int] | None = None,
+) -> list[dict]:
+    """`run` with several meta sets (one config each) on one engine: shard by shard, every set in turn,
+    so a shard's captions are read while they are in the page cache, and each set keeps its own column,
+    settings and resume state."""
+    jobs = [prepare(work, config, shards, named) for config in configs]
+    names = [job.config.source for job in jobs]
+    if len(set(names)) < len(names):
+        raise RunError(f"--source names a set twice: {', '.join(names)}")
     finished = []
-    with stop.handling(stop_within):
-        source_lock = _open_source(job, fingerprint, overwrite)
-        try:
-            for shard in shards:
+    with stop.handling(stop_within), contextlib.ExitStack() as held:
+        for job in jobs:
+            held.callback(_open_source(job, job.fingerprint(engine.describe()["engine"], engine.model), overwrite).release)
+        for shard in shards:
+            for job in jobs:
                 stop.check()
                 result = _run_locked(job, shard, engine, overwrite=overwrite, progress=progress, schedule=schedule)
                 if result is not None:
                     finished.append(result)
-        finally:
-            source_lock.release()
     return finished
 
 
@@ -332,29 +372,35 @@ class TaskResult:
     done_already: bool = False  # every one of them was done before this run
 
 
-def run_task(work: str | Path, config: RunConfig, named: Sequence[int], engine_name: str, model: str | None = None,
+def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int], engine_name: str, model: str | None = None,
              engine_options: dict | None = None, *, overwrite: bool = False, progress: bool = True,
              schedule: Schedule = Schedule(), stop_within: float = stop.STOP_WITHIN,
              environ: Mapping[str, str] = os.environ, say: Callable[[str], None] = _say) -> TaskResult:
     """`rewrite run` as a library call: this process's share of the `named` shards (inside a Slurm array
     task, its share; see slurm.this_task_shards), those done already skipped, everything that needs no
-    model checked before the engine loads, then the run, the engine closed after it however it ends."""
+    model checked before the engine loads, then the run, the engine closed after it however it ends.
+    Several configs (one per meta set) share one engine: see `run_sets`."""
     from . import engines, slurm
 
     shards, task = slurm.this_task_shards(named, environ)
     if task is not None:
         say(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shards) or 'none'}")
-    tidy_done(work, config.source, shards)
-    todo = pending_shards(work, config.source, shards, overwrite)
+    todo_by_set = {}
+    for config in configs:
+        tidy_done(work, config.source, shards)
+        todo_by_set[config.source] = pending_shards(work, config.source, shards, overwrite)
+    todo = sorted({s for pending in todo_by_set.values() for s in pending})
     if not todo:
         return TaskResult(shards, [], done_already=True)
-    job = prepare(work, config, todo, named)
+    configs = [c for c in configs if todo_by_set[c.source]]
     name = engines.resolve_name(engine_name)
-    preflight(job, job.fingerprint(name, engines.model_name(name, model)), overwrite)
+    for config in configs:
+        job = prepare(work, config, todo_by_set[config.source], named)
+        preflight(job, job.fingerprint(name, engines.model_name(name, model)), overwrite)
     say(f"loading the {name} engine on {model or 'the embedded model'}")
     with engines.opened(name, model, **(engine_options or {})) as engine:
-        finished = run(work, config, todo, engine, overwrite=overwrite, progress=progress, stop_within=stop_within,
-                       named=named, schedule=schedule)
+        finished = run_sets(work, configs, todo, engine, overwrite=overwrite, progress=progress,
+                            stop_within=stop_within, named=named, schedule=schedule)
     return TaskResult(shards, finished)
 
 
@@ -528,7 +574,7 @@ def merge_stats(chunks: Iterable[dict]) -> dict:
 def prompting(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> rows.Prompting:
     return rows.Prompting(config.source, config.seed, config.example_sets, config.num_examples,
                           config.max_caption_tokens, meta_set, template, engine.encode, engine.decode,
-                          engine.context_length - config.sampling.max_new_tokens)
+                          engine.context_length - config.sampling.max_new_tokens, config.min_faithfulness)
 
 
 def rewrite_chunk(
@@ -570,7 +616,7 @@ def rewrite_chunk(
         retry = []
         for (ident, i), tgts, comp in zip(pending, targets, completions):
             rows.count(stats, comp)
-            text, reason = rows.judge(comp, fitted[ident][0], tgts)
+            text, reason = rows.judge(comp, fitted[ident][0], tgts, ask.min_faithfulness)
             if reason is not None:
                 rejected[reason] += 1
             result = rows.final(text, reason, attempt, config.max_attempts, (ident, i) in cut_items)

@@ -31,6 +31,7 @@ from .settings import Sampling, Schedule
 
 _END = object()
 SLICE = 256  # requests built, ordered and queued together: the engine gets a big chunk's first ones early
+FIRST_SLICE = 16  # the slice built while the engine has nothing at all (the run's start): it starts sooner
 ABORT_WAIT = 10.0  # seconds a stopped run waits for its threads (the engine's current step, a commit)
 MAX_ERROR_SAMPLES = 10  # distinct engine error messages kept in a chunk's stats
 
@@ -163,9 +164,11 @@ class StreamingShard:
             if not chunk.waiting:  # every row was answered by earlier chunks (or has no caption)
                 self._complete(chunk)
         fitted: dict[str, tuple[str, bool]] = {}
-        for start in range(0, len(new), SLICE):  # outside the lock: tokenizing is the slow part
+        start = 0
+        while start < len(new):  # outside the lock: tokenizing is the slow part
+            size = SLICE if self.fresh or self.sent else FIRST_SLICE
             built = []
-            for item in new[start:start + SLICE]:
+            for item in new[start:start + size]:
                 if item.ident not in fitted:
                     fitted[item.ident] = self.ask.caption(unique[item.ident])
                 item.caption, item.cut = fitted[item.ident]
@@ -174,6 +177,7 @@ class StreamingShard:
             with self.ready:
                 self.fresh.extend(built[j] for j in order)
                 self.ready.notify_all()
+            start += size
 
     def _request(self, item: _Item):
         request, item.targets, cut = self.ask.request(item.ident, item.caption, item.index, item.attempt)
@@ -235,7 +239,7 @@ class StreamingShard:
         if completion.error and (completion.error in item.owner.engine_errors
                                  or len(item.owner.engine_errors) < MAX_ERROR_SAMPLES):
             item.owner.engine_errors[completion.error] += 1
-        text, reason = rows.judge(completion, item.caption, item.targets)
+        text, reason = rows.judge(completion, item.caption, item.targets, self.ask.min_faithfulness)
         if reason is not None:
             item.owner.rejected[reason] += 1
         result = rows.final(text, reason, item.attempt, self.max_attempts, item.cut)

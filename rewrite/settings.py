@@ -5,6 +5,16 @@ from dataclasses import asdict, dataclass
 
 SOURCES = ("chatgpt", "bard", "coco", "human")
 SOURCE_ALIASES = {"mscoco": "coco"}  # LaCLIP's README says mscoco, its code says coco
+ALL_SOURCES = "all"  # --source all: the four sets, each its own column
+
+
+def source_list(text: str) -> list[str]:
+    """--source as given: one set, a comma-separated list of sets (names or .jsonl paths), `all` for
+    the four."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError("--source names no meta set")
+    return [s for item in items for s in (SOURCES if item == ALL_SOURCES else (item,))]
 
 NUM_EXAMPLES = 3  # in-context examples per prompt (LaCLIP uses 3)
 SEED = 0

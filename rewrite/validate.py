@@ -9,6 +9,7 @@ import re
 import unicodedata
 from typing import Callable, Sequence
 
+from . import faithful
 from .engines.base import Completion
 from .prompt import ARROW
 
@@ -24,6 +25,7 @@ TOO_LONG_FOR_CLIP = "over_77_clip_tokens"
 CONTROL_CHARACTERS = "control_characters"
 MOJIBAKE = "mojibake"
 EMPTY_CAPTION = "empty_caption"  # the input caption itself is null or blank (row skipped)
+UNFAITHFUL = "unfaithful"  # with --min-faithfulness: keeps too little of the caption, or adds too much (faithful.py)
 CAPTION_CUT = "caption_cut"  # on an ok row: the caption was cut to --max-caption-tokens (or the context) first
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -47,9 +49,10 @@ def looks_like_mojibake(text: str) -> bool:
 
 
 def check(rewrite: str, source: str, completion: Completion, example_targets: Sequence[str],
-          clip_tokens: Callable[[str], int] | None = None) -> str | None:
+          clip_tokens: Callable[[str], int] | None = None, min_faithfulness: float | None = None) -> str | None:
     """The reason to reject `rewrite`, or None when it is usable. `clip_tokens` counts CLIP tokens
-    (start and end included); a rewrite CLIP would truncate is rejected."""
+    (start and end included); a rewrite CLIP would truncate is rejected. With `min_faithfulness`, so is
+    one whose faithfulness score (faithful.py) is below it."""
     if completion.finish_reason == "error":
         return ENGINE_ERROR
     if not rewrite:
@@ -71,4 +74,8 @@ def check(rewrite: str, source: str, completion: Completion, example_targets: Se
         return MOJIBAKE
     if clip_tokens is not None and clip_tokens(rewrite) > CLIP_CONTEXT:
         return TOO_LONG_FOR_CLIP
+    if min_faithfulness is not None:
+        score = faithful.faithfulness(source, rewrite)
+        if score is not None and score < min_faithfulness:
+            return UNFAITHFUL
     return None

@@ -16,8 +16,8 @@ def test_parquet_end_to_end_with_datasets(parquet_dir, tmp_path):
 
     work, out = tmp_path / "work", tmp_path / "export"
     run_cli("shard", parquet_dir, "--out", work, "--num-shards", "2")
-    run_all(work, "chatgpt")
-    run_all(work, "mscoco")  # LaCLIP's README name for coco
+    both = run_all(work, "chatgpt,mscoco")  # two sets in one pass; mscoco is LaCLIP's README name for coco
+    assert both.stderr.count("loading the") == 1  # one engine start for both sets
     status = run_cli("status", "--work", work).stdout
     assert "chatgpt  done 2/2" in status and "coco     done 2/2" in status
 
