@@ -1,9 +1,16 @@
 """Prompt building and completion parsing: pure functions over strings.
 
-A template (prompts/*.toml) has four fields: `instruction`, `example` (with {source} and {target}),
-`separator` and `query` (with {caption}). A prompt is
+A completion template (prompts/laclip.toml, for base models) has four fields: `instruction`, `example`
+(with {source} and {target}), `separator` and `query` (with {caption}). A prompt is
 
     instruction + separator + example_1 + separator + ... + example_k + separator + query
+
+A chat template (`format = "chat"`, prompts/chat.toml, for instruct models) is turned into messages
+that the model's own chat template renders: the instruction as the system message, then the examples,
+as user/assistant turns (`examples = "turns"`: `example` with {source}, `answer` with {target}) or inside
+the system message (`examples = "message"`: `example` with both, joined by `separator`), then `query`
+as the last user turn. Either way the caption comes last, so prompts sharing examples share the
+longest possible prefix (an engine's prefix cache computes it once).
 """
 from __future__ import annotations
 
@@ -17,9 +24,13 @@ from typing import Callable, Sequence
 from . import resources
 
 Example = tuple[str, str]
+Messages = list[dict]  # [{"role": ..., "content": ...}], as chat templates take them
+ChatRender = Callable[[Messages], str]  # an engine's chat template: messages -> prompt text
 ARROW = "=>"
 ARROW_REPLACEMENT = "->"
+COMPLETION, CHAT = "completion", "chat"
 _SPACE = re.compile(r"\s+")
+_CAPTION_MARK = "\ue000"  # stands in for the caption while a chat template renders the frame around it
 
 
 class TemplateError(ValueError):
@@ -34,19 +45,50 @@ class Template:
     separator: str
     query: str
     digest: str
+    format: str = COMPLETION
+    answer: str = ""  # chat, examples as turns: the assistant's turn
+    examples_as: str = "turns"  # chat: "turns" or "message"
 
-    def head(self, examples: Sequence[Example]) -> str:
+    @property
+    def chat(self) -> bool:
+        return self.format == CHAT
+
+    def messages(self, examples: Sequence[Example], caption: str) -> Messages:
+        """A chat template's messages for one prompt."""
+        system, turns = self.instruction, []
+        if self.examples_as == "message":
+            shown = [self.example.format(source=s, target=t) for s, t in examples]
+            system = self.separator.join([self.instruction, *shown])
+        else:
+            for s, t in examples:
+                turns += [{"role": "user", "content": self.example.format(source=s)},
+                          {"role": "assistant", "content": self.answer.format(target=t)}]
+        return [{"role": "system", "content": system}, *turns,
+                {"role": "user", "content": self.query.format(caption=caption)}]
+
+    def frame(self, examples: Sequence[Example], chat: ChatRender | None = None) -> tuple[str, str]:
+        """(everything before the caption, everything after it); a chat template needs the engine's
+        `chat` renderer."""
+        if not self.chat:
+            parts = [self.instruction] + [self.example.format(source=s, target=t) for s, t in examples]
+            before, _, after = self.query.partition("{caption}")
+            return self.separator.join(parts) + self.separator + before, after
+        if chat is None:
+            raise TemplateError(f"template {self.name} is a chat template: it needs an engine with a chat template "
+                                "(vllm or transformers; with openai use --api chat and a completion template)")
+        text = chat(self.messages(examples, _CAPTION_MARK))
+        if text.count(_CAPTION_MARK) != 1:
+            raise TemplateError(f"the model's chat template does not show the caption once as it is (template {self.name})")
+        head, _, tail = text.partition(_CAPTION_MARK)
+        return head, tail
+
+    def head(self, examples: Sequence[Example], chat: ChatRender | None = None) -> str:
         """Everything before the caption."""
-        parts = [self.instruction] + [self.example.format(source=s, target=t) for s, t in examples]
-        before, _, _ = self.query.partition("{caption}")
-        return self.separator.join(parts) + self.separator + before
+        return self.frame(examples, chat)[0]
 
-    def tail(self) -> str:
-        """Everything after the caption (` =>` in LaCLIP's format)."""
-        return self.query.partition("{caption}")[2]
-
-    def render(self, examples: Sequence[Example], caption: str) -> str:
-        return self.head(examples) + normalise_caption(caption) + self.tail()
+    def render(self, examples: Sequence[Example], caption: str, chat: ChatRender | None = None) -> str:
+        head, tail = self.frame(examples, chat)
+        return head + normalise_caption(caption) + tail
 
 
 def load_template(name_or_path: str = "laclip") -> Template:
@@ -65,10 +107,13 @@ def load_template(name_or_path: str = "laclip") -> Template:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise TemplateError(f"{path}: not a valid TOML template ({e})") from None
+    fmt = data.get("format", COMPLETION)
+    if fmt == CHAT:
+        return _chat_template(path, data, raw)
+    if fmt != COMPLETION:
+        raise TemplateError(f"{path}: `format` must be {COMPLETION!r} or {CHAT!r}, got {fmt!r}")
     fields = ("instruction", "example", "separator", "query")
-    missing = [f for f in fields if not isinstance(data.get(f), str)]
-    if missing:
-        raise TemplateError(f"{path}: missing string field(s) {', '.join(missing)}")
+    _require_strings(path, data, fields)
     if "{caption}" not in data["query"] or "{source}" not in data["example"] or "{target}" not in data["example"]:
         raise TemplateError(f"{path}: `query` needs {{caption}}, `example` needs {{source}} and {{target}}")
     if "\n" in data["query"].partition("{caption}")[2]:
@@ -76,14 +121,46 @@ def load_template(name_or_path: str = "laclip") -> Template:
     return Template(name=path.stem, digest=hashlib.sha256(raw).hexdigest(), **{f: data[f] for f in fields})
 
 
+def _require_strings(path: Path, data: dict, fields: Sequence[str]) -> None:
+    missing = [f for f in fields if not isinstance(data.get(f), str)]
+    if missing:
+        raise TemplateError(f"{path}: missing string field(s) {', '.join(missing)}")
+
+
+def _chat_template(path: Path, data: dict, raw: bytes) -> Template:
+    examples_as = data.get("examples", "turns")
+    if examples_as == "turns":
+        needs = [("example", "{source}"), ("answer", "{target}")]
+    elif examples_as == "message":
+        needs = [("example", "{source}"), ("example", "{target}"), ("separator", "")]
+    else:
+        raise TemplateError(f"{path}: `examples` must be \"turns\" or \"message\", got {examples_as!r}")
+    needs += [("instruction", ""), ("query", "{caption}")]
+    _require_strings(path, data, sorted({field for field, _ in needs}))
+    for field, mark in needs:
+        if mark not in data[field]:
+            raise TemplateError(f"{path}: `{field}` needs {mark}")
+    return Template(name=path.stem, digest=hashlib.sha256(raw).hexdigest(), format=CHAT, examples_as=examples_as,
+                    instruction=data["instruction"], example=data["example"], separator=data.get("separator", "\n"),
+                    query=data["query"], answer=data.get("answer", ""))
+
+
 def normalise_caption(caption: str) -> str:
     """One line, no `=>`: the caption as it may appear in a prompt without breaking its format."""
     return _SPACE.sub(" ", caption.replace(ARROW, ARROW_REPLACEMENT)).strip()
 
 
+_QUOTES = {'"': '"', "\u201c": "\u201d", "'": "'"}
+
+
 def parse_completion(completion: str) -> str:
-    """The rewrite: the completion up to its first line break, stripped."""
-    return completion.split("\n", 1)[0].strip()
+    """The rewrite: the completion up to its first line break, stripped, and out of the quotes an
+    instruct model may put around its whole answer."""
+    text = completion.split("\n", 1)[0].strip()
+    close = _QUOTES.get(text[:1])
+    if close and len(text) > 2 and text.endswith(close) and close not in text[1:-1] and text[:1] not in text[1:-1]:
+        text = text[1:-1].strip()
+    return text
 
 
 CHARS_PER_TOKEN_BOUND = 32  # no token of a usual vocabulary is longer: a huge caption is cut by characters first
@@ -110,15 +187,16 @@ def fit_prompt(
     encode: Callable[[str], list[int]],
     decode: Callable[[list[int]], str],
     max_tokens: int,
+    chat: ChatRender | None = None,
 ) -> tuple[str, list[int], bool]:
     """The prompt, cut at the token level when longer than `max_tokens`; the cut falls in the caption,
     so the prompt still ends with the query's tail (` =>`). Returns (prompt, its token ids, was_cut):
     the engine takes the ids as they are, so a prompt is tokenized once."""
-    prompt = template.render(examples, caption)
+    head, tail = template.frame(examples, chat)
+    prompt = head + normalise_caption(caption) + tail
     ids = encode(prompt)
     if len(ids) <= max_tokens:
         return prompt, ids, False
-    head, tail = template.head(examples), template.tail()
     room = max_tokens - len(encode(head)) - len(encode(tail)) - 1
     if room < 1:
         raise TemplateError(

@@ -47,6 +47,7 @@ class Prompting:
     encode: Callable[[str], list[int]]
     decode: Callable[[Sequence[int]], str]
     budget: int  # prompt tokens: the context less the longest completion
+    chat: prompt.ChatRender | None  # the engine's chat template, for a chat prompt template
     min_faithfulness: float | None = None  # the judge's gate (validate.check)
 
     def caption(self, caption: str) -> tuple[str, bool]:
@@ -59,9 +60,10 @@ class Prompting:
         the targets of its examples (a rewrite copying one is rejected) and whether the prompt cut it."""
         rng = seeds.example_rng(self.seed, self.source, ident, index, attempt, self.example_sets)
         examples = meta.sample_examples(self.meta_set, rng, self.num_examples)
-        text, ids, cut = prompt.fit_prompt(self.template, examples, caption, self.encode, self.decode, self.budget)
+        text, ids, cut = prompt.fit_prompt(self.template, examples, caption, self.encode, self.decode, self.budget,
+                                           self.chat)
         request = Request(text, seeds.generation_seed(self.seed, self.source, ident, index, attempt),
-                          group=self.template.head(examples), prompt_ids=tuple(ids))
+                          group="\n".join(s for example in examples for s in example), prompt_ids=tuple(ids))
         return request, [t for _, t in examples], cut
 
 

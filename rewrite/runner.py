@@ -574,7 +574,8 @@ def merge_stats(chunks: Iterable[dict]) -> dict:
 def prompting(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> rows.Prompting:
     return rows.Prompting(config.source, config.seed, config.example_sets, config.num_examples,
                           config.max_caption_tokens, meta_set, template, engine.encode, engine.decode,
-                          engine.context_length - config.sampling.max_new_tokens, config.min_faithfulness)
+                          engine.context_length - config.sampling.max_new_tokens,
+                          engine.chat_prompt if template.chat else None, config.min_faithfulness)
 
 
 def rewrite_chunk(

@@ -88,3 +88,97 @@ def test_a_caption_is_capped_at_its_token_budget():
     seen = []
     text, cut = prompt.cap_caption("x" * 1_000_000, lambda t: seen.append(len(t)) or [t], lambda ids: ids[0], 4)
     assert cut and seen == [4 * prompt.CHARS_PER_TOKEN_BOUND]
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ('"A red bike leans on a wall."\nmore', "A red bike leans on a wall."),
+    ("\u201cA red bike.\u201d", "A red bike."),
+    ('"Stop" sign and "Go" sign', '"Stop" sign and "Go" sign'),  # not one quote around the whole answer
+    ("'tis a bike", "'tis a bike"),
+])
+def test_parse_completion_takes_an_answer_out_of_its_quotes(completion, expected):
+    assert prompt.parse_completion(completion) == expected
+
+
+def show(messages):
+    """A stand-in chat renderer (the real ones are models' templates, tested below)."""
+    return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<assistant>"
+
+
+CHAT_EXAMPLES = [("a cat", "A cat naps."), ("a red car", "A shiny red car.")]
+
+
+def test_chat_template_turns_and_message_forms(tmp_path):
+    turns = prompt.load_template("chat")
+    assert turns.chat and turns.examples_as == "turns"
+    msgs = turns.messages(CHAT_EXAMPLES, "a dog")
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["content"] for m in msgs[1:]] == ["a cat", "A cat naps.", "a red car", "A shiny red car.", "a dog"]
+    head, tail = turns.frame(CHAT_EXAMPLES, show)
+    assert turns.render(CHAT_EXAMPLES, "a  dog => x", show) == head + "a dog -> x" + tail
+    assert tail == "</user><assistant>" and head.endswith("<user>")
+
+    path = tmp_path / "inline.toml"
+    path.write_text('format = "chat"\nexamples = "message"\ninstruction = "Rewrite."\nexample = "{source} -> {target}"\n'
+                    'separator = "\\n"\nquery = "Caption: {caption}"\n')
+    inline = prompt.load_template(str(path))
+    msgs = inline.messages(CHAT_EXAMPLES, "a dog")
+    assert msgs == [{"role": "system", "content": "Rewrite.\na cat -> A cat naps.\na red car -> A shiny red car."},
+                    {"role": "user", "content": "Caption: a dog"}]
+    with pytest.raises(prompt.TemplateError, match="needs an engine with a chat template"):
+        inline.frame(CHAT_EXAMPLES)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('format = "chat"\ninstruction = "x"\nexample = "{source}"\nquery = "{caption}"\n', "answer"),
+    ('format = "chat"\nexamples = "message"\ninstruction = "x"\nexample = "{source}"\nseparator = ""\nquery = "{caption}"\n', "needs {target}"),
+    ('format = "chat"\nexamples = "both"\n', "must be"),
+    ('format = "poem"\n', "`format` must be"),
+])
+def test_chat_template_errors(tmp_path, body, message):
+    path = tmp_path / "t.toml"
+    path.write_text(body)
+    with pytest.raises(prompt.TemplateError, match=message):
+        prompt.load_template(str(path))
+
+
+def test_chat_prompts_in_the_packaged_models_own_template(engine):
+    """The embedded SmolLM2 is an instruct model with a chat template: prompts keep the examples ahead of
+    the caption (a shared prefix), and a long caption is cut inside its own turn."""
+    t = prompt.load_template("chat")
+    a = t.render(CHAT_EXAMPLES, "a dog on a beach", engine.chat_prompt)
+    b = t.render(CHAT_EXAMPLES, "two kids on bikes", engine.chat_prompt)
+    head = t.head(CHAT_EXAMPLES, engine.chat_prompt)
+    assert a.startswith(head) and b.startswith(head) and "<|im_start|>system" in head
+    assert a.endswith("a dog on a beach<|im_end|>\n<|im_start|>assistant\n")
+    text, ids, cut = prompt.fit_prompt(t, CHAT_EXAMPLES, "word " * 400, engine.encode, engine.decode, 200, engine.chat_prompt)
+    assert cut and len(ids) <= 200 and text.startswith(head) and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_an_engine_without_a_chat_template_says_so():
+    from rewrite.engines.base import Engine, EngineError
+
+    class Plain(Engine):
+        name, model = "plain", "m"
+        context_length = 100
+        encode = decode = generate = None
+
+    with pytest.raises(EngineError, match="completion template"):
+        Plain().chat_prompt([{"role": "user", "content": "x"}])
+
+
+def test_a_run_with_the_chat_template_on_the_packaged_model(engine, text_file, tmp_path):
+    import pyarrow.parquet as pq
+
+    from conftest import Recording
+    from rewrite import plan, runner
+
+    work = tmp_path / "work"
+    plan.plan([str(text_file)], work, num_shards=1)
+    recording = Recording(engine)
+    stats = runner.run(work, runner.RunConfig(source="human", template="chat"), [0], recording, progress=False)[0]
+    assert all(r.prompt.startswith("<|im_start|>system\n") and r.prompt.endswith("<|im_start|>assistant\n")
+               for r in recording.requests)
+    rows = pq.read_table(work / "rewrites" / "human" / "00000.parquet").to_pylist()
+    assert stats["ok"] >= stats["rows"] - stats["skipped"] - 3
+    assert all("<|im" not in r["rewrite"] and "\n" not in r["rewrite"] for r in rows if r["status"] == "ok")

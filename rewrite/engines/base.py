@@ -66,6 +66,11 @@ class Engine(ABC):
         that can take requests while it decodes overrides it."""
         return generate_in_rounds(self, requests, sampling, self.in_flight)
 
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The prompt text of `messages` in the model's own chat template (for chat prompt templates)."""
+        raise EngineError(f"the {self.name} engine cannot apply a model's chat template: use a completion template "
+                          "(--template laclip), or with a served chat model --api chat")
+
     def describe(self) -> dict:
         return {"engine": self.name, "model": self.model}
 
@@ -88,6 +93,18 @@ class TokenizerEngine(Engine):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise EngineError(f"model {self.model} has no chat template: use a completion template (--template laclip)")
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001 - jinja raises its own errors; some templates refuse a system turn
+            if messages[0]["role"] != "system":
+                raise EngineError(f"model {self.model}'s chat template failed: {e}") from None
+            system, first, *rest = messages
+            merged = {"role": "user", "content": system["content"] + "\n\n" + first["content"]}
+            return self.chat_prompt([merged, *rest])
 
 
 def stream(engine, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
