@@ -24,7 +24,7 @@ from .stop import STOP_WITHIN, StopRequested, EXIT_CODE as STOPPED
 
 app = typer.Typer(help="Rewrite image captions with an LLM, LaCLIP-style, for CLIP training.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-meta_app = typer.Typer(help="Inspect and check meta sets of in-context examples.", no_args_is_help=True)
+meta_app = typer.Typer(help="Inspect, check, import and generate meta sets of in-context examples.", no_args_is_help=True)
 app.add_typer(meta_app, name="meta")
 slurm_app = typer.Typer(help="Run shards as Slurm array jobs.", no_args_is_help=True)
 app.add_typer(slurm_app, name="slurm")
@@ -294,6 +294,78 @@ def meta_validate(files: Optional[List[str]] = typer.Argument(None, help="Meta s
         bad |= bool(problems)
     if bad:
         raise typer.Exit(1)
+
+
+@meta_app.command("import-laclip")
+def meta_import_laclip(
+    utils_py: Path = typer.Argument(..., help="rewrite/utils.py of your own checkout of LaCLIP's code (read, never run)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write chatgpt.jsonl, bard.jsonl, human.jsonl and coco.jsonl to."),
+):
+    """The paper's own four example sets, from LaCLIP's code; run with them through `rewrite run --meta-dir`."""
+    from . import metasets
+
+    with reported():
+        written = metasets.import_laclip(utils_py, out)
+    for name, path in written.items():
+        m = meta_lib.load(str(path))
+        typer.echo(f"{name}: {len(m)} {m.kind} -> {path}")
+    typer.echo(f"use them with: rewrite run --source all --meta-dir {out} ...")
+
+
+@meta_app.command("import-coco")
+def meta_import_coco(
+    annotations: Path = typer.Argument(..., help="A COCO captions annotation file (captions_train2017.json)."),
+    out: Path = typer.Option(..., "--out", help="The group set to write (a .jsonl file)."),
+    groups: int = typer.Option(16, help="Images (groups of captions) to draw."),
+    seed: int = typer.Option(settings.SEED, help="Seed of the draw."),
+    captions_per_group: int = typer.Option(5, help="Captions per image."),
+):
+    """A coco-style group set: captions of the same image, from COCO annotations."""
+    from . import metasets
+
+    with reported():
+        path = metasets.import_coco(annotations, out, groups=groups, seed=seed, captions_per_group=captions_per_group)
+        m = meta_lib.load(str(path))
+    typer.echo(f"{m.name}: {len(m)} groups -> {path}")
+
+
+@meta_app.command("generate")
+def meta_generate(
+    captions: Path = typer.Option(..., "--from", help="Caption file, one caption per line: the sources are drawn from it."),
+    out: Path = typer.Option(..., "--out", help="The pair set to write (a .jsonl file)."),
+    count: int = typer.Option(16, help="Pairs to make."),
+    seed: int = typer.Option(settings.SEED, help="Seed of the draw of sources and of sampling."),
+    instruction: Optional[str] = typer.Option(None, help="What the model is asked, before each caption (default: the paper's chatbot instruction)."),
+    engine: str = typer.Option(settings.ENGINE, help="transformers, vllm, openai, or auto."),
+    model: Optional[str] = typer.Option(None, help="Local model dir (the served name with openai); default: the embedded model."),
+    dtype: Optional[str] = typer.Option(None, help="As `rewrite run --dtype`."),
+    max_model_len: Optional[int] = typer.Option(None),
+    engine_arg: Optional[List[str]] = typer.Option(None, help="vllm: extra LLM(...) argument as key=value (repeatable)."),
+    base_url: Optional[str] = typer.Option(None, help="openai: server URL, e.g. http://127.0.0.1:8000/v1."),
+    api: str = typer.Option("chat", help="openai: chat (default here: the instruction is a user turn) or completions."),
+    concurrency: Optional[int] = typer.Option(None),
+    max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per source before another caption is drawn."),
+    temperature: float = typer.Option(settings.Sampling.temperature),
+    top_p: float = typer.Option(settings.Sampling.top_p),
+):
+    """A pair set made by an LLM from your captions (the paper made its chatgpt and bard sets this way)."""
+    from . import engines, metagen
+
+    options = {k: v for k, v in dict(dtype=dtype, max_model_len=max_model_len, engine_args=engine_arg or None,
+                                     base_url=base_url, concurrency=concurrency).items() if v is not None}
+    with reported():
+        name = engines.resolve_name(engine)
+        if name == "openai":
+            options["api"] = api
+        sampling = settings.Sampling(temperature=temperature, top_p=top_p)
+        with engines.opened(name, model, **options) as eng:
+            m = metagen.generate(captions, out, eng, count=count, seed=seed,
+                                 instruction=instruction or metagen.PAPER_INSTRUCTION, sampling=sampling,
+                                 max_attempts=max_attempts,
+                                 progress=lambda done, total: typer.echo(f"{done}/{total} pairs", err=True))
+    st = meta_lib.stats(m)
+    typer.echo(f"{m.name}: {st['entries']} pairs -> {m.path}; source {st['mean_source_words']} words, target "
+               f"{st['mean_target_words']} words, word overlap {st['mean_word_overlap']}")
 
 
 @slurm_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

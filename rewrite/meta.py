@@ -2,7 +2,8 @@
 
 A pair set (chatgpt, bard, human) holds source -> target pairs; an example is one pair. A group set
 (coco) holds groups of captions of one scene; an example is two distinct captions of one group, one as
-source and one as target. Files are JSONL: {"source": ..., "target": ...} or {"captions": [...]}.
+source and one as target. Files are JSONL: {"source": ..., "target": ...} or {"captions": [...]}, optionally
+after a first line {"provenance": {...}} that says how the set was made (from what file, when, with what).
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import json
 import random
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import resources, settings
+from . import atomic, resources, settings
 
 Example = tuple[str, str]
 
@@ -30,6 +31,7 @@ class MetaSet:
     path: Path
     pairs: tuple[Example, ...] = ()
     groups: tuple[tuple[str, ...], ...] = ()
+    provenance: dict | None = field(default=None, hash=False)
 
     @property
     def kind(self) -> str:
@@ -39,7 +41,12 @@ class MetaSet:
         return len(self.groups or self.pairs)
 
     def digest(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        """sha256 of the file without its provenance line: the examples make a run's output, so a set
+        imported again (at another time, from another path) keeps the digest a run's fingerprint holds."""
+        data = self.path.read_bytes()
+        if self.provenance is not None:
+            data = data.lstrip().partition(b"\n")[2]
+        return hashlib.sha256(data).hexdigest()
 
     def examples(self) -> list[Example]:
         """Every example this set can give (for groups: each ordered pair of distinct captions)."""
@@ -80,11 +87,14 @@ def is_file_source(source: str) -> bool:
 
 
 def load(source: str) -> MetaSet:
-    """A shipped set by name (chatgpt, bard, coco/mscoco, human) or a JSONL file of the same format."""
-    name = source_name(source)
-    if not is_file_source(source):
-        return parse(resources.resource("meta_pairs", f"{name}.jsonl"), name)
+    """A shipped set by name (chatgpt, bard, coco/mscoco, human) or a JSONL file of the same format. A file
+    named like a shipped set (DIR/chatgpt.jsonl, as --meta-dir reads and `rewrite meta import-laclip` writes)
+    goes by that name here; only as --source is such a file refused (source_name), lest rewrites mix."""
     path = Path(source)
+    shipped_named = source.endswith(".jsonl") and path.name[: -len(".jsonl")] in settings.SOURCES
+    name = path.name[: -len(".jsonl")] if shipped_named else source_name(source)
+    if not shipped_named and not is_file_source(source):
+        return parse(resources.resource("meta_pairs", f"{name}.jsonl"), name)
     if not path.is_file():
         raise MetaSetError(f"meta set file {path} does not exist")
     return parse(path, name)
@@ -95,14 +105,21 @@ def load_usable(source: str) -> MetaSet:
     meta = load(source)
     found = problems(meta)
     if found:
-        shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
-        raise MetaSetError(f"meta set {meta.path} is not usable in a prompt: {shown} (see `rewrite meta validate`)")
+        raise MetaSetError(f"meta set {meta.path} is not usable in a prompt: {describe_problems(found)} "
+                           "(see `rewrite meta validate`)")
     return meta
+
+
+def describe_problems(found: list[str]) -> str:
+    """The first five of `problems`' findings, and how many more: enough to fix, short enough to read."""
+    return "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
 
 
 def parse(path: Path, name: str) -> MetaSet:
     pairs: list[Example] = []
     groups: list[tuple[str, ...]] = []
+    provenance = None
+    first = True
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -114,7 +131,13 @@ def parse(path: Path, name: str) -> MetaSet:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise MetaSetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if isinstance(row, dict) and set(row) == {"source", "target"}:
+        if isinstance(row, dict) and set(row) == {"provenance"}:
+            if not first:
+                raise MetaSetError(f"{path}:{lineno}: a provenance line may only be the file's first line")
+            if not isinstance(row["provenance"], dict):
+                raise MetaSetError(f'{path}:{lineno}: expected {{"provenance": {{...}}}} (an object)')
+            provenance = row["provenance"]
+        elif isinstance(row, dict) and set(row) == {"source", "target"}:
             pairs.append((str(row["source"]), str(row["target"])))
         elif isinstance(row, dict) and set(row) == {"captions"} and isinstance(row["captions"], list):
             groups.append(tuple(str(c) for c in row["captions"]))
@@ -122,11 +145,44 @@ def parse(path: Path, name: str) -> MetaSet:
             raise MetaSetError(
                 f'{path}:{lineno}: expected {{"source": ..., "target": ...}} or {{"captions": [...]}}'
             )
+        first = False
     if pairs and groups:
         raise MetaSetError(f"{path}: mixes source/target pairs and caption groups")
     if not pairs and not groups:
         raise MetaSetError(f"{path}: holds no examples")
-    return MetaSet(name=name, path=path, pairs=tuple(pairs), groups=tuple(groups))
+    return MetaSet(name=name, path=path, pairs=tuple(pairs), groups=tuple(groups), provenance=provenance)
+
+
+def _jsonl_line(row: dict) -> str:
+    """One JSON line that `parse` reads back whole: readable UTF-8, unless a string holds a character that
+    str.splitlines() breaks at (U+2028, U+0085, ...), which is then written \\u-escaped."""
+    line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+    return line if len(line.splitlines()) == 1 else json.dumps(row, allow_nan=False)
+
+
+def write(path: str | Path, pairs=(), groups=(), provenance: dict | None = None) -> MetaSet:
+    """Write a pair set or a group set (with an optional provenance line) whole or not at all (a temp file
+    beside it, renamed onto it); a set that `problems` finds unusable is refused, so no import leaves one."""
+    path = Path(path)
+    if provenance is not None and not isinstance(provenance, dict):
+        raise MetaSetError(f"{path}: provenance must be a dict, got {type(provenance).__name__}; not written")
+    candidate = MetaSet(name=path.stem, path=path, pairs=tuple(tuple(p) for p in pairs),
+                        groups=tuple(tuple(g) for g in groups))
+    if bool(candidate.pairs) == bool(candidate.groups):
+        raise MetaSetError(f"{path}: a meta set holds either source/target pairs or caption groups (got "
+                           f"{len(candidate.pairs)} pairs and {len(candidate.groups)} groups); not written")
+    found = problems(candidate)
+    if found:
+        raise MetaSetError(f"{path}: not written, the set is not usable in a prompt: {describe_problems(found)}")
+    rows = [{"provenance": provenance}] if provenance is not None else []
+    rows += [{"source": s, "target": t} for s, t in candidate.pairs]
+    rows += [{"captions": list(g)} for g in candidate.groups]
+    try:
+        text = "".join(_jsonl_line(row) + "\n" for row in rows)
+    except (TypeError, ValueError) as e:
+        raise MetaSetError(f"{path}: provenance is not plain JSON ({e}); not written") from None
+    atomic.write_text(path, text)
+    return parse(path, path.stem)
 
 
 def sample_examples(meta: MetaSet, rng: random.Random, k: int) -> list[Example]:

@@ -196,3 +196,24 @@ def test_vllm_streaming_and_a_chunk_at_a_time_agree(vllm_engine, tmp_path):
     # Every first attempt is the same request; the text agrees up to batch rounding: 24 of 24 identical in float32, fewer in bfloat16 (the default
     # on a CPU with bf16 instructions), whose kernels round by batch companions.
     assert_layouts_agree(stream, chunked)
+
+
+def test_meta_generate_against_vllm_serve_writes_a_valid_set(vllm_server, tmp_path, text_file):
+    require("openai")
+    from conftest import run_cli
+
+    out = tmp_path / "made.jsonl"
+    result = run_cli("meta", "generate", "--from", text_file, "--out", out, "--count", "4", "--engine", "openai",
+                     "--base-url", vllm_server, env={"OPENAI_API_KEY": "sk-local"})
+    made = meta.load_usable(str(out))
+    assert len(made.pairs) == 4 and "4 pairs" in result.stdout
+    sources = {" ".join(c.split()) for c in CAPTIONS}
+    assert all(s in sources and t != s and len(t.split()) < 30 for s, t in made.pairs)
+    assert made.provenance["made_by"] == "rewrite meta generate" and made.provenance["engine"]["engine"] == "openai"
+
+
+def test_vllm_renders_the_chat_template_like_transformers(engine, vllm_engine):
+    t = prompt.load_template("chat")
+    examples = meta.load("human").examples()[:3]
+    assert t.render(examples, "a dog on a beach", vllm_engine.chat_prompt) == \
+        t.render(examples, "a dog on a beach", engine.chat_prompt)
