@@ -242,6 +242,34 @@ def report_export(summary: dict, out: Path) -> None:
 
 
 @app.command()
+def report(
+    work: Path = typer.Option(..., "--work", help="Work dir made by `rewrite shard` and run."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.html, the .png plots and report.json."),
+    source: Optional[List[str]] = typer.Option(None, help="Only these sets (default: every set that was run)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """How good the rewrites are, per set: valid rate and reject reasons, retries, lengths, word overlap,
+    diversity, faithfulness to the caption, the best and worst rows (reads only the caption columns)."""
+    from . import report as report_lib
+
+    with reported():
+        made = report_lib.report(work, out, source, progress=progress)
+    for name, figures in made["summary"]["sets"].items():
+        typer.echo(f"{name}: valid {_share(figures['valid_rate'])}, faithfulness {_number(figures['faithfulness']['mean'])} "
+                   f"(below 0.3: {_share(figures['faithfulness']['below']['0.3'])}), words "
+                   f"{_number(figures['length']['words']['original']['mean'])} -> {_number(figures['length']['words']['rewrite']['mean'])}")
+    typer.echo(f"report: {made['paths']['html'].resolve()} (figures for scripts: {made['paths']['json'].name})")
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("rewrite-demo"), "--out", help="Where the demo writes: OUT/work and OUT/dataset."),
     source: str = typer.Option("chatgpt"),

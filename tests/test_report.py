@@ -1,0 +1,283 @@
+"""`rewrite report`: figures over a tiny hand-made work dir checked against values worked out by hand,
+the files it writes, its errors, its bounded memory, and one run on the real engine."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rewrite import atomic, clip_tokens, done, faithful, layout, meta, plan, prompt, report, runner
+from rewrite.report import ReportError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CAPTIONS = ["a dog runs", "<b>& cats sleep", "a red car", "", "two birds sing", "green hills at dawn", "an old boat"]
+TARGETS = ["one two three four", "one two", "one two three four five six"]  # 4, 2 and 6 words
+
+
+def ok(text):
+    return (text, layout.STATUS_OK, None)
+
+
+def failed(reason):
+    return (None, layout.STATUS_FAILED, reason)
+
+
+SKIP = (None, layout.STATUS_SKIPPED, "empty_caption")
+
+
+def record_settings(w: layout.Work, manifest: plan.Manifest, config: runner.RunConfig) -> None:
+    """The source's settings.json, as a run records it (its fingerprint)."""
+    meta_set = meta.load(config.meta_file or config.source)
+    fingerprint = config.fingerprint(meta_set, prompt.load_template(config.template), "transformers", "test-model")
+    atomic.write_json(w.settings_file(config.source), {**fingerprint, "plan_id": manifest.plan_id()})
+
+
+def commit(w: layout.Work, manifest: plan.Manifest, config: runner.RunConfig, shard: int, results: list[list[tuple]],
+           requests: int = 0, rejected: dict | None = None, failed_reasons: dict | None = None, finish: bool = True):
+    """A shard's sidecar (`results`: per row, (rewrite, status, reason) per index) and, with `finish`, its
+    stats marking it done, as the runner writes them; without, the shard is left partial."""
+    n = config.num_rewrites
+    keys = pa.concat_tables(plan.iter_shard(manifest, shard, 100)).column(layout.KEY).to_pylist()
+    assert len(keys) == len(results)
+    columns = {layout.KEY: keys}
+    for i in range(n):
+        for j, column in enumerate((layout.rewrite_column(i, n), layout.suffixed(layout.STATUS, i, n),
+                                    layout.suffixed(layout.REASON, i, n))):
+            columns[column] = [row[i][j] for row in results]
+    path = w.rewrite_file(config.source, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns, schema=runner.schema(n)), path)
+    if not finish:
+        return
+    statuses = [status for row in results for _, status, _ in row]
+    chunk = {"rows": len(keys), "unique_captions": len(keys), "requests": requests, "ok": statuses.count("ok"),
+             "failed": statuses.count("failed"), "skipped": statuses.count("skipped"), "prompt_tokens": 0,
+             "cached_prompt_tokens": 0, "generated_tokens": 0, "captions_cut": 0, "seconds": 1.0,
+             "rejected": rejected or {}, "failed_reasons": failed_reasons or {}}
+    stats = runner.merge_stats([chunk])
+    stats.update(shard=shard, source=config.source, engine={"engine": "transformers"}, duplicate_keys=0,
+                 settings={**asdict(config), "sampling": config.sampling.to_dict()})
+    done.mark_done(w, config.source, shard, stats)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """7 captions in shards of 3: [0-2] [3-5] [6]. Set `mine` (a custom set, one rewrite a row): shards 0
+    and 1 done, 2 partial. Set `chatgpt` (two rewrites a row): shards 0 and 1 done, 2 missing."""
+    text = tmp_path / "captions.txt"
+    text.write_text("\n".join(CAPTIONS) + "\n", encoding="utf-8")
+    w = layout.Work(tmp_path / "work")
+    manifest = plan.plan([str(text)], w.root, rows_per_shard=3)
+    mine_file = tmp_path / "mine.jsonl"
+    mine_file.write_text("".join(json.dumps({"source": f"source {i}", "target": t}) + "\n"
+                                 for i, t in enumerate(TARGETS)), encoding="utf-8")
+
+    mine = runner.RunConfig(source=str(mine_file))
+    record_settings(w, manifest, mine)
+    commit(w, manifest, mine, 0, [[ok("a dog")], [ok("<b>& cats sleep on a mat")], [ok("a blue bus")]],
+           requests=4, rejected={"echo": 1})
+    commit(w, manifest, mine, 1, [[SKIP], [failed("echo")], [ok("green hills under the morning sun")]],
+           requests=4, rejected={"echo": 2, "empty": 1}, failed_reasons={"echo": 1})
+    commit(w, manifest, mine, 2, [[ok("an old ship")]], finish=False)
+
+    chatgpt = runner.RunConfig(source="chatgpt", num_rewrites=2)
+    record_settings(w, manifest, chatgpt)
+    commit(w, manifest, chatgpt, 0, [[ok("a dog"), ok("a big dog runs")], [ok("cats sleeping"), failed("echo")],
+                                     [ok("a blue bus"), ok("a small red car")]],
+           requests=8, rejected={"echo": 3}, failed_reasons={"echo": 1})
+    commit(w, manifest, chatgpt, 1, [[SKIP, SKIP], [ok("birds singing"), ok("two birds sing loudly")],
+                                     [ok("green hills"), ok("hills at dawn")]],
+           requests=5, rejected={"over_77_clip_tokens": 1})
+    return w.root
+
+
+def test_figures_match_hand_computed_values(work):
+    summary = report.collect(work, progress=False)
+    assert list(summary["sets"]) == ["chatgpt", "mine"]
+    mine = summary["sets"]["mine"]
+    assert mine["shards"] == {"done": 2, "partial": 1, "missing": 0, "damaged": 0}
+    assert (mine["rows"], mine["ok"], mine["failed"], mine["skipped"]) == (6, 4, 1, 1)
+    assert mine["valid_rate"] == pytest.approx(4 / 5)
+    assert mine["rejected"] == {"echo": 3, "empty": 1}  # attempts, from the stats
+    assert mine["failed_reasons"] == {"echo": 1}  # final rows
+    # 4 rejected attempts, 1 of them a failed rewrite's last: 3 retries; 8 requests = 5 first attempts + 3.
+    assert (mine["requests"], mine["retries"], mine["first_attempts"]) == (8, 3, 5)
+
+    # Rewrites of 2, 6, 3, 6 words; their captions 3, 3, 3, 4 words. p90 of sorted [2, 3, 6, 6]: position
+    # 0.9 * 3 = 2.7, between 6 and 6.
+    words = mine["length"]["words"]
+    assert (words["rewrite"]["mean"], words["rewrite"]["median"], words["rewrite"]["p90"]) == (4.25, 4.5, 6)
+    assert words["original"]["mean"] == 3.25 and words["original"]["median"] == 3
+    assert words["original"]["p90"] == pytest.approx(3.7)  # [3, 3, 3, 4]: 3 + 0.7 * (4 - 3)
+    assert words["targets"]["mean"] == 4 and words["targets"]["median"] == 4
+    assert words["targets"]["p90"] == pytest.approx(5.6)  # [2, 4, 6]: 4 + 0.8 * (6 - 4)
+    assert clip_tokens.count("a dog") == 4 and clip_tokens.count("a dog runs") == 5  # words + start and end
+    pairs = [("a dog runs", "a dog"), ("<b>& cats sleep", "<b>& cats sleep on a mat"), ("a red car", "a blue bus"),
+             ("green hills at dawn", "green hills under the morning sun")]
+    tokens = mine["length"]["clip_tokens"]
+    assert tokens["rewrite"]["mean"] == pytest.approx(statistics.mean(clip_tokens.count(r) for _, r in pairs))
+    assert tokens["original"]["mean"] == pytest.approx(statistics.mean(clip_tokens.count(c) for c, _ in pairs))
+
+    # Content words {dog, run} -> {dog}: recall 1/2, novelty 0, F1 2/3. {cat, sleep} -> {cat, sleep, mat}:
+    # recall 1, novelty 1/3, F1 0.8. {red, car} -> {blue, bus}: 0, 1, 0. {green, hill, dawn} ->
+    # {green, hill, morn, sun}: recall 2/3, novelty 1/2, F1 4/7.
+    f = mine["faithfulness"]
+    assert f["n"] == 4 and f["unscored"] == 0
+    assert f["mean"] == pytest.approx((2 / 3 + 0.8 + 0 + 4 / 7) / 4)
+    assert f["median"] == pytest.approx((4 / 7 + 2 / 3) / 2)
+    assert f["p90"] == pytest.approx(2 / 3 + 0.7 * (0.8 - 2 / 3))
+    assert f["below"] == {"0.2": 0.25, "0.3": 0.25, "0.5": 0.25}
+    assert sum(f["histogram"]) == 4 and f["histogram"][0] == 1 and f["histogram"][16] == 1  # 0.0 and 0.8
+    assert mine["recall"]["mean"] == pytest.approx((0.5 + 1 + 0 + 2 / 3) / 4)
+    assert mine["novelty"]["mean"] == pytest.approx((0 + 1 / 3 + 1 + 0.5) / 4)
+    # Word overlap 2*matches/total: 2*2/5, 2*3/9, 2*1/6, 2*2/10.
+    assert mine["word_overlap"]["mean"] == pytest.approx((0.8 + 2 / 3 + 1 / 3 + 0.4) / 4)
+
+    # 17 words, 15 distinct ("a" three times); 13 bigrams, all distinct.
+    assert mine["diversity"] == {"distinct_1": pytest.approx(15 / 17), "distinct_2": 1.0, "unigrams": 17, "bigrams": 13}
+
+    best, worst = mine["examples"]["best"], mine["examples"]["worst"]
+    assert [e["faithfulness"] for e in best] == pytest.approx([0.8, 2 / 3, 4 / 7, 0])
+    assert best[0]["caption"] == "<b>& cats sleep" and best[0]["rewrite"] == "<b>& cats sleep on a mat"
+    assert (worst[0]["rewrite"], worst[0]["faithfulness"], worst[0]["shard"]) == ("a blue bus", 0.0, 0)
+    assert mine["meta_set"]["file"] == str(work.parent / "mine.jsonl") and mine["meta_set"]["note"] is None
+
+
+def test_several_rewrites_a_row_and_agreement_across_sets(work):
+    summary = report.collect(work, progress=False)
+    chatgpt = summary["sets"]["chatgpt"]
+    assert chatgpt["shards"] == {"done": 2, "partial": 0, "missing": 1, "damaged": 0}
+    assert (chatgpt["rows"], chatgpt["rewrites_per_row"]) == (6, 2)
+    assert (chatgpt["ok"], chatgpt["failed"], chatgpt["skipped"]) == (9, 1, 2)
+    assert chatgpt["valid_rate"] == pytest.approx(0.9)
+    assert (chatgpt["requests"], chatgpt["retries"], chatgpt["first_attempts"]) == (13, 3, 10)
+    assert chatgpt["rejected"] == {"echo": 3, "over_77_clip_tokens": 1}
+    # 9 ok rewrites of 2+4, 2, 3+4, 2+4, 2+3 words; their captions 3 words each, but 4 for the last two.
+    assert chatgpt["length"]["words"]["rewrite"]["mean"] == pytest.approx(26 / 9)
+    assert chatgpt["length"]["words"]["original"]["mean"] == pytest.approx(29 / 9)
+    assert chatgpt["length"]["words"]["targets"]["n"] > 0  # the shipped set the fingerprint names
+    # Rows with an ok rewrite in both sets: 0, 1, 2 and 5; "a dog" (row 0) and "a blue bus" (row 2) in both.
+    assert summary["across_sets"] == {"sets": ["chatgpt", "mine"], "rows_compared": 4, "rows_identical": 2,
+                                      "identical_share": 0.5}
+
+
+def test_sets_chosen_by_name_or_file(work):
+    summary = report.collect(work, [str(work.parent / "mine.jsonl")], progress=False)
+    assert list(summary["sets"]) == ["mine"]
+    assert summary["across_sets"]["identical_share"] is None
+    assert list(report.collect(work, ["chatgpt"], progress=False)["sets"]) == ["chatgpt"]
+
+
+def test_a_set_file_gone_or_changed_leaves_its_targets_out(work):
+    mine_file = work.parent / "mine.jsonl"
+    mine_file.write_text(mine_file.read_text() + json.dumps({"source": "x", "target": "y"}) + "\n")
+    figures = report.collect(work, ["mine"], progress=False)["sets"]["mine"]
+    assert figures["length"]["words"]["targets"] is None
+    assert str(mine_file) in figures["meta_set"]["note"] and "changed" in figures["meta_set"]["note"]
+    mine_file.unlink()
+    assert report.collect(work, ["mine"], progress=False)["sets"]["mine"]["length"]["words"]["targets"] is None
+
+
+def test_files_written(work, tmp_path, capsys):
+    result = report.report(work, tmp_path / "out" / "report", progress=True)
+    assert "report" in capsys.readouterr().err  # the progress bar, on stderr
+    paths = result["paths"]
+    assert set(paths) == {"json", "html", "reject_reasons", "faithfulness_mine", "faithfulness_chatgpt",
+                          "length_words_mine", "length_words_chatgpt"}
+    for name, path in paths.items():
+        if name not in ("json", "html"):
+            assert path.suffix == ".png" and path.read_bytes().startswith(PNG)
+    written = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert written == json.loads(json.dumps(result["summary"]))
+    assert written["work"] == str(work.resolve()) and written["version"] == report.__version__
+    assert written["generated_at"] and written["sets"]["mine"]["faithfulness"]["mean"] == pytest.approx(0.5095238)
+
+    page = paths["html"].read_text(encoding="utf-8")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 5 and all(base64.b64decode(i).startswith(PNG) for i in images)
+    assert "&lt;b&gt;&amp; cats sleep on a mat" in page and "<b>&" not in page
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the page
+
+
+def test_out_folder_inside_the_rewrites_is_refused(work):
+    with pytest.raises(ReportError, match="lies inside .*rewrites"):
+        report.report(work, work / "rewrites" / "mine" / "report", progress=False)
+    assert not (work / "rewrites" / "mine" / "report").exists()
+    report.write(report.collect(work, progress=False), work / "report")  # beside the rewrites: fine
+    assert (work / "report" / "report.html").is_file()
+
+
+def test_clear_errors(work, tmp_path, text_file):
+    with pytest.raises(ReportError, match="has no shard plan"):
+        report.collect(tmp_path / "empty", progress=False)
+    with pytest.raises(ReportError, match="has no rewrites of bard .*sets run there: chatgpt, mine"):
+        report.collect(work, ["bard"], progress=False)
+    fresh = layout.Work(tmp_path / "fresh")
+    manifest = plan.plan([str(text_file)], fresh.root, num_shards=2)
+    with pytest.raises(ReportError, match="has no rewrites yet"):
+        report.collect(fresh.root, progress=False)
+    record_settings(fresh, manifest, runner.RunConfig(source="human"))
+    with pytest.raises(ReportError, match="no shard of human is done yet"):
+        report.collect(fresh.root, progress=False)
+
+
+def test_memory_stays_bounded(monkeypatch):
+    """Scores keep RESERVOIR of their values (the mean stays exact); distinct counts stay exact up to
+    SKETCH n-grams and are estimated beyond it."""
+    monkeypatch.setattr(report, "RESERVOIR", 50)
+    scores = report.Scores()
+    for i in range(1000):
+        scores.add(i / 1000)
+    assert len(scores.sample) == 50 and scores.summary()["mean"] == pytest.approx(0.4995)
+    assert 0.2 < scores.summary()["median"] < 0.8
+
+    monkeypatch.setattr(report, "SKETCH", 256)
+    small, large = report.Distinct(1), report.Distinct(1)
+    small.add([[f"w{i}" for i in range(200)] * 2])
+    assert small.ratio() == 0.5
+    large.add([[f"w{i}" for i in range(5000)] * 2])
+    assert len(large.heap) == 256 and large.ratio() == pytest.approx(0.5, rel=0.25)
+
+
+@pytest.mark.slow
+def test_report_on_a_real_run(engine, tmp_path):
+    """Four captions rewritten by the real engine: the report agrees with the sidecar file read here."""
+    text = tmp_path / "captions.txt"
+    text.write_text("a dog runs on the beach\nred apples in a basket\nan old bridge over a river\nkids flying kites\n")
+    work = tmp_path / "work"
+    plan.plan([str(text)], work, num_shards=1)
+    runner.run(work, runner.RunConfig(source="chatgpt", max_attempts=2), [0], engine, progress=False)
+
+    summary = report.report(work, tmp_path / "report", progress=False)["summary"]
+    sidecar = pq.read_table(layout.Work(work).rewrite_file("chatgpt", 0)).to_pylist()
+    stats = json.loads(layout.Work(work).stats_file("chatgpt", 0).read_text())
+    captions = text.read_text().splitlines()
+    pairs = [(c, r["rewrite"]) for c, r in zip(captions, sidecar) if r["status"] == "ok"]
+    figures = summary["sets"]["chatgpt"]
+    assert figures["ok"] == len(pairs) and figures["ok"] + figures["failed"] == 4
+    assert figures["retries"] == figures["requests"] - 4  # one first attempt per caption
+    assert figures["rejected"] == stats["rejected"]
+    scores = [s for s in (faithful.faithfulness(c, r) for c, r in pairs) if s is not None]
+    if scores:
+        assert figures["faithfulness"]["mean"] == pytest.approx(statistics.mean(scores))
+    words = statistics.mean(len(r.split()) for _, r in pairs)
+    assert figures["length"]["words"]["rewrite"]["mean"] == pytest.approx(words)
+
+
+def test_the_report_command(work, tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "made"
+    said = run_cli("report", "--work", work, "--out", out, "--source", "mine", "--no-progress").stdout
+    assert said.splitlines()[0].startswith("mine: valid 80%, faithfulness 0.51")
+    assert f"report: {(out / 'report.html').resolve()}" in said
+    assert json.loads((out / "report.json").read_text())["sets"]["mine"]["valid_rate"] == 0.8
+    bad = run_cli("report", "--work", work, "--out", out, "--source", "nothing", check=False)
+    assert bad.returncode == 2 and "nothing" in bad.stderr and "Traceback" not in bad.stderr
