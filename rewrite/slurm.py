@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import atomic, done, layout, meta, plan, stop
+from . import atomic, done, layout, meta, plan, settings, stop
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: task indices 0-1000
 WARN_SECONDS = 300  # the warning signal comes this long before the time limit
@@ -171,10 +171,12 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
         raise SlurmError(f"--parallel must be >= 1, got {parallel}")
     if tasks is not None and tasks < 1:
         raise SlurmError(f"--tasks must be >= 1, got {tasks}")
-    name = meta.source_name(source)
+    sources = settings.source_list(source)
+    names = [meta.source_name(s) for s in sources]
+    name = "+".join(names)  # one set's name, or the sets of one array job (each task runs them all)
     # Tasks load a custom set from its file, wherever they start.
-    run_source = str(Path(source).resolve()) if meta.is_file_source(source) else name
-    todo = pending_shards(w, name, shards)
+    run_source = ",".join(str(Path(s).resolve()) if meta.is_file_source(s) else n for s, n in zip(sources, names))
+    todo = sorted({s for n in names for s in pending_shards(w, n, shards)})
     if not todo:
         return {"job_id": None, "source": name, "shards": [], "tasks": 0, "script": None}
     limit = max_array or (max_array_size() if not dry_run else DEFAULT_MAX_ARRAY_SIZE)
@@ -182,7 +184,7 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
     script = render_script(w.root, run_source, todo, tasks, min(parallel, tasks), resources, run_args, name=name)
     folder = w.root / "slurm"
     path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-    record = {"source": name, "shards": plan.format_shard_spec(todo), "tasks": tasks, "script": str(path),
+    record = {"source": name, "sources": names, "shards": plan.format_shard_spec(todo), "tasks": tasks, "script": str(path),
               "resources": asdict(resources), "run_args": list(run_args)}
     if dry_run:
         return {**record, "job_id": None, "script_text": script}
@@ -208,7 +210,7 @@ def jobs(work: str | Path, source: str | None = None) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             raise SlurmError(f"{path}:{lineno}: not a job record (the file is damaged)") from None
-    return [r for r in records if source is None or r["source"] == source]
+    return [r for r in records if source is None or source in r.get("sources", [r["source"]])]
 
 
 def task_states(job_ids: Sequence[str]) -> dict[str, str]:

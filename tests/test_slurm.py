@@ -71,6 +71,8 @@ def test_dry_run_sends_only_unfinished_shards(tmp_path, text_file):
     assert "#SBATCH --array=0-2%2" in proc.stdout and "--shards 0,2-3" in proc.stdout
     assert "--no-progress --requeue-on-warning --seed 3 &" in proc.stdout
     assert not (work / "slurm" / "jobs.jsonl").exists()  # nothing submitted
+    both = run_cli("slurm", "submit", "--work", work, "--source", "bard,human", "--dry-run").stdout
+    assert "#SBATCH --job-name=rewrite-bard+human" in both and "--source bard,human --shards 0-3" in both
 
 
 def test_dry_run_of_many_shards_caps_the_array(tmp_path):
