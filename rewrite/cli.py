@@ -286,6 +286,10 @@ def demo(
         typer.echo(f"  {row['caption']}\n    -> {row[col]}")
     typer.echo(f"\ndataset: {Path(summary['out']).resolve()}  ({summary['rows']} rows; "
                f"with `datasets` installed, load it with datasets.load_dataset({str(Path(summary['out']).resolve())!r}))")
+    made = summary["report"]
+    figures = made["summary"]["sets"][meta_lib.source_name(source)]
+    typer.echo(f"quality report: {made['paths']['html'].resolve()}  (faithfulness to the captions "
+               f"{_number(figures['faithfulness']['mean'])}; see `rewrite report`)")
 
 
 @meta_app.command("show")

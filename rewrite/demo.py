@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import engines, export, layout, plan, resources, runner
+from . import engines, export, layout, plan, report, resources, runner
 from .settings import ENGINE
 
 
@@ -15,8 +15,9 @@ def demo_captions() -> Path:
 
 def run_demo(out: str | Path = "rewrite-demo", source: str = "chatgpt", num_shards: int = 2,
              engine_name: str = ENGINE, model: str | None = None, show: int = 8) -> dict:
-    """Shard the demo captions into OUT/work, rewrite every shard, export the dataset to OUT/dataset;
-    returns the export summary. Run again, it reuses what is done."""
+    """Shard the demo captions into OUT/work, rewrite every shard, export the dataset to OUT/dataset and
+    the quality report to OUT/report; returns the export summary (with the report's). Run again, it
+    reuses what is done."""
     work = layout.Work(Path(out) / "work")
     if work.manifest.is_file():
         manifest = plan.load_manifest(work)
@@ -34,4 +35,5 @@ def run_demo(out: str | Path = "rewrite-demo", source: str = "chatgpt", num_shar
     summary = export.export(work.root, Path(out) / "dataset", [config.source], overwrite=True)
     table = pq.read_table(Path(summary["out"]) / summary["files"][0], columns=["caption", f"caption_{config.source}"])
     summary["examples"] = table.slice(0, show).to_pylist()
+    summary["report"] = report.report(work.root, Path(out) / "report", [config.source], progress=False)
     return summary
