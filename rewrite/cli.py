@@ -243,7 +243,8 @@ def report_export(summary: dict, out: Path) -> None:
 
 @app.command()
 def report(
-    work: Path = typer.Option(..., "--work", help="Work dir made by `rewrite shard` and run."),
+    work: Optional[Path] = typer.Option(None, "--work", help="Work dir made by `rewrite shard` and run."),
+    export_dir: Optional[Path] = typer.Option(None, "--export", help="Or an export folder (hf, csv, laclip or wds): no reject or retry figures there."),
     out: Path = typer.Option(..., "--out", help="Folder for report.html, the .png plots and report.json."),
     source: Optional[List[str]] = typer.Option(None, help="Only these sets (default: every set that was run)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -252,8 +253,10 @@ def report(
     diversity, faithfulness to the caption, the best and worst rows (reads only the caption columns)."""
     from . import report as report_lib
 
+    if (work is None) == (export_dir is None):
+        fail("give one of --work or --export")
     with reported():
-        made = report_lib.report(work, out, source, progress=progress)
+        made = report_lib.report(work or export_dir, out, source, progress=progress)
     for name, figures in made["summary"]["sets"].items():
         typer.echo(f"{name}: valid {_share(figures['valid_rate'])}, faithfulness {_number(figures['faithfulness']['mean'])} "
                    f"(below 0.3: {_share(figures['faithfulness']['below']['0.3'])}), words "

@@ -1,5 +1,7 @@
 """A quality report over a work dir's rewrites, per meta set: how many are valid and why the others were
-rejected, how long, faithful and diverse they are, and the best and worst of them.
+rejected, how long, faithful and diverse they are, and the best and worst of them; or over an export's
+rewrites (`collect_export`), with the figures only a run records (shard states, requests, retries, reject
+reasons, the set's example targets) left null or empty.
 
 `collect` reads the done shards one at a time (the inputs' key and caption columns, the sidecar's
 rewrite, status and reason columns) and keeps running sums and bounded samples only, so its memory is
@@ -16,30 +18,43 @@ and lower-cased, as meta.word_overlap counts them; CLIP tokens include the start
 (clip_tokens.count). With several rewrites per row each rewrite counts once (ok, failed and skipped too),
 paired with its row's caption.
 
+`collect_export` reads an export (hf, csv, laclip or wds) one file at a time (a CSV a block at a time),
+only its caption and rewrite columns, and tallies its rows as `collect` does. An export keeps no status: a
+rewrite it lacks counts as failed (it failed, or its shard was exported missing; see EXPORT_NOTE), one whose
+caption is blank as skipped. What the export holds is read from its record (publish.MARKER: the files it
+published) and from those files' own columns; the record names no format, so the files tell it.
+
 `write` turns the summary into report.json, PNG plots and one self-contained report.html.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import csv
 import hashlib
 import heapq
 import html
+import itertools
+import json
 import math
 import random
+import re
 import sys
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import IO, Iterable, Iterator, NamedTuple, Sequence
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from . import __version__, atomic, clip_tokens, done, faithful, layout, meta, plan, runner, settings
+from . import __version__, atomic, clip_tokens, done, faithful, layout, meta, plan, publish, runner, settings, tars
+from .exports import hf, laclip, openclip_csv, wds
 from .inputs import PlanError
 
 RESERVOIR = 100_000  # scores kept per figure for its median and p90
@@ -241,8 +256,9 @@ class SetTally:
         self.retries += sum(stats["rejected"].values()) - sum(stats["failed_reasons"].values())
         self.meta_file = self.meta_file or stats.get("settings", {}).get("meta_file")
 
-    def add_rows(self, shard: int, keys: list[str], captions: list[str | None], sidecar: list[tuple]) -> list[set[str]]:
-        """A done shard's rows; returns each row's ok rewrites (for Agreement)."""
+    def add_rows(self, shard: int | None, keys: list, captions: list[str | None], sidecar: list[tuple]) -> list[set[str]]:
+        """A done shard's rows (or an export's: their reasons None, unknown); returns each row's ok rewrites
+        (for Agreement)."""
         self.rows += len(keys)
         ok_texts, words = [], []
         for row, (key, caption) in enumerate(zip(keys, captions)):
@@ -250,7 +266,7 @@ class SetTally:
             original = None
             for rewrites, statuses, reasons in sidecar:
                 self.statuses[statuses[row]] += 1
-                if statuses[row] == layout.STATUS_FAILED:
+                if statuses[row] == layout.STATUS_FAILED and reasons is not None:
                     self.failed_reasons[reasons[row]] += 1
                 if statuses[row] != layout.STATUS_OK:
                     continue
@@ -263,7 +279,7 @@ class SetTally:
             distinct.add(words)
         return ok_texts
 
-    def _add_rewrite(self, shard: int, key: str, caption: str, rewrite: str, original: tuple[int, int]) -> None:
+    def _add_rewrite(self, shard: int | None, key, caption: str, rewrite: str, original: tuple[int, int]) -> None:
         self.words["rewrite"].add(len(rewrite.split()))
         self.words["original"].add(original[0])
         self.tokens["rewrite"].add(clip_tokens.count(rewrite))
@@ -325,13 +341,18 @@ def set_names(w: layout.Work, sources: Sequence[str] | None) -> list[str]:
     present = w.sources_present()
     if not present:
         raise ReportError(f"{w.root} has no rewrites yet: run `rewrite run` first")
+    return _chosen(w.root, present, sources, "run")
+
+
+def _chosen(where: Path, present: list[str], sources: Sequence[str] | None, verb: str) -> list[str]:
+    """The sets of `present` that `sources` names (each a name, an alias or a custom set's file); None: all."""
     if not sources:
         return present
     names = []
     for source in sources:
         name = source if source in present else _name(source)
         if name not in present:
-            raise ReportError(f"{w.root} has no rewrites of {source} (sets run there: {', '.join(present)})")
+            raise ReportError(f"{where} has no rewrites of {source} (sets {verb} there: {', '.join(present)})")
         names.append(name)
     return list(dict.fromkeys(names))
 
@@ -396,13 +417,32 @@ def _add_shard(w: layout.Work, manifest: plan.Manifest, shard: int, tallies: dic
     if not stats:
         return
     keys, captions = _captions(manifest, shard)
-    ok_texts = {}
     for name, shard_stats in stats.items():
-        tally = tallies[name]
-        sidecar = _sidecar(w.rewrite_file(name, shard), tally.n, keys)
-        tally.add_stats(shard_stats)
-        ok_texts[name] = tally.add_rows(shard, keys, captions, sidecar)
-    agreement.add(ok_texts)
+        tallies[name].add_stats(shard_stats)
+    _add_rows(tallies, agreement, shard, keys, captions,
+              {name: _sidecar(w.rewrite_file(name, shard), tallies[name].n, keys) for name in stats})
+
+
+def _add_rows(tallies: dict[str, SetTally], agreement: Agreement, shard: int | None, keys: list,
+              captions: list[str | None], sidecars: dict[str, list[tuple]]) -> None:
+    """Rows read together (a shard, a part of an export), to each set of `sidecars` and to the agreement."""
+    agreement.add({name: tallies[name].add_rows(shard, keys, captions, sidecar) for name, sidecar in sidecars.items()})
+
+
+def _summary(path: Path, rows: dict, sets: dict, agreement: Agreement, source: str, fmt: str | None,
+             note: str | None) -> dict:
+    """The summary's frame, the same for a work dir and an export (so that `write` renders either)."""
+    return {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "work": str(path.resolve()),  # the folder read: a work dir, or an export (see "source")
+        "source": source,  # "work" or "export"
+        "format": fmt,  # an export's format
+        "note": note,  # what the figures leave out
+        "version": __version__,
+        "plan": rows,
+        "sets": sets,
+        "across_sets": agreement.summary(list(sets)),
+    }
 
 
 def collect(work: str | Path, sources: Sequence[str] | None = None, progress: bool = True) -> dict:
@@ -418,15 +458,244 @@ def collect(work: str | Path, sources: Sequence[str] | None = None, progress: bo
         _add_shard(w, manifest, shard, tallies, agreement)
     if not any(t.shards[done.DONE] for t in tallies.values()):
         raise ReportError(f"{w.root}: no shard of {', '.join(names)} is done yet (see `rewrite status`)")
-    return {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "work": str(w.root.resolve()),
-        "version": __version__,
-        "plan": {"shards": manifest.num_shards, "rows": manifest.total_rows},
-        "sets": {name: t.summary(*example_targets(name, t.meta_file, recorded[name]["meta_digest"]))
-                 for name, t in tallies.items()},
-        "across_sets": agreement.summary(names),
-    }
+    sets = {name: t.summary(*example_targets(name, t.meta_file, recorded[name]["meta_digest"]))
+            for name, t in tallies.items()}
+    return _summary(w.root, {"shards": manifest.num_shards, "rows": manifest.total_rows}, sets, agreement,
+                    "work", None, None)
+
+
+# ---------------------------------------------------------------- reading an export
+
+EXPORT_NOTE = ("From an export: no shard, request, retry or reject figures and no example targets (only a work "
+               "dir records them). A rewrite the export lacks (null, empty, or in a csv export the caption, which "
+               "it fills in) counts as failed: it failed, or its shard was exported without rewrites "
+               "(--allow-missing). Rows a csv or laclip export leaves out (no caption, no image path) are not "
+               "counted")
+RUN_ONLY = ("shards", "requests", "first_attempts", "retries")  # figures only a run's stats give: null from an export
+EXPORT_META_SET = {"digest": None, "file": None, "note": "an export does not record the set it was rewritten with"}
+PREFIX = "caption_"  # of every rewrite column an export writes (layout.export_column)
+
+
+class Rows(NamedTuple):
+    """Rows of an export read together: keys, captions and each rewrite column's texts (None: no rewrite)."""
+    shard: int | None  # the plan's shard, where the export keeps it (hf)
+    keys: list
+    captions: list[str | None]
+    rewrites: dict[str, list[str | None]]
+
+
+def kind(path: str | Path) -> str:
+    """What `path` is: "export" (a folder `rewrite export` published into holds its record) or "work" (a
+    work dir holds its plan)."""
+    path = Path(path)
+    if (path / publish.MARKER).is_file():
+        return "export"
+    if layout.Work(path).manifest.is_file():
+        return "work"
+    raise ReportError(f"{path} is neither a work dir (no {layout.Work(path).manifest.name}, which `rewrite shard` "
+                      f"writes) nor an export (no {publish.MARKER}, which `rewrite export` writes)")
+
+
+def exported_files(folder: Path) -> list[str]:
+    """The files of the export published in `folder`, from its record, each checked to be as published."""
+    record = folder / publish.MARKER
+    try:
+        marker = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{record}: cannot read the export's record ({e})") from None
+    if not marker.get("published"):
+        raise ReportError(f"{folder} holds no finished export (one is being written, or was cut short): "
+                          "run `rewrite export` to the end first")
+    files = marker.get("files", [])
+    for name in files:
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != marker.get("sizes", {}).get(name):
+            raise ReportError(f"{path} is missing or changed since it was exported: export again")
+    return files
+
+
+def export_format(folder: Path, files: list[str]) -> str:
+    """An export's format, from the files it published (its record names none)."""
+    names = set(files)
+    if hf.CARD in names and any(f.startswith("data/") and f.endswith(".parquet") for f in files):
+        return "hf"
+    if wds.SIZES in names and any(f.endswith(".tar") for f in files):
+        return "wds"
+    if laclip.CSV_FILE in names and any(f.endswith(".txt") for f in files):
+        return "laclip"
+    if names & {"train.tsv", "train.csv"}:
+        return "csv"
+    raise ReportError(f"{folder}: an export of no format the report reads ({', '.join(files[:5])}): it reads "
+                      f"{', '.join(READERS)} exports")
+
+
+def rewrite_columns(names: Sequence[str], where: Path) -> list[str]:
+    """The rewrite columns of an export: the `caption_<set>` ones every format writes after the input's own."""
+    columns = list(itertools.takewhile(lambda n: n.startswith(PREFIX), reversed(names)))[::-1]
+    if not columns:
+        raise ReportError(f"{where}: no rewrite column ({PREFIX}<set>) after the input's columns")
+    return columns
+
+
+def export_sets(columns: list[str]) -> dict[str, list[str]]:
+    """Each set's rewrite columns: `caption_<set>`, or `caption_<set>_0`, `caption_<set>_1`, ... for a set
+    with several rewrites a row (as layout.export_column names them)."""
+    sets, rest = {}, list(columns)
+    while rest:
+        name = rest[0][len(PREFIX):]
+        base = name.removesuffix("_0")
+        n = 0
+        while base != name and n < len(rest) and rest[n] == layout.export_column(base, n, 2):  # 2: any n > 1
+            n += 1
+        if n < 2:
+            base, n = name, 1
+        sets[base], rest = rest[:n], rest[n:]
+    return sets
+
+
+def _csv_blocks(path: Path, delimiter: str, columns: list[str], names: list[str] | None = None) -> Iterator[dict]:
+    """`columns` of a CSV a block at a time, every cell the text written (none read as missing)."""
+    try:
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=names),
+                                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                                convert_options=pacsv.ConvertOptions(include_columns=columns,
+                                                                     column_types=dict.fromkeys(columns, pa.string())))
+        for batch in reader:
+            yield {c: batch.column(c).to_pylist() for c in columns}
+    except (pa.ArrowException, OSError) as e:
+        raise ReportError(f"{path}: cannot read it as the export wrote it ({e})") from None
+
+
+class HfReader:
+    """data/train-*.parquet, one file a shard: `key`, `caption` (the input's, kept as stored) and the rewrite
+    columns, nulls where there is no rewrite."""
+
+    def __init__(self, folder: Path, files: list[str]) -> None:
+        self.paths = [folder / f for f in sorted(files) if f.startswith("data/") and f.endswith(".parquet")]
+        self.total = len(self.paths)
+        names = pq.read_schema(self.paths[0]).names
+        if layout.CAPTION not in names:
+            raise ReportError(f"{self.paths[0]} has no {layout.CAPTION!r} column: the export does not record which "
+                              "column holds the captions (planned with --caption-column?)")
+        self.key = layout.KEY if layout.KEY in names else None
+        self.columns = rewrite_columns(names, self.paths[0])
+
+    def rows(self, wanted: list[str]) -> Iterator[Rows]:
+        for shard, path in enumerate(self.paths):
+            try:
+                table = pq.read_table(path, columns=[c for c in (self.key, layout.CAPTION) if c] + wanted)
+            except (pa.ArrowException, OSError) as e:
+                raise ReportError(f"{path}: cannot read its caption columns ({e})") from None
+            keys = table.column(self.key).to_pylist() if self.key else [None] * table.num_rows
+            yield Rows(shard, keys, table.column(layout.CAPTION).to_pylist(),
+                       {c: table.column(c).to_pylist() for c in wanted})
+
+
+class CsvReader:
+    """open_clip's train.tsv (train.csv with another separator): image path, `title`, the rewrite columns.
+    A failed rewrite was filled with the caption, which an ok rewrite never equals (validate: echo)."""
+
+    def __init__(self, folder: Path, files: list[str]) -> None:
+        self.path, self.total = folder / next(f for f in files if f in ("train.tsv", "train.csv")), None
+        with open(self.path, encoding="utf-8", newline="") as f:
+            line = f.readline()
+        found = re.search(rf"(.){openclip_csv.TITLE}\1{PREFIX}", line)  # the separator around `title`
+        if not found:
+            raise ReportError(f"{self.path}: its header has no {openclip_csv.TITLE!r} column before the rewrite columns")
+        self.separator = found.group(1)
+        header = next(csv.reader([line], delimiter=self.separator))
+        self.image, self.columns = header[0], rewrite_columns(header, self.path)
+
+    def rows(self, wanted: list[str]) -> Iterator[Rows]:
+        for block in _csv_blocks(self.path, self.separator, [self.image, openclip_csv.TITLE] + wanted):
+            captions = block[openclip_csv.TITLE]
+            yield Rows(None, block[self.image], captions,
+                       {c: [None if r == caption else r for r, caption in zip(block[c], captions)] for c in wanted})
+
+
+class LaclipReader:
+    """LaCLIP's train.csv (image path, caption; no header) and a text file per rewrite column, a line per
+    CSV row, empty where there is no rewrite."""
+
+    def __init__(self, folder: Path, files: list[str]) -> None:
+        self.path, self.folder, self.total = folder / laclip.CSV_FILE, folder, None
+        self.columns = rewrite_columns([f.removesuffix(".txt") for f in files if f.endswith(".txt")], folder)
+
+    def rows(self, wanted: list[str]) -> Iterator[Rows]:
+        with contextlib.ExitStack() as stack:
+            texts = {c: stack.enter_context(open(self.folder / f"{c}.txt", encoding="utf-8", newline="\n"))
+                     for c in wanted}
+            for block in _csv_blocks(self.path, ",", ["path", "caption"], names=["path", "caption"]):
+                n = len(block["path"])
+                yield Rows(None, block["path"], block["caption"],
+                           {c: [self._line(f) or None for _ in range(n)] for c, f in texts.items()})
+            longer = [f.name for f in texts.values() if f.readline()]
+            if longer:
+                raise ReportError(f"{longer[0]} has more lines than {self.path} has rows: the export is damaged")
+
+    def _line(self, f: IO[str]) -> str:
+        line = f.readline()
+        if not line:
+            raise ReportError(f"{f.name} has fewer lines than {self.path} has rows: the export is damaged")
+        return line.removesuffix("\n")
+
+
+class WdsReader:
+    """Webdataset tars: KEY.txt the caption, KEY.json the rewrite fields ("" where there is no rewrite) after
+    the input's own. Only the text members are read; the views/ tars repeat the same rewrites. (For tar input
+    whose captions came from a KEY.json field, KEY.txt is not the caption: the export does not record that.)"""
+
+    def __init__(self, folder: Path, files: list[str]) -> None:
+        self.paths = [folder / f for f in files if f.endswith(".tar") and "/" not in f]
+        self.total = len(self.paths)
+        first = next((s for path in self.paths for s in self._samples(path)), None)
+        self.columns = rewrite_columns(list((first and first.json) or {}), folder)
+
+    def _samples(self, path: Path) -> Iterator[tars.Sample]:
+        try:
+            yield from tars.iter_samples(path)
+        except tars.TarError as e:
+            raise ReportError(str(e)) from None
+
+    def rows(self, wanted: list[str]) -> Iterator[Rows]:
+        for path in self.paths:
+            samples = list(self._samples(path))
+            yield Rows(None, [s.key for s in samples], [s.caption for s in samples],
+                       {c: [(s.json or {}).get(c) or None for s in samples] for c in wanted})
+
+
+READERS = {"hf": HfReader, "csv": CsvReader, "laclip": LaclipReader, "wds": WdsReader}
+
+
+def _export_sidecar(texts: list[str | None], captions: list[str | None]) -> tuple[list, list, None]:
+    """(rewrites, statuses, reasons) of a rewrite column, as a sidecar would hold them: no text is a skip
+    where the caption is blank (nothing was rewritten), else a failure; the reasons are unknown."""
+    statuses = [layout.STATUS_OK if text is not None else
+                layout.STATUS_SKIPPED if caption is None or not caption.strip() else layout.STATUS_FAILED
+                for text, caption in zip(texts, captions)]
+    return texts, statuses, None
+
+
+def collect_export(folder: str | Path, sources: Sequence[str] | None = None, progress: bool = True) -> dict:
+    """The report's figures for each set in the export published in `folder` (or those of `sources`), as
+    `collect` gives them; RUN_ONLY figures are null (see EXPORT_NOTE)."""
+    folder = Path(folder)
+    if kind(folder) != "export":
+        raise ReportError(f"{folder} is a work dir, not an export: use collect")
+    files = exported_files(folder)
+    fmt = export_format(folder, files)
+    reader = READERS[fmt](folder, files)
+    sets = export_sets(reader.columns)
+    names = _chosen(folder, list(sets), sources, "exported")
+    tallies = {name: SetTally(name, len(sets[name])) for name in names}
+    agreement, rows = Agreement(), 0
+    for part in tqdm(reader.rows([c for name in names for c in sets[name]]), total=reader.total, desc="report",
+                     unit="part", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+        rows += len(part.keys)
+        _add_rows(tallies, agreement, part.shard, part.keys, part.captions,
+                  {name: [_export_sidecar(part.rewrites[c], part.captions) for c in sets[name]] for name in names})
+    figures = {name: {**t.summary(None, EXPORT_META_SET), **dict.fromkeys(RUN_ONLY)} for name, t in tallies.items()}
+    return _summary(folder, {"shards": None, "rows": rows}, figures, agreement, "export", fmt, EXPORT_NOTE)
 
 
 # ---------------------------------------------------------------- plots
@@ -494,7 +763,9 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def plots(summary: dict, out: Path) -> dict[str, Path]:
     """Every plot as a PNG in `out`, by name."""
-    paths = {"reject_reasons": _save(reasons_plot(summary["sets"]), out / "reject_reasons.png")}
+    paths = {}
+    if summary["source"] == "work":  # an export records no rejected attempt
+        paths["reject_reasons"] = _save(reasons_plot(summary["sets"]), out / "reject_reasons.png")
     for name, figures in summary["sets"].items():
         if figures["faithfulness"]["n"]:
             paths[f"faithfulness_{name}"] = _save(faithfulness_plot(name, figures), out / f"faithfulness_{name}.png")
@@ -569,18 +840,22 @@ def _set_section(name: str, figures: dict, paths: dict[str, Path]) -> str:
 def render_html(summary: dict, paths: dict[str, Path]) -> str:
     """One page, its plots embedded (data URIs): it can be mailed or archived alone."""
     figures = {name: dict(flatten(f)) for name, f in summary["sets"].items()}
-    across = summary["across_sets"]
+    across, rows = summary["across_sets"], summary["plan"]["rows"]
+    made = f"generated {html.escape(summary['generated_at'])} by rewrite {html.escape(summary['version'])}"
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>rewrite report</title><style>{STYLE}</style>"
         "</head><body><h1>rewrite report</h1>",
-        f"<p>Work dir {html.escape(summary['work'])}, generated {html.escape(summary['generated_at'])} by rewrite "
-        f"{html.escape(summary['version'])}: {summary['plan']['rows']} rows in {summary['plan']['shards']} shards.</p>",
+        f"<p>Work dir {html.escape(summary['work'])}, {made}: {rows} rows in {summary['plan']['shards']} shards.</p>"
+        if summary["source"] == "work" else
+        f"<p>Export {html.escape(summary['work'])} ({html.escape(summary['format'])} format), {made}: {rows} rows.</p>"
+        f"<p>{html.escape(summary['note'])}.</p>",
         _table(["set"] + [label for label, _ in OVERVIEW],
                [[name] + [figures[name].get(key) for _, key in OVERVIEW] for name in figures]),
-        _image(paths["reject_reasons"], "reject reasons"),
     ]
+    if "reject_reasons" in paths:
+        parts.append(_image(paths["reject_reasons"], "reject reasons"))
     if len(across["sets"]) > 1:
-        parts.insert(-1, f"<p>Rows with identical rewrites in two or more sets: {_format(across['identical_share'])} "
+        parts.insert(3, f"<p>Rows with identical rewrites in two or more sets: {_format(across['identical_share'])} "
                      f"({across['rows_identical']} of the {across['rows_compared']} rows with an ok rewrite in two "
                      "or more).</p>")
     parts += [_set_section(name, f, paths) for name, f in summary["sets"].items()]
@@ -590,17 +865,24 @@ def render_html(summary: dict, paths: dict[str, Path]) -> str:
 # ---------------------------------------------------------------- writing
 
 
-def check_out(work: str | Path, out: str | Path) -> Path:
-    """The report folder, refused inside the work dir's rewrites (which only runs write)."""
-    out, rewrites = Path(out).resolve(), (Path(work) / "rewrites").resolve()
-    if out.is_relative_to(rewrites):
-        raise ReportError(f"--out {out} lies inside {rewrites}, which only runs write: choose another folder")
+def check_out(path: str | Path, out: str | Path, source: str = "work") -> Path:
+    """The report folder, refused inside what only runs write (a work dir's rewrites) or only exports write
+    (an export's staging and its folders, such as data/: a foreign file there stops the next export)."""
+    out, path = Path(out).resolve(), Path(path).resolve()
+    if source == "work":
+        owned, writer = [path / "rewrites"], "runs write"
+    else:
+        tops = {Path(f).parts[0] for f in exported_files(path) if len(Path(f).parts) > 1}
+        owned, writer = [path / publish.STAGING] + [path / top for top in sorted(tops)], "`rewrite export` writes"
+    for folder in (f.resolve() for f in owned):
+        if out.is_relative_to(folder):
+            raise ReportError(f"--out {out} lies inside {folder}, which only {writer}: choose another folder")
     return out
 
 
 def write(summary: dict, out_dir: str | Path) -> dict[str, Path]:
     """report.json, the plots and report.html in `out_dir` (made if missing); returns their paths by name."""
-    out = check_out(summary["work"], out_dir)
+    out = check_out(summary["work"], out_dir, summary["source"])
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json"}
     atomic.write_json(paths["json"], summary)
@@ -610,8 +892,10 @@ def write(summary: dict, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def report(work: str | Path, out: str | Path, sources: Sequence[str] | None = None, progress: bool = True) -> dict:
-    """collect, then write: {"summary": ..., "paths": ...}. The folder is checked before the reading."""
-    check_out(work, out)
-    summary = collect(work, sources, progress)
+def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = None, progress: bool = True) -> dict:
+    """collect (`path` a work dir) or collect_export (an export), then write: {"summary": ..., "paths": ...}.
+    The report folder is checked before the reading."""
+    source = kind(path)
+    check_out(path, out, source)
+    summary = (collect if source == "work" else collect_export)(path, sources, progress)
     return {"summary": summary, "paths": write(summary, out)}

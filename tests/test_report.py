@@ -1,5 +1,6 @@
 """`rewrite report`: figures over a tiny hand-made work dir checked against values worked out by hand,
-the files it writes, its errors, its bounded memory, and one run on the real engine."""
+and over its exports (every format) against the same values, the files it writes, its errors, its bounded
+memory, and one run on the real engine."""
 from __future__ import annotations
 
 import base64
@@ -12,8 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_parquet
 
-from rewrite import atomic, clip_tokens, done, faithful, layout, meta, plan, prompt, report, runner
+from rewrite import atomic, clip_tokens, done, export, faithful, layout, meta, plan, prompt, report, runner
+from rewrite.exports import ExportOptions
 from rewrite.report import ReportError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,12 +72,12 @@ def commit(w: layout.Work, manifest: plan.Manifest, config: runner.RunConfig, sh
 
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
-    """7 captions in shards of 3: [0-2] [3-5] [6]. Set `mine` (a custom set, one rewrite a row): shards 0
-    and 1 done, 2 partial. Set `chatgpt` (two rewrites a row): shards 0 and 1 done, 2 missing."""
-    text = tmp_path / "captions.txt"
-    text.write_text("\n".join(CAPTIONS) + "\n", encoding="utf-8")
+    """7 captions (with keys and images, so that every export format can write them) in shards of 3:
+    [0-2] [3-5] [6]. Set `mine` (a custom set, one rewrite a row): shards 0 and 1 done, 2 partial. Set
+    `chatgpt` (two rewrites a row): shards 0 and 1 done, 2 missing."""
+    captions = write_parquet(tmp_path / "input" / "captions.parquet", CAPTIONS)
     w = layout.Work(tmp_path / "work")
-    manifest = plan.plan([str(text)], w.root, rows_per_shard=3)
+    manifest = plan.plan([str(captions)], w.root, rows_per_shard=3)
     mine_file = tmp_path / "mine.jsonl"
     mine_file.write_text("".join(json.dumps({"source": f"source {i}", "target": t}) + "\n"
                                  for i, t in enumerate(TARGETS)), encoding="utf-8")
@@ -101,6 +104,7 @@ def work(tmp_path: Path) -> Path:
 def test_figures_match_hand_computed_values(work):
     summary = report.collect(work, progress=False)
     assert list(summary["sets"]) == ["chatgpt", "mine"]
+    assert (summary["source"], summary["format"], summary["note"]) == ("work", None, None)
     mine = summary["sets"]["mine"]
     assert mine["shards"] == {"done": 2, "partial": 1, "missing": 0, "damaged": 0}
     assert (mine["rows"], mine["ok"], mine["failed"], mine["skipped"]) == (6, 4, 1, 1)
@@ -109,15 +113,22 @@ def test_figures_match_hand_computed_values(work):
     assert mine["failed_reasons"] == {"echo": 1}  # final rows
     # 4 rejected attempts, 1 of them a failed rewrite's last: 3 retries; 8 requests = 5 first attempts + 3.
     assert (mine["requests"], mine["retries"], mine["first_attempts"]) == (8, 3, 5)
+    words = mine["length"]["words"]
+    assert words["targets"]["mean"] == 4 and words["targets"]["median"] == 4
+    assert words["targets"]["p90"] == pytest.approx(5.6)  # [2, 4, 6]: 4 + 0.8 * (6 - 4)
+    check_mine_rewrites(mine)
+    assert mine["examples"]["worst"][0]["shard"] == 0
+    assert mine["meta_set"]["file"] == str(work.parent / "mine.jsonl") and mine["meta_set"]["note"] is None
 
+
+def check_mine_rewrites(mine: dict) -> None:
+    """The figures of set `mine`'s four ok rewrites, worked out by hand: what a work dir and its exports give."""
     # Rewrites of 2, 6, 3, 6 words; their captions 3, 3, 3, 4 words. p90 of sorted [2, 3, 6, 6]: position
     # 0.9 * 3 = 2.7, between 6 and 6.
     words = mine["length"]["words"]
     assert (words["rewrite"]["mean"], words["rewrite"]["median"], words["rewrite"]["p90"]) == (4.25, 4.5, 6)
     assert words["original"]["mean"] == 3.25 and words["original"]["median"] == 3
     assert words["original"]["p90"] == pytest.approx(3.7)  # [3, 3, 3, 4]: 3 + 0.7 * (4 - 3)
-    assert words["targets"]["mean"] == 4 and words["targets"]["median"] == 4
-    assert words["targets"]["p90"] == pytest.approx(5.6)  # [2, 4, 6]: 4 + 0.8 * (6 - 4)
     assert clip_tokens.count("a dog") == 4 and clip_tokens.count("a dog runs") == 5  # words + start and end
     pairs = [("a dog runs", "a dog"), ("<b>& cats sleep", "<b>& cats sleep on a mat"), ("a red car", "a blue bus"),
              ("green hills at dawn", "green hills under the morning sun")]
@@ -146,8 +157,7 @@ def test_figures_match_hand_computed_values(work):
     best, worst = mine["examples"]["best"], mine["examples"]["worst"]
     assert [e["faithfulness"] for e in best] == pytest.approx([0.8, 2 / 3, 4 / 7, 0])
     assert best[0]["caption"] == "<b>& cats sleep" and best[0]["rewrite"] == "<b>& cats sleep on a mat"
-    assert (worst[0]["rewrite"], worst[0]["faithfulness"], worst[0]["shard"]) == ("a blue bus", 0.0, 0)
-    assert mine["meta_set"]["file"] == str(work.parent / "mine.jsonl") and mine["meta_set"]["note"] is None
+    assert (worst[0]["rewrite"], worst[0]["faithfulness"]) == ("a blue bus", 0.0)
 
 
 def test_several_rewrites_a_row_and_agreement_across_sets(work):
@@ -228,6 +238,102 @@ def test_clear_errors(work, tmp_path, text_file):
         report.collect(fresh.root, progress=False)
 
 
+@pytest.mark.parametrize("fmt", ["hf", "csv", "laclip", "wds"])
+def test_an_export_gives_the_figures_of_its_rows(work, tmp_path, fmt):
+    """The fixture exported (shard 2 without rewrites): the same rewrites give the same figures, the work
+    dir's own figures are null, and a rewrite the export lacks counts as failed."""
+    folder = tmp_path / fmt
+    export.export(work, folder, fmt=fmt, allow_missing=True)
+    summary = report.collect_export(folder, progress=False)
+    assert (summary["source"], summary["format"]) == ("export", fmt)
+    assert "no shard, request, retry or reject figures" in summary["note"]
+    from_work = report.collect(work, progress=False)
+    assert summary["across_sets"] == from_work["across_sets"]
+    mine, chatgpt = summary["sets"]["mine"], summary["sets"]["chatgpt"]
+    check_mine_rewrites(mine)
+    # The CSV-shaped formats leave out the row whose caption is empty (it would read as missing).
+    rows, skipped = (7, 1) if fmt in ("hf", "wds") else (6, 0)
+    # mine: 4 ok; 1 failed in shard 1 and row 6 of shard 2, exported without rewrites.
+    assert (mine["rows"], mine["ok"], mine["failed"], mine["skipped"]) == (rows, 4, 2, skipped)
+    assert mine["valid_rate"] == pytest.approx(4 / 6)
+    assert (chatgpt["rows"], chatgpt["ok"], chatgpt["failed"], chatgpt["skipped"]) == (rows, 9, 1 + 2, 2 * skipped)
+    for name, figures in summary["sets"].items():
+        same = from_work["sets"][name]
+        for key in ("faithfulness", "recall", "novelty", "word_overlap", "diversity"):
+            assert figures[key] == same[key]
+        assert figures["length"]["clip_tokens"] == same["length"]["clip_tokens"]
+        assert {k: figures["length"]["words"][k] for k in ("rewrite", "original")} == \
+            {k: same["length"]["words"][k] for k in ("rewrite", "original")}
+        examples = {which: [(e["caption"], e["rewrite"], e["faithfulness"]) for e in figures["examples"][which]]
+                    for which in ("best", "worst")}
+        assert examples == {which: [(e["caption"], e["rewrite"], e["faithfulness"]) for e in same["examples"][which]]
+                            for which in ("best", "worst")}
+        assert all(figures[key] is None for key in report.RUN_ONLY)
+        assert figures["rejected"] == figures["failed_reasons"] == {}
+        assert figures["length"]["words"]["targets"] is None and figures["meta_set"]["digest"] is None
+    worst = mine["examples"]["worst"][0]
+    assert (worst["shard"], worst["key"]) == ((0, "000000002") if fmt == "hf" else (None, "000000002") if fmt == "wds"
+                                              else (None, "2.png"))
+    assert list(report.collect_export(folder, ["mine"], progress=False)["sets"]) == ["mine"]
+
+
+def test_a_csv_with_another_separator(work, tmp_path):
+    export.export(work, tmp_path / "csv", fmt="csv", allow_missing=True, options=ExportOptions(separator=";"))
+    assert (tmp_path / "csv" / "train.csv").read_text().startswith("image;title;caption_chatgpt_0;")
+    check_mine_rewrites(report.collect_export(tmp_path / "csv", ["mine"], progress=False)["sets"]["mine"])
+
+
+@pytest.mark.parametrize("fmt", ["hf", "csv"])
+def test_the_report_of_an_export_says_it_is_one(work, tmp_path, fmt):
+    folder = tmp_path / fmt
+    export.export(work, folder, fmt=fmt, allow_missing=True)
+    result = report.report(folder, tmp_path / "report", progress=False)
+    paths = result["paths"]
+    assert set(paths) == {"json", "html", "faithfulness_mine", "faithfulness_chatgpt", "length_words_mine",
+                          "length_words_chatgpt"}  # no reject reasons: an export has none
+    written = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert written["work"] == str(folder.resolve()) and written["source"] == "export"
+    assert written["sets"]["mine"]["faithfulness"]["mean"] == pytest.approx(0.5095238)
+    page = paths["html"].read_text(encoding="utf-8")
+    assert f"Export {folder.resolve()} ({fmt} format)" in page
+    assert "From an export: no shard, request, retry or reject figures" in page and "counts as failed" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
+    if fmt == "hf":  # data/ holds only what exports write: a report there would stop the next export
+        with pytest.raises(ReportError, match="lies inside .*data, which only `rewrite export` writes"):
+            report.report(folder, folder / "data" / "report", progress=False)
+    report.report(folder, folder / "report", progress=False)  # beside its files: fine
+    assert export.export(work, folder, fmt=fmt, allow_missing=True)["published"]
+
+
+def test_a_folder_that_is_no_export_is_refused(work, tmp_path):
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "train.tsv").write_text("a\tb\n")
+    for folder in (stray, tmp_path / "nowhere"):
+        with pytest.raises(ReportError, match="neither a work dir .* nor an export"):
+            report.report(folder, tmp_path / "report", progress=False)
+    with pytest.raises(ReportError, match="is a work dir, not an export"):
+        report.collect_export(work, progress=False)
+
+    folder = tmp_path / "hf"
+    export.export(work, folder, allow_missing=True)
+    with pytest.raises(ReportError, match="has no rewrites of bard .*sets exported there: chatgpt, mine"):
+        report.collect_export(folder, ["bard"], progress=False)
+    marker = json.loads((folder / ".rewrite-export.json").read_text())
+    (folder / "data" / "other.bin").write_bytes(b"x")
+    (folder / ".rewrite-export.json").write_text(json.dumps({**marker, "files": ["data/other.bin"],
+                                                             "sizes": {"data/other.bin": 1}}))
+    with pytest.raises(ReportError, match="no format the report reads .*reads hf, csv, laclip, wds exports"):
+        report.collect_export(folder, progress=False)
+    (folder / ".rewrite-export.json").write_text(json.dumps({**marker, "published": None, "publishing": True}))
+    with pytest.raises(ReportError, match="holds no finished export"):
+        report.collect_export(folder, progress=False)
+    (folder / ".rewrite-export.json").write_text(json.dumps(marker))
+    (folder / "README.md").write_text("edited")
+    with pytest.raises(ReportError, match="README.md is missing or changed since it was exported"):
+        report.collect_export(folder, progress=False)
+
+
 def test_memory_stays_bounded(monkeypatch):
     """Scores keep RESERVOIR of their values (the mean stays exact); distinct counts stay exact up to
     SKETCH n-grams and are estimated beyond it."""
@@ -279,5 +385,9 @@ def test_the_report_command(work, tmp_path):
     assert said.splitlines()[0].startswith("mine: valid 80%, faithfulness 0.51")
     assert f"report: {(out / 'report.html').resolve()}" in said
     assert json.loads((out / "report.json").read_text())["sets"]["mine"]["valid_rate"] == 0.8
+    exported = tmp_path / "exported"
+    run_cli("export", "--work", work, "--out", exported, "--allow-missing")
+    from_export = run_cli("report", "--export", exported, "--out", tmp_path / "of-export", "--source", "mine").stdout
+    assert from_export.splitlines()[0].startswith("mine: valid 67%, faithfulness 0.51")  # a null counts as failed
     bad = run_cli("report", "--work", work, "--out", out, "--source", "nothing", check=False)
     assert bad.returncode == 2 and "nothing" in bad.stderr and "Traceback" not in bad.stderr
