@@ -307,26 +307,10 @@ def pending_shards(work: str | Path, source: str, shards: Sequence[int], overwri
     return [s for s in shards if done.check(w, source, s).state != done.DONE]
 
 
-def run(
-    work: str | Path,
-    config: RunConfig,
-    shards: Sequence[int],
-    engine: Engine,
-    *,
-    overwrite: bool = False,
-    progress: bool = True,
-    schedule: Schedule = Schedule(),
-    stop_within: float = stop.STOP_WITHIN,
-    named: Sequence[int] | None = None,
-) -> list[dict]:
-    """Rewrite `shards` of the plan in `work`; returns the stats of the shards it finished.
-
-    `named`: the shards the user asked for when this process runs a share of them (Slurm arrays); an
-    overwrite that starts the source over must name every shard with output. A shard another live
-    process is writing is skipped (see lock.py). On SIGTERM/SIGUSR1/SIGINT the chunk in flight is
-    committed and StopRequested is raised (see stop.py)."""
-    return run_sets(work, [config], shards, engine, overwrite=overwrite, progress=progress, schedule=schedule,
-                    stop_within=stop_within, named=named)
+def run(work: str | Path, config: RunConfig, shards: Sequence[int], engine: Engine, **options) -> list[dict]:
+    """Rewrite `shards` of the plan in `work` with one meta set; returns the stats of the shards it
+    finished. `options` as `run_sets` takes them."""
+    return run_sets(work, [config], shards, engine, **options)
 
 
 def run_sets(
@@ -341,9 +325,14 @@ def run_sets(
     stop_within: float = stop.STOP_WITHIN,
     named: Sequence[int] | None = None,
 ) -> list[dict]:
-    """`run` with several meta sets (one config each) on one engine: shard by shard, every set in turn,
-    so a shard's captions are read while they are in the page cache, and each set keeps its own column,
-    settings and resume state."""
+    """Rewrite `shards` of the plan in `work` with several meta sets (one config each) on one engine:
+    shard by shard, every set in turn, so a shard's captions are read while they are in the page cache;
+    each set keeps its own column, settings and resume state. Returns the stats of the shards finished.
+
+    `named`: the shards the user asked for when this process runs a share of them (Slurm arrays); an
+    overwrite that starts the source over must name every shard with output. A shard another live
+    process is writing is skipped (see lock.py). On SIGTERM/SIGUSR1/SIGINT the chunk in flight is
+    committed and StopRequested is raised (see stop.py)."""
     jobs = [prepare(work, config, shards, named) for config in configs]
     names = [job.config.source for job in jobs]
     if len(set(names)) < len(names):
