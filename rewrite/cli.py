@@ -247,6 +247,7 @@ def report(
     export_dir: Optional[Path] = typer.Option(None, "--export", help="Or an export folder (hf, csv, laclip or wds): no reject or retry figures there."),
     out: Path = typer.Option(..., "--out", help="Folder for report.html, the .png plots and report.json."),
     source: Optional[List[str]] = typer.Option(None, help="Only these sets (default: every set that was run)."),
+    embedding_model: Optional[Path] = typer.Option(None, help="A local CLIP (Hugging Face form) or sentence-embedding model folder: adds the embedding similarity of each rewrite to its caption."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """How good the rewrites are, per set: valid rate and reject reasons, retries, lengths, word overlap,
@@ -256,7 +257,7 @@ def report(
     if (work is None) == (export_dir is None):
         fail("give one of --work or --export")
     with reported():
-        made = report_lib.report(work or export_dir, out, source, progress=progress)
+        made = report_lib.report(work or export_dir, out, source, progress=progress, embedding_model=embedding_model)
     for name, figures in made["summary"]["sets"].items():
         typer.echo(f"{name}: valid {_share(figures['valid_rate'])}, faithfulness {_number(figures['faithfulness']['mean'])} "
                    f"(below 0.3: {_share(figures['faithfulness']['below']['0.3'])}), words "

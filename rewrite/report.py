@@ -233,8 +233,8 @@ def _clip(text: str) -> str:
 class SetTally:
     """One meta set's running figures, fed a done shard at a time."""
 
-    def __init__(self, name: str, num_rewrites: int) -> None:
-        self.name, self.n = name, num_rewrites
+    def __init__(self, name: str, num_rewrites: int, embedder=None) -> None:
+        self.name, self.n, self.embedder = name, num_rewrites, embedder
         self.shards: Counter = Counter()  # shard state -> shards
         self.rows = self.requests = self.retries = 0
         self.statuses: Counter = Counter()  # ok / failed / skipped rewrites
@@ -243,6 +243,8 @@ class SetTally:
         self.words = {"rewrite": Lengths(), "original": Lengths()}
         self.tokens = {"rewrite": Lengths(), "original": Lengths()}
         self.scores = {name: Scores() for name in ("faithfulness", "recall", "novelty", "word_overlap")}
+        if embedder is not None:  # cosine of caption and rewrite embeddings, clamped at 0
+            self.scores["embedding_similarity"] = Scores()
         self.unscored = 0  # ok rewrites faithfulness cannot judge (no content word on a side)
         self.distinct = {1: Distinct(1), 2: Distinct(2)}
         self.examples = Extremes()
@@ -260,7 +262,7 @@ class SetTally:
         """A done shard's rows (or an export's: their reasons None, unknown); returns each row's ok rewrites
         (for Agreement)."""
         self.rows += len(keys)
-        ok_texts, words = [], []
+        ok_texts, words, pairs = [], [], []
         for row, (key, caption) in enumerate(zip(keys, captions)):
             texts: set[str] = set()
             original = None
@@ -274,9 +276,13 @@ class SetTally:
                 self._add_rewrite(shard, key, caption, rewrites[row], original)
                 texts.add(rewrites[row])
                 words.append(rewrites[row].lower().split())
+                pairs.append((caption, rewrites[row]))
             ok_texts.append(texts)
         for distinct in self.distinct.values():
             distinct.add(words)
+        if self.embedder is not None and pairs:
+            for similarity in self.embedder.similarity(pairs):
+                self.scores["embedding_similarity"].add(min(1.0, max(0.0, similarity)))
         return ok_texts
 
     def _add_rewrite(self, shard: int | None, key, caption: str, rewrite: str, original: tuple[int, int]) -> None:
@@ -445,13 +451,14 @@ def _summary(path: Path, rows: dict, sets: dict, agreement: Agreement, source: s
     }
 
 
-def collect(work: str | Path, sources: Sequence[str] | None = None, progress: bool = True) -> dict:
-    """The report's figures for each set run in `work` (or those of `sources`), over its done shards."""
+def collect(work: str | Path, sources: Sequence[str] | None = None, progress: bool = True, embedder=None) -> dict:
+    """The report's figures for each set run in `work` (or those of `sources`), over its done shards; with
+    an `embedder` (embedding.Embedder), the embedding similarity of each rewrite to its caption too."""
     w = layout.Work(work)
     manifest = _manifest(w)
     names = set_names(w, sources)
     recorded = {name: _settings(w, name) for name in names}
-    tallies = {name: SetTally(name, recorded[name]["num_rewrites"]) for name in names}
+    tallies = {name: SetTally(name, recorded[name]["num_rewrites"], embedder) for name in names}
     agreement = Agreement()
     for shard in tqdm(range(manifest.num_shards), desc="report", unit="shard", disable=not progress,
                       file=sys.stderr, dynamic_ncols=True):
@@ -676,7 +683,8 @@ def _export_sidecar(texts: list[str | None], captions: list[str | None]) -> tupl
     return texts, statuses, None
 
 
-def collect_export(folder: str | Path, sources: Sequence[str] | None = None, progress: bool = True) -> dict:
+def collect_export(folder: str | Path, sources: Sequence[str] | None = None, progress: bool = True,
+                   embedder=None) -> dict:
     """The report's figures for each set in the export published in `folder` (or those of `sources`), as
     `collect` gives them; RUN_ONLY figures are null (see EXPORT_NOTE)."""
     folder = Path(folder)
@@ -687,7 +695,7 @@ def collect_export(folder: str | Path, sources: Sequence[str] | None = None, pro
     reader = READERS[fmt](folder, files)
     sets = export_sets(reader.columns)
     names = _chosen(folder, list(sets), sources, "exported")
-    tallies = {name: SetTally(name, len(sets[name])) for name in names}
+    tallies = {name: SetTally(name, len(sets[name]), embedder) for name in names}
     agreement, rows = Agreement(), 0
     for part in tqdm(reader.rows([c for name in names for c in sets[name]]), total=reader.total, desc="report",
                      unit="part", disable=not progress, file=sys.stderr, dynamic_ncols=True):
@@ -892,10 +900,17 @@ def write(summary: dict, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = None, progress: bool = True) -> dict:
+def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = None, progress: bool = True,
+           embedding_model: str | Path | None = None) -> dict:
     """collect (`path` a work dir) or collect_export (an export), then write: {"summary": ..., "paths": ...}.
-    The report folder is checked before the reading."""
+    The report folder is checked (and the embedding model loaded) before the reading."""
     source = kind(path)
     check_out(path, out, source)
-    summary = (collect if source == "work" else collect_export)(path, sources, progress)
+    embedder = None
+    if embedding_model is not None:
+        from .embedding import Embedder
+
+        embedder = Embedder(embedding_model)
+    summary = (collect if source == "work" else collect_export)(path, sources, progress, embedder)
+    summary["embedding_model"] = embedder.name if embedder else None
     return {"summary": summary, "paths": write(summary, out)}

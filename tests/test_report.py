@@ -391,3 +391,22 @@ def test_the_report_command(work, tmp_path):
     assert from_export.splitlines()[0].startswith("mine: valid 67%, faithfulness 0.51")  # a null counts as failed
     bad = run_cli("report", "--work", work, "--out", out, "--source", "nothing", check=False)
     assert bad.returncode == 2 and "nothing" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_embedding_similarity_with_a_local_model(work, tmp_path):
+    """With a model on disk (here the packaged LM's weights, mean-pooled: any local encoder works the same
+    way), the report adds each rewrite's cosine similarity to its caption."""
+    from rewrite import model
+    from rewrite.embedding import Embedder, EmbeddingError
+
+    embedder = Embedder(model.resolve(None))
+    same, other = embedder.similarity([("a red bike on a wall", "a red bike on a wall"),
+                                       ("a red bike on a wall", "stock market numbers fall sharply")])
+    assert same == pytest.approx(1.0, abs=1e-4) and other < same
+    made = report.report(work, tmp_path / "r", ["mine"], progress=False, embedding_model=model.resolve(None))
+    figures = made["summary"]["sets"]["mine"]["embedding_similarity"]
+    assert figures["n"] == made["summary"]["sets"]["mine"]["ok"] and 0 < figures["mean"] <= 1
+    assert made["summary"]["embedding_model"] == str(model.resolve(None))
+    assert "embedding_similarity" not in report.collect(work, ["mine"], progress=False)["sets"]["mine"]
+    with pytest.raises(EmbeddingError, match="not a local model folder"):
+        Embedder(tmp_path / "nowhere")
