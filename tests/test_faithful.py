@@ -62,6 +62,7 @@ def test_sets_named_like_shipped_ones_can_come_from_a_folder(tmp_path):
     assert [c.meta_file for c in runner.set_configs(["bard"])] == [None]
 
 
+@pytest.mark.slow  # two runs of the embedded model, with retries
 def test_the_gate_in_a_real_run_rejects_retries_and_records_its_reason(engine, text_file, tmp_path):
     """On the embedded model: with a bar no rewrite reaches, every judged row fails as unfaithful; with a
     usual bar, every kept rewrite meets it."""
