@@ -326,8 +326,9 @@ def run_sets(
     named: Sequence[int] | None = None,
 ) -> list[dict]:
     """Rewrite `shards` of the plan in `work` with several meta sets (one config each) on one engine:
-    shard by shard, every set in turn, so a shard's captions are read while they are in the page cache;
-    each set keeps its own column, settings and resume state. Returns the stats of the shards finished.
+    shard by shard, every set in turn, a shard's captions read from the inputs once for all its sets
+    (_ReadOnce); each set keeps its own column, settings and resume state. Returns the stats of the
+    shards finished.
 
     `named`: the shards the user asked for when this process runs a share of them (Slurm arrays); an
     overwrite that starts the source over must name every shard with output. A shard another live
@@ -342,12 +343,29 @@ def run_sets(
         for job in jobs:
             held.callback(_open_source(job, job.fingerprint(engine.describe()["engine"], engine.model), overwrite).release)
         for shard in shards:
+            read = _ReadOnce() if len(jobs) > 1 else plan.iter_shard
             for job in jobs:
                 stop.check()
-                result = _run_locked(job, shard, engine, overwrite=overwrite, progress=progress, schedule=schedule)
+                result = _run_locked(job, shard, engine, overwrite=overwrite, progress=progress, schedule=schedule,
+                                     read=read)
                 if result is not None:
                     finished.append(result)
     return finished
+
+
+class _ReadOnce:
+    """`plan.iter_shard` for the sets of one shard: the first set that reads the shard's (key, caption)
+    chunks reads them from the inputs, the others get the same tables (held while the shard's sets run:
+    two small columns)."""
+
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] | None = None
+        self.read_as: tuple | None = None
+
+    def __call__(self, manifest: plan.Manifest, shard: int, chunk_rows: int) -> Iterator[pa.Table]:
+        if self.tables is None or self.read_as != (shard, chunk_rows):
+            self.tables, self.read_as = list(plan.iter_shard(manifest, shard, chunk_rows)), (shard, chunk_rows)
+        return iter(self.tables)
 
 
 def _say(message: str) -> None:
@@ -393,7 +411,8 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
     return TaskResult(shards, finished)
 
 
-def _run_locked(job: Job, shard: int, engine: Engine, *, overwrite: bool, progress: bool, schedule: Schedule) -> dict | None:
+def _run_locked(job: Job, shard: int, engine: Engine, *, overwrite: bool, progress: bool, schedule: Schedule,
+                read: Callable = plan.iter_shard) -> dict | None:
     """Run one shard under its lock, unless another process holds it or it is done (and verified)."""
     w, source = job.w, job.config.source
     lock = ShardLock(w.lock_file(source, shard))
@@ -411,7 +430,7 @@ def _run_locked(job: Job, shard: int, engine: Engine, *, overwrite: bool, progre
             print(f"{source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
             return None
         return run_shard(w, job.manifest, shard, job.config, job.meta_set, job.template, engine, progress=progress,
-                         schedule=schedule)
+                         schedule=schedule, read=read)
 
 
 def _committed_part(part: Path, rows: pa.Table) -> dict | None:
@@ -444,8 +463,10 @@ def run_shard(
     *,
     progress: bool = True,
     schedule: Schedule = Schedule(),
+    read: Callable = plan.iter_shard,
 ) -> dict:
-    """Rewrite a shard's chunks not committed yet (streaming, or a chunk at a time), then join its parts."""
+    """Rewrite a shard's chunks not committed yet (streaming, or a chunk at a time), then join its parts.
+    `read(manifest, shard, chunk_rows)` gives the shard's (key, caption) chunks."""
     from tqdm import tqdm
 
     parts = w.parts(config.source, shard)
@@ -467,7 +488,7 @@ def run_shard(
             chunk_stats[index] = stats
             _show(bar, chunk_stats, stats["rows"])
 
-    todo = _ChunksToDo(manifest, shard, config, parts, chunk_stats, lambda n: _show(bar, chunk_stats, n))
+    todo = _ChunksToDo(manifest, shard, config, parts, chunk_stats, lambda n: _show(bar, chunk_stats, n), read)
     if schedule.streaming if schedule.streaming is not None else getattr(engine, "streams_by_default", False):
         streaming = scheduler.StreamingShard(
             prompting(config, meta_set, template, engine), engine, config.sampling, schedule,
@@ -494,14 +515,14 @@ class _ChunksToDo:
     in `chunk_stats` (and is shown done); the others are yielded as (index, table). Counts the keys seen
     more than once (`duplicate_keys`)."""
 
-    def __init__(self, manifest, shard, config, parts, chunk_stats, show):
+    def __init__(self, manifest, shard, config, parts, chunk_stats, show, read=plan.iter_shard):
         self.manifest, self.shard, self.config, self.parts = manifest, shard, config, parts
-        self.chunk_stats, self.show = chunk_stats, show
+        self.chunk_stats, self.show, self.read = chunk_stats, show, read
         self.duplicate_keys = 0
 
     def __iter__(self) -> Iterator[tuple[int, pa.Table]]:
         keys_seen: set[int] = set()
-        for index, table in enumerate(plan.iter_shard(self.manifest, self.shard, self.config.chunk_rows)):
+        for index, table in enumerate(self.read(self.manifest, self.shard, self.config.chunk_rows)):
             for key in table.column(layout.KEY).to_pylist():
                 if hash(key) in keys_seen:
                     if not self.duplicate_keys:

@@ -132,3 +132,22 @@ def test_fingerprint_covers_code_version_and_model_files(text_file, tmp_path):
     assert proc.returncode == 2 and "removes the output of shards 0 that --shards does not name" in proc.stderr
     run_cli("run", "--work", work, "--source", "bard", "--shards", "0-1", "--no-progress", "--overwrite")
     assert json.loads(path.read_text())["model_digest"] == recorded["model_digest"]
+
+
+def test_several_sets_read_each_shard_once(engine, text_file, tmp_path, monkeypatch):
+    """run_sets reads a shard's captions from the inputs once for all its sets, and each set's rows are
+    those of the shard."""
+    from rewrite import plan, runner
+
+    work = tmp_path / "work"
+    plan.plan([str(text_file)], work, num_shards=2)
+    reads, real = [], plan.iter_shard
+    monkeypatch.setattr(plan, "iter_shard", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
+    configs = runner.set_configs(["human", "bard"], max_attempts=1)
+    finished = runner.run_sets(work, configs, [0, 1], engine, progress=False)
+    assert sorted(reads) == [0, 1]  # one read per shard, not per shard and set
+    assert sorted((s["source"], s["shard"]) for s in finished) == [("bard", 0), ("bard", 1), ("human", 0), ("human", 1)]
+    for name in ("human", "bard"):
+        keys = [k for shard in (0, 1) for k in pq.read_table(work / "rewrites" / name / f"{shard:05d}.parquet",
+                                                             columns=["key"]).column("key").to_pylist()]
+        assert keys == [f"captions-{i:09d}" for i in range(len(CAPTIONS))]
