@@ -14,6 +14,7 @@ longest possible prefix (an engine's prefix cache computes it once).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tomllib
@@ -76,11 +77,7 @@ class Template:
         if chat is None:
             raise TemplateError(f"template {self.name} is a chat template: it needs an engine with a chat template "
                                 "(vllm or transformers; with openai use --api chat and a completion template)")
-        text = chat(self.messages(examples, _CAPTION_MARK))
-        if text.count(_CAPTION_MARK) != 1:
-            raise TemplateError(f"the model's chat template does not show the caption once as it is (template {self.name})")
-        head, _, tail = text.partition(_CAPTION_MARK)
-        return head, tail
+        return _chat_frame(self, tuple(examples), chat)
 
     def head(self, examples: Sequence[Example], chat: ChatRender | None = None) -> str:
         """Everything before the caption."""
@@ -89,6 +86,17 @@ class Template:
     def render(self, examples: Sequence[Example], caption: str, chat: ChatRender | None = None) -> str:
         head, tail = self.frame(examples, chat)
         return head + normalise_caption(caption) + tail
+
+
+@functools.lru_cache(maxsize=4096)
+def _chat_frame(template: Template, examples: tuple[Example, ...], chat: ChatRender) -> tuple[str, str]:
+    """A chat template's frame, rendered once per set of examples (with --example-sets K, K renders in all;
+    a model's jinja template is slow next to string joins)."""
+    text = chat(template.messages(examples, _CAPTION_MARK))
+    if text.count(_CAPTION_MARK) != 1:
+        raise TemplateError(f"the model's chat template does not show the caption once as it is (template {template.name})")
+    head, _, tail = text.partition(_CAPTION_MARK)
+    return head, tail
 
 
 def load_template(name_or_path: str = "laclip") -> Template:
