@@ -8,6 +8,7 @@ own shards (`--shards`) into one OUT; whichever finds every shard written last p
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -155,19 +156,27 @@ def _staged(staging: Path, name: str) -> Path:
 def _write_shards(export_format: exports.ExportFormat, job: ExportJob, shards: list[int], staging: Path,
                   workers: int, progress: bool) -> Iterator[int]:
     """Each shard's files, by `workers` processes at once; each file is committed as it is finished, and
-    each shard is yielded once its files are."""
+    each shard is yielded once its files are on disk. Workers leave the fsyncs to this process (see
+    atomic.deferred_sync), which makes each shard durable while they write the next ones."""
     from tqdm import tqdm
 
     staged = functools.partial(_staged, staging)
-    with tqdm(total=len(shards), unit="shard", desc="export", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(shards), unit="shard", desc="export", disable=not progress, file=sys.stderr) as bar, \
+            contextlib.ExitStack() as stack:
         if workers == 1 or len(shards) < 2:
-            for shard in shards:
-                export_format.write_shard(job, shard, staged)
-                bar.update()
-                yield shard
-            return
-        with ProcessPoolExecutor(max_workers=min(workers, len(shards))) as pool:
-            for shard, _ in zip(shards, pool.map(export_format.write_shard, [job] * len(shards), shards,
-                                                 [staged] * len(shards))):
-                bar.update()
-                yield shard
+            written = (_write_unsynced(export_format, job, shard, staged) for shard in shards)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(workers, len(shards))))
+            written = pool.map(_write_unsynced, [export_format] * len(shards), [job] * len(shards), shards,
+                               [staged] * len(shards))
+        for shard, files in zip(shards, written):
+            atomic.sync_files(files)
+            bar.update()
+            yield shard
+
+
+def _write_unsynced(export_format: exports.ExportFormat, job: ExportJob, shard: int, staged) -> list[Path]:
+    """Write one shard's files, committed but not yet fsynced; their paths."""
+    with atomic.deferred_sync() as committed:
+        export_format.write_shard(job, shard, staged)
+    return committed

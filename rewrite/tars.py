@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import json
 import os
 import re
 import shutil
 import stat
 import tarfile
-import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,9 @@ WRITEBACK_STEP = 8 << 20  # bytes of a copy's output after which its writeback i
 
 # webdataset's tariterators.base_plus_ext: the key may hold folders, its basename part holds no dot.
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+_UNSAFE = r"\x00-\x1f\x7f-\x9f\ud800-\udfff"  # Unicode's Cc and Cs (surrogates stand for bytes that are not UTF-8)
+_UNSAFE_CHAR = re.compile(f"[{_UNSAFE}]")
+_PLAIN_KEY = re.compile(rf"[^/\\{_UNSAFE}]+(?:/[^/\\{_UNSAFE}]+)*")  # no empty part, backslash or unsafe character
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
 
 
@@ -162,13 +165,15 @@ def name_ext(member: str) -> str:
 
 def _key_problem(key: str) -> str | None:
     """Why `key` is not a safe relative path, or None."""
+    if "." not in key and _PLAIN_KEY.fullmatch(key):  # most keys: one test (a key has one per sample)
+        return None
     if not key:
         return "empty"
     if key.startswith("/"):
         return "absolute path"
     if "\\" in key:
         return "backslash"
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in key):
+    if _UNSAFE_CHAR.search(key):
         return "control character or bytes that are not UTF-8"
     parts = key.split("/")
     if ".." in parts:
@@ -411,9 +416,11 @@ def _parquet_count(parquet: Path) -> int | None:
 # (and rebuilding) of every header cost more than copying the bytes; any other header (PAX, GNU long
 # names, folders, links) and the end of the archive are left to tarfile.
 
-WINDOW = 8192  # bytes read at a header: a small member's data and the headers after it come with it
+WINDOW = 1 << 19  # bytes of the source read at a time, into one reused buffer (see _Window)
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _OCTAL = re.compile(rb" *[0-7]*[ \0]*")  # a number field in a form that tarfile reads as this octal number
+# size and checksum as tarfile and GNU tar write them ("%011o\0", "%06o\0 "), type '0' or NUL: one match
+_USUAL_HEADER = re.compile(rb"(?s).{124}([0-7]{11})\0.{12}[0-7]{6}\0 ([0\0])")
 _FIXED_FIELDS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))  # mode .. devminor
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps(value, ensure_ascii=False), made once
 _MAX_SIZE_FIELD = 8 ** 11  # sizes that the 11 octal digits of a ustar size field hold
@@ -433,12 +440,13 @@ def copy_with_fields(src: str | Path, dst_fileobj: IO[bytes], fields_by_key: dic
     handles atomic files."""
     txt_by_key = txt_by_key or {}
     _check_fields(src, fields_by_key)
-    with open(src, "rb", buffering=WINDOW) as fileobj:
+    with open(src, "rb", buffering=16 * BLOCK) as fileobj:  # tarfile reads the odd non-plain header through it
         tar_format = _tar_format(fileobj)
         source = _open_tar(src, fileobj)
-        out = _Output(dst_fileobj, fileobj.fileno(), src)
+        window = _Window(fileobj.fileno())
+        out = _Output(dst_fileobj, window, src)
         try:
-            done = _Copy(source, src, out, tar_format, fields_by_key, txt_by_key).run()
+            done = _Copy(source, src, out, window, tar_format, fields_by_key, txt_by_key).run()
             missing = sorted((set(fields_by_key) | set(txt_by_key)) - done)
             if missing:  # before close(): the output then has no end-of-archive block, so it cannot pass for whole
                 raise TarError(f"{src}: {len(missing)} key(s) given for samples not in the tar, e.g. {missing[:3]}")
@@ -453,6 +461,10 @@ def copy_with_fields(src: str | Path, dst_fileobj: IO[bytes], fields_by_key: dic
 
 def _check_fields(src: str | Path, fields_by_key: dict[str, dict]) -> None:
     """Rewrite fields must be flat strings: that is what open_clip's --json-text-key reads."""
+    names, values = itertools.chain.from_iterable(fields_by_key.values()), \
+        itertools.chain.from_iterable(fields.values() for fields in fields_by_key.values())
+    if set(map(type, names)) | set(map(type, values)) <= {str}:  # the usual case, tested without a loop in Python
+        return
     for key, fields in fields_by_key.items():
         bad = [name for name, value in fields.items() if not (isinstance(name, str) and isinstance(value, str))]
         if bad:
@@ -491,20 +503,26 @@ class _Member:
 
 
 class _Window:
-    """Reads of the source through one buffer of WINDOW bytes, so that the headers and data of small
-    members that follow each other cost one read."""
+    """The source read forward through one reused buffer of WINDOW bytes: the member headers, the data of
+    small members and the byte ranges the output keeps all come out of it, one read per WINDOW bytes
+    (a read per member, and a new buffer per read, cost a fifth of a shard's copy). Before the buffer is
+    refilled, `before_move` lets the output write out what it holds of it."""
 
     def __init__(self, fd: int):
-        self.fd, self.start, self.data = fd, 0, b""
+        self.fd, self.buffer = fd, bytearray(WINDOW)
+        self.view = memoryview(self.buffer)
+        self.start = self.end = 0  # the source bytes [start, end) are in the buffer
+        self.before_move = lambda: None
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of the source, fewer at its end."""
-        pos = offset - self.start
-        if pos < 0 or pos + size > len(self.data):
+        if offset < self.start or offset + size > self.end:
             if size > WINDOW:
                 return os.pread(self.fd, size, offset)
-            self.data, self.start, pos = os.pread(self.fd, WINDOW, offset), offset, 0
-        return self.data[pos:pos + size]
+            self.before_move()
+            self.start = offset
+            self.end = offset + os.preadv(self.fd, [self.buffer], offset)
+        return bytes(self.view[offset - self.start:min(offset + size, self.end) - self.start])
 
 
 def _walk(tar: tarfile.TarFile, path: str | Path, window: _Window) -> Iterator[_Member]:
@@ -528,49 +546,43 @@ def _walk(tar: tarfile.TarFile, path: str | Path, window: _Window) -> Iterator[_
 
 
 def _plain_member(block: bytes, offset: int, checked: set[bytes]) -> _Member | None:
-    """The member whose header block `block` (at `offset`) is plain, else None."""
-    parsed = _plain(block, checked)
-    if parsed is None:
+    """The member whose header block `block` (at `offset`) is a plain one, else None.
+
+    Plain: a regular file's ustar/GNU header that tarfile reads the same way: type '0' (or NUL, for a name
+    that is not a folder's), each number field in plain octal, the checksum right (unsigned). Any other
+    block is left to tarfile (which may take it for the end). `checked`: the number fields other than
+    size and checksum already found plain, which members mostly share. (One function: this runs for
+    every member, and its calls were a sixth of a shard's copy.)"""
+    if len(block) != BLOCK:
         return None
-    name, size = parsed
-    return _Member(name, True, offset, offset + BLOCK, size, offset + BLOCK + _blocks(size), block)
-
-
-def _plain(block: bytes, checked: set[bytes]) -> tuple[str, int] | None:
-    """(name, size) of a regular file's ustar/GNU header block that tarfile reads the same way: type '0'
-    (or NUL, for a name that is not a folder's), each number field in plain octal, the checksum right
-    (unsigned). None for any other block, which tarfile then reads (or takes for the end).
-
-    `checked`: the fields other than size and checksum already found plain, which members mostly share."""
-    if len(block) != BLOCK or block[156:157] not in _PLAIN_TYPES or not _plain_numbers(block, checked):
-        return None
-    halves = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2  # each < 65521: exact
-    if int(block[148:156].strip(b" \0") or b"0", 8) != halves - sum(block[148:156]) + 8 * 32:
-        return None
-    name, prefix = _nts(block[:100]), _nts(block[345:500])
-    if block[156:157] == tarfile.AREGTYPE and name.endswith(b"/"):  # tarfile reads it as a folder
-        return None
-    if prefix:
-        name = prefix + b"/" + name
-    return name.decode("utf-8", "surrogateescape"), int(block[124:136].strip(b" \0") or b"0", 8)
-
-
-def _plain_numbers(block: bytes, checked: set[bytes]) -> bool:
-    """Every number field of the block matches _OCTAL (the fields most members share are checked once)."""
+    usual = _USUAL_HEADER.match(block)
+    if usual:
+        size_field, kind = usual.groups()
+    else:
+        size_field, kind = block[124:136], block[156:157]
+        if kind not in _PLAIN_TYPES or not (_OCTAL.fullmatch(size_field) and _OCTAL.fullmatch(block, 148, 156)):
+            return None
     fixed = block[100:124] + block[136:148] + block[329:345]
     if fixed not in checked:
         if not all(_OCTAL.fullmatch(block, start, end) for start, end in _FIXED_FIELDS):
-            return False
+            return None
         if len(checked) >= 1024:
             checked.clear()
         checked.add(fixed)
-    return bool(_OCTAL.fullmatch(block, 124, 136) and _OCTAL.fullmatch(block, 148, 156))
-
-
-def _nts(field_: bytes) -> bytes:
-    """A string field up to its first NUL (tarfile's nts, before decoding)."""
-    end = field_.find(b"\0")
-    return field_ if end < 0 else field_[:end]
+    sum_field = block[148:156]
+    halves = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2  # each < 65521: exact
+    if int(sum_field.strip(b" \0") or b"0", 8) != halves - sum(sum_field) + 8 * 32:
+        return None
+    end = block.find(b"\0", 0, 100)
+    name = block[:end] if end >= 0 else block[:100]
+    if kind == tarfile.AREGTYPE and name.endswith(b"/"):  # tarfile reads it as a folder
+        return None
+    if block[345] != 0:  # a ustar prefix
+        end = block.find(b"\0", 345, 500)
+        name = block[345:end if end >= 0 else 500] + b"/" + name
+    size = int(size_field.strip(b" \0") or b"0", 8)
+    return _Member(name.decode("utf-8", "surrogateescape"), True, offset, offset + BLOCK, size,
+                   offset + BLOCK + -(-size // BLOCK) * BLOCK, block)
 
 
 def _blocks(size: int) -> int:
@@ -590,11 +602,10 @@ class _Pending:
 class _Copy:
     """One copy_with_fields: walks the source's members, keeps or replaces each, creates the missing ones."""
 
-    def __init__(self, source: tarfile.TarFile, src: str | Path, out: "_Output", tar_format: int,
+    def __init__(self, source: tarfile.TarFile, src: str | Path, out: "_Output", window: _Window, tar_format: int,
                  fields_by_key: dict[str, dict], txt_by_key: dict[str, str]):
-        self.source, self.src, self.out, self.format = source, src, out, tar_format
+        self.source, self.src, self.out, self.window, self.format = source, src, out, window, tar_format
         self.fields, self.txts = fields_by_key, txt_by_key
-        self.window = _Window(source.fileobj.fileno())
 
     def run(self) -> set[str]:
         """Copy every member in order; returns the keys seen. A sample's created members are written
@@ -608,7 +619,7 @@ class _Copy:
                 continue
             key, ext = split
             if current is None or key != current.key:
-                check_key(key, self.src, member.name)
+                _refuse_key(_key_problem(key) or _dot_problem(key, ext), key, self.src, member.name)  # check_key's test
                 self._finish(current)
                 if key in seen:
                     raise TarError(f"{self.src}: member {member.name!r}: sample {key!r} is split "
@@ -628,8 +639,7 @@ class _Copy:
     def _member(self, member: _Member, key: str, ext: str) -> None:
         """Keep a sample's member as it is, or write its replacement."""
         if ext == "json" and self.fields.get(key):
-            meta = _parse_json(self._data(member), self.src, member.name)
-            self._replace(member, _dump_json({**meta, **self.fields[key]}))
+            self._replace(member, _merged_json(self._data(member), self.fields[key], self.src, member.name))
         elif ext == "txt" and key in self.txts:
             self._replace(member, self.txts[key].encode("utf-8"))
         else:
@@ -667,6 +677,17 @@ class _Copy:
 
 def _dump_json(value: dict) -> bytes:
     return _JSON_ENCODER.encode(value).encode("utf-8")
+
+
+def _merged_json(data: bytes, fields: dict[str, str], path: str | Path, member: str) -> bytes:
+    """KEY.json's bytes with `fields` added. When it has none of their names, its own bytes are kept and the
+    fields appended before its closing brace (as json.dumps writes them); else the merged object is
+    written anew, the fields' values replacing the old ones. Either way it must parse as an object."""
+    meta = _parse_json(data, path, member)
+    if meta.keys() & fields.keys():
+        return _dump_json({**meta, **fields})
+    text = data.rstrip()  # what follows the object's `}` is JSON whitespace: it parsed
+    return text[:-1] + (b", " if meta else b"") + _dump_json(fields)[1:]
 
 
 def _padding(size: int) -> bytes:
@@ -709,10 +730,11 @@ def _created(sample: _Pending, ext: str) -> tarfile.TarInfo:
 
 class _Output:
     """The output tar, written in order: source byte ranges kept as they are (coalesced until something
-    else is written) and new bytes. Ranges are read in COPY_BUFFER pieces. A regular file gets one
+    else is written) and new bytes. A kept range's part in the source's window is a slice of it; parts
+    outside it (a member bigger than the window) are read in COPY_BUFFER pieces. A regular file gets one
     os.writev per COPY_BUFFER bytes gathered, through its descriptor (os.sendfile of each range between
-    two rewritten KEY.json members measured slower: 26 vs 19 ms a 59 MB shard); any other file object
-    gets a write() per piece.
+    two rewritten KEY.json members measured slower: 26 vs 19 ms a 59 MB shard), and every time the
+    window moves (the slices gathered are of its buffer); any other file object gets a write() per piece.
 
     Every WRITEBACK_STEP bytes written to a regular file, the kernel is told to start writing them to disk
     (posix_fadvise DONTNEED, which also lets it drop them from the page cache once written): the fsync
@@ -720,8 +742,9 @@ class _Output:
     47 ms a 59 MB shard, copy and fsync), and an export of many GB does not fill the page cache with
     output it will not read again."""
 
-    def __init__(self, dst: IO[bytes], src_fd: int, path: str | Path):
-        self.dst, self.src_fd, self.path = dst, src_fd, path
+    def __init__(self, dst: IO[bytes], window: _Window, path: str | Path):
+        self.dst, self.window, self.path = dst, window, path
+        window.before_move = self._drain
         self.copied = self.kept = 0  # source bytes [copied, kept) are still to be copied
         self.position = _tell(dst)  # tarfile pads the archive to a record counting from here
         self.fd = _regular_fd(dst)
@@ -752,15 +775,29 @@ class _Output:
         if self.fd is not None:
             self.dst.seek(os.lseek(self.fd, 0, os.SEEK_CUR))
 
+    def _drain(self) -> None:
+        """Write out everything kept or gathered: the window's buffer is about to be refilled."""
+        self._copy_kept()
+        self._flush()
+
     def _copy_kept(self) -> None:
-        start, end = self.copied, self.kept
+        """The kept range: before, inside and after the window (a kept range reaches past it only across
+        a member bigger than what the window held of it)."""
+        start, end, window = self.copied, self.kept, self.window
+        self._read_range(start, min(end, window.start))
+        inside_start, inside_end = max(start, window.start), min(end, window.end)
+        if inside_start < inside_end:
+            self._put(window.view[inside_start - window.start:inside_end - window.start])
+        self._read_range(max(start, window.end), end)
+        self.copied = max(self.copied, end)
+
+    def _read_range(self, start: int, end: int) -> None:
         while start < end:
-            data = os.pread(self.src_fd, min(end - start, COPY_BUFFER), start)
+            data = os.pread(self.window.fd, min(end - start, COPY_BUFFER), start)
             if not data:
                 raise TarError(f"{self.path}: truncated while being copied (no data at offset {start})")
             self._put(data)
             start += len(data)
-        self.copied = max(self.copied, end)
 
     def _put(self, data: bytes) -> None:
         self.position += len(data)

@@ -146,6 +146,24 @@ def test_array_tasks_export_their_shards_and_the_last_publishes(rewritten, tmp_p
     assert "holds this export already" in again.stdout
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_shard_is_on_disk_before_its_record(rewritten, tmp_path, monkeypatch, workers):
+    """Workers commit without fsync (atomic.deferred_sync); this process fsyncs a shard's tars before it
+    writes the record that marks the shard written, so a crash cannot leave a record over lost data."""
+    import os
+
+    from rewrite import export
+
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+                        or real_fsync(fd))
+    summary = export.export(rewritten, tmp_path / "out", fmt="wds", workers=workers)
+    assert summary["published"]
+    for shard in range(3):
+        tar, record = f"{shard:05d}.tar", next(n for n in synced if n.startswith(f".{shard:05d}.from.json."))
+        assert tar in synced and synced.index(tar) < synced.index(record)
+
+
 def test_bad_export_options_are_refused(rewritten, tmp_path):
     for args, message in [
         (["--format", "zip"], "--format 'zip'"),

@@ -19,7 +19,7 @@ from rewrite import tars
 from rewrite.tars import ByteCounter, TarError
 
 KEYS = ["000000007", "000000002", "000000005", "000000003"]  # download-completion order, not key order
-BIG = 2 * 1024 * 1024
+BIG = 4 * 1024 * 1024  # bigger than the copy's window and buffers together (tars.WINDOW, COPY_BUFFER)
 
 
 def jpeg(i: int, side: int = 16) -> bytes:
@@ -382,6 +382,19 @@ def test_copy_with_fields_leaves_json_without_fields_byte_identical(shard):
     assert set(after) == set(before)  # no json created for 000000003: it has no fields
     assert after["000000007.json"] == before["000000007.json"]
     assert after["000000002.json"] != before["000000002.json"]
+
+
+def test_copy_keeps_a_json_s_own_bytes_and_appends_the_fields(tmp_path):
+    """The fields go in before the closing brace; a field already there is replaced, not doubled."""
+    own = b'{"url": "http://x/\\u00e9.jpg",  "n": 1.50, "caption_old": "keep"}\n'
+    src = make_tar(tmp_path / "t.tar", [("a.jpg", jpeg(0)), ("a.json", own), ("b.jpg", jpeg(1)),
+                                         ("b.json", b'{"caption_x": "old", "w": 2}'), ("c.json", b"{}")])
+    fields = {"a": {"caption_x": "new \"one\""}, "b": {"caption_x": "new"}, "c": {"caption_x": "z"}}
+    data = dict((t.name, d) for t, d in read_members(_copy(src, fields)))
+    assert data["a.json"] == own.rstrip()[:-1] + b', "caption_x": "new \\"one\\""}'
+    assert json.loads(data["a.json"]) == {**json.loads(own), "caption_x": 'new "one"'}
+    assert json.loads(data["b.json"]) == {"caption_x": "new", "w": 2} and data["b.json"].count(b"caption_x") == 1
+    assert data["c.json"] == b'{"caption_x": "z"}'
 
 
 def test_copy_with_fields_replaces_txt_in_a_view(shard):
