@@ -31,7 +31,8 @@ from .settings import Sampling, Schedule
 
 _END = object()
 SLICE = 256  # requests built, ordered and queued together: the engine gets a big chunk's first ones early
-FIRST_SLICE = 16  # the slice built while the engine has nothing at all (the run's start): it starts sooner
+FIRST_SLICE = 16  # the slice built while the engine has nothing at all (the run's start): it starts sooner,
+# and the slices after it double up to SLICE, so that the engine fills as fast as requests are built
 ABORT_WAIT = 10.0  # seconds a stopped run waits for its threads (the engine's current step, a commit)
 MAX_ERROR_SAMPLES = 10  # distinct engine error messages kept in a chunk's stats
 
@@ -83,6 +84,7 @@ class StreamingShard:
         self.items: dict[tuple[str, int], _Item] = {}  # in progress
         self.results: dict[tuple[str, int], rows.Result] = {}  # final, for the whole shard
         self.sent: dict[int, _Item] = {}  # in the engine, by stream position
+        self.slice = FIRST_SLICE  # requests the builder queues next (see FIRST_SLICE)
         self.cut_idents: set[str] = set()  # identities with a rewrite whose caption was cut
         self.failure: BaseException | None = None
         self.aborted = threading.Event()
@@ -166,7 +168,9 @@ class StreamingShard:
         fitted: dict[str, tuple[str, bool]] = {}
         start = 0
         while start < len(new):  # outside the lock: tokenizing is the slow part
-            size = SLICE if self.fresh or self.sent else FIRST_SLICE
+            if not (self.fresh or self.sent):
+                self.slice = FIRST_SLICE
+            size, self.slice = self.slice, min(SLICE, 2 * self.slice)
             built = []
             for item in new[start:start + size]:
                 if item.ident not in fitted:
