@@ -1,4 +1,5 @@
-"""The benchmarks: bench/run.py's method parsing (pure functions, tested directly), and bench/export_wds.py run at toy size."""
+"""The benchmarks: bench/run.py's method parsing (pure functions, tested directly), and bench/export_wds.py
+and bench/scheduler.py run at toy size."""
 from __future__ import annotations
 
 import importlib.util
@@ -45,3 +46,24 @@ def test_export_benchmark_runs_end_to_end_at_small_size(tmp_path):
     assert set(result["throughput"]["mb_per_s"]) == {"copy", "copy_fsync", "copy_userspace", "export", "export_workers2"}
     assert result["plan"]["stats"]["tars_opened"] == 0
     assert "export `--workers 2` / copy" in out.with_suffix(".md").read_text()
+
+
+def test_scheduler_benchmark_runs_both_schedulers_at_small_size(tmp_path):
+    """bench/scheduler.py --quick on a few captions: both schedulers drive the simulated GPU through the
+    real runner to the end, and the last line is the default configuration in its documented form."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "s.json"
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "scheduler.py"),
+                           "--quick", "--captions", "300", "--out-json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["mode"] for r in results] == ["old", "stream"]
+    for r in results:
+        assert r["captions"] == 300 and r["ok"] + r["failed"] == 300 and 0 < r["busy"] <= 1 and 0 < r["occupancy"] <= 1
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"old: busy=[01]\.\d\d .*occupancy=[01]\.\d\d .* stream: busy=[01]\.\d\d .*occupancy=[01]\.\d\d .*", last), last
