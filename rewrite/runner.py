@@ -477,6 +477,7 @@ def run_shard(
     bar = tqdm(total=manifest.shard_rows(shard), unit="caption", desc=f"{config.source} {layout.shard_id(shard)}",
                disable=not progress, dynamic_ncols=True, file=sys.stderr)
     chunk_stats: dict[int, dict] = {}
+    committed: dict[int, pa.Table] = {}  # the chunks this run commits, kept for the shard's file
     out_schema = schema(config.num_rewrites)
     bar_lock = threading.Lock()
 
@@ -485,6 +486,7 @@ def run_shard(
         with atomic.atomic_path(parts / f"{index:05d}.parquet") as tmp:
             pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
         with bar_lock:
+            committed[index] = result
             chunk_stats[index] = stats
             _show(bar, chunk_stats, stats["rows"])
 
@@ -506,7 +508,7 @@ def run_shard(
                 stats["seconds"] = time.perf_counter() - started
                 commit(index, result, stats)
     bar.close()
-    return _finish_shard(w, config, shard, engine, [chunk_stats[i] for i in range(len(chunk_stats))],
+    return _finish_shard(w, config, shard, engine, [chunk_stats[i] for i in range(len(chunk_stats))], committed,
                          todo.duplicate_keys)
 
 
@@ -546,14 +548,17 @@ def _show(bar, chunk_stats: dict, rows_done: int) -> None:
 
 
 def _finish_shard(w: layout.Work, config: RunConfig, shard: int, engine: Engine, chunk_stats: list[dict],
-                  duplicate_keys: int) -> dict:
-    """Join the shard's parts into its rewrite file and write its stats, last: the shard is done."""
+                  committed: dict[int, pa.Table], duplicate_keys: int) -> dict:
+    """Join the shard's parts into its rewrite file and write its stats, last: the shard is done. The
+    parts this process committed come from `committed` (reading them back cost as long as the rest of
+    the join, with the engine idle); those of an earlier run are read."""
     parts = w.parts(config.source, shard)
     with stop.deferred():
         final = w.rewrite_file(config.source, shard)
         with atomic.atomic_path(final) as tmp, pq.ParquetWriter(tmp, schema(config.num_rewrites)) as writer:
             # Row groups of a fixed size, so the file's bytes do not depend on the chunk size either.
-            tables = (pq.read_table(parts / f"{i:05d}.parquet").replace_schema_metadata(None) for i in range(len(chunk_stats)))
+            tables = (committed[i] if i in committed else pq.read_table(parts / f"{i:05d}.parquet").replace_schema_metadata(None)
+                      for i in range(len(chunk_stats)))
             for table in plan.rechunk(tables, ROW_GROUP_ROWS):
                 writer.write_table(table)
         stats = merge_stats(chunk_stats)
