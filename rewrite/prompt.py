@@ -14,10 +14,10 @@ longest possible prefix (an engine's prefix cache computes it once).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import tomllib
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -88,15 +88,22 @@ class Template:
         return head + normalise_caption(caption) + tail
 
 
-@functools.lru_cache(maxsize=4096)
+_FRAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # see _chat_frame
+
+
 def _chat_frame(template: Template, examples: tuple[Example, ...], chat: ChatRender) -> tuple[str, str]:
     """A chat template's frame, rendered once per set of examples (with --example-sets K, K renders in all;
-    a model's jinja template is slow next to string joins)."""
-    text = chat(template.messages(examples, _CAPTION_MARK))
-    if text.count(_CAPTION_MARK) != 1:
-        raise TemplateError(f"the model's chat template does not show the caption once as it is (template {template.name})")
-    head, _, tail = text.partition(_CAPTION_MARK)
-    return head, tail
+    a model's jinja template is slow next to string joins). The frames are kept with the renderer's
+    owner (the engine, for its `chat_prompt`), weakly: a closed engine is not held by its frames."""
+    frames = _FRAMES.setdefault(getattr(chat, "__self__", chat), {})
+    key = (getattr(chat, "__func__", chat), template, examples)
+    if key not in frames:
+        text = chat(template.messages(examples, _CAPTION_MARK))
+        if text.count(_CAPTION_MARK) != 1:
+            raise TemplateError(f"the model's chat template does not show the caption once as it is (template {template.name})")
+        head, _, tail = text.partition(_CAPTION_MARK)
+        frames[key] = head, tail
+    return frames[key]
 
 
 def load_template(name_or_path: str = "laclip") -> Template:

@@ -155,6 +155,27 @@ def test_chat_prompts_in_the_packaged_models_own_template(engine):
     assert cut and len(ids) <= 200 and text.startswith(head) and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_chat_frames_are_rendered_once_and_do_not_hold_their_engine():
+    import gc
+    import weakref
+
+    class Renderer:
+        calls = 0
+
+        def chat_prompt(self, messages):
+            Renderer.calls += 1
+            return "|".join(m["role"] + ":" + m["content"] for m in messages)
+
+    t, owner = prompt.load_template("chat"), Renderer()
+    first = t.render(CHAT_EXAMPLES, "a dog", owner.chat_prompt)
+    assert t.render(CHAT_EXAMPLES, "a cat", owner.chat_prompt) == first.replace("a dog", "a cat")
+    assert Renderer.calls == 1  # the frame is rendered once for a set of examples
+    gone = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert gone() is None
+
+
 def test_an_engine_without_a_chat_template_says_so():
     from rewrite.engines.base import Engine, EngineError
 
