@@ -135,14 +135,17 @@ def split_member(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def check_key(key: str, tar: str | Path, member: str, text_exts: tuple[str, ...] = TEXT_EXTS) -> None:
+def check_key(key: str, tar: str | Path, member: str, text_exts: tuple[str, ...] = TEXT_EXTS,
+              ext: str | None = None) -> None:
     """Refuse a key that is unsafe as a file name or that consumers would split differently.
 
     Keys become file and folder names (exports, views), so one that is absolute, holds a `..` (or `.`
     or empty) part, a backslash, or a control character could write outside its folder or alias another
     key. `img.001.txt` is a key with a dot: webdataset reads it as key `img`, extension `001.txt`, so its
-    caption would be lost; refuse it rather than guess."""
-    _refuse_key(_key_problem(key) or _dot_problem(key, name_ext(member), text_exts), key, tar, member)
+    caption would be lost; refuse it rather than guess. `ext`: the member's extension, when the caller has
+    split its name already."""
+    ext = name_ext(member) if ext is None else ext
+    _refuse_key(_key_problem(key) or _dot_problem(key, ext, text_exts), key, tar, member)
 
 
 def _dot_problem(key: str, ext: str, text_exts: tuple[str, ...] = TEXT_EXTS) -> str | None:
@@ -582,7 +585,7 @@ def _plain_member(block: bytes, offset: int, checked: set[bytes]) -> _Member | N
         name = block[345:end if end >= 0 else 500] + b"/" + name
     size = int(size_field.strip(b" \0") or b"0", 8)
     return _Member(name.decode("utf-8", "surrogateescape"), True, offset, offset + BLOCK, size,
-                   offset + BLOCK + -(-size // BLOCK) * BLOCK, block)
+                   offset + BLOCK + _blocks(size), block)
 
 
 def _blocks(size: int) -> int:
@@ -619,7 +622,7 @@ class _Copy:
                 continue
             key, ext = split
             if current is None or key != current.key:
-                _refuse_key(_key_problem(key) or _dot_problem(key, ext), key, self.src, member.name)  # check_key's test
+                check_key(key, self.src, member.name, ext=ext)
                 self._finish(current)
                 if key in seen:
                     raise TarError(f"{self.src}: member {member.name!r}: sample {key!r} is split "
