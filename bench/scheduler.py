@@ -1,7 +1,7 @@
 """Scheduler benchmark: a chunk at a time with retry rounds (the old way, `Schedule(streaming=False)`)
 against the streaming scheduler, both driving a simulated GPU through the real runner.
 
-    python bench/scheduler.py [--quick] [--captions 8192]
+    python bench/scheduler.py [--quick] [--captions 8192] [--shards 1]
 
 The simulated GPU (`SimulatedGPU`, defined here; never a default, never used by a test of the pipeline)
 is a step loop like vLLM's: each step every running sequence makes one token and takes
@@ -24,7 +24,8 @@ the last one's end: without the run's start-up and final assembly), chunk commit
 read to its part being committed), CPU ms per caption (process CPU time, sleeping excluded) and peak RSS.
 
 Sweep: full-batch step time 2 / 10 / 20 ms x rejects 0 / 3 / 20% x chunk 512 / 4,096 (--quick: 10 ms,
-3%, chunk 512 and a smaller input). The last line is the default configuration (10 ms, 3%, chunk 512).
+3%, chunk 512 and a smaller input). --shards N plans the captions into N shards run by one task (as an
+array task runs its share): streaming, they are one engine stream. The last line is the default configuration (10 ms, 3%, chunk 512).
 Results go to bench/results/<time>-scheduler.json and .md (or --out-json PATH).
 """
 from __future__ import annotations
@@ -147,16 +148,16 @@ def captions(n: int) -> list[str]:
 
 @contextlib.contextmanager
 def commit_latencies(out: dict):
-    """Times from a chunk's rows being read to its part being committed, by chunk index (bench-only
+    """Times from a chunk's rows being read to its part being committed, by (shard, chunk) (bench-only
     instrumentation of runner's chunk walk and of its atomic commits)."""
     from rewrite import atomic, runner
 
-    read_at: dict[int, float] = {}
+    read_at: dict[tuple[int, int], float] = {}  # (shard, chunk) -> when its rows were read
     walk, commit = runner._ChunksToDo.__iter__, atomic.atomic_path
 
     def timed_walk(self):
         for index, table in walk(self):
-            read_at[index] = time.perf_counter()
+            read_at[self.shard, index] = time.perf_counter()
             yield index, table
 
     @contextlib.contextmanager
@@ -165,7 +166,8 @@ def commit_latencies(out: dict):
             yield tmp
         path = Path(path)
         if path.parent.name.endswith(".parts") and path.suffix == ".parquet":  # a chunk's part
-            out[int(path.stem)] = time.perf_counter() - read_at[int(path.stem)]
+            chunk = (int(path.parent.name.split(".")[0]), int(path.stem))
+            out[chunk] = time.perf_counter() - read_at[chunk]
 
     runner._ChunksToDo.__iter__, atomic.atomic_path = timed_walk, timed_commit
     try:
@@ -186,19 +188,21 @@ def one(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(captions(args.captions)) + "\n", encoding="utf-8")
-        plan.plan([str(src)], Path(tmp) / "work", num_shards=1)
+        plan.plan([str(src)], Path(tmp) / "work", num_shards=args.shards)
         config = runner.RunConfig(source=SOURCE, chunk_rows=args.chunk)
-        runner.prepare(Path(tmp) / "work", config, [0])  # as `rewrite run` does before its engine loads
-        latencies: dict[int, float] = {}
+        shards = list(range(args.shards))
+        runner.prepare(Path(tmp) / "work", config, shards)  # as `rewrite run` does before its engine loads
+        latencies: dict[tuple[int, int], float] = {}
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with commit_latencies(latencies):
-            stats = runner.run(Path(tmp) / "work", config, [0], engine,
-                               progress=False, schedule=Schedule(streaming=args.mode == "stream"))[0]
+            finished = runner.run(Path(tmp) / "work", config, shards, engine,
+                                  progress=False, schedule=Schedule(streaming=args.mode == "stream"))
+        stats = {k: sum(shard[k] for shard in finished) for k in ("rows", "requests", "ok", "failed")}
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     full_step = engine.t0 + engine.t1 * engine.max_running
     ideal = engine.occupied / engine.max_running * full_step
     lat = sorted(latencies.values())
-    return {"mode": args.mode, "step_ms": args.step_ms, "reject": args.reject, "chunk": args.chunk,
+    return {"mode": args.mode, "step_ms": args.step_ms, "reject": args.reject, "chunk": args.chunk, "shards": args.shards,
             "captions": stats["rows"], "requests": stats["requests"], "ok": stats["ok"], "failed": stats["failed"],
             "seconds": wall, "busy": engine.busy / wall,
             "busy_steady": engine.busy / (engine.last_step - engine.first_step), "occupancy": engine.occupied / engine.steps / engine.max_running,
@@ -214,6 +218,7 @@ def measure(mode: str, step_ms: float, reject: float, chunk: int, args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [sys.executable, __file__, "--one", mode, "--step-ms", str(step_ms), "--reject", str(reject),
                "--chunk", str(chunk), "--captions", str(args.captions), "--max-running", str(args.max_running),
+               "--shards", str(args.shards),
                "--out-json", f.name]
         subprocess.run(cmd, check=True)
         return json.loads(Path(f.name).read_text())
@@ -253,6 +258,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the default configuration only, on fewer captions")
     ap.add_argument("--captions", type=int, help="captions per run (default 8192; --quick 2048)")
     ap.add_argument("--max-running", type=int, default=256, help="the simulated GPU's max running sequences")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="shards the captions are planned into, all run by one task (default 1)")
     ap.add_argument("--out-json", help="result file (default bench/results/<time>-scheduler.json)")
     ap.add_argument("--one", choices=("old", "stream"), help=argparse.SUPPRESS)
     ap.add_argument("--step-ms", type=float, default=10, help=argparse.SUPPRESS)

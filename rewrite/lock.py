@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class ShardLock:
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
+        self._releasing = threading.Lock()
 
     def acquire(self) -> bool:
         """Take the lock if no live process holds it; False when another one does."""
@@ -49,10 +51,13 @@ class ShardLock:
         return f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')}" if h else "another process"
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        """Idempotent, and safe from two threads at once (a streaming run's writer releases a shard it
+        finished; the run releases those it did not, on its way out)."""
+        with self._releasing:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def __enter__(self) -> "ShardLock":
         return self

@@ -3,13 +3,15 @@
 Identical captions are rewritten once (dedup), every (caption, rewrite index) becomes a request whose
 examples and seed are derived from what identifies it (rows.py), completions are parsed and checked,
 rejected ones are tried again, and each chunk is committed as a parquet part: by the streaming
-scheduler (scheduler.py, the default) or a chunk at a time with retry rounds (`rewrite_chunk`). When
-all parts exist they are joined into WORK/rewrites/<source>/<shard>.parquet, and the stats json is
-written last. A rerun skips done shards and resumes a partial one from its committed parts.
+scheduler (scheduler.py, the default: one engine stream over all of a task's shards and sets) or a
+chunk at a time with retry rounds (`rewrite_chunk`). When all parts exist they are joined into
+WORK/rewrites/<source>/<shard>.parquet, and the stats json is written last. A rerun skips done shards
+and resumes a partial one from its committed parts.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -338,19 +340,65 @@ def run_sets(
     names = [job.config.source for job in jobs]
     if len(set(names)) < len(names):
         raise RunError(f"--source names a set twice: {', '.join(names)}")
-    finished = []
     with stop.handling(stop_within), contextlib.ExitStack() as held:
         for job in jobs:
             held.callback(_open_source(job, job.fingerprint(engine.describe()["engine"], engine.model), overwrite).release)
+        if schedule.streaming if schedule.streaming is not None else getattr(engine, "streams_by_default", False):
+            return _run_streaming(jobs, shards, engine, overwrite=overwrite, progress=progress, schedule=schedule)
+        finished = []
         for shard in shards:
             read = _ReadOnce() if len(jobs) > 1 else plan.iter_shard
             for job in jobs:
                 stop.check()
-                result = _run_locked(job, shard, engine, overwrite=overwrite, progress=progress, schedule=schedule,
-                                     read=read)
-                if result is not None:
-                    finished.append(result)
-    return finished
+                lock = _claim(job, shard, overwrite)
+                if lock is not None:
+                    with lock:
+                        finished.append(_run_chunked(job, shard, engine, progress=progress, schedule=schedule, read=read))
+        return finished
+
+
+def _run_streaming(jobs: Sequence[Job], shards: Sequence[int], engine: Engine, *, overwrite: bool, progress: bool,
+                   schedule: Schedule) -> list[dict]:
+    """Every (shard, set) of the task through one engine stream, with no drain between shards: the next
+    shard's requests join the batch while the last rows of the one before decode, and a shard is joined
+    off the engine's path (scheduler.py). Sets with other sampling settings than the one before start a
+    stream of their own. On a stop request the open chunks are committed and StopRequested is raised;
+    a shard with chunks left is finished by the next run."""
+    finished: dict[int, dict] = {}  # by the (shard, set)'s place in the task, as the writer finishes them
+    pairs = list(enumerate((shard, job) for shard in shards for job in jobs))
+    for sampling, group in itertools.groupby(pairs, key=lambda pair: pair[1][1].config.sampling):
+        stop.check()
+        with contextlib.ExitStack() as locks:  # the shard locks of units not finished (a stop, an error)
+            stream = scheduler.Stream(engine, sampling, schedule)
+            with stop.deferred():  # a stop request lets the open chunks finish and commit
+                stream.run(_units(group, len(jobs), engine, overwrite=overwrite, progress=progress, locks=locks,
+                                  finished=finished))
+        stop.check()  # asked to stop: the chunks not started stay for a rerun
+    return [finished[place] for place in sorted(finished)]
+
+
+def _units(pairs: Iterable[tuple[int, tuple[int, Job]]], sets: int, engine: Engine, *, overwrite: bool, progress: bool,
+           locks: contextlib.ExitStack, finished: dict[int, dict]) -> Iterator[scheduler.Unit]:
+    """The stream's units, each started when the builder reaches it (its shard lock taken, done shards
+    skipped); a unit's `finish` joins its shard, puts its stats in `finished` and releases its lock."""
+    read, read_shard = plan.iter_shard, None
+    for place, (shard, job) in pairs:
+        if shard != read_shard:
+            read, read_shard = _ReadOnce() if sets > 1 else plan.iter_shard, shard
+        lock = _claim(job, shard, overwrite)
+        if lock is None:
+            continue
+        locks.callback(lock.release)
+        work = _ShardWork(job, shard, engine, progress, read)
+
+        def finish(work: _ShardWork = work, lock: ShardLock = lock, place: int = place) -> None:
+            finished[place] = work.finish()
+            lock.release()
+
+        config = job.config
+        yield scheduler.Unit(prompting(config, job.meta_set, job.template, engine), work.todo, work.commit, finish,
+                             num_rewrites=config.num_rewrites, max_attempts=config.max_attempts, dedup=config.dedup,
+                             schema=work.schema)
 
 
 class _ReadOnce:
@@ -411,26 +459,25 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
     return TaskResult(shards, finished)
 
 
-def _run_locked(job: Job, shard: int, engine: Engine, *, overwrite: bool, progress: bool, schedule: Schedule,
-                read: Callable = plan.iter_shard) -> dict | None:
-    """Run one shard under its lock, unless another process holds it or it is done (and verified)."""
+def _claim(job: Job, shard: int, overwrite: bool) -> ShardLock | None:
+    """The shard's lock, held, when this process is to write the shard; None when another process holds
+    it or the shard is done (and verified). A damaged shard, or any with overwrite, is cleared first."""
     w, source = job.w, job.config.source
     lock = ShardLock(w.lock_file(source, shard))
     if not lock.acquire():
         print(f"{source} shard {layout.shard_id(shard)}: being rewritten by {lock.holder()}, skipped", file=sys.stderr)
         return None
-    with lock:
-        found = done.check(w, source, shard)
-        if overwrite or found.state == done.DAMAGED:
-            if found.state == done.DAMAGED:
-                print(f"{source} shard {layout.shard_id(shard)}: damaged ({found.problem}): rewriting it", file=sys.stderr)
-            done.clear(w, source, shard)
-        elif found.state == done.DONE:
-            shutil.rmtree(w.parts(source, shard), ignore_errors=True)  # left by a writer killed right after its stats
-            print(f"{source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
-            return None
-        return run_shard(w, job.manifest, shard, job.config, job.meta_set, job.template, engine, progress=progress,
-                         schedule=schedule, read=read)
+    found = done.check(w, source, shard)
+    if overwrite or found.state == done.DAMAGED:
+        if found.state == done.DAMAGED:
+            print(f"{source} shard {layout.shard_id(shard)}: damaged ({found.problem}): rewriting it", file=sys.stderr)
+        done.clear(w, source, shard)
+    elif found.state == done.DONE:
+        shutil.rmtree(w.parts(source, shard), ignore_errors=True)  # left by a writer killed right after its stats
+        print(f"{source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
+        lock.release()
+        return None
+    return lock
 
 
 def _committed_part(part: Path, rows: pa.Table) -> dict | None:
@@ -452,64 +499,59 @@ def _committed_part(part: Path, rows: pa.Table) -> dict | None:
     return None
 
 
-def run_shard(
-    w: layout.Work,
-    manifest: plan.Manifest,
-    shard: int,
-    config: RunConfig,
-    meta_set: meta.MetaSet,
-    template: prompt.Template,
-    engine: Engine,
-    *,
-    progress: bool = True,
-    schedule: Schedule = Schedule(),
-    read: Callable = plan.iter_shard,
-) -> dict:
-    """Rewrite a shard's chunks not committed yet (streaming, or a chunk at a time), then join its parts.
-    `read(manifest, shard, chunk_rows)` gives the shard's (key, caption) chunks."""
-    from tqdm import tqdm
+class _ShardWork:
+    """One shard of one set being written: its chunks still to do, their commits and progress bar, and
+    the join that marks it done."""
 
-    parts = w.parts(config.source, shard)
-    parts.mkdir(parents=True, exist_ok=True)
-    # Temporary files of a writer killed half-way through a commit (never read: commits are renames).
-    for leftover in [*parts.glob(".*.tmp"), *w.rewrites(config.source).glob(f".{layout.shard_id(shard)}.*.tmp")]:
-        leftover.unlink(missing_ok=True)
-    bar = tqdm(total=manifest.shard_rows(shard), unit="caption", desc=f"{config.source} {layout.shard_id(shard)}",
-               disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    chunk_stats: dict[int, dict] = {}
-    committed: dict[int, pa.Table] = {}  # the chunks this run commits, kept for the shard's file
-    out_schema = schema(config.num_rewrites)
-    bar_lock = threading.Lock()
+    def __init__(self, job: Job, shard: int, engine: Engine, progress: bool, read: Callable = plan.iter_shard):
+        from tqdm import tqdm
 
-    def commit(index: int, result: pa.Table, stats: dict) -> None:
+        self.w, self.config, self.shard, self.engine = job.w, job.config, shard, engine
+        self.parts = self.w.parts(self.config.source, shard)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        # Temporary files of a writer killed half-way through a commit (never read: commits are renames).
+        for leftover in [*self.parts.glob(".*.tmp"),
+                         *self.w.rewrites(self.config.source).glob(f".{layout.shard_id(shard)}.*.tmp")]:
+            leftover.unlink(missing_ok=True)
+        self.bar = tqdm(total=job.manifest.shard_rows(shard), unit="caption",
+                        desc=f"{self.config.source} {layout.shard_id(shard)}", disable=not progress,
+                        dynamic_ncols=True, file=sys.stderr)
+        self.chunk_stats: dict[int, dict] = {}
+        self.committed: dict[int, pa.Table] = {}  # the chunks this run commits, kept for the shard's file
+        self.schema = schema(self.config.num_rewrites)
+        self.bar_lock = threading.Lock()
+        self.todo = _ChunksToDo(job.manifest, shard, self.config, self.parts, self.chunk_stats,
+                                lambda n: _show(self.bar, self.chunk_stats, n), read)
+
+    def commit(self, index: int, result: pa.Table, stats: dict) -> None:
         faults.point("generated")
-        with atomic.atomic_path(parts / f"{index:05d}.parquet") as tmp:
+        with atomic.atomic_path(self.parts / f"{index:05d}.parquet") as tmp:
             pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
-        with bar_lock:
-            committed[index] = result
-            chunk_stats[index] = stats
-            _show(bar, chunk_stats, stats["rows"])
+        with self.bar_lock:
+            self.committed[index] = result
+            self.chunk_stats[index] = stats
+            _show(self.bar, self.chunk_stats, stats["rows"])
 
-    todo = _ChunksToDo(manifest, shard, config, parts, chunk_stats, lambda n: _show(bar, chunk_stats, n), read)
-    if schedule.streaming if schedule.streaming is not None else getattr(engine, "streams_by_default", False):
-        streaming = scheduler.StreamingShard(
-            prompting(config, meta_set, template, engine), engine, config.sampling, schedule,
-            num_rewrites=config.num_rewrites, max_attempts=config.max_attempts, dedup=config.dedup,
-            schema=out_schema, commit=commit)
-        with stop.deferred():  # a stop request lets the open chunks finish and commit
-            streaming.run(todo)
-        stop.check()  # asked to stop: the chunks not started stay for a rerun
-    else:
-        for index, table in todo:
-            stop.check()  # asked to stop: take no new chunk
-            with stop.deferred():  # a stop request waits for this chunk's commit
-                started = time.perf_counter()
-                result, stats = rewrite_chunk(table, config, meta_set, template, engine, schedule)
-                stats["seconds"] = time.perf_counter() - started
-                commit(index, result, stats)
-    bar.close()
-    return _finish_shard(w, config, shard, engine, [chunk_stats[i] for i in range(len(chunk_stats))], committed,
-                         todo.duplicate_keys)
+    def finish(self) -> dict:
+        self.bar.close()
+        return _finish_shard(self.w, self.config, self.shard, self.engine,
+                             [self.chunk_stats[i] for i in range(len(self.chunk_stats))], self.committed,
+                             self.todo.duplicate_keys)
+
+
+def _run_chunked(job: Job, shard: int, engine: Engine, *, progress: bool, schedule: Schedule,
+                 read: Callable = plan.iter_shard) -> dict:
+    """Rewrite a shard's chunks not committed yet a chunk at a time (`rewrite_chunk`), then join its parts.
+    `read(manifest, shard, chunk_rows)` gives the shard's (key, caption) chunks."""
+    work = _ShardWork(job, shard, engine, progress, read)
+    for index, table in work.todo:
+        stop.check()  # asked to stop: take no new chunk
+        with stop.deferred():  # a stop request waits for this chunk's commit
+            started = time.perf_counter()
+            result, stats = rewrite_chunk(table, job.config, job.meta_set, job.template, engine, schedule)
+            stats["seconds"] = time.perf_counter() - started
+            work.commit(index, result, stats)
+    return work.finish()
 
 
 class _ChunksToDo:

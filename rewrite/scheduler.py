@@ -1,16 +1,21 @@
-"""The streaming shard scheduler: keeps an engine fed from a shard's chunks without barriers.
+"""The streaming scheduler: keeps an engine fed from a task's shards without barriers.
 
-Four threads share the work of a shard, so that the engine never waits for Python work of ours:
-- a builder reads chunks and turns each (caption, rewrite index) into a request, running ahead of the
-  engine by at most `open_chunks` chunks (memory, and the work a kill can lose, stay bounded);
+One stream runs a task's units (a unit is one shard of one meta set) one after the other with no drain
+between them: the next shard's requests join the engine's batch while the last rows of the one before
+are still decoding, and a shard is joined and marked done off the engine's path. Four threads share
+the work, so that the engine never waits for Python work of ours:
+- a builder starts units and reads their chunks, turning each (caption, rewrite index) into a request,
+  running ahead of the engine by at most `open_chunks` chunks (memory, and the work a kill can lose,
+  stay bounded);
 - an engine thread runs the engine's stream (engines.base.stream), pulling requests when it has room;
 - the caller's thread judges each completion as it comes (so signals reach it), and a rejected one
   goes straight back into the stream as its next attempt, ahead of new work;
-- a writer commits a chunk (rows.columns, then `commit`) as soon as its last row is final, in whatever
-  order chunks finish, so the engine never waits for a commit.
+- a writer commits a chunk (rows.columns, then its unit's `commit`) as soon as its last row is final,
+  in whatever order chunks finish, and finishes a unit once its chunks are all committed, so the
+  engine never waits for a commit or a shard's assembly.
 
-Dedup spans the shard: a caption already requested by an open chunk is not requested again, and one
-already rewritten is answered from the shard's results. A row's rewrite depends only on (seed, set,
+Dedup spans the unit: a caption already requested by an open chunk is not requested again, and one
+already rewritten is answered from the unit's results. A row's rewrite depends only on (seed, set,
 identity, index, attempt), as with a chunk at a time, so the output does not depend on this schedule.
 """
 from __future__ import annotations
@@ -38,7 +43,29 @@ MAX_ERROR_SAMPLES = 10  # distinct engine error messages kept in a chunk's stats
 
 
 @dataclass(eq=False)
+class Unit:
+    """One shard of one meta set in a stream: its chunks to do, how its requests are built and judged,
+    and what becomes of its results (`commit` each chunk's columns and stats; `finish` once every chunk
+    is committed, in the writer thread). Its results and dedup are its own."""
+
+    ask: rows.Prompting
+    chunks: Iterable[tuple[int, pa.Table]]
+    commit: Callable[[int, pa.Table, dict], None]
+    finish: Callable[[], None]
+    num_rewrites: int
+    max_attempts: int
+    dedup: bool
+    schema: pa.Schema
+    items: dict = field(default_factory=dict)  # (identity, index) -> _Item in progress
+    results: dict = field(default_factory=dict)  # (identity, index) -> rows.Result, final
+    cut_idents: set = field(default_factory=set)  # identities with a rewrite whose caption was cut
+    uncommitted: int = 0  # chunks opened and not committed yet
+    all_opened: bool = False  # the builder has opened its last chunk
+
+
+@dataclass(eq=False)
 class _Chunk:
+    unit: Unit
     index: int
     keys: list
     identity: list
@@ -51,8 +78,9 @@ class _Chunk:
 
 @dataclass(eq=False)
 class _Item:
-    """One (identity, rewrite index) being rewritten: its caption as prompts take it, its attempt, the
-    chunk that asked first (its stats count the requests) and every chunk waiting for it."""
+    """One (identity, rewrite index) of a unit being rewritten: its caption as prompts take it, its
+    attempt, the chunk that asked first (its stats count the requests; its unit is the item's) and
+    every chunk waiting for it."""
 
     ident: str
     index: int
@@ -64,14 +92,13 @@ class _Item:
     waiters: list = field(default_factory=list)
 
 
-class StreamingShard:
-    """One shard's streaming run; `run(chunks)` returns once every chunk is committed, or the builder
-    stopped on a stop request (then the open chunks are committed first)."""
+class Stream:
+    """One engine stream over a sequence of units; `run(units)` returns once every unit's chunks are
+    committed and the complete units finished, or the builder stopped on a stop request (then the open
+    chunks are committed first, and a unit with chunks left is not finished)."""
 
-    def __init__(self, ask: rows.Prompting, engine, sampling: Sampling, schedule: Schedule, *, num_rewrites: int,
-                 max_attempts: int, dedup: bool, schema: pa.Schema, commit: Callable[[int, pa.Table, dict], None]):
-        self.ask, self.engine, self.sampling, self.schedule = ask, engine, sampling, schedule
-        self.n, self.max_attempts, self.dedup, self.schema, self.commit = num_rewrites, max_attempts, dedup, schema, commit
+    def __init__(self, engine, sampling: Sampling, schedule: Schedule):
+        self.engine, self.sampling, self.schedule = engine, sampling, schedule
         self.lock = threading.Lock()
         self.ready = threading.Condition(self.lock)  # notified when work for the engine comes, or is judged
         self.fresh: deque = deque()  # (item, request) of first attempts, in the builder's order
@@ -79,19 +106,16 @@ class StreamingShard:
         self.retries: deque = deque()  # (item, request) of later attempts: they go first
         self.unjudged = 0  # completions out of the engine, not judged yet (each may become a retry)
         self.completed: queue.Queue = queue.Queue()  # (item, completion) for the judge; _END when the stream ends
-        self.writes: queue.Queue = queue.Queue()  # completed chunks; _END to end the writer
+        self.writes: queue.Queue = queue.Queue()  # completed chunks and complete units; _END to end the writer
         self.slots = threading.BoundedSemaphore(schedule.open_chunks)
-        self.items: dict[tuple[str, int], _Item] = {}  # in progress
-        self.results: dict[tuple[str, int], rows.Result] = {}  # final, for the whole shard
         self.sent: dict[int, _Item] = {}  # in the engine, by stream position
         self.slice = FIRST_SLICE  # requests the builder queues next (see FIRST_SLICE)
-        self.cut_idents: set[str] = set()  # identities with a rewrite whose caption was cut
         self.failure: BaseException | None = None
         self.aborted = threading.Event()
         self.last_done = time.perf_counter()
 
-    def run(self, chunks: Iterable[tuple[int, pa.Table]]) -> None:
-        threads = [threading.Thread(target=self._build, args=(iter(chunks),), name="rewrite-builder", daemon=True),
+    def run(self, units: Iterable[Unit]) -> None:
+        threads = [threading.Thread(target=self._build, args=(iter(units),), name="rewrite-builder", daemon=True),
                    threading.Thread(target=self._drive, name="rewrite-engine", daemon=True),
                    threading.Thread(target=self._write, name="rewrite-writer", daemon=True)]
         for thread in threads:
@@ -122,20 +146,15 @@ class StreamingShard:
 
     # -- builder thread ------------------------------------------------------------------------------
 
-    def _build(self, chunks: Iterator[tuple[int, pa.Table]]) -> None:
+    def _build(self, units: Iterator[Unit]) -> None:
         try:
-            while True:
-                while not self.slots.acquire(timeout=0.1):
-                    if self.aborted.is_set():
-                        return
-                if self.aborted.is_set() or stop.requested():  # asked to stop: take no new chunk
-                    self.slots.release()
+            for unit in units:  # starting a unit (its lock, its chunks' first read) happens here
+                if not self._open_chunks(unit):
                     return
-                chunk = next(chunks, None)
-                if chunk is None:
-                    self.slots.release()
-                    return
-                self._open(*chunk)
+                with self.lock:
+                    unit.all_opened = True
+                    if not unit.uncommitted:  # nothing to do, or every chunk committed already
+                        self.writes.put(unit)
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             self._fail(e)
         finally:
@@ -143,26 +162,43 @@ class StreamingShard:
                 self.fresh_ended = True
                 self.ready.notify_all()
 
-    def _open(self, index: int, table: pa.Table) -> None:
-        """Register a chunk's rows, then queue the first attempt of each (identity, index) new to the shard."""
+    def _open_chunks(self, unit: Unit) -> bool:
+        """Open each of the unit's chunks as a slot frees up (a chunk is read only then: memory holds at
+        most `open_chunks`); False when asked to stop (or aborted)."""
+        chunks = iter(unit.chunks)
+        while True:
+            while not self.slots.acquire(timeout=0.1):
+                if self.aborted.is_set():
+                    return False
+            if self.aborted.is_set() or stop.requested():  # asked to stop: take no new chunk
+                self.slots.release()
+                return False
+            chunk = next(chunks, None)
+            if chunk is None:
+                self.slots.release()
+                return True
+            self._open(unit, *chunk)
+
+    def _open(self, unit: Unit, index: int, table: pa.Table) -> None:
+        """Register a chunk's rows, then queue the first attempt of each (identity, index) new to the unit."""
         keys = table.column(layout.KEY).to_pylist()
         captions = table.column(layout.CAPTION).to_pylist()
-        identity = rows.identities(keys, captions, self.dedup)
+        identity = rows.identities(keys, captions, unit.dedup)
         unique = rows.unique_captions(identity, captions)
-        chunk = _Chunk(index, keys, identity, rows.chunk_stats(len(keys), len(unique)))
+        chunk = _Chunk(unit, index, keys, identity, rows.chunk_stats(len(keys), len(unique)))
         new: list[_Item] = []
         with self.lock:
+            unit.uncommitted += 1
             for ident in unique:
-                for i in range(self.n):
-                    if (ident, i) in self.results:
+                for i in range(unit.num_rewrites):
+                    if (ident, i) in unit.results:
                         continue
-                    item = self.items.get((ident, i))
+                    item = unit.items.get((ident, i))
                     if item is None:
-                        item = self.items[ident, i] = _Item(ident, i, chunk)
+                        item = unit.items[ident, i] = _Item(ident, i, chunk)
                         new.append(item)
                     item.waiters.append(chunk)
                     chunk.waiting.add((ident, i))
-        with self.lock:
             if not chunk.waiting:  # every row was answered by earlier chunks (or has no caption)
                 self._complete(chunk)
         fitted: dict[str, tuple[str, bool]] = {}
@@ -174,7 +210,7 @@ class StreamingShard:
             built = []
             for item in new[start:start + size]:
                 if item.ident not in fitted:
-                    fitted[item.ident] = self.ask.caption(unique[item.ident])
+                    fitted[item.ident] = unit.ask.caption(unique[item.ident])
                 item.caption, item.cut = fitted[item.ident]
                 built.append((item, self._request(item)))
             order = schedule_order(built, self.schedule)
@@ -183,11 +219,13 @@ class StreamingShard:
                 self.ready.notify_all()
             start += size
 
-    def _request(self, item: _Item):
-        request, item.targets, cut = self.ask.request(item.ident, item.caption, item.index, item.attempt)
+    @staticmethod
+    def _request(item: _Item):
+        unit = item.owner.unit
+        request, item.targets, cut = unit.ask.request(item.ident, item.caption, item.index, item.attempt)
         item.cut = item.cut or cut
         if item.cut:
-            self.cut_idents.add(item.ident)
+            unit.cut_idents.add(item.ident)
         return request
 
     # -- engine thread: the stream, fed from the queues; completions go to the judge ---------------------
@@ -239,14 +277,15 @@ class StreamingShard:
     # -- the caller's thread: judging ------------------------------------------------------------------
 
     def _judge(self, item: _Item, completion) -> None:
+        unit = item.owner.unit
         rows.count(item.owner.stats, completion)
         if completion.error and (completion.error in item.owner.engine_errors
                                  or len(item.owner.engine_errors) < MAX_ERROR_SAMPLES):
             item.owner.engine_errors[completion.error] += 1
-        text, reason = rows.judge(completion, item.caption, item.targets, self.ask.min_faithfulness)
+        text, reason = rows.judge(completion, item.caption, item.targets, unit.ask.min_faithfulness)
         if reason is not None:
             item.owner.rejected[reason] += 1
-        result = rows.final(text, reason, item.attempt, self.max_attempts, item.cut)
+        result = rows.final(text, reason, item.attempt, unit.max_attempts, item.cut)
         if result is None:
             item.attempt += 1
             retry = (item, self._request(item))
@@ -261,8 +300,8 @@ class StreamingShard:
             self.unjudged -= 1
             self.ready.notify_all()
             key = (item.ident, item.index)
-            self.results[key] = result
-            del self.items[key]
+            unit.results[key] = result
+            del unit.items[key]
             for chunk in item.waiters:
                 chunk.waiting.discard(key)
                 if not chunk.waiting:
@@ -278,19 +317,36 @@ class StreamingShard:
     # -- writer thread -------------------------------------------------------------------------------
 
     def _write(self) -> None:
-        while (chunk := self.writes.get()) is not _END:
+        while (work := self.writes.get()) is not _END:
             try:
-                if not self.aborted.is_set():
-                    self.commit(chunk.index, *self._columns(chunk))
+                if isinstance(work, Unit):  # a unit with no chunk left to commit
+                    if not self.aborted.is_set():
+                        work.finish()
+                    continue
+                try:
+                    if not self.aborted.is_set():
+                        self._commit(work)
+                finally:
+                    self.slots.release()
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 self._fail(e)
-            finally:
-                self.slots.release()
 
-    def _columns(self, chunk: _Chunk) -> tuple[pa.Table, dict]:
-        table, ok, failed = rows.columns(chunk.keys, chunk.identity, self.results, self.n, self.schema)
+    def _commit(self, chunk: _Chunk) -> None:
+        """Commit a chunk; its unit's last one finishes the unit (here, in the writer: off the engine's path)."""
+        unit = chunk.unit
+        unit.commit(chunk.index, *self._columns(chunk))
+        with self.lock:
+            unit.uncommitted -= 1
+            complete = unit.all_opened and not unit.uncommitted
+        if complete:
+            unit.finish()
+
+    @staticmethod
+    def _columns(chunk: _Chunk) -> tuple[pa.Table, dict]:
+        unit = chunk.unit
+        table, ok, failed = rows.columns(chunk.keys, chunk.identity, unit.results, unit.num_rewrites, unit.schema)
         stats = {**chunk.stats, "ok": ok, "failed": failed, "skipped": sum(i is None for i in chunk.identity),
-                 "captions_cut": sum(ident in self.cut_idents for ident in chunk.identity),
+                 "captions_cut": sum(ident in unit.cut_idents for ident in chunk.identity),
                  "rejected": dict(chunk.rejected), "failed_reasons": dict(chunk.failed_reasons)}
         if chunk.engine_errors:
             stats["engine_errors"] = dict(chunk.engine_errors)

@@ -2,24 +2,28 @@
 real engine; the order it feeds an engine, on a scripted one (the order is what is under test there)."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from rewrite import layout, plan, runner, scheduler
+from rewrite import done, layout, plan, runner, scheduler, stop
 from rewrite.engines.base import Completion, Engine, Intake
-from rewrite.settings import Schedule
+from rewrite.settings import Sampling, Schedule
 
 STEP = 0.05  # seconds
 CAPTIONS = ["a red kite over a green field", "two dogs asleep on a sofa", "a bowl of soup with bread",
-            "a lighthouse at dusk", "a cyclist on a mountain road", "fresh bread on a wooden board"]
+            "a lighthouse at dusk", "a cyclist on a mountain road", "fresh bread on a wooden board",
+            "a tram in the snow", "three boats at a pier", "a child flying a paper plane"]
 
 
 def test_dedup_spans_the_shard_not_one_chunk(tmp_path, engine):
     """The same six captions in each of three chunks: streaming asks for each once in the shard, a chunk
     at a time asks once per chunk; both write every row, equal rows equal rewrites."""
-    pq.write_table(pa.table({"caption": CAPTIONS * 3}), tmp_path / "repeats.parquet")
+    pq.write_table(pa.table({"caption": CAPTIONS[:6] * 3}), tmp_path / "repeats.parquet")
     stats = {}
     for streaming in (True, False):
         work = tmp_path / f"work-{streaming}"
@@ -72,7 +76,7 @@ class Scripted(Engine):
 
 
 def test_a_rejected_rewrite_goes_back_ahead_of_new_work(tmp_path):
-    pq.write_table(pa.table({"caption": CAPTIONS}), tmp_path / "c.parquet")
+    pq.write_table(pa.table({"caption": CAPTIONS[:6]}), tmp_path / "c.parquet")
     work = tmp_path / "work"
     plan.plan([str(tmp_path / "c.parquet")], work, num_shards=1)
     engine = Scripted(reject={CAPTIONS[0]})
@@ -97,3 +101,90 @@ def test_schedule_order_puts_cut_captions_last():
 
     built = [(Item(True), Req("a")), (Item(False), Req("bbb")), (Item(False), Req("cc"))]
     assert scheduler.schedule_order(built, Schedule()) == [2, 1, 0]
+
+
+def planned_shards(tmp_path, shards: int, per_shard: int = 3):
+    pq.write_table(pa.table({"caption": CAPTIONS[:shards * per_shard]}), tmp_path / "c.parquet")
+    work = tmp_path / "work"
+    plan.plan([str(tmp_path / "c.parquet")], work, num_shards=shards)
+    return work
+
+
+class Watching(Scripted):
+    """Scripted, noting at each request it takes which shards are done (their stats written) and how
+    many streams it was asked for; `on_take(request)` runs as a request is taken."""
+
+    def __init__(self, work, source: str, shards: int, on_take=lambda request: None):
+        super().__init__(reject=set())
+        self.work, self.source, self.shards, self.on_take = layout.Work(work), source, shards, on_take
+        self.done_when_taken, self.streams = [], 0
+
+    def stream(self, requests, sampling):
+        self.streams += 1
+
+        def watched():
+            for request in requests:
+                if request is not None:
+                    self.done_when_taken.append([done.check(self.work, self.source, s).state == done.DONE
+                                                 for s in range(self.shards)])
+                    self.on_take(request)
+                yield request
+
+        return super().stream(watched(), sampling)
+
+
+def test_the_next_shard_joins_the_stream_before_the_one_before_is_done(tmp_path):
+    """One stream for a task's shards: shard 1's first request reaches the engine while shard 0's last
+    rows still decode (no drain between shards), and both shards end done and whole."""
+    work = planned_shards(tmp_path, 2)
+    engine = Watching(work, "human", 2)
+    stats = runner.run(work, runner.RunConfig(source="human", chunk_rows=3), [0, 1], engine, progress=False,
+                       schedule=Schedule(streaming=True))
+    assert engine.streams == 1
+    assert [s["shard"] for s in stats] == [0, 1] and all(s["ok"] == 3 for s in stats)
+    assert len(engine.done_when_taken) == 6
+    assert engine.done_when_taken[3] == [False, False]  # shard 1's first request: shard 0 not done yet
+    for s in range(2):
+        assert pq.read_table(layout.Work(work).rewrite_file("human", s)).num_rows == 3
+
+
+def test_sets_share_a_stream_unless_their_sampling_differs(tmp_path):
+    work = planned_shards(tmp_path, 2)
+    same = Watching(work, "human", 2)
+    configs = [runner.RunConfig(source=s, chunk_rows=3) for s in ("human", "coco")]
+    assert len(runner.run_sets(work, configs, [0, 1], same, progress=False, schedule=Schedule(streaming=True))) == 4
+    assert same.streams == 1 and len(same.sent) == 12
+
+    work2 = tmp_path / "other"
+    plan.plan([str(tmp_path / "c.parquet")], work2, num_shards=2)
+    hotter = [runner.RunConfig(source="human", chunk_rows=3),
+              runner.RunConfig(source="coco", chunk_rows=3, sampling=Sampling(temperature=1.2))]
+    differ = Watching(work2, "human", 2)
+    assert len(runner.run_sets(work2, hotter, [0, 1], differ, progress=False, schedule=Schedule(streaming=True))) == 4
+    assert differ.streams == 4  # shard 0 human, shard 0 coco, shard 1 human, shard 1 coco
+
+
+def test_a_stop_between_shards_finishes_the_shards_in_flight_and_leaves_the_rest(tmp_path):
+    """SIGUSR1 as shard 1's first request is taken, one chunk open at a time: shard 0 is done, shard 1's
+    chunk (in flight) is committed, shard 2 is not started; a rerun joins shard 1 without a request and
+    does shard 2."""
+    work = planned_shards(tmp_path, 3)
+    signalled = []
+
+    def stop_at_shard_1(request):
+        if len(signalled) == 0 and len(engine.done_when_taken) == 4:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    engine = Watching(work, "human", 3, on_take=stop_at_shard_1)
+    config = runner.RunConfig(source="human", chunk_rows=3)
+    with pytest.raises(stop.StopRequested):
+        runner.run(work, config, [0, 1, 2], engine, progress=False, schedule=Schedule(streaming=True, open_chunks=1))
+    w = layout.Work(work)
+    assert [done.check(w, "human", s).state == done.DONE for s in range(3)] == [True, False, False]
+    assert [p.name for p in w.parts("human", 1).glob("*.parquet")] == ["00000.parquet"]
+    assert not w.parts("human", 2).exists()
+    again = Watching(work, "human", 3)
+    stats = runner.run(work, config, [0, 1, 2], again, progress=False, schedule=Schedule(streaming=True))
+    assert [s["shard"] for s in stats] == [1, 2] and len(again.sent) == 3
+    assert [s["ok"] for s in stats] == [3, 3]
