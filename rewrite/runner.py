@@ -467,16 +467,20 @@ def _claim(job: Job, shard: int, overwrite: bool) -> ShardLock | None:
     if not lock.acquire():
         print(f"{source} shard {layout.shard_id(shard)}: being rewritten by {lock.holder()}, skipped", file=sys.stderr)
         return None
-    found = done.check(w, source, shard)
-    if overwrite or found.state == done.DAMAGED:
-        if found.state == done.DAMAGED:
-            print(f"{source} shard {layout.shard_id(shard)}: damaged ({found.problem}): rewriting it", file=sys.stderr)
-        done.clear(w, source, shard)
-    elif found.state == done.DONE:
-        shutil.rmtree(w.parts(source, shard), ignore_errors=True)  # left by a writer killed right after its stats
-        print(f"{source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
+    try:
+        found = done.check(w, source, shard)
+        if overwrite or found.state == done.DAMAGED:
+            if found.state == done.DAMAGED:
+                print(f"{source} shard {layout.shard_id(shard)}: damaged ({found.problem}): rewriting it", file=sys.stderr)
+            done.clear(w, source, shard)
+        elif found.state == done.DONE:
+            shutil.rmtree(w.parts(source, shard), ignore_errors=True)  # left by a writer killed right after its stats
+            print(f"{source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
+            lock.release()
+            return None
+    except BaseException:
         lock.release()
-        return None
+        raise
     return lock
 
 
