@@ -11,7 +11,6 @@ and resumes a partial one from its committed parts.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import shutil
@@ -361,18 +360,20 @@ def _run_streaming(jobs: Sequence[Job], shards: Sequence[int], engine: Engine, *
                    schedule: Schedule) -> list[dict]:
     """Every (shard, set) of the task through one engine stream, with no drain between shards: the next
     shard's requests join the batch while the last rows of the one before decode, and a shard is joined
-    off the engine's path (scheduler.py). Sets with other sampling settings than the one before start a
-    stream of their own. On a stop request the open chunks are committed and StopRequested is raised;
-    a shard with chunks left is finished by the next run."""
+    off the engine's path (scheduler.py). A stream takes one sampling setting, so sets that differ in it
+    (the CLI gives all sets the same) get a stream each, over all the shards. On a stop request the open
+    chunks are committed and StopRequested is raised; a shard with chunks left is finished by the next
+    run."""
     finished: dict[int, dict] = {}  # by the (shard, set)'s place in the task, as the writer finishes them
     pairs = list(enumerate((shard, job) for shard in shards for job in jobs))
-    for sampling, group in itertools.groupby(pairs, key=lambda pair: pair[1][1].config.sampling):
+    for sampling in dict.fromkeys(job.config.sampling for job in jobs):
+        alike = [(place, (shard, job)) for place, (shard, job) in pairs if job.config.sampling == sampling]
         stop.check()
         with contextlib.ExitStack() as locks:  # the shard locks of units not finished (a stop, an error)
             stream = scheduler.Stream(engine, sampling, schedule)
             with stop.deferred():  # a stop request lets the open chunks finish and commit
-                stream.run(_units(group, len(jobs), engine, overwrite=overwrite, progress=progress, locks=locks,
-                                  finished=finished))
+                stream.run(_units(alike, sum(job.config.sampling == sampling for job in jobs), engine,
+                                  overwrite=overwrite, progress=progress, locks=locks, finished=finished))
         stop.check()  # asked to stop: the chunks not started stay for a rerun
     return [finished[place] for place in sorted(finished)]
 
@@ -524,8 +525,13 @@ class _ShardWork:
         self.committed: dict[int, pa.Table] = {}  # the chunks this run commits, kept for the shard's file
         self.schema = schema(self.config.num_rewrites)
         self.bar_lock = threading.Lock()
-        self.todo = _ChunksToDo(job.manifest, shard, self.config, self.parts, self.chunk_stats,
-                                lambda n: _show(self.bar, self.chunk_stats, n), read)
+        self.todo = _ChunksToDo(job.manifest, shard, self.config, self.parts, self.committed_before, read)
+
+    def committed_before(self, index: int, stats: dict, rows: int) -> None:
+        """A chunk an earlier run committed (the builder finds it while the writer may be committing)."""
+        with self.bar_lock:
+            self.chunk_stats[index] = stats
+            _show(self.bar, self.chunk_stats, rows)
 
     def commit(self, index: int, result: pa.Table, stats: dict) -> None:
         faults.point("generated")
@@ -559,13 +565,13 @@ def _run_chunked(job: Job, shard: int, engine: Engine, *, progress: bool, schedu
 
 
 class _ChunksToDo:
-    """The shard's chunks in order, reading each once: a chunk an earlier run committed has its stats put
-    in `chunk_stats` (and is shown done); the others are yielded as (index, table). Counts the keys seen
-    more than once (`duplicate_keys`)."""
+    """The shard's chunks in order, reading each once: a chunk an earlier run committed is handed to
+    `committed_before(index, stats, rows)`; the others are yielded as (index, table). Counts the keys
+    seen more than once (`duplicate_keys`)."""
 
-    def __init__(self, manifest, shard, config, parts, chunk_stats, show, read=plan.iter_shard):
+    def __init__(self, manifest, shard, config, parts, committed_before, read=plan.iter_shard):
         self.manifest, self.shard, self.config, self.parts = manifest, shard, config, parts
-        self.chunk_stats, self.show, self.read = chunk_stats, show, read
+        self.committed_before, self.read = committed_before, read
         self.duplicate_keys = 0
 
     def __iter__(self) -> Iterator[tuple[int, pa.Table]]:
@@ -580,8 +586,7 @@ class _ChunksToDo:
                 keys_seen.add(hash(key))
             committed = _committed_part(self.parts / f"{index:05d}.parquet", table)
             if committed is not None:  # committed by an earlier run
-                self.chunk_stats[index] = committed
-                self.show(table.num_rows)
+                self.committed_before(index, committed, table.num_rows)
                 continue
             yield index, table
 
@@ -597,7 +602,7 @@ def _finish_shard(w: layout.Work, config: RunConfig, shard: int, engine: Engine,
                   committed: dict[int, pa.Table], duplicate_keys: int) -> dict:
     """Join the shard's parts into its rewrite file and write its stats, last: the shard is done. The
     parts this process committed come from `committed` (reading them back cost as long as the rest of
-    the join, with the engine idle); those of an earlier run are read."""
+    the join); those of an earlier run are read."""
     parts = w.parts(config.source, shard)
     with stop.deferred():
         final = w.rewrite_file(config.source, shard)

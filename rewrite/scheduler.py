@@ -94,8 +94,9 @@ class _Item:
 
 class Stream:
     """One engine stream over a sequence of units; `run(units)` returns once every unit's chunks are
-    committed and the complete units finished, or the builder stopped on a stop request (then the open
-    chunks are committed first, and a unit with chunks left is not finished)."""
+    committed and the complete units finished, or the builder stopped on a stop request: then the open
+    chunks are committed first, and a unit is finished only if the builder had seen its chunks end
+    (else the next run joins it from its committed chunks)."""
 
     def __init__(self, engine, sampling: Sampling, schedule: Schedule):
         self.engine, self.sampling, self.schedule = engine, sampling, schedule
@@ -128,8 +129,12 @@ class Stream:
             raise
         finally:
             self.writes.put(_END)
-            for thread in threads:  # after an abort, the engine ends its stream at its next completion
-                thread.join(timeout=None if not self.aborted.is_set() else ABORT_WAIT)
+            try:
+                for thread in threads:  # after an abort, the engine ends its stream at its next completion
+                    thread.join(timeout=None if not self.aborted.is_set() else ABORT_WAIT)
+            except BaseException:  # a stop's deadline or second signal while waiting: the writer takes no more
+                self._abort()
+                raise
         if self.failure is not None:
             raise self.failure
 
@@ -148,8 +153,9 @@ class Stream:
 
     def _build(self, units: Iterator[Unit]) -> None:
         try:
-            for unit in units:  # starting a unit (its lock, its chunks' first read) happens here
-                if not self._open_chunks(unit):
+            while not (self.aborted.is_set() or stop.requested()):  # asked to stop: start no new unit
+                unit = next(units, None)  # starting a unit (its lock, its chunks' first read) happens here
+                if unit is None or not self._open_chunks(unit):
                     return
                 with self.lock:
                     unit.all_opened = True
@@ -338,7 +344,7 @@ class Stream:
         with self.lock:
             unit.uncommitted -= 1
             complete = unit.all_opened and not unit.uncommitted
-        if complete:
+        if complete and not self.aborted.is_set():
             unit.finish()
 
     @staticmethod

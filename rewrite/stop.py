@@ -73,8 +73,12 @@ def handling(within: float = STOP_WITHIN) -> Iterator[None]:
 
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Work a stop request waits for (a chunk and its commit), up to `within` seconds."""
+    """Work a stop request waits for (a chunk and its commit), up to `within` seconds. Signals reach the
+    main thread only, so elsewhere (a streaming run's writer) this is a no-op."""
     global _deferring
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     outer, _deferring = _deferring, True
     try:
         yield

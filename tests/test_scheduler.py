@@ -161,7 +161,8 @@ def test_sets_share_a_stream_unless_their_sampling_differs(tmp_path):
               runner.RunConfig(source="coco", chunk_rows=3, sampling=Sampling(temperature=1.2))]
     differ = Watching(work2, "human", 2)
     assert len(runner.run_sets(work2, hotter, [0, 1], differ, progress=False, schedule=Schedule(streaming=True))) == 4
-    assert differ.streams == 4  # shard 0 human, shard 0 coco, shard 1 human, shard 1 coco
+    assert differ.streams == 2  # one per sampling setting, each over both shards
+    assert len(differ.sent) == 12
 
 
 def test_a_stop_between_shards_finishes_the_shards_in_flight_and_leaves_the_rest(tmp_path):
