@@ -367,13 +367,13 @@ def _run_streaming(jobs: Sequence[Job], shards: Sequence[int], engine: Engine, *
     finished: dict[int, dict] = {}  # by the (shard, set)'s place in the task, as the writer finishes them
     pairs = list(enumerate((shard, job) for shard in shards for job in jobs))
     for sampling in dict.fromkeys(job.config.sampling for job in jobs):
+        sets = sum(job.config.sampling == sampling for job in jobs)
         alike = [(place, (shard, job)) for place, (shard, job) in pairs if job.config.sampling == sampling]
-        stop.check()
         with contextlib.ExitStack() as locks:  # the shard locks of units not finished (a stop, an error)
             stream = scheduler.Stream(engine, sampling, schedule)
-            with stop.deferred():  # a stop request lets the open chunks finish and commit
-                stream.run(_units(alike, sum(job.config.sampling == sampling for job in jobs), engine,
-                                  overwrite=overwrite, progress=progress, locks=locks, finished=finished))
+            with stop.deferred():  # a stop request lets the open chunks finish and commit (none start after it)
+                stream.run(_units(alike, sets, engine, overwrite=overwrite, progress=progress, locks=locks,
+                                  finished=finished))
         stop.check()  # asked to stop: the chunks not started stay for a rerun
     return [finished[place] for place in sorted(finished)]
 

@@ -323,19 +323,15 @@ class Stream:
     # -- writer thread -------------------------------------------------------------------------------
 
     def _write(self) -> None:
-        while (work := self.writes.get()) is not _END:
+        while (work := self.writes.get()) is not _END:  # a chunk, or a unit with no chunk left to commit
             try:
-                if isinstance(work, Unit):  # a unit with no chunk left to commit
-                    if not self.aborted.is_set():
-                        work.finish()
-                    continue
-                try:
-                    if not self.aborted.is_set():
-                        self._commit(work)
-                finally:
-                    self.slots.release()
+                if not self.aborted.is_set():
+                    work.finish() if isinstance(work, Unit) else self._commit(work)
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 self._fail(e)
+            finally:
+                if isinstance(work, _Chunk):
+                    self.slots.release()
 
     def _commit(self, chunk: _Chunk) -> None:
         """Commit a chunk; its unit's last one finishes the unit (here, in the writer: off the engine's path)."""
