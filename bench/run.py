@@ -110,7 +110,7 @@ def run_reference(caps: list[str], model: str | None, source: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rewrite import meta, model as model_lib, prompt, validate
+    from rewrite import meta, model as model_lib, prompt, rows
     from rewrite.engines.base import Completion
 
     path = model_lib.resolve(model)
@@ -137,9 +137,8 @@ def run_reference(caps: list[str], model: str | None, source: str) -> dict:
         generated += new.numel()  # every row decodes all 77 steps
         for row, cap, ex in zip(new.tolist(), batch, examples):
             text = tok.decode(row, skip_special_tokens=True)
-            rewrite = prompt.parse_completion(text)
             comp = Completion(text, 0, 0, "stop" if "\n" in text else "length")
-            ok += validate.check(rewrite, cap, comp, [t for _, t in ex]) is None
+            ok += rows.judge(comp, cap, [t for _, t in ex])[1] is None  # the pipeline's checks, CLIP's count included
     seconds = time.perf_counter() - started
     return {"rows": len(caps), "ok": ok, "seconds": seconds, "prompt_tokens": prompt_tokens,
             "generated_tokens": generated, "params": sum(p.numel() for p in lm.parameters())}

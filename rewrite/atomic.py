@@ -66,6 +66,16 @@ def deferred_sync() -> Iterator[list[Path]]:
         _unsynced.reset(token)
 
 
+def record_unsynced(paths: list[Path]) -> None:
+    """Files (or folders) written without atomic_path that must be durable with the rest: listed for the
+    caller within deferred_sync, else synced now."""
+    unsynced = _unsynced.get()
+    if unsynced is None:
+        sync_files(paths)
+    else:
+        unsynced.extend(paths)
+
+
 def sync_files(paths: list[str | Path]) -> None:
     """fsync each file (after deferred_sync)."""
     for path in paths:

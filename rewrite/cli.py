@@ -35,6 +35,7 @@ USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, runner.RunError, exports.E
 EXIT_BAD_INPUT = 2  # bad input or options: the message names the file, row or option
 EXIT_IO = 1  # a file could not be read or written (read-only or full disk, permissions): the message names it
 EXIT_INTERRUPTED = 130
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the engine's server could not serve requests; their rows wait for a rerun
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -107,6 +108,9 @@ def run(
     api: Optional[str] = typer.Option(None, help="openai: completions (base models, default) or chat."),
     concurrency: Optional[int] = typer.Option(None, help="openai: requests in flight (default 16)."),
     timeout: Optional[float] = typer.Option(None, help="openai: seconds per request (default 60)."),
+    request_retries: Optional[int] = typer.Option(None, help="openai: retries of a request the server could not serve (no connection, a timeout, 429, 5xx), with exponential backoff (default 5)."),
+    unavailable_after: Optional[int] = typer.Option(None, help="openai: after this many requests in a row the server could not serve (after their retries), stop the run (exit 69; its rows wait for a rerun); default twice --concurrency."),
+    retry_failed: bool = typer.Option(False, help="Give the failed rows of the named shards, done ones included, another --max-attempts tries each (attempts numbered on from those spent, so the result is reproducible); other rows are kept."),
     chunk_rows: int = typer.Option(settings.CHUNK_ROWS, help="Rows committed together."),
     scheduler: str = typer.Option("auto", help="stream: requests built ahead of the engine, a rejected rewrite retried at once, each chunk committed when its rows are final (keeps a GPU busy); chunked: a chunk at a time with retry rounds (reruns byte-identical with any engine); auto: stream with vllm and openai, chunked with transformers. Both send the same requests."),
     open_chunks: int = typer.Option(settings.OPEN_CHUNKS, help="stream: chunks in flight at once (each holds its rows in memory; a kill loses at most these)."),
@@ -129,9 +133,11 @@ def run(
     """Rewrite the captions of some shards with one meta set, or several (one column each).
 
     Exit codes: 0 done (shards held by another live worker are skipped), 1 a file could not be read or
-    written, 2 bad input or options, 75 stopped by SIGTERM/SIGUSR1/SIGINT with every committed chunk kept
-    (run again to resume)."""
-    result, names = runner.TaskResult([], []), []
+    written, 2 bad input or options, 69 the engine's server could not serve some requests (down,
+    overloaded, refusing): their rows are kept as failed (engine_unavailable), their shards are not done,
+    and running the same command again requests exactly those rows, 75 stopped by SIGTERM/SIGUSR1/SIGINT
+    with every committed chunk kept (run again to resume)."""
+    result, names, unavailable = runner.TaskResult([], []), [], None
     try:
         with reported(), stop.handling(stop_within):  # a signal while the model loads stops the run too
             manifest = plan.load_manifest(work)
@@ -149,11 +155,16 @@ def run(
             options = {k: v for k, v in dict(
                 batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
-                base_url=base_url, api=api, concurrency=concurrency, timeout=timeout,
+                base_url=base_url, api=api, concurrency=concurrency, timeout=timeout, request_retries=request_retries,
+                unavailable_after=unavailable_after,
             ).items() if v is not None}
-            result = runner.run_task(work, configs, plan.parse_shard_spec(shards, manifest.num_shards), engine, model,
-                                     options, overwrite=overwrite, progress=progress, schedule=schedule,
-                                     stop_within=stop_within, say=lambda m: typer.echo(m, err=True))
+            try:
+                result = runner.run_task(work, configs, plan.parse_shard_spec(shards, manifest.num_shards), engine, model,
+                                         options, overwrite=overwrite, progress=progress, schedule=schedule,
+                                         stop_within=stop_within, say=lambda m: typer.echo(m, err=True),
+                                         retry_failed=retry_failed)
+            except runner.EngineUnavailable as e:
+                result, unavailable = runner.TaskResult([], e.finished), e
     except StopRequested as e:
         typer.echo(f"{e}: committed chunks are kept; run the same command again to resume", err=True)
         if requeue_on_warning and e.signum == signal.SIGUSR1:
@@ -165,10 +176,13 @@ def run(
         raise typer.Exit(STOPPED)
     if result.done_already:
         typer.echo(f"{', '.join(names)}: shards {plan.format_shard_spec(result.shards) or 'none'} are done "
-                   "already (--overwrite to redo them)")
+                   + ("already, with no failed rows" if retry_failed else "already (--overwrite to redo them)"))
     for s in result.finished:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
                    f"skipped {s['skipped']}, {s['captions_per_s']} captions/s")
+    if unavailable is not None:
+        typer.echo(f"error: {unavailable}", err=True)
+        raise typer.Exit(EXIT_UNAVAILABLE)
     if then_export is not None and result.shards:
         with reported():
             summary = export_lib.export(work, then_export, names, fmt=export_format,
@@ -205,25 +219,43 @@ def export(
     captions_only: bool = typer.Option(False, help="Only key, caption and rewrites (hf, csv): for joining at training time."),
     views: Optional[List[str]] = typer.Option(None, "--views", help="wds: also write views/<column>/ tars whose .txt is this rewrite column, e.g. caption_chatgpt (repeatable)."),
     separator: str = typer.Option("\t", help="csv: the field separator (open_clip's --csv-separator)."),
+    replace_json_fields: bool = typer.Option(False, help="wds: replace a rewrite field (caption_<set>) that an input KEY.json has already (else such a sample is refused)."),
     allow_missing: bool = typer.Option(False, help="Export even when shards are unfinished (their rewrites are null)."),
     overwrite: bool = typer.Option(False, help="Replace an earlier export in --out (only files an export wrote are replaced)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Join the inputs with their rewrites in the form a CLIP trainer reads.
 
-    The export appears all at once; a killed export is finished by running it again."""
-    with reported():
-        manifest = plan.load_manifest(work)
-        options = exports.ExportOptions(image_column=image_column, extract_images=extract_images,
-                                        captions_only=captions_only, views=list(views or []),
-                                        separator=separator.encode().decode("unicode_escape"))
-        summary = export_lib.export(work, out, source, fmt=fmt, shards=plan.parse_shard_spec(shards, manifest.num_shards),
-                                    workers=workers, options=options, allow_missing=allow_missing,
-                                    overwrite=overwrite, progress=progress)
+    The export appears all at once; a killed export is finished by running it again. Exit codes: 0
+    published (or, with --shards, those shards written: the export that writes the last shard publishes),
+    1 a file could not be read or written, 2 bad input or options, 75 stopped by a signal or not
+    published because another export holds OUT (run the same command again to finish)."""
+    try:
+        with reported(), stop.handling():
+            options = exports.ExportOptions(image_column=image_column, extract_images=extract_images,
+                                            captions_only=captions_only, views=list(views or []),
+                                            separator=_separator(separator), replace_json_fields=replace_json_fields)
+            manifest = plan.load_manifest(work)
+            summary = export_lib.export(work, out, source, fmt=fmt, shards=plan.parse_shard_spec(shards, manifest.num_shards),
+                                        workers=workers, options=options, allow_missing=allow_missing,
+                                        overwrite=overwrite, progress=progress)
+    except StopRequested as e:
+        typer.echo(f"{e}: the shards exported so far are kept; run the same command again to finish the export",
+                   err=True)
+        raise typer.Exit(STOPPED)
     report_export(summary, out)
 
 
+def _separator(text: str) -> str:
+    """--separator as typed, backslash escapes read (`\\t`); a malformed escape is a bad option."""
+    try:
+        return text.encode().decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise ValueError(f"--separator {text!r}: not a character or an escape such as \\t") from None
+
+
 def report_export(summary: dict, out: Path) -> None:
+    """What the export did; exits 75 when a whole export (all shards) could not be published."""
     if summary.get("up_to_date"):
         typer.echo(f"{out} holds this export already ({summary['rows']} rows in {len(summary['files'])} files)")
     elif summary["published"]:
@@ -239,6 +271,9 @@ def report_export(summary: dict, out: Path) -> None:
         typer.echo(f"warning: {src} has no rewrites for shards {spec} (null in the export)", err=True)
     for problem in summary["damaged"]:
         typer.echo(f"warning: damaged, exported as null: {problem}", err=True)
+    if not summary["published"] and summary.get("whole"):
+        typer.echo(f"error: {out} is not published: run the same command again to finish it", err=True)
+        raise typer.Exit(STOPPED)
 
 
 @app.command()
@@ -248,6 +283,7 @@ def report(
     out: Path = typer.Option(..., "--out", help="Folder for report.html, the .png plots and report.json."),
     source: Optional[List[str]] = typer.Option(None, help="Only these sets (default: every set that was run)."),
     embedding_model: Optional[Path] = typer.Option(None, help="A local CLIP (Hugging Face form) or sentence-embedding model folder: adds the embedding similarity of each rewrite to its caption."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier report in --out (only the files a report wrote)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """How good the rewrites are, per set: valid rate and reject reasons, retries, lengths, word overlap,
@@ -257,11 +293,19 @@ def report(
     if (work is None) == (export_dir is None):
         fail("give one of --work or --export")
     with reported():
-        made = report_lib.report(work or export_dir, out, source, progress=progress, embedding_model=embedding_model)
+        made = report_lib.report(work or export_dir, out, source, progress=progress, embedding_model=embedding_model,
+                                 overwrite=overwrite)
+    total = made["summary"]["plan"]["rows"]
     for name, figures in made["summary"]["sets"].items():
-        typer.echo(f"{name}: valid {_share(figures['valid_rate'])}, faithfulness {_number(figures['faithfulness']['mean'])} "
-                   f"(below 0.3: {_share(figures['faithfulness']['below']['0.3'])}), words "
-                   f"{_number(figures['length']['words']['original']['mean'])} -> {_number(figures['length']['words']['rewrite']['mean'])}")
+        typer.echo(f"{name}: valid {_share(figures['valid_rate'])} of {figures['rows']}/{total} rows, faithfulness "
+                   f"{_number(figures['faithfulness']['mean'])} (below 0.3: {_share(figures['faithfulness']['below']['0.3'])}), "
+                   f"words {_number(figures['length']['words']['original']['mean'])} -> "
+                   f"{_number(figures['length']['words']['rewrite']['mean'])}")
+        left_out = figures.get("shards_left_out") or {}
+        if left_out:
+            detail = "; ".join(f"{int(k):05d} {why}" for k, why in list(left_out.items())[:3])
+            typer.echo(f"warning: {name}: {len(left_out)} shards not counted ({detail}{'; ...' if len(left_out) > 3 else ''})",
+                       err=True)
     typer.echo(f"report: {made['paths']['html'].resolve()} (figures for scripts: {made['paths']['json'].name})")
 
 
@@ -275,25 +319,34 @@ def _number(value) -> str:
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("rewrite-demo"), "--out", help="Where the demo writes: OUT/work and OUT/dataset."),
-    source: str = typer.Option("chatgpt"),
+    out: Path = typer.Option(Path("rewrite-demo"), "--out", help="Where the demo writes: OUT/work, OUT/dataset and OUT/report."),
+    source: str = typer.Option("chatgpt", help="The meta set whose pairs are the in-context examples."),
+    template: Optional[str] = typer.Option(None, help="Prompt template name or .toml path (default: the demo's own, named on its `used:` line)."),
+    min_faithfulness: Optional[float] = typer.Option(None, help="The faithfulness gate, as `rewrite run --min-faithfulness` (default: the demo's own; 0: none)."),
     engine: str = typer.Option(settings.ENGINE),
     model: Optional[str] = typer.Option(None),
 ):
-    """Rewrite the shipped demo captions end to end and show a few."""
+    """Rewrite the shipped demo captions end to end, say with what, and show the first few."""
     from .demo import run_demo
 
+    chosen = {k: v for k, v in dict(template=template, min_faithfulness=min_faithfulness).items() if v is not None}
     with reported():
-        summary = run_demo(out, source=source, engine_name=engine, model=model)
+        summary = run_demo(out, source=source, engine_name=engine, model=model, **chosen)
+    used = summary["used"]
+    gate = (f"faithfulness gate {used['min_faithfulness']} (a rewrite scoring below it is tried again, up to "
+            f"{used['max_attempts']} attempts)" if used.get("min_faithfulness") is not None else "no faithfulness gate")
+    typer.echo(f"used: {Path(used['model']).name} ({used['engine']}), {used['template']} template, "
+               f"{used['num_examples']} examples per caption from the {used['source']} set, {gate}")
     col = f"caption_{meta_lib.source_name(source)}"
     for row in summary["examples"]:
-        typer.echo(f"  {row['caption']}\n    -> {row[col]}")
+        shown = row[col] if row[col] is not None else "(none: every attempt was rejected)"
+        typer.echo(f"  {row['caption']}\n    -> {shown}")
     typer.echo(f"\ndataset: {Path(summary['out']).resolve()}  ({summary['rows']} rows; "
                f"with `datasets` installed, load it with datasets.load_dataset({str(Path(summary['out']).resolve())!r}))")
     made = summary["report"]
     figures = made["summary"]["sets"][meta_lib.source_name(source)]
-    typer.echo(f"quality report: {made['paths']['html'].resolve()}  (faithfulness to the captions "
-               f"{_number(figures['faithfulness']['mean'])}; see `rewrite report`)")
+    typer.echo(f"quality report: {made['paths']['html'].resolve()}  (valid {_share(figures['valid_rate'])}, "
+               f"faithfulness to the captions {_number(figures['faithfulness']['mean'])}; see `rewrite report`)")
 
 
 @meta_app.command("show")
@@ -310,24 +363,32 @@ def meta_show(source: str = typer.Argument(..., help="chatgpt, bard, coco (mscoc
 
 
 @meta_app.command("validate")
-def meta_validate(files: Optional[List[str]] = typer.Argument(None, help="Meta sets to check (default: the four shipped).")):
-    """Check meta sets (counts, no `=>` or line break inside, no duplicates) and print length statistics."""
+def meta_validate(
+    files: Optional[List[str]] = typer.Argument(None, help="Meta sets to check (default: the four shipped)."),
+    num_examples: int = typer.Option(settings.NUM_EXAMPLES, help="In-context examples per prompt (k), as `rewrite run --num-examples`."),
+):
+    """Check meta sets as `rewrite run` does before it loads a model (enough entries for k; strings of at
+    most 77 CLIP tokens, without `=>`, control characters or line breaks; no duplicates) and print length
+    statistics. Exit 1 when a set is invalid."""
+    if num_examples < 1:
+        fail(f"--num-examples must be >= 1, got {num_examples}")
     bad = False
-    for name in files or list(settings.SOURCES):
-        try:
-            m = meta_lib.load(name)
-        except USER_ERRORS as e:
-            typer.echo(f"{name}: INVALID: {e}")
-            bad = True
-            continue
-        problems = meta_lib.problems(m)
-        st = meta_lib.stats(m)
-        typer.echo(f"{m.name}: {'ok' if not problems else 'INVALID'}: {st['entries']} {st['kind']}, "
-                   f"source {st['mean_source_words']} words, target {st['mean_target_words']} words "
-                   f"(max {st['max_target_words']}), word overlap {st['mean_word_overlap']}")
-        for p in problems:
-            typer.echo(f"  - {p}")
-        bad |= bool(problems)
+    with reported():  # an unreadable file, or no CLIP tokenizer to count with: one line, as in `run`
+        for name in files or list(settings.SOURCES):
+            try:
+                m = meta_lib.load(name)
+            except USER_ERRORS as e:
+                typer.echo(f"{name}: INVALID: {e}")
+                bad = True
+                continue
+            problems = meta_lib.problems(m, num_examples)
+            st = meta_lib.stats(m)
+            typer.echo(f"{m.name}: {'ok' if not problems else 'INVALID'}: {st['entries']} {st['kind']}, "
+                       f"source {st['mean_source_words']} words, target {st['mean_target_words']} words "
+                       f"(max {st['max_target_words']}), word overlap {st['mean_word_overlap']}")
+            for p in problems:
+                typer.echo(f"  - {p}")
+            bad |= bool(problems)
     if bad:
         raise typer.Exit(1)
 
@@ -336,12 +397,13 @@ def meta_validate(files: Optional[List[str]] = typer.Argument(None, help="Meta s
 def meta_import_laclip(
     utils_py: Path = typer.Argument(..., help="rewrite/utils.py of your own checkout of LaCLIP's code (read, never run)."),
     out: Path = typer.Option(..., "--out", help="Folder to write chatgpt.jsonl, bard.jsonl, human.jsonl and coco.jsonl to."),
+    overwrite: bool = typer.Option(False, help="Replace sets an earlier `rewrite meta` command wrote there (never a set of your own)."),
 ):
     """The paper's own four example sets, from LaCLIP's code; run with them through `rewrite run --meta-dir`."""
     from . import metasets
 
     with reported():
-        written = metasets.import_laclip(utils_py, out)
+        written = metasets.import_laclip(utils_py, out, overwrite=overwrite)
     for name, path in written.items():
         m = meta_lib.load(str(path))
         typer.echo(f"{name}: {len(m)} {m.kind} -> {path}")
@@ -355,12 +417,14 @@ def meta_import_coco(
     groups: int = typer.Option(16, help="Images (groups of captions) to draw."),
     seed: int = typer.Option(settings.SEED, help="Seed of the draw."),
     captions_per_group: int = typer.Option(5, help="Captions per image."),
+    overwrite: bool = typer.Option(False, help="Replace a set an earlier `rewrite meta` command wrote (never a set of your own)."),
 ):
     """A coco-style group set: captions of the same image, from COCO annotations."""
     from . import metasets
 
     with reported():
-        path = metasets.import_coco(annotations, out, groups=groups, seed=seed, captions_per_group=captions_per_group)
+        path = metasets.import_coco(annotations, out, groups=groups, seed=seed, captions_per_group=captions_per_group,
+                                    overwrite=overwrite)
         m = meta_lib.load(str(path))
     typer.echo(f"{m.name}: {len(m)} groups -> {path}")
 
@@ -383,21 +447,23 @@ def meta_generate(
     max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per source before another caption is drawn."),
     temperature: float = typer.Option(settings.Sampling.temperature),
     top_p: float = typer.Option(settings.Sampling.top_p),
+    overwrite: bool = typer.Option(False, help="Replace a set an earlier `rewrite meta` command wrote (never a set of your own)."),
 ):
     """A pair set made by an LLM from your captions (the paper made its chatgpt and bard sets this way)."""
     from . import engines, metagen
 
     options = {k: v for k, v in dict(dtype=dtype, max_model_len=max_model_len, engine_args=engine_arg or None,
                                      base_url=base_url, concurrency=concurrency).items() if v is not None}
+    instruction = instruction or metagen.PAPER_INSTRUCTION
     with reported():
+        metagen.check_options(out, count, max_attempts, instruction, overwrite)  # before minutes go into an engine
         name = engines.resolve_name(engine)
         if name == "openai":
             options["api"] = api
         sampling = settings.Sampling(temperature=temperature, top_p=top_p)
         with engines.opened(name, model, **options) as eng:
-            m = metagen.generate(captions, out, eng, count=count, seed=seed,
-                                 instruction=instruction or metagen.PAPER_INSTRUCTION, sampling=sampling,
-                                 max_attempts=max_attempts,
+            m = metagen.generate(captions, out, eng, count=count, seed=seed, instruction=instruction, sampling=sampling,
+                                 max_attempts=max_attempts, overwrite=overwrite,
                                  progress=lambda done, total: typer.echo(f"{done}/{total} pairs", err=True))
     st = meta_lib.stats(m)
     typer.echo(f"{m.name}: {st['entries']} pairs -> {m.path}; source {st['mean_source_words']} words, target "

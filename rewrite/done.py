@@ -5,6 +5,10 @@ committed) parses and the parquet file still is what the stats recorded when it 
 size and row count, and (when asked: it reads the whole file) its sha256. Anything less is damage: a
 deleted or truncated file, a stats file cut short. Damage is reported naming the file; `run` redoes a
 damaged shard and `export` refuses it.
+
+A shard is never done while a row of it waits for the engine (validate.ENGINE_UNAVAILABLE): its chunks stay
+committed parts, each recording its rows' counts and which of its rewrites wait (`Part`), until a run has
+them served.
 """
 from __future__ import annotations
 
@@ -21,6 +25,48 @@ from . import atomic, layout
 
 DONE, PARTIAL, MISSING, DAMAGED = "done", "partial", "missing", "damaged"
 FILE_KEY = "file"  # the stats' record of the committed parquet file
+ROUND_KEY = "retry_round"  # a done shard's stats: the retry round its failed rows reached (absent: 0)
+STATS_KEY = b"rewrite.stats"  # a committed chunk's stats, in its part's parquet metadata
+RETRY_KEY = b"rewrite.retry"  # beside them, when there is any: its retry round and its rewrites waiting
+
+
+@dataclass(frozen=True)
+class Part:
+    """What a committed chunk (WORK/rewrites/<source>/<shard>.parts/NNNNN.parquet) records besides its rows."""
+
+    stats: dict
+    round: int = 0  # the retry round it was committed in (rows.py: rounds of attempts)
+    target: int = 0  # the round its shard is on its way to (above `round` when a retry run reopened a done shard)
+    pending: tuple = ()  # its rewrites waiting for the engine: (row, rewrite index, attempt to resume at)
+
+    def metadata(self) -> dict[bytes, str]:
+        retry = {"round": self.round, "target": self.target, "pending": [list(p) for p in self.pending]}
+        return {STATS_KEY: json.dumps(self.stats), **({RETRY_KEY: json.dumps(retry)} if self.round or self.target
+                                                       or self.pending else {})}
+
+    @classmethod
+    def of(cls, metadata: dict[bytes, bytes] | None) -> "Part":
+        """A part's record from its parquet metadata (KeyError, ValueError or TypeError if it has none)."""
+        metadata = metadata or {}
+        retry = json.loads(metadata.get(RETRY_KEY, b"{}"))
+        return cls(json.loads(metadata[STATS_KEY]), int(retry.get("round", 0)), int(retry.get("target", 0)),
+                   tuple(tuple(int(x) for x in p) for p in retry.get("pending", ())))
+
+    @property
+    def waiting_rows(self) -> int:
+        return len({row for row, _, _ in self.pending})
+
+
+def parts(w: layout.Work, source: str, shard: int) -> list[Part]:
+    """The records of a shard's committed chunks (footers only). A part that cannot be read is left out:
+    the next run names it and redoes its chunk."""
+    found = []
+    for path in sorted(w.parts(source, shard).glob("*.parquet")):
+        try:
+            found.append(Part.of(pq.read_schema(path).metadata))
+        except (pa.ArrowException, OSError, KeyError, TypeError, ValueError):
+            continue
+    return found
 
 
 @dataclass(frozen=True)

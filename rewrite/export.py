@@ -12,14 +12,15 @@ import contextlib
 import functools
 import hashlib
 import json
+import multiprocessing
+import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import atomic, exports, layout, plan, publish, runner, status
-from .exports import ExportError, ExportJob, ExportOptions
+from . import atomic, children, exports, faults, layout, plan, publish, runner, status, stop
+from .exports import ExportError, ExportJob, ExportOptions, images
 from .exports.base import PARTS
 
 
@@ -56,11 +57,17 @@ def _record(shard: int) -> str:
     return f"{PARTS}/{layout.shard_id(shard)}.from.json"
 
 
-def _written(folder: publish.OutputFolder, files: list[str], shard: int, made_from: dict) -> bool:
-    """The shard's files are staged, and made from the rewrites committed now (a shard redone since, or
-    done since it was exported with --allow-missing, is exported again)."""
+def _images_present(job: ExportJob, shards: Sequence[int]) -> bool:
+    """With --extract-images, each shard's image folder is there."""
+    folder = job.options.extract_images
+    return folder is None or all(images.present(folder, s) for s in shards)
+
+
+def _written(folder: publish.OutputFolder, job: ExportJob, files: list[str], shard: int, made_from: dict) -> bool:
+    """The shard's files are staged (its images extracted, if asked), and made from the rewrites committed
+    now (a shard redone since, or done since it was exported with --allow-missing, is exported again)."""
     record = folder.path(_record(shard))
-    if not (record.is_file() and all(folder.written(f) for f in files)):
+    if not (record.is_file() and all(folder.written(f) for f in files) and _images_present(job, [shard])):
         return False
     try:
         return json.loads(record.read_text(encoding="utf-8")) == made_from
@@ -85,15 +92,17 @@ def export(
     Returns a summary (files, rows, columns, missing shards, whether it is published)."""
     w, out, options = layout.Work(work), Path(out), options or ExportOptions()
     export_format = exports.named(fmt)
+    exports.check_options(export_format, options)
     if workers < 1:
         raise ExportError(f"--workers must be >= 1, got {workers}")
     manifest = plan.load_manifest(w)
     everything = list(range(manifest.num_shards))
     chosen = everything if shards is None else list(shards)
-    manifest, statuses = status.collect(w, list(sources) if sources else None, checksum=set(chosen))
     check_out_folder(out, w, manifest)
-    if options.extract_images is not None:  # images named by key land there: never among the inputs
+    if options.extract_images is not None:  # images land there: never among the inputs, nor another's files
         check_out_folder(options.extract_images, w, manifest, "--extract-images", [("the export folder --out", out)])
+        images.check(options.extract_images, out, overwrite)
+    manifest, statuses = status.collect(w, list(sources) if sources else None, checksum=set(chosen))
     if not statuses:
         raise ExportError(f"{w.root} has no rewrites yet: run `rewrite run` first")
     missing = _missing(statuses, chosen, allow_missing)
@@ -108,13 +117,16 @@ def export(
     summary = {"out": str(out), "format": fmt, "files": published, "rows": manifest.total_rows,
                "sources": list(settings), "missing": {k: plan.format_shard_spec(v) for k, v in missing.items()},
                "damaged": [problem for st in statuses for problem in st.damage.values()],
-               "counts": {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses}}
+               "counts": {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses},
+               "whole": chosen == everything}
     with publish.OutputFolder(out, export_id(manifest, settings, fmt, options), published, content=_content(made_from),
                               overwrite=overwrite, scratch=[f for f in files if f not in published]) as folder:
-        if folder.up_to_date:
+        if folder.up_to_date and _images_present(job, everything):
             return {**summary, "published": True, "up_to_date": True}
+        if options.extract_images is not None:
+            images.claim(options.extract_images, out, overwrite)
         folder.begin()
-        todo = [s for s in chosen if not _written(folder, per_shard[s], s, made_from[s])]
+        todo = [s for s in chosen if not _written(folder, job, per_shard[s], s, made_from[s])]
         for shard in _write_shards(export_format, job, todo, folder.staging, workers, progress):
             atomic.write_json(folder.path(_record(shard)), made_from[shard])
         summary["written"] = plan.format_shard_spec(todo)
@@ -127,7 +139,7 @@ def export(
         made_from = {s: _made_from(statuses, s) for s in everything}
         folder.content = _content(made_from)
         summary["counts"] = {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses}
-        unwritten = [s for s in everything if not _written(folder, per_shard[s], s, made_from[s])]
+        unwritten = [s for s in everything if not _written(folder, job, per_shard[s], s, made_from[s])]
         if unwritten:
             return {**summary, "published": False, "unwritten": plan.format_shard_spec(unwritten)}
         export_format.finish(job, folder.path, summary)
@@ -157,25 +169,35 @@ def _write_shards(export_format: exports.ExportFormat, job: ExportJob, shards: l
                   workers: int, progress: bool) -> Iterator[int]:
     """Each shard's files, by `workers` processes at once; each file is committed as it is finished, and
     each shard is yielded once its files are on disk. Workers leave the fsyncs to this process (see
-    atomic.deferred_sync), which makes each shard durable while they write the next ones."""
+    atomic.deferred_sync), which makes each shard durable while they write the next ones. They die with
+    this process, and a stop request (stop.py) drops the shards in flight: what is committed stays."""
     from tqdm import tqdm
 
     staged = functools.partial(_staged, staging)
+    write = functools.partial(_write_unsynced, export_format, job, staged=staged)
     with tqdm(total=len(shards), unit="shard", desc="export", disable=not progress, file=sys.stderr) as bar, \
             contextlib.ExitStack() as stack:
         if workers == 1 or len(shards) < 2:
-            written = (_write_unsynced(export_format, job, shard, staged) for shard in shards)
+            written = (write(shard) for shard in shards)
         else:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(workers, len(shards))))
-            written = pool.map(_write_unsynced, [export_format] * len(shards), [job] * len(shards), shards,
-                               [staged] * len(shards))
+            context = multiprocessing.get_context("fork")  # the job is not pickled whole per worker start
+            pool = stack.enter_context(context.Pool(min(workers, len(shards)), initializer=_start_worker,
+                                                    initargs=(os.getpid(),)))  # leaving it terminates them
+            written = pool.imap(write, shards)
         for shard, files in zip(shards, written):
             atomic.sync_files(files)
+            faults.point("exported")
             bar.update()
             yield shard
+            stop.check()  # asked to stop: take no new shard
 
 
-def _write_unsynced(export_format: exports.ExportFormat, job: ExportJob, shard: int, staged) -> list[Path]:
+def _start_worker(parent: int) -> None:
+    children.die_with_parent(parent)
+    children.worker_signals()
+
+
+def _write_unsynced(export_format: exports.ExportFormat, job: ExportJob, shard: int, *, staged) -> list[Path]:
     """Write one shard's files, committed but not yet fsynced; their paths."""
     with atomic.deferred_sync() as committed:
         export_format.write_shard(job, shard, staged)

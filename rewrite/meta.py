@@ -16,9 +16,16 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, resources, settings
+from . import atomic, clip_tokens, resources, settings, validate
 
 Example = tuple[str, str]
+
+# The commands that write meta sets, as their provenance line's `made_by` names them: a file whose first
+# line names one of them was written by this tool, and only such a file may `--overwrite` replace.
+IMPORT_LACLIP = "rewrite meta import-laclip"
+IMPORT_COCO = "rewrite meta import-coco"
+GENERATE = "rewrite meta generate"
+MADE_BY = (IMPORT_LACLIP, IMPORT_COCO, GENERATE)
 
 
 class MetaSetError(ValueError):
@@ -62,7 +69,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 def source_name(source: str) -> str:
     """The name a --source goes by in folders, columns and seeds: a shipped set's name (`mscoco` ->
-    `coco`), or the file name without `.jsonl` of a custom set (never its path)."""
+    `coco`), or the file name without `.jsonl` of a set's file (never its path). A file named like a
+    shipped set (DIR/chatgpt.jsonl, as `rewrite meta import-laclip` writes them) goes by that set's name,
+    as --meta-dir reads it: a run records the set's digest, so two versions never mix in one work dir."""
     name = settings.SOURCE_ALIASES.get(source, source)
     if name in settings.SOURCES:
         return name
@@ -75,35 +84,31 @@ def source_name(source: str) -> str:
     if not _NAME.fullmatch(stem):
         raise MetaSetError(f"meta set file {source}: its name {stem!r} becomes a folder and a column, so it may "
                            "hold only letters, digits, '-' and '_' (and start with a letter or digit): rename the file")
-    if stem in settings.SOURCES or stem in settings.SOURCE_ALIASES:
-        raise MetaSetError(f"meta set file {source}: {stem!r} is the name of a shipped meta set; rename the file "
-                           "so its rewrites do not mix with that set's")
-    return stem
+    return settings.SOURCE_ALIASES.get(stem, stem)
 
 
 def is_file_source(source: str) -> bool:
-    """Whether --source names a custom set's file rather than a shipped set."""
-    return source_name(source) not in settings.SOURCES
+    """Whether --source names a set's file (DIR/chatgpt.jsonl included) rather than a shipped set."""
+    source_name(source)  # an unknown name, or a file name that cannot name a folder, is refused here too
+    return settings.SOURCE_ALIASES.get(source, source) not in settings.SOURCES
 
 
 def load(source: str) -> MetaSet:
-    """A shipped set by name (chatgpt, bard, coco/mscoco, human) or a JSONL file of the same format. A file
-    named like a shipped set (DIR/chatgpt.jsonl, as --meta-dir reads and `rewrite meta import-laclip` writes)
-    goes by that name here; only as --source is such a file refused (source_name), lest rewrites mix."""
-    path = Path(source)
-    shipped_named = source.endswith(".jsonl") and path.name[: -len(".jsonl")] in settings.SOURCES
-    name = path.name[: -len(".jsonl")] if shipped_named else source_name(source)
-    if not shipped_named and not is_file_source(source):
+    """A shipped set by name (chatgpt, bard, coco/mscoco, human) or a JSONL file of the same format."""
+    name = source_name(source)
+    if not is_file_source(source):
         return parse(resources.resource("meta_pairs", f"{name}.jsonl"), name)
+    path = Path(source)
     if not path.is_file():
         raise MetaSetError(f"meta set file {path} does not exist")
     return parse(path, name)
 
 
-def load_usable(source: str) -> MetaSet:
-    """A set that `rewrite meta validate` accepts, else a MetaSetError listing what is wrong with it."""
+def load_usable(source: str, num_examples: int = settings.NUM_EXAMPLES) -> MetaSet:
+    """A set that `rewrite meta validate --num-examples K` accepts, else a MetaSetError listing what is
+    wrong with it: `rewrite run` reads its sets through here, before any model loads."""
     meta = load(source)
-    found = problems(meta)
+    found = problems(meta, num_examples)
     if found:
         raise MetaSetError(f"meta set {meta.path} is not usable in a prompt: {describe_problems(found)} "
                            "(see `rewrite meta validate`)")
@@ -138,9 +143,9 @@ def parse(path: Path, name: str) -> MetaSet:
                 raise MetaSetError(f'{path}:{lineno}: expected {{"provenance": {{...}}}} (an object)')
             provenance = row["provenance"]
         elif isinstance(row, dict) and set(row) == {"source", "target"}:
-            pairs.append((str(row["source"]), str(row["target"])))
+            pairs.append((_string(row["source"], path, lineno, '"source"'), _string(row["target"], path, lineno, '"target"')))
         elif isinstance(row, dict) and set(row) == {"captions"} and isinstance(row["captions"], list):
-            groups.append(tuple(str(c) for c in row["captions"]))
+            groups.append(tuple(_string(c, path, lineno, f'"captions"[{i}]') for i, c in enumerate(row["captions"])))
         else:
             raise MetaSetError(
                 f'{path}:{lineno}: expected {{"source": ..., "target": ...}} or {{"captions": [...]}}'
@@ -151,6 +156,18 @@ def parse(path: Path, name: str) -> MetaSet:
     if not pairs and not groups:
         raise MetaSetError(f"{path}: holds no examples")
     return MetaSet(name=name, path=path, pairs=tuple(pairs), groups=tuple(groups), provenance=provenance)
+
+
+_JSON_TYPES = {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object",
+               type(None): "null"}
+
+
+def _string(value, path: Path, lineno: int, where: str) -> str:
+    """A set's string as written; any other JSON value is refused (never turned into its text)."""
+    if not isinstance(value, str):
+        raise MetaSetError(f"{path}:{lineno}: {where} is {_JSON_TYPES[type(value)]} ({json.dumps(value)[:40]}), "
+                           "not a string")
+    return value
 
 
 def _jsonl_line(row: dict) -> str:
@@ -171,7 +188,7 @@ def write(path: str | Path, pairs=(), groups=(), provenance: dict | None = None)
     if bool(candidate.pairs) == bool(candidate.groups):
         raise MetaSetError(f"{path}: a meta set holds either source/target pairs or caption groups (got "
                            f"{len(candidate.pairs)} pairs and {len(candidate.groups)} groups); not written")
-    found = problems(candidate)
+    found = problems(candidate, num_examples=1)  # k is a run's setting: `meta validate --num-examples` checks it
     if found:
         raise MetaSetError(f"{path}: not written, the set is not usable in a prompt: {describe_problems(found)}")
     rows = [{"provenance": provenance}] if provenance is not None else []
@@ -183,6 +200,47 @@ def write(path: str | Path, pairs=(), groups=(), provenance: dict | None = None)
         raise MetaSetError(f"{path}: provenance is not plain JSON ({e}); not written") from None
     atomic.write_text(path, text)
     return parse(path, path.stem)
+
+
+def check_target(path: str | Path, overwrite: bool) -> Path:
+    """Where a meta command may write a set, checked before any work: a `.jsonl` file whose name can
+    name a --source; never through a symlink (which could point anywhere, and replacing it would cut
+    it), onto a folder, or over a file the user wrote. An existing set is replaced only with `overwrite`,
+    and only when this tool wrote it (its first line is a provenance line naming one of MADE_BY): a
+    hand-written set is refused even then."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        raise MetaSetError(f"{path}: a meta set file's name must end in .jsonl (that is how --source and "
+                           "--meta-dir tell a file from a shipped set's name)")
+    source_name(str(path))
+    if path.is_symlink():
+        raise MetaSetError(f"{path}: is a symlink (to {path.readlink()}); refusing to write through or "
+                           "replace it: remove it or choose another place")
+    if not path.exists():
+        return path
+    if not path.is_file():
+        raise MetaSetError(f"{path}: exists and is not a file; refusing to replace it")
+    if not overwrite:
+        raise MetaSetError(f"{path}: exists; refusing to replace it (--overwrite replaces a set that "
+                           "`rewrite meta` wrote)")
+    if _made_by(path) not in MADE_BY:
+        raise MetaSetError(f"{path}: exists and `rewrite meta` did not write it (its first line is no provenance "
+                           "line of import-laclip, import-coco or generate); refusing to replace it even with "
+                           "--overwrite: move it or choose another place")
+    return path
+
+
+def _made_by(path: Path) -> str | None:
+    """The `made_by` of the provenance line a set file starts with (None without one), read from the
+    first line alone: a hand-written file may hold anything."""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        row = json.loads(first)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8
+        return None
+    provenance = row.get("provenance") if isinstance(row, dict) and set(row) == {"provenance"} else None
+    return provenance.get("made_by") if isinstance(provenance, dict) else None
 
 
 def sample_examples(meta: MetaSet, rng: random.Random, k: int) -> list[Example]:
@@ -204,30 +262,69 @@ def word_overlap(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.lower().split(), b.lower().split()).ratio()
 
 
-def problems(meta: MetaSet) -> list[str]:
-    """What makes a meta set unusable in the prompt format (empty, `=>`, line breaks, duplicates)."""
+# An example string may be as long as a caption CLIP reads whole (validate.CLIP_CONTEXT tokens, start
+# and end included), the bound the run holds every rewrite to.
+MAX_EXAMPLE_CLIP_TOKENS = validate.CLIP_CONTEXT
+_LINE_BREAKS = "\u2028\u2029"  # where str.splitlines() breaks besides control characters
+
+
+def problems(meta: MetaSet, num_examples: int = settings.NUM_EXAMPLES) -> list[str]:
+    """What makes a meta set unusable in a prompt of `num_examples` examples: `rewrite meta validate` and
+    `rewrite run` (through load_usable) both ask this, so a set one accepts the other runs.
+
+    Too few entries for k; an empty string, `=>`, a control character or line break (each breaks the
+    prompt's format or its one-line answer), space other than one between words; duplicates.
+
+    And a length bound: every string at most MAX_EXAMPLE_CLIP_TOKENS of CLIP's tokens. A longer target
+    teaches the model rewrites the run then rejects (over_77_clip_tokens), a longer source is a caption
+    CLIP cannot read whole. It also makes k examples fit a prompt: with single spaces and no control
+    characters (which CLIP's tokenizer drops or merges, so they would escape the count), an LLM's
+    byte-level BPE counts such text about as CLIP's does (SmolLM2 at 77 CLIP tokens: English 1.0x, CJK 0.75x;
+    at worst 3-4x, for runs of emoji or HTML entities), so the 2k strings of k examples take about 2 x 77 x k
+    tokens, 462 for LaCLIP's k=3: with the caption's share (--max-caption-tokens 256) and the answer (77),
+    within the 2,048 of LaCLIP's LLaMA and far within the 8,192 of the embedded model. A 20,000-word
+    example, which no context holds, is refused here rather than after a model loads."""
     found = []
+    if num_examples > len(meta):
+        found.append(f"--num-examples {num_examples} is more than its {len(meta)} {meta.kind}")
     strings = [s for ex in meta.pairs for s in ex] if meta.pairs else [c for g in meta.groups for c in g]
     for s in strings:
-        if not s.strip():
-            found.append("an empty string")
-        if "=>" in s:
-            found.append(f"'=>' inside: {s!r}")
-        if any(ch in s for ch in "\r\n\t"):
-            found.append(f"a line break or tab inside: {s!r}")
-        if s != s.strip():
-            found.append(f"leading or trailing space: {s!r}")
+        found += string_problems(s)
     if meta.pairs:
         sources = [p[0] for p in meta.pairs]
         for dup in sorted({s for s in sources if sources.count(s) > 1}):
-            found.append(f"duplicate source: {dup!r}")
-        found += [f"target equals source: {s!r}" for s, t in meta.pairs if s == t]
+            found.append(f"duplicate source: {_shown(dup)}")
+        found += [f"target equals source: {_shown(s)}" for s, t in meta.pairs if s == t]
     for g in meta.groups:
         if len(g) < 2:
-            found.append(f"a group with fewer than 2 captions: {g!r}")
+            found.append(f"a group with fewer than 2 captions: {_shown(g)}")
         if len(set(g)) != len(g):
-            found.append(f"a group with duplicate captions: {g!r}")
+            found.append(f"a group with duplicate captions: {_shown(g)}")
     return found
+
+
+def string_problems(s: str) -> list[str]:
+    """What makes one string unusable as an example's source or target (see `problems`)."""
+    if not s.strip():
+        return ["an empty string"]
+    found = []
+    if "=>" in s:
+        found.append(f"'=>' inside: {_shown(s)}")
+    if validate.has_control_characters(s) or any(ch in s for ch in _LINE_BREAKS):
+        found.append(f"a control character, tab or line break inside: {_shown(s)}")
+    elif s != " ".join(s.split()):
+        found.append(f"space other than one between words: {_shown(s)}")
+    tokens = clip_tokens.count(s)
+    if tokens > MAX_EXAMPLE_CLIP_TOKENS:
+        found.append(f"{tokens} CLIP tokens, more than the {MAX_EXAMPLE_CLIP_TOKENS} an example may hold: {_shown(s)}")
+    return found
+
+
+def _shown(value, limit: int = 80) -> str:
+    """A string (or group) as a problem quotes it: its repr, cut after `limit` characters (the problem may
+    be its length)."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}..."
 
 
 def stats(meta: MetaSet) -> dict:

@@ -28,7 +28,8 @@ SEED_NAME = "meta-generate"  # the seeds of a generated set are derived under th
 
 
 def read_captions(path: Path) -> list[str]:
-    """Distinct usable captions of a text file (one per line), whitespace tidied, in file order."""
+    """Distinct captions of a text file (one per line), whitespace tidied, in file order: those usable as
+    an example's source (meta.string_problems finds nothing), so a set made of them can be written."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -36,7 +37,7 @@ def read_captions(path: Path) -> list[str]:
     except UnicodeDecodeError as e:
         raise MetaSetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     tidy = (" ".join(line.split()) for line in text.splitlines())
-    return list(dict.fromkeys(c for c in tidy if c and prompt.ARROW not in c))
+    return list(dict.fromkeys(c for c in tidy if c and not meta.string_problems(c)))
 
 
 def user_prompt(engine: Engine, instruction: str, caption: str) -> str:
@@ -58,14 +59,22 @@ def judge(answer: str, caption: str, completion) -> tuple[str, str | None]:
     return target, reason
 
 
-def generate(captions_file: Path, out: Path, engine: Engine, *, count: int = 16, seed: int = 0,
-             instruction: str = PAPER_INSTRUCTION, sampling: Sampling = Sampling(), max_attempts: int = 3,
-             progress=None) -> meta.MetaSet:
-    """Write a pair set of `count` (caption, rewrite) pairs to `out` (see the module docstring)."""
+def check_options(out: Path, count: int, max_attempts: int, instruction: str, overwrite: bool) -> None:
+    """What `generate` is given, checked before an engine loads (`out`: meta.check_target)."""
     if count < 1 or max_attempts < 1:
         raise MetaSetError(f"--count and --max-attempts must be >= 1, got {count} and {max_attempts}")
     if not instruction.strip() or "\n" in instruction:
         raise MetaSetError("--instruction must be one non-empty line")
+    meta.check_target(out, overwrite)
+
+
+def generate(captions_file: Path, out: Path, engine: Engine, *, count: int = 16, seed: int = 0,
+             instruction: str = PAPER_INSTRUCTION, sampling: Sampling = Sampling(), max_attempts: int = 3,
+             progress=None, overwrite: bool = False) -> meta.MetaSet:
+    """Write a pair set of `count` (caption, rewrite) pairs to `out` (see the module docstring). The options
+    and `out` are checked first (check_options, which the command calls before it loads the engine), and
+    `out` again when the pairs are written: a file may have appeared there meanwhile."""
+    check_options(out, count, max_attempts, instruction, overwrite)
     captions = read_captions(captions_file)
     if len(captions) < count:
         raise MetaSetError(f"{captions_file}: {len(captions)} distinct usable captions, fewer than the {count} "
@@ -100,11 +109,11 @@ def generate(captions_file: Path, out: Path, engine: Engine, *, count: int = 16,
                            f"{captions_file} was tried (rejected: {dict(rejected)}): try another model or instruction")
     ordered = [(c, pairs[c]) for c in pool if c in pairs][:count]
     provenance = {
-        "made_by": "rewrite meta generate", "version": __version__,
+        "made_by": meta.GENERATE, "version": __version__,
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "from": {"path": str(Path(captions_file).resolve()),
                  "sha256": hashlib.sha256(Path(captions_file).read_bytes()).hexdigest()},
         "engine": engine.describe(), "instruction": instruction, "seed": seed, "sampling": sampling.to_dict(),
         "max_attempts": max_attempts, "counts": {"pairs": count, "requests": tried, "rejected": dict(rejected)},
     }
-    return meta.write(out, pairs=ordered, provenance=provenance)
+    return meta.write(meta.check_target(out, overwrite), pairs=ordered, provenance=provenance)

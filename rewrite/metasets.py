@@ -39,14 +39,19 @@ def read_laclip_sets(utils_py: Path) -> dict[str, list]:
     return _parse_laclip(utils_py, _read(utils_py, "LaCLIP's rewrite/utils.py"))
 
 
-def import_laclip(utils_py: Path, out_dir: Path) -> dict[str, Path]:
+def import_laclip(utils_py: Path, out_dir: Path, overwrite: bool = False) -> dict[str, Path]:
     """Write OUT_DIR/chatgpt.jsonl, bard.jsonl, human.jsonl (pairs) and coco.jsonl (groups) from LaCLIP's
-    rewrite/utils.py, for `rewrite run --meta-dir OUT_DIR`. All four are checked before any is written."""
+    rewrite/utils.py, for `rewrite run --meta-dir OUT_DIR`. All four sets and all four targets
+    (meta.check_target: an existing one only with `overwrite`, and only when this tool wrote it) are
+    checked before any is written; nothing else in OUT_DIR is touched."""
     utils_py, out_dir = Path(utils_py).resolve(), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MetaSetError(f"{out_dir}: exists and is not a folder; the four sets are written into a folder")
+    targets = {name: meta.check_target(out_dir / f"{name}.jsonl", overwrite) for name in (*LACLIP_PAIRS, *LACLIP_GROUPS)}
     data = _read(utils_py, "LaCLIP's rewrite/utils.py")
     sets = _parse_laclip(utils_py, data)
     origin = {"path": str(utils_py), "sha256": hashlib.sha256(data).hexdigest()}
-    made = {"made_by": "rewrite meta import-laclip", "version": __version__, "when": _now()}
+    made = {"made_by": meta.IMPORT_LACLIP, "version": __version__, "when": _now()}
     planned: dict[str, tuple[dict, dict]] = {}
     for name, variables in LACLIP_PAIRS.items():
         pairs = tuple((_tidy(s), _tidy(t)) for s, t in sets[name])
@@ -65,11 +70,8 @@ def import_laclip(utils_py: Path, out_dir: Path) -> dict[str, Path]:
             **made, "from": {**origin, "variables": [variable]},
             "counts": {"groups": len(groups), "captions": sum(map(len, groups))},
             "normalised": {"whitespace": changed, "duplicate_captions_dropped": dropped}})
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MetaSetError(f"{out_dir}: exists and is not a folder; the four sets are written into a folder")
-    targets = {name: _target(out_dir / f"{name}.jsonl") for name in planned}
     for name, (content, provenance) in planned.items():
-        found = meta.problems(meta.MetaSet(name=name, path=targets[name], **content))
+        found = meta.problems(meta.MetaSet(name=name, path=targets[name], **content), num_examples=1)  # as meta.write
         if found:
             raise MetaSetError(f"{utils_py}: LaCLIP's {name} set ({', '.join(provenance['from']['variables'])}) is "
                                f"not usable in a prompt even with its whitespace normalised: "
@@ -79,7 +81,7 @@ def import_laclip(utils_py: Path, out_dir: Path) -> dict[str, Path]:
 
 
 def import_coco(annotations_json: Path, out: Path, groups: int = 16, seed: int = 0,
-                captions_per_group: int = 5) -> Path:
+                captions_per_group: int = 5, overwrite: bool = False) -> Path:
     """Write a group set of `groups` COCO images, each with its first `captions_per_group` distinct captions
     in annotation-id order. The images are drawn with random.Random(seed) from the eligible ones sorted by
     id, so the set depends only on the file and the seed; the groups are written in image-id order.
@@ -87,16 +89,14 @@ def import_coco(annotations_json: Path, out: Path, groups: int = 16, seed: int =
     A line break or tab inside a caption is a typing slip and is normalised to a space like any other
     whitespace; a caption holding '=>' (the prompt's own separator) is skipped rather than altered, as is one
     left empty and one repeating a caption kept before. An image is eligible with at least
-    `captions_per_group` captions left."""
+    `captions_per_group` captions left. An existing `out` is replaced only with `overwrite`, and only
+    when this tool wrote it (meta.check_target)."""
     if groups < 1:
         raise MetaSetError(f"groups must be at least 1, got {groups}")
     if captions_per_group < 2:
         raise MetaSetError(f"captions_per_group must be at least 2 (an example is two captions of one group), "
                            f"got {captions_per_group}")
-    path, out = Path(annotations_json).resolve(), _target(Path(out))
-    if out.suffix != ".jsonl":
-        raise MetaSetError(f"{out}: a meta set file's name must end in .jsonl (that is how --source and "
-                           "--meta-dir tell a file from a shipped set's name)")
+    path, out = Path(annotations_json).resolve(), meta.check_target(out, overwrite)
     data = _read(path, "a COCO captions annotation file such as captions_train2017.json")
     try:
         doc = json.loads(data)
@@ -140,7 +140,7 @@ def import_coco(annotations_json: Path, out: Path, groups: int = 16, seed: int =
     chosen = sorted(random.Random(seed).sample(eligible, groups))
     taken = [usable[i][:captions_per_group] for i in chosen]
     provenance = {
-        "made_by": "rewrite meta import-coco", "version": __version__, "when": _now(),
+        "made_by": meta.IMPORT_COCO, "version": __version__, "when": _now(),
         "from": {"path": str(path), "sha256": hashlib.sha256(data).hexdigest()},
         "seed": seed, "captions_per_group": captions_per_group, "image_ids": chosen,
         "counts": {"images": len(images), "annotations": len(annotations), "eligible_images": len(eligible),
@@ -168,17 +168,6 @@ def _read(path: Path, what: str) -> bytes:
     return path.read_bytes()
 
 
-def _target(path: Path) -> Path:
-    """A path to write a set to: never through a symlink (which could point outside the folder asked
-    for, and which replacing would silently cut), never onto a folder."""
-    if path.is_symlink():
-        raise MetaSetError(f"{path}: is a symlink (to {path.readlink()}); refusing to write through or "
-                           "replace it: remove it or choose another place")
-    if path.exists() and not path.is_file():
-        raise MetaSetError(f"{path}: exists and is not a file; refusing to replace it")
-    return path
-
-
 _JSON_TYPE = {int: "integer", str: "string", list: "array"}
 
 
@@ -197,8 +186,9 @@ def _field(obj, key: str, kind: type, path: Path, where: str):
 def _parse_laclip(path: Path, data: bytes) -> dict[str, list]:
     try:
         tree = ast.parse(data, filename=str(path))
-    except SyntaxError as e:
-        raise MetaSetError(f"{path}:{e.lineno}: not Python ({e.msg}); expected LaCLIP's rewrite/utils.py") from None
+    except SyntaxError as e:  # a binary file's null bytes, or its declared encoding, have no line (None, 0)
+        where = f"{path}:{e.lineno}" if e.lineno else str(path)
+        raise MetaSetError(f"{where}: not Python ({e.msg}); expected LaCLIP's rewrite/utils.py") from None
     except (ValueError, RecursionError, MemoryError) as e:
         raise MetaSetError(f"{path}: not Python ({str(e) or type(e).__name__}); expected LaCLIP's rewrite/utils.py") from None
     wanted = [v for pair in LACLIP_PAIRS.values() for v in pair] + list(LACLIP_GROUPS.values())

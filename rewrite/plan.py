@@ -9,6 +9,9 @@ chunks of rows, reading only the columns it needs.
 A work dir is self-contained: a file inside it is recorded relative to it, so it can be moved or
 copied. The inputs' schemas are unified at planning time, so a column whose type differs between files
 is refused before any rewriting, and every chunk read with all columns has the one unified schema.
+
+Each file read is recorded with its identity (size and the format's digest: see inputs.Planned), so
+that a read refuses a file that changed since it was planned, naming it, and a `touch` is no change.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 
 from . import atomic, layout
-from .inputs import SUFFIXES, Captions, InputFormat, PlanError, for_path
+from .inputs import SUFFIXES, Captions, InputFormat, Planned, PlanError, for_path
 from .inputs import named as format_named
 from .tars import expand_braces
 
@@ -43,6 +46,8 @@ class InputFile:
     format: str  # the name of its format in inputs.FORMATS
     rows: int
     key_prefix: str  # derived keys are f"{key_prefix}-{row:09d}"
+    size: int | None = None  # bytes of `data` when planned; None in plans made before it was recorded (not checked)
+    digest: str | None = None  # the format's digest of `data` when planned (None: not taken then; see inputs.Planned)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,11 @@ class Manifest:
     def shard_rows(self, shard: int) -> int:
         return sum(p.stop - p.start for p in self.shards[shard])
 
+    def planned(self, index: int) -> Planned:
+        """Input file `index` as planned, for a reader to refuse it if it changed since (see inputs.Planned)."""
+        f = self.files[index]
+        return Planned(self.data_path(f), f.rows, f.size, f.digest, first_read_record(self.root, index, f.path))
+
     def plan_id(self) -> str:
         """Digest of what defines the rows of every shard (not when it was made)."""
         body = {k: v for k, v in self.to_dict().items() if k != "created"}
@@ -106,7 +116,8 @@ class Manifest:
             "inputs": self.inputs,
             "columns": self.columns,
             "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
-            "files": [asdict(f) for f in self.files],
+            # None fields left out: a plan made before they existed keeps its dict, and so its plan_id
+            "files": [{k: v for k, v in asdict(f).items() if v is not None} for f in self.files],
             "shards": [[[p.file, p.start, p.stop] for p in s] for s in self.shards],
         }
 
@@ -263,14 +274,18 @@ def plan(
 
     files: list[InputFile] = []
     prefixes: set[str] = set()
+    leftovers = work_dir.inputs.is_dir()  # from a plan cut short, or one whose manifest was deleted by hand
     for i, path in enumerate(paths):
         prefix = path.stem if path.stem not in prefixes else f"{path.stem}.{i}"
         prefixes.add(prefix)
         converted = work_dir.inputs / f"{i:05d}-{path.stem}.parquet"
-        data, rows = formats[path].prepare(path, converted, schemas[path], captions)
+        if leftovers:  # a first read's record of another plan would be compared with
+            first_read_record(work_dir.root, i, str(path)).unlink(missing_ok=True)
+        prepared = formats[path].prepare(path, converted, schemas[path], captions)
+        data = prepared.data
         recorded = data.relative_to(work_dir.root) if data.is_relative_to(work_dir.root) else data
-        files.append(InputFile(path=str(path), data=str(recorded), format=formats[path].name, rows=rows,
-                               key_prefix=prefix))
+        files.append(InputFile(path=str(path), data=str(recorded), format=formats[path].name, rows=prepared.rows,
+                               key_prefix=prefix, size=prepared.size, digest=prepared.digest))
 
     total = sum(f.rows for f in files)
     if total == 0:
@@ -291,6 +306,11 @@ def plan(
     )
     manifest.save(work_dir)
     return manifest
+
+
+def first_read_record(root: Path, index: int, path: str) -> Path:
+    """Where the first full read of input file `index` records its digest when the plan did not take it."""
+    return layout.Work(root).inputs / f"{index:05d}-{Path(path).stem}.digest.json"
 
 
 def shard_bounds(total: int, *, num_shards: int | None = None, rows_per_shard: int | None = None) -> list[tuple[int, int]]:
@@ -460,7 +480,7 @@ def _iter_piece(manifest: Manifest, piece: Piece, batch_rows: int, columns: Sequ
     f = manifest.files[piece.file]
     cap, key = manifest.caption_column, manifest.key_column
     read_cols = None if columns is None else [cap] + ([key] if key and key != cap else [])
-    rows = format_named(f.format).read(manifest.data_path(f), f.rows, piece.start, piece.stop, batch_rows,
+    rows = format_named(f.format).read(manifest.planned(piece.file), piece.start, piece.stop, batch_rows,
                                        read_cols, manifest.captions)
     first = piece.start
     for table in rows:

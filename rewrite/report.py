@@ -236,6 +236,7 @@ class SetTally:
     def __init__(self, name: str, num_rewrites: int, embedder=None) -> None:
         self.name, self.n, self.embedder = name, num_rewrites, embedder
         self.shards: Counter = Counter()  # shard state -> shards
+        self.left_out: dict[int, str] = {}  # shard not counted (not done) -> its state, or what is damaged
         self.rows = self.requests = self.retries = 0
         self.statuses: Counter = Counter()  # ok / failed / skipped rewrites
         self.rejected: Counter = Counter()
@@ -307,6 +308,7 @@ class SetTally:
         scores = {name: s.summary() for name, s in self.scores.items()}
         return {
             "shards": {state: self.shards[state] for state in STATES},
+            "shards_left_out": {str(shard): why for shard, why in sorted(self.left_out.items())},
             "rows": self.rows,
             "rewrites_per_row": self.n,
             "ok": ok,
@@ -397,8 +399,12 @@ def example_targets(name: str, meta_file: str | None, digest: str) -> tuple[list
 
 def _captions(manifest: plan.Manifest, shard: int) -> tuple[list[str], list[str | None]]:
     """A shard's keys and captions (only those columns are read; never an image)."""
-    table = pa.concat_tables(plan.iter_shard(manifest, shard, manifest.shard_rows(shard)))
-    return table.column(layout.KEY).to_pylist(), table.column(layout.CAPTION).to_pylist()
+    keys: list[str] = []
+    captions: list[str | None] = []
+    for table in plan.iter_shard(manifest, shard, max(1, manifest.shard_rows(shard))):  # none: a shard of no rows
+        keys += table.column(layout.KEY).to_pylist()
+        captions += table.column(layout.CAPTION).to_pylist()
+    return keys, captions
 
 
 def _sidecar(path: Path, num_rewrites: int, keys: list[str]) -> list[tuple[list, list, list]]:
@@ -420,6 +426,8 @@ def _add_shard(w: layout.Work, manifest: plan.Manifest, shard: int, tallies: dic
         tally.shards[found.state] += 1
         if found.state == done.DONE:
             stats[name] = found.stats
+        else:
+            tally.left_out[shard] = found.problem or found.state
     if not stats:
         return
     keys, captions = _captions(manifest, shard)
@@ -478,7 +486,7 @@ EXPORT_NOTE = ("From an export: no shard, request, retry or reject figures and n
                "it fills in) counts as failed: it failed, or its shard was exported without rewrites "
                "(--allow-missing). Rows a csv or laclip export leaves out (no caption, no image path) are not "
                "counted")
-RUN_ONLY = ("shards", "requests", "first_attempts", "retries")  # figures only a run's stats give: null from an export
+RUN_ONLY = ("shards", "shards_left_out", "requests", "first_attempts", "retries")  # figures only a run's stats give: null from an export
 EXPORT_META_SET = {"digest": None, "file": None, "note": "an export does not record the set it was rewritten with"}
 PREFIX = "caption_"  # of every rewrite column an export writes (layout.export_column)
 
@@ -873,39 +881,72 @@ def render_html(summary: dict, paths: dict[str, Path]) -> str:
 # ---------------------------------------------------------------- writing
 
 
-def check_out(path: str | Path, out: str | Path, source: str = "work") -> Path:
-    """The report folder, refused inside what only runs write (a work dir's rewrites) or only exports write
-    (an export's staging and its folders, such as data/: a foreign file there stops the next export)."""
+MARKER = ".rewrite-report.json"  # in a report folder: the files the report wrote there
+
+
+def check_out(path: str | Path, out: str | Path, source: str = "work", overwrite: bool = False) -> Path:
+    """The report folder: a folder of its own (never the folder read, inside it or holding it, nor one
+    of the work dir's inputs), new or empty, or holding an earlier report (replaced only with
+    `overwrite`); a folder with anything a report did not write is refused."""
     out, path = Path(out).resolve(), Path(path).resolve()
+    read = [("the work dir" if source == "work" else "the export", path)]
     if source == "work":
-        owned, writer = [path / "rewrites"], "runs write"
-    else:
-        tops = {Path(f).parts[0] for f in exported_files(path) if len(Path(f).parts) > 1}
-        owned, writer = [path / publish.STAGING] + [path / top for top in sorted(tops)], "`rewrite export` writes"
-    for folder in (f.resolve() for f in owned):
-        if out.is_relative_to(folder):
-            raise ReportError(f"--out {out} lies inside {folder}, which only {writer}: choose another folder")
+        read += [("the input", Path(p)) for p in _manifest(layout.Work(path)).inputs]
+    for what, folder in read:
+        if out == folder or out.is_relative_to(folder) or folder.is_relative_to(out):
+            relation = "is" if out == folder else ("lies inside" if out.is_relative_to(folder) else "holds")
+            raise ReportError(f"--out {out} {relation} {what} {folder}: a report goes to a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    ours = _written_before(out)
+    foreign = [name for name in entries if name != MARKER and name not in ours]
+    if foreign:
+        raise ReportError(f"--out {out} holds files a report did not write ({', '.join(foreign[:5])}): choose a new "
+                          "or empty folder; nothing there is removed or replaced")
+    if ours and not overwrite:
+        raise ReportError(f"--out {out} holds an earlier report: pass --overwrite to replace it, or choose another folder")
     return out
 
 
-def write(summary: dict, out_dir: str | Path) -> dict[str, Path]:
-    """report.json, the plots and report.html in `out_dir` (made if missing); returns their paths by name."""
-    out = check_out(summary["work"], out_dir, summary["source"])
+def _written_before(out: Path) -> list[str]:
+    """The files an earlier report wrote in `out` (its record), [] when there is none."""
+    try:
+        record = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        files = record["files"]
+        if not (isinstance(files, list) and all(isinstance(f, str) and "/" not in f for f in files)):
+            raise ValueError
+        return files
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ReportError(f"{out / MARKER} is damaged: remove {out} yourself, or choose another --out") from None
+
+
+def write(summary: dict, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """report.json, the plots and report.html in `out_dir` (made if missing; see check_out), then the
+    record of what it wrote; the files of an earlier report there that this one does not write go."""
+    out = check_out(summary["work"], out_dir, summary["source"], overwrite)
+    before = _written_before(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json"}
     atomic.write_json(paths["json"], summary)
     paths.update(plots(summary, out))
     paths["html"] = out / "report.html"
     atomic.write_text(paths["html"], render_html(summary, paths))
+    names = sorted(p.name for p in paths.values())
+    atomic.write_json(out / MARKER, {"made_by": "rewrite report", "files": names})
+    for name in set(before) - set(names):
+        (out / name).unlink(missing_ok=True)
     return paths
 
 
 def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = None, progress: bool = True,
-           embedding_model: str | Path | None = None) -> dict:
+           embedding_model: str | Path | None = None, overwrite: bool = False) -> dict:
     """collect (`path` a work dir) or collect_export (an export), then write: {"summary": ..., "paths": ...}.
     The report folder is checked (and the embedding model loaded) before the reading."""
     source = kind(path)
-    check_out(path, out, source)
+    check_out(path, out, source, overwrite)
     embedder = None
     if embedding_model is not None:
         from .embedding import Embedder
@@ -913,4 +954,4 @@ def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = No
         embedder = Embedder(embedding_model)
     summary = (collect if source == "work" else collect_export)(path, sources, progress, embedder)
     summary["embedding_model"] = embedder.name if embedder else None
-    return {"summary": summary, "paths": write(summary, out)}
+    return {"summary": summary, "paths": write(summary, out, overwrite)}

@@ -4,9 +4,16 @@ at a time, or streaming) are built from these, so both give the same rewrites.
 
 A row's identity seeds its examples and sampling. With dedup, identical captions share it (and so share
 their rewrite, whichever shard or chunk they fall in); without, the key does.
+
+A row's attempts come in rounds of max_attempts: a first run gives each rewrite one round, and each
+retry round (`rewrite run --retry-failed`) one more to the rewrites that failed, numbered on. A rewrite the
+engine could not serve waits (ENGINE_UNAVAILABLE, with the attempt it is to resume at) and a later run
+takes its chunk up again (`reopen`): so whatever happened in between, every rewrite ends as an
+uninterrupted run would have left it.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -66,6 +73,11 @@ class Prompting:
                           group="\n".join(s for example in examples for s in example), prompt_ids=tuple(ids))
         return request, [t for _, t in examples], cut
 
+    def cut_before(self, ident: str, caption: str, index: int, attempt: int) -> bool:
+        """Whether the prompt of an attempt before `attempt` was cut. A rewrite is `caption_cut` when any of
+        its prompts was, so one taken up again at `attempt` by a later run carries the cuts before it."""
+        return any(self.request(ident, caption, index, a)[2] for a in range(attempt))
+
 
 def judge(completion: Completion, caption: str, targets: Sequence[str],
           min_faithfulness: float | None = None) -> tuple[str, str | None]:
@@ -74,35 +86,86 @@ def judge(completion: Completion, caption: str, targets: Sequence[str],
     return text, validate.check(text, caption, completion, targets, clip_tokens.count, min_faithfulness)
 
 
-def columns(keys: Sequence[str], identity: Sequence[str | None], results: Mapping[tuple[str, int], Result],
-            num_rewrites: int, schema: pa.Schema) -> tuple[pa.Table, int, int]:
-    """The sidecar rows of a chunk (key, then rewrite, status and reason per index), and its ok and failed
-    counts. Every identity of the chunk must have its results."""
-    out: dict[str, list] = {layout.KEY: list(keys)}
-    ok = failed = 0
+@dataclass(frozen=True)
+class Reopened:
+    """A chunk an earlier run committed, taken up again: its rows as committed, its stats, the rewrites
+    to request again ((identity, rewrite index) -> the attempt to start at) and the reasons they had."""
+
+    table: pa.Table
+    stats: dict
+    redo: dict
+    reasons: frozenset
+
+
+def reopen(committed: pa.Table, stats: dict, pending: Sequence[Sequence[int]], committed_round: int, round_: int,
+           identity: Sequence[str | None], num_rewrites: int, max_attempts: int) -> Reopened | None:
+    """What a run requests again of a chunk committed in retry round `committed_round`: its rewrites
+    waiting for the engine (`pending`: [row, rewrite index, attempt to resume at]), and when this run's
+    round is a later one, every rewrite that failed, from the first attempt of the round after its own.
+    None when there is nothing to request."""
+    redo = {(identity[row], i): attempt for row, i, attempt in pending}
+    cells = [(row, i) for row, i, _ in pending]
+    for i in range(num_rewrites if committed_round < round_ else 0):
+        statuses = committed.column(layout.suffixed(layout.STATUS, i, num_rewrites)).to_pylist()
+        for row, status in enumerate(statuses):
+            if status == layout.STATUS_FAILED and identity[row] is not None:
+                redo.setdefault((identity[row], i), (committed_round + 1) * max_attempts)
+                cells.append((row, i))
+    if not redo:
+        return None
+    reasons = {i: committed.column(layout.suffixed(layout.REASON, i, num_rewrites)).to_pylist() for i in range(num_rewrites)}
+    return Reopened(committed, stats, redo, frozenset(reasons[i][row] for row, i in cells))
+
+
+def tally(table: pa.Table, num_rewrites: int) -> dict:
+    """The ok, failed and skipped counts and the failure reasons of committed sidecar rows."""
+    counts, reasons = Counter({layout.STATUS_OK: 0, layout.STATUS_FAILED: 0, layout.STATUS_SKIPPED: 0}), Counter()
     for i in range(num_rewrites):
-        values, statuses, reasons = [], [], []
-        for ident in identity:
+        statuses = table.column(layout.suffixed(layout.STATUS, i, num_rewrites)).to_pylist()
+        for status, reason in zip(statuses, table.column(layout.suffixed(layout.REASON, i, num_rewrites)).to_pylist()):
+            counts[status] += 1
+            reasons[reason] += status == layout.STATUS_FAILED
+    return {**counts, "failed_reasons": {reason: n for reason, n in reasons.items() if n}}
+
+
+def columns(keys: Sequence[str], identity: Sequence[str | None], results: Mapping[tuple[str, int], Result],
+            num_rewrites: int, schema: pa.Schema, waiting: Mapping[tuple[str, int], int],
+            reopened: Reopened | None = None) -> tuple[pa.Table, dict, list[list[int]]]:
+    """The sidecar rows of a chunk (key, then rewrite, status and reason per index), its ok, failed and
+    skipped counts, and its rewrites waiting for the engine ([row, rewrite index, attempt to resume at],
+    from `waiting`). Every identity of the chunk must have its results, but in a reopened chunk only
+    those it requested again: its other rows are kept as committed."""
+    out: dict[str, list] = {layout.KEY: list(keys)}
+    counts = Counter({layout.STATUS_OK: 0, layout.STATUS_FAILED: 0, layout.STATUS_SKIPPED: 0})
+    pending = []
+    for i in range(num_rewrites):
+        names = (layout.rewrite_column(i, num_rewrites), layout.suffixed(layout.STATUS, i, num_rewrites),
+                 layout.suffixed(layout.REASON, i, num_rewrites))
+        kept = [reopened.table.column(name).to_pylist() for name in names] if reopened else None
+        cells: list[tuple] = []
+        for row, ident in enumerate(identity):
             if ident is None:
-                value, status, reason = None, layout.STATUS_SKIPPED, validate.EMPTY_CAPTION
+                cell = None, layout.STATUS_SKIPPED, validate.EMPTY_CAPTION
+            elif kept is not None and (ident, i) not in reopened.redo:
+                cell = tuple(column[row] for column in kept)
             else:
-                value, status, reason = results[ident, i]
-            ok += status == layout.STATUS_OK
-            failed += status == layout.STATUS_FAILED
-            values.append(value)
-            statuses.append(status)
-            reasons.append(reason)
-        out[layout.rewrite_column(i, num_rewrites)] = values
-        out[layout.suffixed(layout.STATUS, i, num_rewrites)] = statuses
-        out[layout.suffixed(layout.REASON, i, num_rewrites)] = reasons
-    return pa.table(out, schema=schema), ok, failed
+                cell = results[ident, i]
+                if cell[2] == validate.ENGINE_UNAVAILABLE:
+                    pending.append([row, i, waiting[ident, i]])
+            counts[cell[1]] += 1
+            cells.append(cell)
+        for name, values in zip(names, zip(*cells) if cells else ((), (), ())):
+            out[name] = list(values)
+    return pa.table(out, schema=schema), dict(counts), pending
 
 
-def final(text: str, reason: str | None, attempt: int, max_attempts: int, cut: bool) -> Result | None:
-    """The result of a judged attempt, or None when it is to be tried again."""
+def final(text: str, reason: str | None, attempt: int, attempts: int, cut: bool) -> Result | None:
+    """The result of a judged attempt, or None when it is to be tried again: a rejected rewrite is tried
+    until `attempts` (max_attempts per retry round of its shard) are spent. A request the engine could not
+    serve is tried no more in this run: its rewrite waits for the next (see `reopen`)."""
     if reason is None:
         return text, layout.STATUS_OK, validate.CAPTION_CUT if cut else None
-    if attempt + 1 < max_attempts:
+    if attempt + 1 < attempts and reason != validate.ENGINE_UNAVAILABLE:
         return None
     return None, layout.STATUS_FAILED, reason
 
@@ -123,9 +186,36 @@ def chunk_stats(rows: int, unique: int) -> dict:
             "generated_tokens": 0}
 
 
+MAX_ERROR_SAMPLES = 10  # distinct engine error messages kept in a chunk's stats
+
+
+def note_error(errors: Counter, completion: Completion) -> None:
+    """A request's error message in a chunk's count of them (`engine_errors`; a few distinct ones kept)."""
+    if completion.error and completion.sent and (completion.error in errors or len(errors) < MAX_ERROR_SAMPLES):
+        errors[completion.error] += 1
+
+
 def count(stats: dict, completion: Completion) -> None:
-    """One request's completion in a chunk's stats."""
-    stats["requests"] += 1
+    """One request's completion in a chunk's stats (one the engine did not send is no request)."""
+    stats["requests"] += completion.sent
     stats["prompt_tokens"] += completion.prompt_tokens
     stats["cached_prompt_tokens"] += completion.cached_tokens
     stats["generated_tokens"] += completion.generated_tokens
+
+
+ADDED_UP = ("requests", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "seconds")
+
+
+def reopened_stats(reopened: Reopened, now: dict) -> dict:
+    """A reopened chunk's stats: its rows' counts as committed now (`now`), the work of every run that
+    requested its rows added up, and the reasons of the rewrites it requested again replaced by how
+    they ended now. Rows cut stay as first counted (a retry builds the prompts the first run built)."""
+    old = reopened.stats
+    stats = {**now, **{k: old.get(k, 0) + now[k] for k in ADDED_UP}, "captions_cut": old.get("captions_cut", 0)}
+    stats["rejected"] = dict(Counter(old.get("rejected", {})) + Counter(now["rejected"]))
+    kept = {reason: n for reason, n in old.get("failed_reasons", {}).items() if reason not in reopened.reasons}
+    stats["failed_reasons"] = dict(Counter(kept) + Counter(now["failed_reasons"]))
+    errors = Counter(old.get("engine_errors", {})) + Counter(now.get("engine_errors", {}))
+    if errors:
+        stats["engine_errors"] = dict(errors)
+    return stats

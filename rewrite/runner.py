@@ -7,6 +7,12 @@ scheduler (scheduler.py, the default: one engine stream over all of a task's sha
 chunk at a time with retry rounds (`rewrite_chunk`). When all parts exist they are joined into
 WORK/rewrites/<source>/<shard>.parquet, and the stats json is written last. A rerun skips done shards
 and resumes a partial one from its committed parts.
+
+Rows whose request the engine could not serve (its server down or overloaded) are committed as failed
+with reason engine_unavailable; their shard is not done, a rerun takes their chunks up again and
+requests exactly those rows (rows.reopen), and EngineUnavailable tells the caller. `retry_failed` (`rewrite
+run --retry-failed`) gives the failed rows of the shards a retry round: their chunks are taken up again
+the same way.
 """
 from __future__ import annotations
 
@@ -26,12 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__, atomic, clip_tokens, done, faults, layout, meta, plan, prompt, rows, scheduler, settings, stop
+from . import validate
 from . import model as model_lib
 from .lock import ShardLock, SourceLock
+from .engines import base as engine_base
 from .engines.base import Engine, Request
 from .settings import Sampling, Schedule
 
-STATS_KEY = b"rewrite.stats"
+STATS_KEY = done.STATS_KEY
 ROW_GROUP_ROWS = 8192
 LEFTOVER_AGE = 600  # seconds after which a temporary settings file is taken for a killed writer's
 START_OVER_WAIT = 10.0  # seconds an overwrite waits for the source to itself before it refuses
@@ -39,6 +47,33 @@ START_OVER_WAIT = 10.0  # seconds an overwrite waits for the source to itself be
 
 class RunError(RuntimeError):
     pass
+
+
+class EngineUnavailable(Exception):
+    """The engine could not serve some requests (its server down, overloaded or refusing the run). Their
+    rows are committed as failed (engine_unavailable) and their shards are not done; the same run again
+    requests exactly those rows. `waiting`: (source, shard) -> its rows waiting; `gave_up`: the engine gave
+    up on its server (too many failures in a row) and the run stopped; `finished`: the stats of the
+    shards this run finished."""
+
+    def __init__(self, engine: Engine, waiting: dict[tuple[str, int], int], finished: list[dict], gave_up: bool):
+        self.waiting, self.finished, self.gave_up = waiting, finished, gave_up
+        url = engine.describe().get("base_url")
+        where = f"the engine at {url}" if url else f"the {engine.name} engine"
+        outage = getattr(engine, "outage", None)
+        error = (outage.last_error if outage else None) or "no error message"
+        by_source: dict[str, dict[int, int]] = {}
+        for (source, shard), count in waiting.items():
+            by_source.setdefault(source, {})[shard] = count
+        rows_waiting = "; ".join(f"{source} shard{'s' if len(counts) > 1 else ''} {plan.format_shard_spec(sorted(counts))} "
+                                 f"({sum(counts.values())} rows)" for source, counts in by_source.items())
+        if gave_up:
+            what = (f"{where} is unavailable ({error}): the run stopped after {outage.bound} requests in a row "
+                    "it could not serve and kept every committed chunk")
+        else:
+            what = f"{where} was unavailable for some requests ({error})"
+        super().__init__(f"{what}; rows waiting for it, in shards that are not done: {rows_waiting or 'none'}; "
+                         "run the same command again to retry")
 
 
 @dataclass(frozen=True)
@@ -91,13 +126,19 @@ class RunConfig:
 
 def set_configs(sources: Sequence[str], meta_dir: str | Path | None = None, **settings_) -> list[RunConfig]:
     """One RunConfig per meta set of --source (see settings.source_list); with `meta_dir`, the sets named
-    like the shipped ones are read from META_DIR/<name>.jsonl instead."""
+    like the shipped ones are read from META_DIR/<name>.jsonl instead. Two sets going by one name (e.g.
+    chatgpt and DIR/chatgpt.jsonl) would share a folder and a column: refused."""
     configs = []
     for source in sources:
         meta_file = None
         if meta_dir is not None and not meta.is_file_source(source):
             meta_file = str((Path(meta_dir) / f"{meta.source_name(source)}.jsonl").resolve())
         configs.append(RunConfig(source=source, meta_file=meta_file, **settings_))
+    names = [c.source for c in configs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise RunError(f"--source names the set {twice[0]} twice ({', '.join(sources)}): each set is one folder and "
+                       "one column, so give each name once")
     return configs
 
 
@@ -123,10 +164,8 @@ def prepare(work: str | Path, config: RunConfig, shards: Sequence[int], named: S
     is refused before minutes go into loading one."""
     w = layout.Work(work)
     manifest = plan.load_manifest(w)
-    meta_set = meta.load_usable(config.meta_file or config.source)
+    meta_set = meta.load_usable(config.meta_file or config.source, config.num_examples)
     template = prompt.load_template(config.template)
-    if config.num_examples > len(meta_set):
-        raise RunError(f"--num-examples {config.num_examples} is more than the {len(meta_set)} entries of {meta_set.name}")
     for shard in shards:
         if not 0 <= shard < manifest.num_shards:
             raise RunError(f"shard {shard} is not in the plan (shards 0-{manifest.num_shards - 1})")
@@ -299,13 +338,15 @@ def tidy_done(work: str | Path, source: str, shards: Sequence[int]) -> None:
                     shutil.rmtree(parts, ignore_errors=True)
 
 
-def pending_shards(work: str | Path, source: str, shards: Sequence[int], overwrite: bool = False) -> list[int]:
+def pending_shards(work: str | Path, source: str, shards: Sequence[int], overwrite: bool = False,
+                   retry_failed: bool = False) -> list[int]:
     """The shards of `shards` that source `source` (its name, as RunConfig.source) still has to do (all of
-    them with overwrite). Reads only."""
+    them with overwrite; with retry_failed, done ones with failed rows too). Reads only."""
     if overwrite:
         return list(shards)
     w = layout.Work(work)
-    return [s for s in shards if done.check(w, source, s).state != done.DONE]
+    checks = {s: done.check(w, source, s) for s in shards}
+    return [s for s, found in checks.items() if found.state != done.DONE or (retry_failed and found.stats["failed"])]
 
 
 def run(work: str | Path, config: RunConfig, shards: Sequence[int], engine: Engine, **options) -> list[dict]:
@@ -325,6 +366,7 @@ def run_sets(
     schedule: Schedule = Schedule(),
     stop_within: float = stop.STOP_WITHIN,
     named: Sequence[int] | None = None,
+    retry_failed: bool = False,
 ) -> list[dict]:
     """Rewrite `shards` of the plan in `work` with several meta sets (one config each) on one engine:
     shard by shard, every set in turn, a shard's captions read from the inputs once for all its sets
@@ -334,36 +376,65 @@ def run_sets(
     `named`: the shards the user asked for when this process runs a share of them (Slurm arrays); an
     overwrite that starts the source over must name every shard with output. A shard another live
     process is writing is skipped (see lock.py). On SIGTERM/SIGUSR1/SIGINT the chunk in flight is
-    committed and StopRequested is raised (see stop.py)."""
+    committed and StopRequested is raised (see stop.py). When the engine gives up on its server, no new
+    chunk is taken; then, or when a shard this run worked on has rows waiting for the engine,
+    EngineUnavailable is raised (with the stats of the shards finished). `retry_failed`: the failed rows
+    of the shards (done ones included) get a retry round (see `_reopen_done`)."""
     jobs = [prepare(work, config, shards, named) for config in configs]
     names = [job.config.source for job in jobs]
     if len(set(names)) < len(names):
         raise RunError(f"--source names a set twice: {', '.join(names)}")
+    touched: list[tuple[str, int]] = []  # the (source, shard)s this run worked on
+    if getattr(engine, "outage", None) is not None:
+        engine.outage.restart()  # a run tries the server again, whatever an earlier one saw
     with stop.handling(stop_within), contextlib.ExitStack() as held:
         for job in jobs:
             held.callback(_open_source(job, job.fingerprint(engine.describe()["engine"], engine.model), overwrite).release)
         if schedule.streaming if schedule.streaming is not None else getattr(engine, "streams_by_default", False):
-            return _run_streaming(jobs, shards, engine, overwrite=overwrite, progress=progress, schedule=schedule)
-        finished = []
-        for shard in shards:
-            read = _ReadOnce() if len(jobs) > 1 else plan.iter_shard
-            for job in jobs:
+            finished = _run_streaming(jobs, shards, engine, overwrite=overwrite, progress=progress, schedule=schedule,
+                                      retry_failed=retry_failed, touched=touched)
+        else:
+            finished = []
+            read, read_shard = plan.iter_shard, None
+            for shard, job in ((shard, job) for shard in shards for job in jobs):
+                if engine_base.gave_up(engine):
+                    break
+                if shard != read_shard:
+                    read, read_shard = _ReadOnce() if len(jobs) > 1 else plan.iter_shard, shard
                 stop.check()
-                lock = _claim(job, shard, overwrite)
+                lock = _claim(job, shard, overwrite, retry_failed)
                 if lock is not None:
+                    touched.append((job.config.source, shard))
                     with lock:
-                        finished.append(_run_chunked(job, shard, engine, progress=progress, schedule=schedule, read=read))
+                        stats = _run_chunked(job, shard, engine, progress=progress, schedule=schedule, read=read,
+                                             retry_failed=retry_failed)
+                    finished += [stats] if stats is not None else []
+        _check_waiting(layout.Work(work), engine, touched, finished)
         return finished
 
 
+def _check_waiting(w: layout.Work, engine: Engine, touched: Sequence[tuple[str, int]], finished: list[dict]) -> None:
+    """Raise EngineUnavailable when the engine gave up, or a shard this run worked on has rows waiting for it."""
+    gave_up = engine_base.gave_up(engine)
+    waiting = {}
+    for source, shard in touched:
+        if done.check(w, source, shard).state != done.DONE:
+            count = sum(part.waiting_rows for part in done.parts(w, source, shard))
+            if count:
+                waiting[source, shard] = count
+    if gave_up or waiting:
+        raise EngineUnavailable(engine, waiting, finished, gave_up)
+
+
 def _run_streaming(jobs: Sequence[Job], shards: Sequence[int], engine: Engine, *, overwrite: bool, progress: bool,
-                   schedule: Schedule) -> list[dict]:
+                   schedule: Schedule, retry_failed: bool, touched: list) -> list[dict]:
     """Every (shard, set) of the task through one engine stream, with no drain between shards: the next
     shard's requests join the batch while the last rows of the one before decode, and a shard is joined
     off the engine's path (scheduler.py). A stream takes one sampling setting, so sets that differ in it
     (the CLI gives all sets the same) get a stream each, over all the shards. On a stop request the open
     chunks are committed and StopRequested is raised; a shard with chunks left is finished by the next
-    run."""
+    run. So are they when the engine gives up on its server, and no other chunk or stream is started.
+    Returns the stats of the shards finished."""
     finished: dict[int, dict] = {}  # by the (shard, set)'s place in the task, as the writer finishes them
     pairs = list(enumerate((shard, job) for shard in shards for job in jobs))
     for sampling in dict.fromkeys(job.config.sampling for job in jobs):
@@ -373,33 +444,40 @@ def _run_streaming(jobs: Sequence[Job], shards: Sequence[int], engine: Engine, *
             stream = scheduler.Stream(engine, sampling, schedule)
             with stop.deferred():  # a stop request lets the open chunks finish and commit (none start after it)
                 stream.run(_units(alike, sets, engine, overwrite=overwrite, progress=progress, locks=locks,
-                                  finished=finished))
+                                  finished=finished, retry_failed=retry_failed, touched=touched))
         stop.check()  # asked to stop: the chunks not started stay for a rerun
+        if engine_base.gave_up(engine):
+            break
     return [finished[place] for place in sorted(finished)]
 
 
 def _units(pairs: Iterable[tuple[int, tuple[int, Job]]], sets: int, engine: Engine, *, overwrite: bool, progress: bool,
-           locks: contextlib.ExitStack, finished: dict[int, dict]) -> Iterator[scheduler.Unit]:
+           locks: contextlib.ExitStack, finished: dict[int, dict], retry_failed: bool,
+           touched: list) -> Iterator[scheduler.Unit]:
     """The stream's units, each started when the builder reaches it (its shard lock taken, done shards
-    skipped); a unit's `finish` joins its shard, puts its stats in `finished` and releases its lock."""
+    skipped); a unit's `finish` joins its shard, puts its stats in `finished` (unless rows of it wait
+    for the engine: it is not done then) and releases its lock."""
     read, read_shard = plan.iter_shard, None
     for place, (shard, job) in pairs:
         if shard != read_shard:
             read, read_shard = _ReadOnce() if sets > 1 else plan.iter_shard, shard
-        lock = _claim(job, shard, overwrite)
+        lock = _claim(job, shard, overwrite, retry_failed)
         if lock is None:
             continue
         locks.callback(lock.release)
-        work = _ShardWork(job, shard, engine, progress, read)
+        touched.append((job.config.source, shard))
+        work = _ShardWork(job, shard, engine, progress, read, retry_failed)
 
         def finish(work: _ShardWork = work, lock: ShardLock = lock, place: int = place) -> None:
-            finished[place] = work.finish()
+            stats = work.finish()
+            if stats is not None:
+                finished[place] = stats
             lock.release()
 
         config = job.config
         yield scheduler.Unit(prompting(config, job.meta_set, job.template, engine), work.todo, work.commit, finish,
-                             num_rewrites=config.num_rewrites, max_attempts=config.max_attempts, dedup=config.dedup,
-                             schema=work.schema)
+                             num_rewrites=config.num_rewrites, attempts=work.attempts, dedup=config.dedup,
+                             schema=work.schema, reopened=work.todo.reopened)
 
 
 class _ReadOnce:
@@ -431,11 +509,12 @@ class TaskResult:
 def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int], engine_name: str, model: str | None = None,
              engine_options: dict | None = None, *, overwrite: bool = False, progress: bool = True,
              schedule: Schedule = Schedule(), stop_within: float = stop.STOP_WITHIN,
-             environ: Mapping[str, str] = os.environ, say: Callable[[str], None] = _say) -> TaskResult:
+             environ: Mapping[str, str] = os.environ, say: Callable[[str], None] = _say,
+             retry_failed: bool = False) -> TaskResult:
     """`rewrite run` as a library call: this process's share of the `named` shards (inside a Slurm array
     task, its share; see slurm.this_task_shards), those done already skipped, everything that needs no
     model checked before the engine loads, then the run, the engine closed after it however it ends.
-    Several configs (one per meta set) share one engine: see `run_sets`."""
+    Several configs (one per meta set) share one engine: see `run_sets` (and its EngineUnavailable)."""
     from . import engines, slurm
 
     shards, task = slurm.this_task_shards(named, environ)
@@ -444,7 +523,7 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
     todo_by_set = {}
     for config in configs:
         tidy_done(work, config.source, shards)
-        todo_by_set[config.source] = pending_shards(work, config.source, shards, overwrite)
+        todo_by_set[config.source] = pending_shards(work, config.source, shards, overwrite, retry_failed)
     todo = sorted({s for pending in todo_by_set.values() for s in pending})
     if not todo:
         return TaskResult(shards, [], done_already=True)
@@ -456,13 +535,14 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
     say(f"loading the {name} engine on {model or 'the embedded model'}")
     with engines.opened(name, model, **(engine_options or {})) as engine:
         finished = run_sets(work, configs, todo, engine, overwrite=overwrite, progress=progress,
-                            stop_within=stop_within, named=named, schedule=schedule)
+                            stop_within=stop_within, named=named, schedule=schedule, retry_failed=retry_failed)
     return TaskResult(shards, finished)
 
 
-def _claim(job: Job, shard: int, overwrite: bool) -> ShardLock | None:
+def _claim(job: Job, shard: int, overwrite: bool, retry_failed: bool = False) -> ShardLock | None:
     """The shard's lock, held, when this process is to write the shard; None when another process holds
-    it or the shard is done (and verified). A damaged shard, or any with overwrite, is cleared first."""
+    it or the shard is done (and verified), unless retry_failed finds failed rows in it (it is reopened
+    then). A damaged shard, or any with overwrite, is cleared first."""
     w, source = job.w, job.config.source
     lock = ShardLock(w.lock_file(source, shard))
     if not lock.acquire():
@@ -476,6 +556,11 @@ def _claim(job: Job, shard: int, overwrite: bool) -> ShardLock | None:
             done.clear(w, source, shard)
         elif found.state == done.DONE:
             shutil.rmtree(w.parts(source, shard), ignore_errors=True)  # left by a writer killed right after its stats
+            if retry_failed and found.stats["failed"]:
+                print(f"{source} shard {layout.shard_id(shard)}: retrying its {found.stats['failed']} failed rows",
+                      file=sys.stderr)
+                _reopen_done(job, shard, found.stats)
+                return lock
             print(f"{source} shard {layout.shard_id(shard)}: done already, skipped", file=sys.stderr)
             lock.release()
             return None
@@ -485,20 +570,50 @@ def _claim(job: Job, shard: int, overwrite: bool) -> ShardLock | None:
     return lock
 
 
-def _committed_part(part: Path, rows: pa.Table) -> dict | None:
-    """The stats of a chunk an earlier run committed, or None when there is none; a damaged part, or
-    one that does not hold these rows, is removed (and redone by the caller)."""
+# What a done shard's stats carry of its chunks' work, beside the counts of its rows.
+CARRIED = ("unique_captions", "requests", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "captions_cut",
+           "seconds", "rejected", "engine_errors")
+
+
+def _reopen_done(job: Job, shard: int, stats: dict) -> None:
+    """--retry-failed on a done shard: its rows go back into chunk parts bound for the next retry round
+    (done.Part.target; the shard's counters carried by the first part), then the shard stops being done,
+    and the run takes up the chunks with failed rows (rows.reopen). Killed before that last step, the
+    shard is still done; after it, a rerun goes on with the round from the parts. Caller holds its lock."""
+    w, config = job.w, job.config
+    parts = w.parts(config.source, shard)
+    parts.mkdir(parents=True, exist_ok=True)
+    table = pq.read_table(w.rewrite_file(config.source, shard)).replace_schema_metadata(None)
+    round_ = stats.get(done.ROUND_KEY, 0)
+    for index, start in enumerate(range(0, table.num_rows, config.chunk_rows)):
+        chunk = table.slice(start, config.chunk_rows)
+        counts = rows.tally(chunk, config.num_rewrites)
+        chunk_stats = {**rows.chunk_stats(chunk.num_rows, 0), "captions_cut": 0, "seconds": 0.0, "rejected": {},
+                       **counts, **({k: stats[k] for k in CARRIED if k in stats} if index == 0 else {})}
+        _write_part(parts / f"{index:05d}.parquet", chunk, done.Part(chunk_stats, round_, round_ + 1))
+    w.stats_file(config.source, shard).unlink()
+
+
+def _write_part(path: Path, table: pa.Table, part: done.Part) -> None:
+    """Commit a chunk's rows with its record (done.Part)."""
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(part.metadata()), tmp)
+
+
+def _committed_part(part: Path, chunk: pa.Table) -> tuple[done.Part, pa.Table] | None:
+    """The record and rows of a chunk an earlier run committed, or None when there is none; a damaged
+    part, or one that does not hold these rows, is removed (and redone by the caller)."""
     if not part.exists():
         return None
     try:
         committed = pq.read_table(part)
-        stats = json.loads(committed.schema.metadata[STATS_KEY])
-        problem = None if committed.num_rows == rows.num_rows and committed.column(layout.KEY).equals(
-            rows.column(layout.KEY)) else "it does not hold this chunk's rows"
+        record = done.Part.of(committed.schema.metadata)
+        problem = None if committed.num_rows == chunk.num_rows and committed.column(layout.KEY).equals(
+            chunk.column(layout.KEY)) else "it does not hold this chunk's rows"
     except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as e:
         problem = f"unreadable: {e}"
     if problem is None:
-        return stats
+        return record, committed.replace_schema_metadata(None)
     print(f"damaged chunk {part} ({problem}): rewriting it", file=sys.stderr)
     part.unlink()
     return None
@@ -508,12 +623,17 @@ class _ShardWork:
     """One shard of one set being written: its chunks still to do, their commits and progress bar, and
     the join that marks it done."""
 
-    def __init__(self, job: Job, shard: int, engine: Engine, progress: bool, read: Callable = plan.iter_shard):
+    def __init__(self, job: Job, shard: int, engine: Engine, progress: bool, read: Callable = plan.iter_shard,
+                 retry_failed: bool = False):
         from tqdm import tqdm
 
         self.w, self.config, self.shard, self.engine = job.w, job.config, shard, engine
         self.parts = self.w.parts(self.config.source, shard)
         self.parts.mkdir(parents=True, exist_ok=True)
+        # The retry round the shard is on its way to (rows.py): its parts' target, or the next with --retry-failed.
+        self.round = max([part.target for part in done.parts(self.w, self.config.source, shard)] + [int(retry_failed)])
+        self.attempts = (self.round + 1) * self.config.max_attempts  # what a rewrite may use, all rounds together
+        self.waiting: dict[int, int] = {}  # chunk -> its rows waiting for the engine, as this run committed it
         # Temporary files of a writer killed half-way through a commit (never read: commits are renames).
         for leftover in [*self.parts.glob(".*.tmp"),
                          *self.w.rewrites(self.config.source).glob(f".{layout.shard_id(shard)}.*.tmp")]:
@@ -525,7 +645,7 @@ class _ShardWork:
         self.committed: dict[int, pa.Table] = {}  # the chunks this run commits, kept for the shard's file
         self.schema = schema(self.config.num_rewrites)
         self.bar_lock = threading.Lock()
-        self.todo = _ChunksToDo(job.manifest, shard, self.config, self.parts, self.committed_before, read)
+        self.todo = _ChunksToDo(job.manifest, shard, self.config, self.parts, self.committed_before, read, self.round)
 
     def committed_before(self, index: int, stats: dict, rows: int) -> None:
         """A chunk an earlier run committed (the builder finds it while the writer may be committing)."""
@@ -533,61 +653,85 @@ class _ShardWork:
             self.chunk_stats[index] = stats
             _show(self.bar, self.chunk_stats, rows)
 
-    def commit(self, index: int, result: pa.Table, stats: dict) -> None:
+    def commit(self, index: int, result: pa.Table, stats: dict, pending: Sequence[Sequence[int]] = ()) -> None:
+        """Commit a chunk's rows with its stats and its rewrites waiting for the engine (rows.columns)."""
         faults.point("generated")
-        with atomic.atomic_path(self.parts / f"{index:05d}.parquet") as tmp:
-            pq.write_table(result.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), tmp)
+        part = done.Part(stats, self.round, self.round, tuple(map(tuple, pending)))
+        _write_part(self.parts / f"{index:05d}.parquet", result, part)
         with self.bar_lock:
             self.committed[index] = result
             self.chunk_stats[index] = stats
+            self.waiting[index] = part.waiting_rows
             _show(self.bar, self.chunk_stats, stats["rows"])
 
-    def finish(self) -> dict:
+    def finish(self) -> dict | None:
+        """Join the shard and mark it done: its stats. None while rows of it wait for the engine: it stays
+        committed chunks, for a rerun to take up."""
         self.bar.close()
+        if any(self.waiting.values()):
+            return None
         return _finish_shard(self.w, self.config, self.shard, self.engine,
                              [self.chunk_stats[i] for i in range(len(self.chunk_stats))], self.committed,
-                             self.todo.duplicate_keys)
+                             self.todo.duplicate_keys, self.round)
 
 
 def _run_chunked(job: Job, shard: int, engine: Engine, *, progress: bool, schedule: Schedule,
-                 read: Callable = plan.iter_shard) -> dict:
-    """Rewrite a shard's chunks not committed yet a chunk at a time (`rewrite_chunk`), then join its parts.
-    `read(manifest, shard, chunk_rows)` gives the shard's (key, caption) chunks."""
-    work = _ShardWork(job, shard, engine, progress, read)
+                 read: Callable = plan.iter_shard, retry_failed: bool = False) -> dict | None:
+    """Rewrite a shard's chunks not committed yet (and those taken up again) a chunk at a time
+    (`rewrite_chunk`), then join its parts. `read(manifest, shard, chunk_rows)` gives the shard's (key,
+    caption) chunks. Returns the shard's stats; None when rows of it wait for the engine, or the engine
+    gave up on its server (no chunk is taken after the one it gave up in)."""
+    work = _ShardWork(job, shard, engine, progress, read, retry_failed)
     for index, table in work.todo:
         stop.check()  # asked to stop: take no new chunk
         with stop.deferred():  # a stop request waits for this chunk's commit
             started = time.perf_counter()
-            result, stats = rewrite_chunk(table, job.config, job.meta_set, job.template, engine, schedule)
+            reopened = work.todo.reopened.pop(index, None)
+            result, stats, pending = rewrite_chunk(table, job.config, job.meta_set, job.template, engine, schedule,
+                                                   reopened, work.attempts)
             stats["seconds"] = time.perf_counter() - started
-            work.commit(index, result, stats)
+            work.commit(index, result, rows.reopened_stats(reopened, stats) if reopened else stats, pending)
+        if engine_base.gave_up(engine):
+            work.bar.close()
+            return None
     return work.finish()
 
 
 class _ChunksToDo:
     """The shard's chunks in order, reading each once: a chunk an earlier run committed is handed to
-    `committed_before(index, stats, rows)`; the others are yielded as (index, table). Counts the keys
-    seen more than once (`duplicate_keys`)."""
+    `committed_before(index, stats, rows)`, unless this run takes it up again (rows.reopen: rewrites
+    waiting for the engine, or failed ones of a round before `round_`): its `rows.Reopened` then goes to
+    `reopened[index]`, and it is yielded with the chunks to do, as (index, table). Counts the keys seen
+    more than once (`duplicate_keys`)."""
 
-    def __init__(self, manifest, shard, config, parts, committed_before, read=plan.iter_shard):
+    def __init__(self, manifest, shard, config, parts, committed_before, read=plan.iter_shard, round_=0):
         self.manifest, self.shard, self.config, self.parts = manifest, shard, config, parts
-        self.committed_before, self.read = committed_before, read
+        self.committed_before, self.read, self.round = committed_before, read, round_
         self.duplicate_keys = 0
+        self.reopened: dict[int, rows.Reopened] = {}
 
     def __iter__(self) -> Iterator[tuple[int, pa.Table]]:
         keys_seen: set[int] = set()
-        for index, table in enumerate(self.read(self.manifest, self.shard, self.config.chunk_rows)):
-            for key in table.column(layout.KEY).to_pylist():
+        config = self.config
+        for index, table in enumerate(self.read(self.manifest, self.shard, config.chunk_rows)):
+            keys = table.column(layout.KEY).to_pylist()
+            for key in keys:
                 if hash(key) in keys_seen:
                     if not self.duplicate_keys:
-                        print(f"{self.config.source} shard {layout.shard_id(self.shard)}: key {key!r} appears more than "
+                        print(f"{config.source} shard {layout.shard_id(self.shard)}: key {key!r} appears more than "
                               "once; rows are matched by position, so each keeps its own rewrite", file=sys.stderr)
                     self.duplicate_keys += 1
                 keys_seen.add(hash(key))
-            committed = _committed_part(self.parts / f"{index:05d}.parquet", table)
-            if committed is not None:  # committed by an earlier run
-                self.committed_before(index, committed, table.num_rows)
-                continue
+            found = _committed_part(self.parts / f"{index:05d}.parquet", table)
+            if found is not None:  # committed by an earlier run
+                part, committed = found
+                identity = rows.identities(keys, table.column(layout.CAPTION).to_pylist(), config.dedup)
+                reopened = rows.reopen(committed, part.stats, part.pending, part.round, self.round, identity,
+                                       config.num_rewrites, config.max_attempts)
+                if reopened is None:
+                    self.committed_before(index, part.stats, table.num_rows)
+                    continue
+                self.reopened[index] = reopened
             yield index, table
 
 
@@ -599,10 +743,11 @@ def _show(bar, chunk_stats: dict, rows_done: int) -> None:
 
 
 def _finish_shard(w: layout.Work, config: RunConfig, shard: int, engine: Engine, chunk_stats: list[dict],
-                  committed: dict[int, pa.Table], duplicate_keys: int) -> dict:
-    """Join the shard's parts into its rewrite file and write its stats, last: the shard is done. The
-    parts this process committed come from `committed` (reading them back cost as long as the rest of
-    the join); those of an earlier run are read."""
+                  committed: dict[int, pa.Table], duplicate_keys: int, round_: int = 0) -> dict:
+    """Join the shard's parts into its rewrite file and write its stats, last: the shard is done (with
+    the retry round its failed rows reached, `round_`). The parts this process committed come from
+    `committed` (reading them back cost as long as the rest of the join); those of an earlier run are
+    read."""
     parts = w.parts(config.source, shard)
     with stop.deferred():
         final = w.rewrite_file(config.source, shard)
@@ -615,6 +760,8 @@ def _finish_shard(w: layout.Work, config: RunConfig, shard: int, engine: Engine,
         stats = merge_stats(chunk_stats)
         stats.update(shard=shard, source=config.source, engine=engine.describe(), duplicate_keys=duplicate_keys,
                      settings={**asdict(config), "sampling": config.sampling.to_dict()})
+        if round_:
+            stats[done.ROUND_KEY] = round_
         stats = done.mark_done(w, config.source, shard, stats)  # written last: the shard is done
         shutil.rmtree(parts, ignore_errors=True)
     return stats
@@ -646,56 +793,70 @@ def prompting(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Templa
 
 def rewrite_chunk(
     table: pa.Table, config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine,
-    schedule: Schedule = Schedule(),
-) -> tuple[pa.Table, dict]:
+    schedule: Schedule = Schedule(), reopened: rows.Reopened | None = None, attempts: int | None = None,
+) -> tuple[pa.Table, dict, list[list[int]]]:
     """Rewrite one chunk of (key, caption) rows at once: one `generate` call per attempt, the rejected
-    rows again in the next (the scheduler before streaming, kept to compare against); returns the
-    sidecar rows and the chunk's stats."""
+    rows again in the next (the scheduler before streaming, kept to compare against). A reopened chunk
+    requests only its rewrites to redo, each from its own attempt, and keeps its other rows. `attempts`:
+    what a rewrite may use (max_attempts per retry round of the shard). Returns the sidecar rows, the
+    stats of this run's work on the chunk and its rewrites waiting for the engine (rows.columns): once
+    the engine gives up on its server, those it has not served wait, unsent."""
     keys = table.column(layout.KEY).to_pylist()
     captions = table.column(layout.CAPTION).to_pylist()
     n = config.num_rewrites
+    attempts = attempts or config.max_attempts
     ask = prompting(config, meta_set, template, engine)
     identity = rows.identities(keys, captions, config.dedup)
     unique = rows.unique_captions(identity, captions)
-    fitted = {ident: ask.caption(cap) for ident, cap in unique.items()}
-    cut_items = {(ident, i) for ident, (_, cut) in fitted.items() if cut for i in range(n)}
+    pending = dict(reopened.redo) if reopened else {(ident, i): 0 for ident in unique for i in range(n)}  # -> attempt
+    fitted = {ident: ask.caption(unique[ident]) for ident, _ in pending}
+    cut_items = {(ident, i) for (ident, i), attempt in pending.items()
+                 if fitted[ident][1] or ask.cut_before(ident, fitted[ident][0], i, attempt)}
     results: dict[tuple[str, int], rows.Result] = {}
+    waiting: dict[tuple[str, int], int] = {}  # -> the attempt a rewrite the engine could not serve resumes at
     stats = rows.chunk_stats(len(keys), len(unique))
     rejected: Counter = Counter()
     failed_reasons: Counter = Counter()
-    pending = [(ident, i) for ident in unique for i in range(n)]
-    for attempt in range(config.max_attempts):
-        if not pending:
-            break
+    engine_errors: Counter = Counter()
+    while pending:
+        cells = list(pending.items())
         requests, targets = [], []
-        for ident, i in pending:
+        for (ident, i), attempt in cells:
             request, tgts, cut = ask.request(ident, fitted[ident][0], i, attempt)
             if cut:
                 cut_items.add((ident, i))
             requests.append(request)
             targets.append(tgts)
         order = rows.schedule_order([r.prompt for r in requests], [r.group for r in requests], schedule)
-        completions: list = [None] * len(requests)
+        completions: list = [None] * len(requests)  # None: not sent, the engine gave up before its batch
         # Rows whose caption was cut go to the engine on their own: they never widen a batch for the others.
-        for batch in ([j for j in order if pending[j] not in cut_items], [j for j in order if pending[j] in cut_items]):
-            for j, comp in zip(batch, engine.generate([requests[j] for j in batch], config.sampling) if batch else ()):
-                completions[j] = comp
-        retry = []
-        for (ident, i), tgts, comp in zip(pending, targets, completions):
+        for batch in ([j for j in order if cells[j][0] not in cut_items], [j for j in order if cells[j][0] in cut_items]):
+            if batch and not engine_base.gave_up(engine):
+                for j, comp in zip(batch, engine.generate([requests[j] for j in batch], config.sampling)):
+                    completions[j] = comp
+        pending = {}
+        for ((ident, i), attempt), tgts, comp in zip(cells, targets, completions):
+            comp = comp or engine.outage.unsent()
             rows.count(stats, comp)
+            rows.note_error(engine_errors, comp)
             text, reason = rows.judge(comp, fitted[ident][0], tgts, ask.min_faithfulness)
-            if reason is not None:
+            if reason is not None and comp.sent:
                 rejected[reason] += 1
-            result = rows.final(text, reason, attempt, config.max_attempts, (ident, i) in cut_items)
+            result = rows.final(text, reason, attempt, attempts, (ident, i) in cut_items)
+            if result is None and engine_base.gave_up(engine):  # its next attempt waits for a later run, unsent
+                attempt, reason = attempt + 1, validate.ENGINE_UNAVAILABLE
+                result = rows.final("", reason, attempt, attempts, False)
             if result is None:
-                retry.append((ident, i))
+                pending[ident, i] = attempt + 1
                 continue
             results[ident, i] = result
             if reason is not None:
                 failed_reasons[reason] += 1
-        pending = retry
-    table, ok, failed = rows.columns(keys, identity, results, n, schema(n))
-    stats.update(ok=ok, failed=failed, skipped=sum(ident is None for ident in identity),
-                 captions_cut=sum(ident in {ident for ident, _ in cut_items} for ident in identity),
+            if reason == validate.ENGINE_UNAVAILABLE:
+                waiting[ident, i] = attempt
+    table, counts, pending_cells = rows.columns(keys, identity, results, n, schema(n), waiting, reopened)
+    stats.update(counts, captions_cut=sum(ident in {ident for ident, _ in cut_items} for ident in identity),
                  rejected=dict(rejected), failed_reasons=dict(failed_reasons))
-    return table, stats
+    if engine_errors:
+        stats["engine_errors"] = dict(engine_errors)
+    return table, stats, pending_cells

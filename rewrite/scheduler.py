@@ -17,6 +17,10 @@ the work, so that the engine never waits for Python work of ours:
 Dedup spans the unit: a caption already requested by an open chunk is not requested again, and one
 already rewritten is answered from the unit's results. A row's rewrite depends only on (seed, set,
 identity, index, attempt), as with a chunk at a time, so the output does not depend on this schedule.
+
+A request the engine could not serve is final for this run (its rows wait for the next: rows.reopen);
+once the engine gives up on its server (engines.base.Outage), the builder opens no new chunk, the
+requests queued are answered unsent by the engine, and the open chunks are committed.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from . import layout, rows, stop
+from . import layout, rows, stop, validate
 from .engines import base as engines
 from .settings import Sampling, Schedule
 
@@ -39,25 +43,28 @@ SLICE = 256  # requests built, ordered and queued together: the engine gets a bi
 FIRST_SLICE = 16  # the slice built while the engine has nothing at all (the run's start): it starts sooner,
 # and the slices after it double up to SLICE, so that the engine fills as fast as requests are built
 ABORT_WAIT = 10.0  # seconds a stopped run waits for its threads (the engine's current step, a commit)
-MAX_ERROR_SAMPLES = 10  # distinct engine error messages kept in a chunk's stats
 
 
 @dataclass(eq=False)
 class Unit:
     """One shard of one meta set in a stream: its chunks to do, how its requests are built and judged,
-    and what becomes of its results (`commit` each chunk's columns and stats; `finish` once every chunk
-    is committed, in the writer thread). Its results and dedup are its own."""
+    and what becomes of its results (`commit` each chunk's columns, stats and rewrites waiting for the
+    engine; `finish` once every chunk is committed, in the writer thread). Its results and dedup are its
+    own. A chunk an earlier run committed and this one takes up again has its `rows.Reopened` in
+    `reopened` by the time `chunks` yields it."""
 
     ask: rows.Prompting
     chunks: Iterable[tuple[int, pa.Table]]
-    commit: Callable[[int, pa.Table, dict], None]
+    commit: Callable[[int, pa.Table, dict, list], None]
     finish: Callable[[], None]
     num_rewrites: int
-    max_attempts: int
+    attempts: int  # what a rewrite may use (max_attempts per retry round of the shard: rows.final)
     dedup: bool
     schema: pa.Schema
+    reopened: dict = field(default_factory=dict)  # chunk index -> rows.Reopened
     items: dict = field(default_factory=dict)  # (identity, index) -> _Item in progress
     results: dict = field(default_factory=dict)  # (identity, index) -> rows.Result, final
+    waiting: dict = field(default_factory=dict)  # (identity, index) -> attempt to resume at, of a result waiting for the engine
     cut_idents: set = field(default_factory=set)  # identities with a rewrite whose caption was cut
     uncommitted: int = 0  # chunks opened and not committed yet
     all_opened: bool = False  # the builder has opened its last chunk
@@ -70,6 +77,7 @@ class _Chunk:
     keys: list
     identity: list
     stats: dict
+    reopened: rows.Reopened | None = None  # committed by an earlier run: only its `redo` rewrites are requested
     waiting: set = field(default_factory=set)  # (identity, index) pairs not final yet
     rejected: Counter = field(default_factory=Counter)
     failed_reasons: Counter = field(default_factory=Counter)
@@ -151,9 +159,13 @@ class Stream:
 
     # -- builder thread ------------------------------------------------------------------------------
 
+    def _taking_no_more(self) -> bool:
+        """Aborted, asked to stop, or the engine gave up: no new unit or chunk is started."""
+        return self.aborted.is_set() or stop.requested() or engines.gave_up(self.engine)
+
     def _build(self, units: Iterator[Unit]) -> None:
         try:
-            while not (self.aborted.is_set() or stop.requested()):  # asked to stop: start no new unit
+            while not self._taking_no_more():
                 unit = next(units, None)  # starting a unit (its lock, its chunks' first read) happens here
                 if unit is None or not self._open_chunks(unit):
                     return
@@ -176,7 +188,7 @@ class Stream:
             while not self.slots.acquire(timeout=0.1):
                 if self.aborted.is_set():
                     return False
-            if self.aborted.is_set() or stop.requested():  # asked to stop: take no new chunk
+            if self._taking_no_more():
                 self.slots.release()
                 return False
             chunk = next(chunks, None)
@@ -186,22 +198,25 @@ class Stream:
             self._open(unit, *chunk)
 
     def _open(self, unit: Unit, index: int, table: pa.Table) -> None:
-        """Register a chunk's rows, then queue the first attempt of each (identity, index) new to the unit."""
+        """Register a chunk's rows, then queue the first attempt of each (identity, index) new to the unit
+        (of a reopened chunk, those it redoes, each at the attempt it resumes at)."""
         keys = table.column(layout.KEY).to_pylist()
         captions = table.column(layout.CAPTION).to_pylist()
         identity = rows.identities(keys, captions, unit.dedup)
         unique = rows.unique_captions(identity, captions)
-        chunk = _Chunk(unit, index, keys, identity, rows.chunk_stats(len(keys), len(unique)))
+        reopened = unit.reopened.pop(index, None)
+        chunk = _Chunk(unit, index, keys, identity, rows.chunk_stats(len(keys), len(unique)), reopened)
         new: list[_Item] = []
         with self.lock:
             unit.uncommitted += 1
             for ident in unique:
                 for i in range(unit.num_rewrites):
-                    if (ident, i) in unit.results:
+                    if (ident, i) in unit.results or (reopened is not None and (ident, i) not in reopened.redo):
                         continue
                     item = unit.items.get((ident, i))
                     if item is None:
-                        item = unit.items[ident, i] = _Item(ident, i, chunk)
+                        start = reopened.redo[ident, i] if reopened is not None else 0
+                        item = unit.items[ident, i] = _Item(ident, i, chunk, attempt=start)
                         new.append(item)
                     item.waiters.append(chunk)
                     chunk.waiting.add((ident, i))
@@ -218,6 +233,7 @@ class Stream:
                 if item.ident not in fitted:
                     fitted[item.ident] = unit.ask.caption(unique[item.ident])
                 item.caption, item.cut = fitted[item.ident]
+                item.cut = item.cut or unit.ask.cut_before(item.ident, item.caption, item.index, item.attempt)
                 built.append((item, self._request(item)))
             order = schedule_order(built, self.schedule)
             with self.ready:
@@ -285,13 +301,11 @@ class Stream:
     def _judge(self, item: _Item, completion) -> None:
         unit = item.owner.unit
         rows.count(item.owner.stats, completion)
-        if completion.error and (completion.error in item.owner.engine_errors
-                                 or len(item.owner.engine_errors) < MAX_ERROR_SAMPLES):
-            item.owner.engine_errors[completion.error] += 1
+        rows.note_error(item.owner.engine_errors, completion)
         text, reason = rows.judge(completion, item.caption, item.targets, unit.ask.min_faithfulness)
-        if reason is not None:
+        if reason is not None and completion.sent:
             item.owner.rejected[reason] += 1
-        result = rows.final(text, reason, item.attempt, unit.max_attempts, item.cut)
+        result = rows.final(text, reason, item.attempt, unit.attempts, item.cut)
         if result is None:
             item.attempt += 1
             retry = (item, self._request(item))
@@ -307,6 +321,8 @@ class Stream:
             self.ready.notify_all()
             key = (item.ident, item.index)
             unit.results[key] = result
+            if reason == validate.ENGINE_UNAVAILABLE:
+                unit.waiting[key] = item.attempt
             del unit.items[key]
             for chunk in item.waiters:
                 chunk.waiting.discard(key)
@@ -344,15 +360,16 @@ class Stream:
             unit.finish()
 
     @staticmethod
-    def _columns(chunk: _Chunk) -> tuple[pa.Table, dict]:
+    def _columns(chunk: _Chunk) -> tuple[pa.Table, dict, list]:
+        """A chunk's rows, stats and rewrites waiting for the engine, for its unit's `commit`."""
         unit = chunk.unit
-        table, ok, failed = rows.columns(chunk.keys, chunk.identity, unit.results, unit.num_rewrites, unit.schema)
-        stats = {**chunk.stats, "ok": ok, "failed": failed, "skipped": sum(i is None for i in chunk.identity),
-                 "captions_cut": sum(ident in unit.cut_idents for ident in chunk.identity),
+        table, counts, pending = rows.columns(chunk.keys, chunk.identity, unit.results, unit.num_rewrites, unit.schema,
+                                              unit.waiting, chunk.reopened)
+        stats = {**chunk.stats, **counts, "captions_cut": sum(ident in unit.cut_idents for ident in chunk.identity),
                  "rejected": dict(chunk.rejected), "failed_reasons": dict(chunk.failed_reasons)}
         if chunk.engine_errors:
             stats["engine_errors"] = dict(chunk.engine_errors)
-        return table, stats
+        return table, rows.reopened_stats(chunk.reopened, stats) if chunk.reopened else stats, pending
 
 
 def schedule_order(built: list, schedule: Schedule) -> list[int]:

@@ -1,4 +1,5 @@
-"""Where a work dir stands: each shard of each source done, partial, missing or damaged."""
+"""Where a work dir stands: each shard of each source done, partial, missing or damaged; the rows of done
+shards and of the committed chunks of partial ones, and the rows waiting for the engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from . import done, layout, meta, plan
 from .done import DAMAGED, DONE, MISSING, PARTIAL
 
 STATES = (DONE, PARTIAL, MISSING, DAMAGED)
+WAITING_SHOWN = 10  # shards with rows waiting for the engine named on the status line
 
 
 class StatusError(ValueError):
@@ -21,7 +23,8 @@ class SourceStatus:
     shards: dict[int, str]  # shard -> done | partial | missing | damaged
     damage: dict[int, str] = field(default_factory=dict)  # shard -> what is damaged, naming the file
     digests: dict[int, str] = field(default_factory=dict)  # done shard -> sha256 of its committed file
-    rows_done: int = 0
+    waiting: dict[int, int] = field(default_factory=dict)  # partial shard -> its rows waiting for the engine
+    rows_done: int = 0  # of done shards, and of the committed chunks of partial ones
     ok: int = 0
     failed: int = 0
     skipped: int = 0
@@ -75,6 +78,11 @@ def collect(work: str | Path, sources: list[str] | None = None, *, checksum: boo
                 st.digests[shard] = found.stats[done.FILE_KEY]["sha256"]
             elif found.state == DAMAGED:
                 st.damage[shard] = found.problem
+            elif found.state == PARTIAL:
+                for part in done.parts(w, source, shard):
+                    st.add(part.stats)
+                    if part.waiting_rows:
+                        st.waiting[shard] = st.waiting.get(shard, 0) + part.waiting_rows
         out.append(st)
     return manifest, out
 
@@ -97,6 +105,11 @@ def render(manifest: plan.Manifest, statuses: list[SourceStatus], strays: list[P
         for state in (PARTIAL, MISSING, DAMAGED):
             if st.count(state):
                 lines.append(f"         {state} shards: {st.spec(state)}")
+        if st.waiting:
+            shown = ", ".join(f"{layout.shard_id(shard)} ({n})" for shard, n in list(st.waiting.items())[:WAITING_SHOWN])
+            more = f" and {len(st.waiting) - WAITING_SHOWN} more" if len(st.waiting) > WAITING_SHOWN else ""
+            lines.append(f"         waiting for the engine: {sum(st.waiting.values())} rows it could not serve, in shards "
+                         f"{shown}{more} (not done: `rewrite run` requests them again)")
         for shard, problem in st.damage.items():
             lines.append(f"         damaged {layout.shard_id(shard)}: {problem} (`rewrite run` redoes it)")
         if st.reasons:

@@ -3,7 +3,10 @@
 A sample is the run of adjacent members sharing a key; the key is the member path up to the first dot
 of its basename, exactly as webdataset groups them (`dir/abc.seg.png` -> key `dir/abc`, extension
 `seg.png`), so that what we read and write is what open_clip's loader sees. Samples keep tar order
-(img2dataset writes them in download-completion order, not key order).
+(img2dataset writes them in download-completion order, not key order). A key may come back later in the
+tar as a whole second sample (one sharing an extension with the first), which webdataset reads as a
+sample of its own, and so do we; members of one sample that other samples split apart are refused.
+Samples are told apart by position, never by key.
 
 Reading touches only the text members: tarfile in random-access mode seeks over image data, so a caption
 scan of a shard reads its headers and captions, not its images. Writing (copy_with_fields) copies the
@@ -13,6 +16,7 @@ problem raises `TarError` naming the tar file and the member.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import itertools
 import json
@@ -24,7 +28,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator, Sequence
 
 BLOCK = tarfile.BLOCKSIZE
 TEXT_EXTS = ("txt", "json")
@@ -43,6 +47,10 @@ class TarError(ValueError):
     """A shard that cannot be read as webdataset samples; the message names the tar and the member."""
 
 
+class FieldExists(TarError):
+    """A KEY.json that already has a field the copy was asked to add (see copy_with_fields)."""
+
+
 @dataclass
 class Sample:
     """One webdataset sample: its key, caption (None when it has none), parsed KEY.json, member names."""
@@ -58,6 +66,33 @@ class ByteCounter:
     """Bytes read from a tar file (headers included), for callers and tests that check I/O."""
 
     bytes_read: int = 0
+
+
+class Headers:
+    """A digest of a tar's member headers: each member's name, size and mtime, in order. It tells a tar
+    replaced in place (other captions, other images) from the one planned without reading any member's
+    data, and a `touch` of the file changes none of it. Every walk of the headers can feed one (the
+    plan's count, a read, the export's copy): they see the same members, as tarfile reads them."""
+
+    _BATCH = 3 * 1024  # items hashed at a time: memory stays bounded whatever the tar's size
+
+    def __init__(self):
+        self._hash, self._items = hashlib.sha256(), []
+
+    def add(self, name: str, size: int, mtime: float) -> None:
+        items = self._items
+        items += (name, size, mtime)
+        if len(items) >= self._BATCH:
+            self._flush()
+
+    def hexdigest(self) -> str:
+        self._flush()
+        return self._hash.hexdigest()
+
+    def _flush(self) -> None:
+        if self._items:
+            self._hash.update(repr(self._items).encode("utf-8"))
+            self._items.clear()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,15 +306,41 @@ def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str | Path) 
     return data
 
 
+class _Keys:
+    """The keys of a tar's samples so far, to tell a key that comes back as a whole second sample (it
+    shares an extension with the earlier samples of its key: webdataset reads it as a sample of its own)
+    from a split sample (it shares none: it holds the members of an earlier one that other samples cut
+    off, which webdataset would read as two halves). The readers and the copy both judge by it, so they
+    agree on what a sample is."""
+
+    def __init__(self, path: str | Path):
+        self.path = path
+        self.seen: dict[str, tuple[set[str], str]] = {}  # key -> extensions of its samples so far, first member
+
+    def ended(self, key: str, exts: set[str], first: str) -> None:
+        """A sample's last member was seen (`exts`: its extensions, lower case; `first`: its first member)."""
+        earlier = self.seen.setdefault(key, (exts, first))
+        if earlier[0] is exts:
+            return
+        if earlier[0].isdisjoint(exts):
+            raise TarError(f"{self.path}: member {first!r}: sample {key!r} is split: its members are not adjacent "
+                           f"in the tar (it began at member {earlier[1]!r}, and other samples lie between)")
+        earlier[0].update(exts)
+
+
 def _groups(tar: tarfile.TarFile, path: str | Path, read_exts: tuple[str, ...],
-            text_exts: tuple[str, ...] = TEXT_EXTS) -> Iterator[tuple[str, list[tarfile.TarInfo], dict[str, bytes]]]:
-    """(key, members, {ext: data} of the read members) per sample, in tar order, keys checked.
+            text_exts: tuple[str, ...] = TEXT_EXTS,
+            headers: Headers | None = None) -> Iterator[tuple[str, list[tarfile.TarInfo], dict[str, bytes]]]:
+    """(key, members, {ext: data} of the read members) per sample, in tar order, keys checked (one may
+    repeat: see _Keys); every member header is added to `headers`.
 
     Non-regular members and names webdataset skips belong to no sample. Text data is read as soon as
     its header is seen, so the file is read front to back."""
-    seen: set[str] = set()
+    keys = _Keys(path)
     key, members, texts, exts = None, [], {}, set()
     for info in _members(tar, path):
+        if headers is not None:
+            headers.add(info.name, info.size, info.mtime)
         split = split_member(info.name) if info.isreg() else None
         if split is None:
             continue
@@ -287,11 +348,8 @@ def _groups(tar: tarfile.TarFile, path: str | Path, read_exts: tuple[str, ...],
         check_key(member_key, path, info.name, text_exts)
         if member_key != key:
             if key is not None:
+                keys.ended(key, exts, members[0].name)
                 yield key, members, texts
-            if member_key in seen:
-                raise TarError(f"{path}: member {info.name!r}: sample {member_key!r} is split "
-                               "(its members are not adjacent in the tar)")
-            seen.add(member_key)
             key, members, texts, exts = member_key, [], {}, set()
         if ext in exts:
             raise TarError(f"{path}: member {info.name!r}: a second {ext!r} member for sample {key!r}")
@@ -300,6 +358,7 @@ def _groups(tar: tarfile.TarFile, path: str | Path, read_exts: tuple[str, ...],
         if ext in read_exts:
             texts[ext] = _read_member(tar, info, path)
     if key is not None:
+        keys.ended(key, exts, members[0].name)
         yield key, members, texts
 
 
@@ -328,26 +387,29 @@ def _member_named(members: list[tarfile.TarInfo], ext: str) -> str:
 
 
 def iter_samples(path: str | Path, caption_field: str | None = None,
-                 text_exts: tuple[str, ...] = TEXT_EXTS, counter: object | None = None) -> Iterator[Sample]:
+                 text_exts: tuple[str, ...] = TEXT_EXTS, counter: object | None = None,
+                 headers: Headers | None = None) -> Iterator[Sample]:
     """Samples of one shard in tar order, reading only the bytes of its text members.
 
     The caption is KEY.txt, or field `caption_field` of KEY.json; a sample without one (or whose field
-    is missing or not a string) gets None so that the caller can record a per-row status. `counter`: an
-    object with an int `bytes_read` that every read of the file (headers included) is added to."""
+    is missing or null) gets None so that the caller can record a per-row status; a field that holds
+    something other than a string is refused. `counter`: an object with an int `bytes_read` that every
+    read of the file (headers included) is added to. `headers`: every member header is added to it (its
+    digest is the tar's once the samples are exhausted)."""
     text_exts = tuple(e.lower() for e in text_exts)
     wanted = "json" if caption_field is not None else "txt"
     if wanted not in text_exts:
         raise ValueError(f"captions come from .{wanted} members, which text_exts={text_exts!r} leaves out")
-    return _iter_samples(path, caption_field, text_exts, counter)
+    return _iter_samples(path, caption_field, text_exts, counter, headers)
 
 
 def _iter_samples(path: str | Path, caption_field: str | None, text_exts: tuple[str, ...],
-                  counter: object | None) -> Iterator[Sample]:
+                  counter: object | None, headers: Headers | None) -> Iterator[Sample]:
     """The generator behind iter_samples (split off so that argument errors raise at the call)."""
     fileobj = _CountingFile(path, counter)
     try:
         tar = _open_tar(path, fileobj)
-        for key, members, texts in _groups(tar, path, text_exts, text_exts):
+        for key, members, texts in _groups(tar, path, text_exts, text_exts, headers):
             yield _sample(key, members, texts, caption_field, path)
     finally:
         fileobj.close()
@@ -362,16 +424,23 @@ def _sample(key: str, members: list[tarfile.TarInfo], texts: dict[str, bytes],
     if caption_field is None:
         caption = decoded.get("txt")
     else:
-        value = (meta or {}).get(caption_field)
-        caption = value if isinstance(value, str) else None
+        caption = (meta or {}).get(caption_field)
+        if caption is not None and not isinstance(caption, str):
+            raise TarError(f"{path}: member {_member_named(members, 'json')!r}: caption field {caption_field!r} "
+                           f"holds {_JSON_KINDS.get(type(caption), 'a number')} ({_JSON_ENCODER.encode(caption)[:60]}), "
+                           "not a string (a missing or null field is a skipped row)")
     return Sample(key, caption, meta, [m.name for m in members])
 
 
-def count_samples(path: str | Path, counter: object | None = None) -> int:
-    """Number of samples in a shard, from one pass over its headers (no member data is read)."""
+_JSON_KINDS = {bool: "a boolean", list: "a list", dict: "an object"}  # what else json.loads makes, but str: numbers
+
+
+def count_samples(path: str | Path, counter: object | None = None, headers: Headers | None = None) -> int:
+    """Number of samples in a shard, from one pass over its headers (no member data is read); every
+    member header is added to `headers`."""
     fileobj = _CountingFile(path, counter)
     try:
-        return sum(1 for _ in _groups(_open_tar(path, fileobj), path, read_exts=()))
+        return sum(1 for _ in _groups(_open_tar(path, fileobj), path, read_exts=(), headers=headers))
     finally:
         fileobj.close()
 
@@ -429,46 +498,49 @@ _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps(value, ensure
 _MAX_SIZE_FIELD = 8 ** 11  # sizes that the 11 octal digits of a ustar size field hold
 
 
-def copy_with_fields(src: str | Path, dst_fileobj: IO[bytes], fields_by_key: dict[str, dict],
-                     txt_by_key: dict[str, str] | None = None, *, every_sample: bool = False) -> None:
+def copy_with_fields(src: str | Path, dst_fileobj: IO[bytes], samples: Sequence[tuple[str, dict[str, str]]],
+                     txts: Sequence[str | None] | None = None, *, replace_fields: bool = False,
+                     check_headers: Callable[[str], None] | None = None) -> None:
     """Write shard `src` to `dst_fileobj`, adding rewrite fields to each KEY.json.
 
-    Members keep their names, order, header and data bytes (copied as byte ranges, in bounded memory),
-    except: a sample's KEY.json gets `fields_by_key[key]` (flat string fields) merged in and re-serialised
-    (its header keeps every field but size and checksum), or a new KEY.json is created after the sample's
-    last member; `txt_by_key[key]` replaces (or creates) KEY.txt, for a view whose caption is a rewrite. A
-    key given for no sample in `src` is an error, so a mismatched join cannot silently drop rewrites (and
-    with `every_sample`, so is a sample given no fields). The
-    output ends as tarfile ends an archive: two zero blocks, padded to a 10240-byte record. The caller
-    handles atomic files."""
-    txt_by_key = txt_by_key or {}
-    _check_fields(src, fields_by_key)
+    `samples` holds, for each sample of `src` in tar order, its key and the flat string fields to add: the
+    i-th sample of the tar takes the i-th entry (a key that repeats gets each entry its own), and a sample
+    whose key is not its entry's, or a count that differs, is an error, so a mismatched join cannot put
+    rewrites on the wrong samples or drop them. Members keep their names, order, header and data bytes
+    (copied as byte ranges, in bounded memory), except: a sample's KEY.json gets its fields merged in and
+    re-serialised (its header keeps every field but size and checksum; a field it has already raises
+    FieldExists unless `replace_fields`), or a new KEY.json is created after the sample's last member (no
+    fields: KEY.json is kept as it is); `txts[i]`, when not None, replaces (or creates) KEY.txt of sample
+    i, for a view whose caption is a rewrite. `check_headers` is given the tar's Headers digest once every
+    member is walked, and raises to refuse a tar that changed since it was planned.
+
+    Every error raises before the end of the archive is written, so the output cannot pass for whole;
+    without one it ends as tarfile ends an archive: two zero blocks, padded to a 10240-byte record. The
+    caller handles atomic files."""
+    if txts is not None and len(txts) != len(samples):
+        raise ValueError(f"{src}: {len(txts)} captions given for {len(samples)} samples")
+    _check_fields(src, samples)
     with open(src, "rb", buffering=16 * BLOCK) as fileobj:  # tarfile reads the odd non-plain header through it
         tar_format = _tar_format(fileobj)
         source = _open_tar(src, fileobj)
         window = _Window(fileobj.fileno())
         out = _Output(dst_fileobj, window, src)
         try:
-            done = _Copy(source, src, out, window, tar_format, fields_by_key, txt_by_key).run()
-            missing = sorted((set(fields_by_key) | set(txt_by_key)) - done)
-            if missing:  # before close(): the output then has no end-of-archive block, so it cannot pass for whole
-                raise TarError(f"{src}: {len(missing)} key(s) given for samples not in the tar, e.g. {missing[:3]}")
-            extra = sorted(done - set(fields_by_key)) if every_sample else []
-            if extra:
-                raise TarError(f"{src}: {len(extra)} sample(s) with no fields given, e.g. {extra[:3]} (the tar "
-                               "changed after it was planned?)")
+            headers = _Copy(source, src, out, window, tar_format, samples, txts, replace_fields).run()
+            if check_headers is not None:
+                check_headers(headers.hexdigest())
             out.close()
         finally:
             out.release()
 
 
-def _check_fields(src: str | Path, fields_by_key: dict[str, dict]) -> None:
+def _check_fields(src: str | Path, samples: Sequence[tuple[str, dict[str, str]]]) -> None:
     """Rewrite fields must be flat strings: that is what open_clip's --json-text-key reads."""
-    names, values = itertools.chain.from_iterable(fields_by_key.values()), \
-        itertools.chain.from_iterable(fields.values() for fields in fields_by_key.values())
+    names = itertools.chain.from_iterable(fields for _, fields in samples)
+    values = itertools.chain.from_iterable(fields.values() for _, fields in samples)
     if set(map(type, names)) | set(map(type, values)) <= {str}:  # the usual case, tested without a loop in Python
         return
-    for key, fields in fields_by_key.items():
+    for key, fields in samples:
         bad = [name for name, value in fields.items() if not (isinstance(name, str) and isinstance(value, str))]
         if bad:
             raise TypeError(f"{src}: sample {key!r}: fields {bad[:3]} are not flat string fields")
@@ -497,6 +569,13 @@ class _Member:
     @classmethod
     def parsed_by_tarfile(cls, info: tarfile.TarInfo, end: int) -> "_Member":
         return cls(info.name, info.isreg(), info.offset, info.offset_data, info.size, end, info=info)
+
+    @property
+    def mtime(self) -> float:
+        """As tarfile reads it (a plain block's field is plain octal: see _plain_member)."""
+        if self.info is not None:
+            return self.info.mtime
+        return int(self.block[136:148].strip(b" \0") or b"0", 8)
 
     def tarinfo(self) -> tarfile.TarInfo:
         """Its metadata as a TarInfo (what tarfile reads from a plain block), for the headers built from it."""
@@ -595,10 +674,13 @@ def _blocks(size: int) -> int:
 
 @dataclass
 class _Pending:
-    """The sample being copied: its key, first member (metadata for created members), extensions seen."""
+    """The sample being copied: its key, first member (metadata for created members), extensions seen,
+    the fields to add and the KEY.txt to write (None: kept)."""
 
     key: str
     first: _Member
+    fields: dict[str, str]
+    txt: str | None
     exts: set[str] = field(default_factory=set)
 
 
@@ -606,16 +688,18 @@ class _Copy:
     """One copy_with_fields: walks the source's members, keeps or replaces each, creates the missing ones."""
 
     def __init__(self, source: tarfile.TarFile, src: str | Path, out: "_Output", window: _Window, tar_format: int,
-                 fields_by_key: dict[str, dict], txt_by_key: dict[str, str]):
+                 samples: Sequence[tuple[str, dict[str, str]]], txts: Sequence[str | None] | None, replace: bool):
         self.source, self.src, self.out, self.window, self.format = source, src, out, window, tar_format
-        self.fields, self.txts = fields_by_key, txt_by_key
+        self.samples, self.txts, self.replace = samples, txts, replace
 
-    def run(self) -> set[str]:
-        """Copy every member in order; returns the keys seen. A sample's created members are written
-        when the next sample starts (or at the end)."""
-        seen: set[str] = set()
+    def run(self) -> Headers:
+        """Copy every member in order; returns the digest of their headers. A sample's created members
+        are written when the next sample starts (or at the end)."""
+        keys, headers = _Keys(self.src), Headers()
         current: _Pending | None = None
+        count = 0
         for member in _walk(self.source, self.src, self.window):
+            headers.add(member.name, member.size, member.mtime)
             split = split_member(member.name) if member.regular else None
             if split is None:
                 self.out.keep(member.end)
@@ -623,28 +707,40 @@ class _Copy:
             key, ext = split
             if current is None or key != current.key:
                 check_key(key, self.src, member.name, ext=ext)
-                self._finish(current)
-                if key in seen:
-                    raise TarError(f"{self.src}: member {member.name!r}: sample {key!r} is split "
-                                   "(its members are not adjacent in the tar)")
-                seen.add(key)
-                current = _Pending(key, member)
+                self._finish(current, keys)
+                current = self._start(count, key, member)
+                count += 1
             else:  # the key itself was checked at the sample's first member
                 _refuse_key(_dot_problem(key, ext), key, self.src, member.name)
             ext = ext.lower()
             if ext in current.exts:
                 raise TarError(f"{self.src}: member {member.name!r}: a second {ext!r} member for sample {key!r}")
             current.exts.add(ext)
-            self._member(member, key, ext)
-        self._finish(current)
-        return seen
+            self._member(member, current, ext)
+        self._finish(current, keys)
+        if count != len(self.samples):
+            raise TarError(f"{self.src}: holds {count} samples where its rewrites have {len(self.samples)}: the tar "
+                           "changed since they were made, or they belong to another plan")
+        return headers
 
-    def _member(self, member: _Member, key: str, ext: str) -> None:
+    def _start(self, index: int, key: str, first: _Member) -> _Pending:
+        """The tar's sample `index`, which starts at member `first`, with its entry of the rewrites."""
+        if index >= len(self.samples):
+            raise TarError(f"{self.src}: member {first.name!r}: more than the {len(self.samples)} samples its rewrites "
+                           "have: the tar changed since they were made, or they belong to another plan")
+        expected, fields = self.samples[index]
+        if key != expected:
+            raise TarError(f"{self.src}: member {first.name!r}: sample {index} has key {key!r} where its rewrites have "
+                           f"{expected!r}: the tar changed since they were made, or they belong to another plan")
+        return _Pending(key, first, fields, self.txts[index] if self.txts is not None else None)
+
+    def _member(self, member: _Member, sample: _Pending, ext: str) -> None:
         """Keep a sample's member as it is, or write its replacement."""
-        if ext == "json" and self.fields.get(key):
-            self._replace(member, _merged_json(self._data(member), self.fields[key], self.src, member.name))
-        elif ext == "txt" and key in self.txts:
-            self._replace(member, self.txts[key].encode("utf-8"))
+        if ext == "json" and sample.fields:
+            merged = _merged_json(self._data(member), sample.fields, self.src, member.name, self.replace)
+            self._replace(member, merged)
+        elif ext == "txt" and sample.txt is not None:
+            self._replace(member, sample.txt.encode("utf-8"))
         else:
             self.out.keep(member.end)
 
@@ -662,14 +758,16 @@ class _Copy:
         self.out.keep(member.offset)
         self.out.write(_header(member, len(data), self.format) + data + _padding(len(data)), skip_to=member.end)
 
-    def _finish(self, sample: _Pending | None) -> None:
-        """After a sample's last member: create the KEY.txt / KEY.json it lacks but has content for."""
+    def _finish(self, sample: _Pending | None, keys: _Keys) -> None:
+        """After a sample's last member: refuse a split sample, create the KEY.txt / KEY.json it lacks but
+        has content for."""
         if sample is None:
             return
-        if "txt" not in sample.exts and sample.key in self.txts:
-            self._create(sample, "txt", self.txts[sample.key].encode("utf-8"))
-        if "json" not in sample.exts and self.fields.get(sample.key):
-            self._create(sample, "json", _dump_json(self.fields[sample.key]))
+        keys.ended(sample.key, sample.exts, sample.first.name)
+        if "txt" not in sample.exts and sample.txt is not None:
+            self._create(sample, "txt", sample.txt.encode("utf-8"))
+        if "json" not in sample.exts and sample.fields:
+            self._create(sample, "json", _dump_json(sample.fields))
 
     def _create(self, sample: _Pending, ext: str, data: bytes) -> None:
         """A new member KEY.ext after what is written so far."""
@@ -682,12 +780,16 @@ def _dump_json(value: dict) -> bytes:
     return _JSON_ENCODER.encode(value).encode("utf-8")
 
 
-def _merged_json(data: bytes, fields: dict[str, str], path: str | Path, member: str) -> bytes:
+def _merged_json(data: bytes, fields: dict[str, str], path: str | Path, member: str, replace: bool) -> bytes:
     """KEY.json's bytes with `fields` added. When it has none of their names, its own bytes are kept and the
-    fields appended before its closing brace (as json.dumps writes them); else the merged object is
-    written anew, the fields' values replacing the old ones. Either way it must parse as an object."""
+    fields appended before its closing brace (as json.dumps writes them); else, with `replace`, the merged
+    object is written anew, the fields' values replacing the old ones (without: FieldExists). Either way
+    it must parse as an object."""
     meta = _parse_json(data, path, member)
-    if meta.keys() & fields.keys():
+    clash = meta.keys() & fields.keys()
+    if clash:
+        if not replace:
+            raise FieldExists(f"{path}: member {member!r} already has the field {', '.join(sorted(clash))}")
         return _dump_json({**meta, **fields})
     text = data.rstrip()  # what follows the object's `}` is JSON whitespace: it parsed
     return text[:-1] + (b", " if meta else b"") + _dump_json(fields)[1:]
@@ -846,24 +948,16 @@ def _regular_fd(fileobj: IO[bytes]) -> int | None:
     return fd
 
 
-def extract_images(path: str | Path, folder: Path, exts: tuple[str, ...]) -> dict[str, str]:
-    """Write each sample's image member (the first with an extension in `exts`) to folder/KEY.EXT, each
-    file whole or not at all; returns key -> file name. Keys are checked before they become paths."""
-    written: dict[str, str] = {}
+def sample_images(path: str | Path, exts: tuple[str, ...]) -> Iterator[tuple[str, str, IO[bytes]] | None]:
+    """Each sample of a shard in the order the reader gives them (one per row): (member name, extension
+    in lower case, a reader of its data) of its first member with an extension in `exts`, or None when
+    it has none. A reader is valid until the next sample is asked for."""
     with open(path, "rb") as fileobj:
         tar = _open_tar(path, fileobj)
-        for info in _members(tar, path):
-            parts = split_member(info.name)
-            if parts is None or parts[1].lower() not in exts or parts[0] in written:
+        for _, members, _ in _groups(tar, path, read_exts=()):
+            image = next((m for m in members if name_ext(m.name).lower() in exts), None)
+            if image is None:
+                yield None
                 continue
-            key, ext = parts
-            check_key(key, path, info.name)
-            name = f"{key}.{ext}"
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with tar.extractfile(info) as data, open(tmp, "wb") as out:
-                shutil.copyfileobj(data, out, COPY_BUFFER)
-            os.replace(tmp, target)
-            written[key] = name
-    return written
+            data = tar.extractfile(image)
+            yield f"{path}: member {image.name!r}", name_ext(image.name).lower(), data

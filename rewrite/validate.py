@@ -1,7 +1,9 @@
 """Checks on a rewrite: pure functions from (rewrite, source caption, completion) to a reason or None.
 
 A rejected rewrite is tried again with fresh examples and seed; after the last attempt it is stored
-as null with its reason, never silently replaced by the original.
+as null with its reason, never silently replaced by the original. A request the engine could not serve
+(ENGINE_UNAVAILABLE) is no verdict on anything: it is stored as failed, not final, and a later run sends it
+again.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import unicodedata
 from typing import Callable, Sequence
 
 from . import faithful
-from .engines.base import Completion
+from .engines.base import UNAVAILABLE, Completion
 from .prompt import ARROW
 
 CLIP_CONTEXT = 77  # CLIP's text context in tokens, start and end tokens included
@@ -20,7 +22,8 @@ ECHO = "echo"
 COPIED_EXAMPLE = "copied_example"
 LEAKED_ARROW = "leaked_arrow"
 CUT_AT_MAX_TOKENS = "cut_at_max_tokens"
-ENGINE_ERROR = "engine_error"
+ENGINE_ERROR = "engine_error"  # the engine refused this request (it would refuse it again): final
+ENGINE_UNAVAILABLE = "engine_unavailable"  # the engine could not serve it (server down, overloaded): not final
 TOO_LONG_FOR_CLIP = "over_77_clip_tokens"
 CONTROL_CHARACTERS = "control_characters"
 MOJIBAKE = "mojibake"
@@ -39,9 +42,14 @@ def comparable(text: str) -> str:
     return _NOT_WORD.sub(" ", text.casefold()).strip()
 
 
+_CONTROL = ("Cc", "Cf", "Zl", "Zp")
+
+
 def has_control_characters(text: str) -> bool:
-    """Control or format characters (C0/C1 controls, zero-width and direction marks), tabs included."""
-    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+    """Control or format characters (C0/C1 controls, zero-width and direction marks), tabs included, and
+    the line and paragraph separators U+2028 and U+2029: with the controls, every character that
+    str.splitlines() breaks at, so a rewrite never splits a line-per-row file (LaCLIP's caption lists)."""
+    return any(unicodedata.category(ch) in _CONTROL for ch in text)
 
 
 def looks_like_mojibake(text: str) -> bool:
@@ -53,6 +61,8 @@ def check(rewrite: str, source: str, completion: Completion, example_targets: Se
     """The reason to reject `rewrite`, or None when it is usable. `clip_tokens` counts CLIP tokens
     (start and end included); a rewrite CLIP would truncate is rejected. With `min_faithfulness`, so is
     one whose faithfulness score (faithful.py) is below it."""
+    if completion.finish_reason == UNAVAILABLE:
+        return ENGINE_UNAVAILABLE
     if completion.finish_reason == "error":
         return ENGINE_ERROR
     if not rewrite:

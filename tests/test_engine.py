@@ -203,6 +203,31 @@ def test_generation_stops_at_a_line_break_and_respects_max_tokens(engine):
     assert all(c.text.count("\n") <= 1 for c in full)
 
 
+def test_generation_uses_no_deprecated_transformers_api(engine):
+    """A user's run prints no warning: transformers renames an argument with a FutureWarning first (in
+    5.2x, `past_key_values` -> `cache`), so the engine passes what the installed version asks for. Every
+    forward pass kind runs here: a shared prefix, rows' own tails, decode steps, rows leaving the batch."""
+    import logging
+    import warnings
+
+    t = prompt.load_template()
+    reqs = [Request(t.render(EXAMPLES, c), 100 + k, group=t.head(EXAMPLES))
+            for k, c in enumerate(["a cat asleep on a sofa", "two boats in a small harbour", "a red car"])]
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = logged.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            out = engine.generate(reqs, Sampling(max_new_tokens=12))
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert all(c.generated_tokens >= 1 for c in out)
+    assert [r.getMessage() for r in logged] == []
+
+
 def test_unknown_engine_lists_the_known_ones():
     with pytest.raises(EngineError, match="unknown engine 'nope'.*transformers"):
         load("nope")

@@ -165,3 +165,40 @@ def test_two_workers_on_one_shard_one_writes_and_a_dead_holder_is_replaced(tmp_p
     first.communicate(timeout=60)
     run_cli("run", "--work", work, *RUN)
     assert pq.read_table(work / "rewrites" / SOURCE / "00000.parquet").num_rows == 36
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (children inherit it, whatever their command line)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_vllm_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
+    """vLLM streams by default (a GPU's engine): chunks mix in its batches as they come. In float32 its CPU
+    build is batch-invariant, so a run killed mid-shard and resumed ends with exactly the bytes of a run
+    never killed; and vLLM's own processes do not outlive the killed run."""
+    from conftest import require
+
+    require("vllm")
+    vllm = ("--engine", "vllm", "--dtype", "float32", "--max-model-len", "2048")
+    clean = planned(tmp_path, "clean")
+    run_cli("run", "--work", clean, *RUN, *vllm)
+    expected = outputs(clean)
+
+    work = planned(tmp_path, "killed")
+    marker = f"REWRITE_TEST_RUN={os.getpid()}-{time.time_ns()}"
+    proc = start(work, *vllm, env={"REWRITE_KILL_AT": "committed:00001.parts/00000.parquet",
+                                   marker.split("=")[0]: marker.split("=")[1]})
+    proc.communicate(timeout=900)
+    assert proc.returncode == -signal.SIGKILL, "the run was not killed mid-way through shard 1"
+    assert (work / "rewrites" / SOURCE / "00000.stats.json").exists()  # shard 0 done, shard 1 begun
+    wait_for(lambda: not processes_marked(marker), timeout=30)
+    run_cli("run", "--work", work, *RUN, *vllm)
+    assert outputs(work) == expected

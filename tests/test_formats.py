@@ -113,11 +113,12 @@ def test_csv_export_extracts_images_and_has_no_empty_cell(rewritten, tmp_path):
     table = pd.read_csv(out / "train.tsv", sep="\t")
     assert list(table.columns) == ["filepath", "title", f"caption_{SOURCE}"]
     assert len(table) == 12 and not table.isna().any().any()
-    rewrites = sidecar(rewritten)
-    for _, row in table.iterrows():
-        key = Path(row["filepath"]).stem
+    rewrites = list(sidecar(rewritten).values())  # in row order, as the CSV's rows
+    assert len(set(table["filepath"])) == 12
+    for (_, row), rewrite in zip(table.iterrows(), rewrites):
+        assert Path(row["filepath"]).is_absolute()
         assert Path(row["filepath"]).read_bytes()[:2] == b"\xff\xd8"  # the JPEG, extracted whole
-        assert row[f"caption_{SOURCE}"] == (rewrites[key] or row["title"])  # a failed rewrite: the original
+        assert row[f"caption_{SOURCE}"] == (rewrite or row["title"])  # a failed rewrite: the original
 
 
 def test_laclip_export_lines_up_with_its_csv(rewritten, tmp_path):
@@ -127,10 +128,10 @@ def test_laclip_export_lines_up_with_its_csv(rewritten, tmp_path):
         rows = list(csv.reader(f))  # LaCLIP reads it with the csv module's defaults
     lines = (out / f"caption_{SOURCE}.txt").read_text(encoding="utf-8").split("\n")
     assert lines[-1] == "" and len(lines) - 1 == len(rows) == 12
-    rewrites = sidecar(rewritten)
-    for (path, caption), line in zip(rows, lines):
+    rewrites = list(sidecar(rewritten).values())  # in row order, as the CSV's rows
+    for (path, caption), line, rewrite in zip(rows, lines, rewrites):
         assert path.endswith(".jpg") and Path(path).is_file() and caption.strip()
-        assert line == (rewrites[Path(path).stem] or "")
+        assert line == (rewrite or "")
         assert "\r" not in line
 
 

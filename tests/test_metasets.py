@@ -71,7 +71,7 @@ def test_import_laclip_reads_never_runs_and_writes_four_usable_sets(tmp_path):
     paths = metasets.import_laclip(utils, out)
     assert not (tmp_path / "ran").exists()  # nothing in the file ran (nor failed on its import)
     assert paths == {name: out / f"{name}.jsonl" for name in ("chatgpt", "bard", "human", "coco")}
-    sets = {name: meta.load_usable(str(path)) for name, path in paths.items()}
+    sets = {name: meta.load_usable(str(path), 2) for name, path in paths.items()}
     assert {name: (m.name, m.kind, len(m)) for name, m in sets.items()} == {
         "chatgpt": ("chatgpt", "pairs", 2), "bard": ("bard", "pairs", 2), "human": ("human", "pairs", 2),
         "coco": ("coco", "groups", 2)}
@@ -107,8 +107,10 @@ def test_imported_sets_show_and_validate_with_their_provenance(tmp_path):
     from conftest import run_cli
 
     paths = metasets.import_laclip(laclip_file(tmp_path), tmp_path / "paper")
-    ok = run_cli("meta", "validate", *paths.values()).stdout
+    ok = run_cli("meta", "validate", *paths.values(), "--num-examples", "2").stdout
     assert [line.split(":")[:2] for line in ok.splitlines()] == [[n, " ok"] for n in paths]
+    three = run_cli("meta", "validate", paths["bard"], check=False)  # two pairs: too few for a run's default k
+    assert three.returncode == 1 and "--num-examples 3 is more than its 2 pairs" in three.stdout
     shown = run_cli("meta", "show", paths["bard"]).stdout
     assert shown.startswith("# bard: 2 pairs") and "lighthouse at dusk => As the sky fades" in shown
     assert "provenance" not in shown
@@ -214,7 +216,7 @@ def test_import_coco_is_deterministic_for_a_seed(tmp_path):
     ann = coco_file(tmp_path)
 
     def pick(seed: int, name: str) -> tuple:
-        m = meta.parse(metasets.import_coco(ann, tmp_path / f"{name}.jsonl", groups=3, seed=seed), name)
+        m = meta.parse(metasets.import_coco(ann, tmp_path / f"{name}.jsonl", groups=3, seed=seed, overwrite=True), name)
         assert set(m.provenance["image_ids"]) <= {1, 2, 3, 4, 5} and m.provenance["image_ids"] == sorted(
             m.provenance["image_ids"])
         return m.provenance["image_ids"], m.groups
@@ -258,14 +260,16 @@ def test_import_coco_says_how_many_images_are_eligible(tmp_path):
 # -- the provenance line and meta.write ---------------------------------------------------------------------
 
 def test_provenance_round_trips_and_leaves_the_digest_alone(tmp_path):
-    pairs = [("a quiet harbour", "Small fishing boats rest in a quiet harbour at dawn."),
-             ("snow on a roof", "A thick layer of fresh snow\u2028covers a cabin's roof.")]  # str.splitlines splits at U+2028
-    provenance = {"made_by": "a test", "from": {"path": "/nowhere/café.py"}, "counts": {"pairs": 2}}
+    pairs = [("a café by the harbour", "Small fishing boats rest beside a quiet café at dawn."),
+             ("snow on a roof", "A thick layer of fresh snow covers a cabin's roof.")]
+    # str.splitlines splits at U+2028 (a set's strings may not hold one, a path may)
+    provenance = {"made_by": "a test", "from": {"path": "/nowhere/utils\u2028.py"}, "counts": {"pairs": 2}}
     with_prov = meta.write(tmp_path / "mine.jsonl", pairs=pairs, provenance=provenance)
     assert with_prov.provenance == provenance and with_prov.pairs == tuple(pairs)
-    again = meta.load_usable(str(tmp_path / "mine.jsonl"))
+    again = meta.load_usable(str(tmp_path / "mine.jsonl"), 2)
     assert again.provenance == provenance and again.pairs == tuple(pairs)
-    assert "café" in (tmp_path / "mine.jsonl").read_text(encoding="utf-8")  # readable UTF-8 where safe
+    text = (tmp_path / "mine.jsonl").read_text(encoding="utf-8")
+    assert "café" in text and len(text.splitlines()) == 3  # readable UTF-8 where safe, \u-escaped where not
     without = meta.write(tmp_path / "plain.jsonl", pairs=pairs)
     assert without.provenance is None and (tmp_path / "plain.jsonl").read_text().count("\n") == 2
     assert with_prov.digest() == without.digest()  # how a set was made is not what it holds
@@ -301,6 +305,8 @@ def test_write_refuses_an_unusable_set_and_keeps_the_old_file(tmp_path):
         (dict(), r"either source/target pairs or caption groups \(got 0 pairs and 0 groups\)"),
         (dict(pairs=[("a", "b")], provenance={"ids": {1, 2}}), r"provenance is not plain JSON"),
         (dict(pairs=[("a", "b")], provenance=["made by hand"]), r"provenance must be a dict"),
+        (dict(pairs=[("snow", "Snow\u2028on a roof.")]), r"a control character, tab or line break inside"),
+        (dict(pairs=[("a", " ".join(["b"] * 80))]), r"82 CLIP tokens, more than the 77"),
     ]:
         with pytest.raises(meta.MetaSetError, match=message):
             meta.write(path, **kwargs)
@@ -340,3 +346,109 @@ def layout_settings(work: Path, name: str) -> Path:
     from rewrite import layout
 
     return layout.Work(work).settings_file(name)
+
+
+# -- a set of yours is never replaced -----------------------------------------------------------------------
+
+def refused(proc, *names: str) -> str:
+    """The one `error:` line of a refused command (exit 2, no traceback), which names each of `names`."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert all(name in lines[0] for name in names), lines[0]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_import_laclip_replaces_only_sets_it_wrote_and_only_with_overwrite(tmp_path):
+    from conftest import run_cli
+
+    utils = laclip_file(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "bard.jsonl").write_text('{"source": "my own", "target": "My own hand-written pair."}\n')
+    (mine / "notes.txt").write_text("kept\n")
+    before = snapshot(mine)
+    refused(run_cli("meta", "import-laclip", utils, "--out", mine, check=False), str(mine / "bard.jsonl"), "exists")
+    assert snapshot(mine) == before  # not even the three sets that were free
+    said = refused(run_cli("meta", "import-laclip", utils, "--out", mine, "--overwrite", check=False),
+                   str(mine / "bard.jsonl"))
+    assert "did not write it" in said and snapshot(mine) == before
+
+    paper = tmp_path / "paper"
+    run_cli("meta", "import-laclip", utils, "--out", paper)
+    (paper / "notes.txt").write_text("kept\n")
+    refused(run_cli("meta", "import-laclip", utils, "--out", paper, check=False), str(paper / "chatgpt.jsonl"),
+            "--overwrite")
+    (paper / "coco.jsonl").write_text('{"captions": ["My cat.", "My grey cat."]}\n')  # now a set of the user's
+    before = snapshot(paper)
+    refused(run_cli("meta", "import-laclip", utils, "--out", paper, "--overwrite", check=False), str(paper / "coco.jsonl"))
+    assert snapshot(paper) == before
+    (paper / "coco.jsonl").unlink()
+    run_cli("meta", "import-laclip", utils, "--out", paper, "--overwrite")
+    assert (paper / "notes.txt").read_text() == "kept\n"
+    made = {p.name: meta.load(str(p)).provenance["made_by"] for p in paper.glob("*.jsonl")}
+    assert made == dict.fromkeys(["chatgpt.jsonl", "bard.jsonl", "human.jsonl", "coco.jsonl"], meta.IMPORT_LACLIP)
+
+
+def test_import_coco_and_generate_replace_only_sets_they_wrote(tmp_path):
+    from conftest import run_cli
+
+    ann, sets = coco_file(tmp_path), tmp_path / "sets"
+    sets.mkdir()
+    hand = sets / "hand.jsonl"
+    hand.write_text('{"captions": ["My cat.", "My grey cat."]}\n')
+    (tmp_path / "c.txt").write_text("a dog\na cat\n")
+    no_model = tmp_path / "no-model"  # an engine that tried to load would say so instead
+    for overwrite in ([], ["--overwrite"]):
+        refused(run_cli("meta", "import-coco", ann, "--out", hand, "--groups", "2", *overwrite, check=False), str(hand))
+        said = refused(run_cli("meta", "generate", "--from", tmp_path / "c.txt", "--out", hand, "--count", "2",
+                               "--model", no_model, *overwrite, check=False), str(hand))
+        assert "no-model" not in said
+    assert hand.read_text() == '{"captions": ["My cat.", "My grey cat."]}\n'
+
+    made = sets / "made.jsonl"
+    run_cli("meta", "import-coco", ann, "--out", made, "--groups", "2")
+    first = made.read_bytes()
+    refused(run_cli("meta", "import-coco", ann, "--out", made, "--groups", "3", check=False), str(made), "--overwrite")
+    refused(run_cli("meta", "generate", "--from", tmp_path / "c.txt", "--out", made, "--count", "2",
+                    "--model", no_model, check=False), str(made))
+    assert made.read_bytes() == first
+    run_cli("meta", "import-coco", ann, "--out", made, "--groups", "3", "--overwrite")
+    assert len(meta.load(str(made))) == 3
+    # generate may replace it too: past the check of --out, the engine is what fails here
+    said = refused(run_cli("meta", "generate", "--from", tmp_path / "c.txt", "--out", made, "--count", "2",
+                           "--model", no_model, "--overwrite", check=False))
+    assert "no-model" in said and len(meta.load(str(made))) == 3
+
+
+@pytest.mark.parametrize("name, message", [
+    ("link.jsonl", "is a symlink"), ("folder.jsonl", "exists and is not a file"),
+    ("set.json", "must end in .jsonl"), ("my set.jsonl", "may hold only letters"),
+])
+def test_generate_refuses_a_bad_out_before_the_engine_loads(tmp_path, name, message):
+    from conftest import run_cli
+
+    (tmp_path / "elsewhere.jsonl").write_text("kept\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "c.txt").write_text("a dog\na cat\n")
+    said = refused(run_cli("meta", "generate", "--from", tmp_path / "c.txt", "--out", tmp_path / name, "--count", "2",
+                           "--model", tmp_path / "no-model", "--overwrite", check=False), name)
+    assert message in said and (tmp_path / "elsewhere.jsonl").read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("content", [
+    b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)),  # a binary: null bytes
+    b"# -*- coding: nonsense -*-\nchatgpt_source_caption_list = []\n",  # an encoding Python does not know
+], ids=["binary", "unknown-coding"])
+def test_import_laclip_names_a_file_that_is_not_python_without_a_line_it_does_not_have(tmp_path, content):
+    from conftest import run_cli
+
+    utils = tmp_path / "utils.py"
+    utils.write_bytes(content)
+    said = refused(run_cli("meta", "import-laclip", utils, "--out", tmp_path / "out", check=False))
+    assert said.startswith(f"error: {utils}: not Python (") and "None" not in said and ":0:" not in said
+    assert not (tmp_path / "out").exists()

@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -212,3 +215,27 @@ def test_input_columns_are_never_clobbered(tmp_path):
     (tmp_path / "keys.txt").write_text("k0\n")
     with pytest.raises(plan.PlanError, match=r"keys.txt has a column named 'key', where the keys derived"):
         plan.plan([str(tmp_path / "keys.txt")], tmp_path / "w", caption_column="key")
+
+
+def test_a_plan_records_each_file_s_identity_and_an_older_plan_without_it_still_reads(parquet_dir, tmp_path):
+    """Size and footer digest of each file read (a conversion's, for CSV); a plan made before they were
+    recorded loads with its id unchanged (runs and exports recorded it) and is read without the check."""
+    (tmp_path / "c.csv").write_text("key,caption\nc0,a caption\n")
+    work = tmp_path / "work"
+    m = plan.plan([str(parquet_dir), str(tmp_path / "c.csv")], work)
+    saved = json.loads((work / "manifest.json").read_text())
+    data = [m.data_path(f) for f in m.files]
+    assert data[2].parent == work / "inputs"
+    assert [f["size"] for f in saved["files"]] == [p.stat().st_size for p in data]
+    assert len({f["digest"] for f in saved["files"]}) == 3 and all(len(f["digest"]) == 64 for f in saved["files"])
+
+    for f in saved["files"]:
+        del f["size"], f["digest"]
+    (work / "manifest.json").write_text(json.dumps(saved))
+    old = plan.load_manifest(work)
+    body = {k: v for k, v in saved.items() if k != "created"}
+    assert old.plan_id() == hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    write_parquet(parquet_dir / "00000.parquet", [c.upper() for c in CAPTIONS[:7]])  # same rows, other bytes
+    assert next(plan.iter_shard(old, 0, 7)).column("caption").to_pylist() == [c.upper() for c in CAPTIONS[:7]]
+    with pytest.raises(plan.PlanError, match="00000.parquet changed since it was planned"):
+        list(plan.iter_shard(m, 0, 7))

@@ -392,12 +392,12 @@ def test_sigterm_while_the_model_loads_exits_75(tmp_path, text_input):
 
 @pytest.mark.slow
 def test_a_full_disk_gets_one_line_and_loses_nothing(tmp_path, text_input):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]).returncode != 0:
-        pytest.skip("mount refused here")
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]).returncode == 0
+    if not mounted:  # CI requires every slow test: there a machine that cannot mount fails, never passes silently
+        (pytest.fail if os.environ.get("REWRITE_REQUIRE_SLOW") else pytest.skip)(
+            "a full disk is made by mounting a 4 MB tmpfs, which needs root and a kernel that allows it")
     try:
         work = disk / "work"
         run_cli("shard", text_input, "--out", work, "--num-shards", "2")

@@ -216,12 +216,40 @@ def test_files_written(work, tmp_path, capsys):
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the page
 
 
-def test_out_folder_inside_the_rewrites_is_refused(work):
-    with pytest.raises(ReportError, match="lies inside .*rewrites"):
-        report.report(work, work / "rewrites" / "mine" / "report", progress=False)
-    assert not (work / "rewrites" / "mine" / "report").exists()
-    report.write(report.collect(work, progress=False), work / "report")  # beside the rewrites: fine
-    assert (work / "report" / "report.html").is_file()
+def test_out_folder_inside_the_work_dir_is_refused(work):
+    for inside in (work / "rewrites" / "mine" / "report", work / "report", work):
+        with pytest.raises(ReportError, match="(lies inside|is) the work dir .*a report goes to a folder of its own"):
+            report.report(work, inside, progress=False)
+    assert not (work / "rewrites" / "mine" / "report").exists() and not (work / "report").exists()
+
+
+def test_a_report_folder_is_its_own(work, tmp_path):
+    """A folder of someone's files is refused, even with --overwrite; an earlier report is replaced only
+    with --overwrite, and then only the files it wrote go."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "report.html").write_text("my own page")
+    for overwrite in (False, True):
+        with pytest.raises(ReportError, match="holds files a report did not write \\(report.html\\)"):
+            report.report(work, theirs, progress=False, overwrite=overwrite)
+    assert (theirs / "report.html").read_text() == "my own page"
+
+    out = tmp_path / "report"
+    first = report.report(work, out, progress=False)["paths"]
+    with pytest.raises(ReportError, match="holds an earlier report: pass --overwrite"):
+        report.report(work, out, progress=False)
+    stale = out / "faithfulness_gone.png"  # a plot of a set the next report does not have
+    stale.write_bytes(b"x")
+    with pytest.raises(ReportError, match="faithfulness_gone.png"):  # not in the record: someone else's
+        report.report(work, out, progress=False, overwrite=True)
+    stale.unlink()
+    record = json.loads((out / report.MARKER).read_text())
+    record["files"].append(stale.name)
+    (out / report.MARKER).write_text(json.dumps(record))
+    stale.write_bytes(b"x")
+    again = report.report(work, out, progress=False, overwrite=True)["paths"]
+    assert sorted(p.name for p in again.values()) == sorted(p.name for p in first.values())
+    assert not stale.exists() and all(p.is_file() for p in again.values())
 
 
 def test_clear_errors(work, tmp_path, text_file):
@@ -298,10 +326,9 @@ def test_the_report_of_an_export_says_it_is_one(work, tmp_path, fmt):
     assert f"Export {folder.resolve()} ({fmt} format)" in page
     assert "From an export: no shard, request, retry or reject figures" in page and "counts as failed" in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
-    if fmt == "hf":  # data/ holds only what exports write: a report there would stop the next export
-        with pytest.raises(ReportError, match="lies inside .*data, which only `rewrite export` writes"):
-            report.report(folder, folder / "data" / "report", progress=False)
-    report.report(folder, folder / "report", progress=False)  # beside its files: fine
+    for inside in (folder / "data" / "report", folder / "report"):  # a report there would stop the next export
+        with pytest.raises(ReportError, match="lies inside the export .*a report goes to a folder of its own"):
+            report.report(folder, inside, progress=False)
     assert export.export(work, folder, fmt=fmt, allow_missing=True)["published"]
 
 

@@ -2,6 +2,7 @@
 real engine; the order it feeds an engine, on a scripted one (the order is what is under test there)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -189,3 +190,146 @@ def test_a_stop_between_shards_finishes_the_shards_in_flight_and_leaves_the_rest
     stats = runner.run(work, config, [0, 1, 2], again, progress=False, schedule=Schedule(streaming=True))
     assert [s["shard"] for s in stats] == [1, 2] and len(again.sent) == 3
     assert [s["ok"] for s in stats] == [3, 3]
+
+
+class Flaky(Engine):
+    """Answers each request from its caption and seed alone (empty, so rejected, for a third of the seeds);
+    the captions in `down` it cannot serve (finish_reason "unavailable", as a server down), and after
+    `give_up_after` of those in a row it answers every request unsent, as the openai engine does
+    (engines.base.Outage). Records what it sent. Its `generate` serves both schedulers."""
+
+    name, model, context_length = "flaky", "none", 4096
+
+    def __init__(self, down=(), give_up_after: int = 1000):
+        from rewrite.engines.base import Outage
+
+        self.down, self.sent, self.outage = set(down), [], Outage(give_up_after)
+
+    def encode(self, text):
+        return list(text.encode())
+
+    def decode(self, ids):
+        return bytes(ids).decode(errors="ignore")
+
+    def generate(self, requests, sampling):
+        out = []
+        for request in requests:
+            if self.outage.gave_up:
+                out.append(self.outage.unsent())
+                continue
+            caption = request.prompt.rsplit("\n", 2)[-1].split(" =>")[0]
+            self.sent.append((caption, request.seed))
+            if caption in self.down:
+                out.append(Completion("", 0, 0, "unavailable", error="ConnectionError: no server"))
+            else:
+                text = "" if request.seed % 3 == 0 else f" {caption}, seen in {('soft', 'grey', 'warm')[request.seed % 3]} light"
+                out.append(Completion(text + "\n", 5, 5, "stop"))
+            self.outage.note(out[-1])
+        return out
+
+
+MANY = [f"a kite number {i} over a green field" for i in range(14)] + ["two dogs asleep on a sofa"] * 3
+
+
+def flaky_work(tmp_path, name: str):
+    if not (tmp_path / "many.parquet").exists():
+        pq.write_table(pa.table({"caption": MANY}), tmp_path / "many.parquet")
+    work = tmp_path / name
+    plan.plan([str(tmp_path / "many.parquet")], work, num_shards=2)
+    return work
+
+
+def shard_bytes(work, source: str = "human") -> list[bytes]:
+    return [layout.Work(work).rewrite_file(source, s).read_bytes() for s in range(2)]
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_rows_the_engine_could_not_serve_wait_and_a_rerun_requests_exactly_them(tmp_path, streaming):
+    """Rows whose requests came back unavailable are committed as failed (engine_unavailable) with the rest of
+    their chunk, their shards are not done, status counts them; a rerun requests those rows alone, at the
+    attempts they had reached, and ends with an uninterrupted run's bytes."""
+    from rewrite import status
+
+    config, schedule = runner.RunConfig(source="human", chunk_rows=4), Schedule(streaming=streaming)
+    reference = flaky_work(tmp_path, "reference")
+    runner.run(reference, config, [0, 1], Flaky(), progress=False, schedule=schedule)
+    work = flaky_work(tmp_path, "work")
+    down = {MANY[2], MANY[11], MANY[16]}
+    with pytest.raises(runner.EngineUnavailable, match=r"^the flaky engine was unavailable for some requests "
+                                                       r"\(ConnectionError: no server\)") as raised:
+        runner.run(work, config, [0, 1], Flaky(down), progress=False, schedule=schedule)
+    assert raised.value.waiting == {("human", 0): 1, ("human", 1): 4} and raised.value.finished == []
+    w = layout.Work(work)
+    assert [done.check(w, "human", s).state for s in range(2)] == ["partial", "partial"]
+
+    manifest, [st] = status.collect(work)
+    assert st.rows_done == len(MANY) and st.waiting == {0: 1, 1: 4} and "engine_unavailable" in st.reasons
+    assert f"rows {len(MANY)}/{len(MANY)}" in status.render(manifest, [st])
+
+    again = Flaky()
+    finished = runner.run(work, config, [0, 1], again, progress=False, schedule=schedule)
+    assert {caption for caption, _ in again.sent} == down
+    assert shard_bytes(work) == shard_bytes(reference)
+    assert all("engine_unavailable" not in s["failed_reasons"] for s in finished)
+    assert sum(s["ok"] + s["failed"] for s in finished) == len(MANY)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_retry_failed_gives_the_failed_rows_another_round_and_keeps_the_others(tmp_path, streaming):
+    """--retry-failed on done shards requests their failed rows alone, at attempts after those spent (new
+    seeds), keeps every other row, and ends where a run given both rounds from the start ends."""
+    config, schedule = runner.RunConfig(source="human", chunk_rows=4, max_attempts=1), Schedule(streaming=streaming)
+    work = flaky_work(tmp_path, "work")
+    runner.run(work, config, [0, 1], Flaky(), progress=False, schedule=schedule)
+    before = [r for s in range(2) for r in pq.read_table(layout.Work(work).rewrite_file("human", s)).to_pylist()]
+    failed = {MANY[i] for i, r in enumerate(before) if r["status"] == "failed"}
+    first = Flaky()  # the same first run again, to see its seeds
+    runner.run(flaky_work(tmp_path, "first"), config, [0, 1], first, progress=False, schedule=schedule)
+    first_seeds = {seed for _, seed in first.sent}
+    assert failed
+
+    retry = Flaky()
+    runner.run(work, config, [0, 1], retry, progress=False, schedule=schedule, retry_failed=True)
+    assert {caption for caption, _ in retry.sent} == failed and not {seed for _, seed in retry.sent} & first_seeds
+    after = [r for s in range(2) for r in pq.read_table(layout.Work(work).rewrite_file("human", s)).to_pylist()]
+    assert [a for a, b in zip(after, before) if b["status"] == "ok"] == [b for b in before if b["status"] == "ok"]
+    assert sum(r["status"] == "failed" for r in after) < len(failed)
+
+    both = flaky_work(tmp_path, "both")
+    runner.run(both, config, [0, 1], Flaky(), progress=False, schedule=schedule, retry_failed=True)
+    assert shard_bytes(work) == shard_bytes(both)
+    assert json.loads(layout.Work(work).stats_file("human", 0).read_text())["retry_round"] == 1
+
+
+def test_status_counts_the_rows_of_the_committed_chunks_of_a_partial_shard(tmp_path):
+    from rewrite import status
+
+    work = planned_shards(tmp_path, 1, per_shard=6)
+    engine = Watching(work, "human", 1, on_take=lambda request: os.kill(os.getpid(), signal.SIGUSR1))
+    with pytest.raises(stop.StopRequested):
+        runner.run(work, runner.RunConfig(source="human", chunk_rows=3), [0], engine, progress=False,
+                   schedule=Schedule(streaming=True, open_chunks=1))
+    manifest, [st] = status.collect(work)
+    assert st.shards == {0: "partial"} and (st.rows_done, st.ok) == (3, 3)
+    assert "rows 3/6  ok 3" in status.render(manifest, [st])
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_an_engine_that_gives_up_stops_the_run_and_a_rerun_finishes_it(tmp_path, streaming):
+    """Every request unavailable: after 3 in a row the engine gives up, the chunks taken are committed, no
+    other is taken and no shard is done; the rerun, the engine back, ends as an uninterrupted run."""
+    config, schedule = runner.RunConfig(source="human", chunk_rows=2), Schedule(streaming=streaming, open_chunks=2)
+    reference = flaky_work(tmp_path, "reference")
+    runner.run(reference, config, [0, 1], Flaky(), progress=False, schedule=schedule)
+    work = flaky_work(tmp_path, "work")
+    down = Flaky(down=MANY, give_up_after=3)
+    with pytest.raises(runner.EngineUnavailable, match=r"^the flaky engine is unavailable \(ConnectionError: no server\): "
+                                                       r"the run stopped after 3 requests in a row") as raised:
+        runner.run(work, config, [0, 1], down, progress=False, schedule=schedule)
+    assert raised.value.gave_up and len(down.sent) == 3
+    w = layout.Work(work)
+    parts = [p for s in range(2) for p in w.parts("human", s).glob("*.parquet")]
+    assert 1 <= len(parts) <= 2 and "done" not in [done.check(w, "human", s).state for s in range(2)]
+    again = Flaky()
+    runner.run(work, config, [0, 1], again, progress=False, schedule=schedule)
+    assert shard_bytes(work) == shard_bytes(reference)

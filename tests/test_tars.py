@@ -5,6 +5,7 @@ import copy
 import gzip
 import io
 import json
+import os
 import random
 import tarfile
 import tracemalloc
@@ -156,6 +157,18 @@ def test_iter_samples_caption_from_json_field(shard):
     assert {s.caption for s in tars.iter_samples(shard, caption_field="missing")} == {None}
 
 
+@pytest.mark.parametrize("value, kind", [(3, "a number"), (2.5, "a number"), (["a", "b"], "a list"),
+                                         ({"en": "a cat"}, "an object"), (True, "a boolean")])
+def test_a_caption_field_that_is_not_a_string_is_refused(tmp_path, value, kind):
+    path = _bad(tmp_path, [("000000002.jpg", jpeg(2)), ("000000002.json", json.dumps({"caption": value}).encode()),
+                           ("000000003.json", b'{"caption": null}')])
+    message = _error(path, caption_field="caption")
+    assert "'000000002.json'" in message and "'caption'" in message and kind in message
+    assert [s.caption for s in tars.iter_samples(path)] == ["fine", None, None]  # KEY.txt captions: not read
+    path = _bad(tmp_path, [("000000003.json", b'{"caption": null}'), ("000000004.json", b'{"title": "x"}')])
+    assert [s.caption for s in tars.iter_samples(path, caption_field="caption")] == [None, None, None]  # skipped rows
+
+
 def test_iter_samples_text_exts_without_caption_source_is_refused(shard):
     with pytest.raises(ValueError, match="text_exts"):
         tars.iter_samples(shard, text_exts=("json",))
@@ -243,7 +256,7 @@ def test_truncated_tar_is_refused(shard, where, reader, tmp_path):
             tars.count_samples(shard)
         else:
             with open(tmp_path / "out.tar", "wb") as out:
-                tars.copy_with_fields(shard, out, {})
+                tars.copy_with_fields(shard, out, [(key, {}) for key in KEYS])
     assert str(shard) in str(e.value)
 
 
@@ -295,12 +308,31 @@ def test_escaping_member_names_are_refused(tmp_path, name):
         tars.count_samples(path)
 
 
-def test_split_sample_is_refused(tmp_path):
+def test_split_sample_is_refused_naming_its_members(tmp_path):
+    """A key back with none of its extensions again holds the rest of an earlier sample: refused by the
+    readers and the copy alike, naming the members found."""
     path = _bad(tmp_path, [("000000002.jpg", jpeg(2)), ("000000001.json", b"{}")])
     message = _error(path)
-    assert "'000000001.json'" in message and "not adjacent" in message
-    with pytest.raises(TarError, match="not adjacent"):
-        tars.count_samples(path)
+    assert "'000000001.json'" in message and "'000000001.jpg'" in message and "not adjacent" in message
+    for read in (lambda: tars.count_samples(path), lambda: _copy(path, {}, keys=["000000001", "000000002", "000000001"])):
+        with pytest.raises(TarError, match="not adjacent") as e:
+            read()
+        assert str(e.value) == message
+
+
+def test_a_key_repeated_as_a_whole_sample_is_a_sample_of_its_own(tmp_path):
+    """As webdataset reads it: the readers give each its own row and the copy each its own fields."""
+    path = _bad(tmp_path, [("000000002.jpg", jpeg(2)), ("000000002.txt", b"two"), ("000000001.jpg", jpeg(3)),
+                           ("000000001.txt", b"again"), ("000000001.json", b"{}")])
+    assert [(s.key, s.caption) for s in tars.iter_samples(path)] == [
+        ("000000001", "fine"), ("000000002", "two"), ("000000001", "again")]
+    assert tars.count_samples(path) == 3
+    samples = [("000000001", {"caption_x": "first"}), ("000000002", {"caption_x": "second"}),
+               ("000000001", {"caption_x": "third"})]
+    out = io.BytesIO()
+    tars.copy_with_fields(path, out, samples)
+    copied = io_path(tmp_path, out.getvalue())
+    assert [(s.key, s.json) for s in tars.iter_samples(copied)] == [(key, fields) for key, fields in samples]
 
 
 def test_duplicate_member_in_a_sample_is_refused(tmp_path):
@@ -342,9 +374,17 @@ FIELDS = {key: {"caption_laclip": f"rewrite of {key} à la française", "caption
           for key in KEYS}
 
 
-def _copy(src: Path, fields, txt=None) -> bytes:
-    out = io.BytesIO()
-    tars.copy_with_fields(src, out, fields, txt)
+def _samples(src: Path, fields: dict, keys: list[str] | None = None) -> list[tuple[str, dict]]:
+    """copy_with_fields' entries: each sample of `src` in order (`keys`, else as read) with its fields ({}: none)."""
+    keys = keys or [s.key for s in tars.iter_samples(src, text_exts=("txt",))]
+    return [(key, fields.get(key, {})) for key in keys]
+
+
+def _copy(src: Path, fields, txt=None, keys: list[str] | None = None, **options) -> bytes:
+    """copy_with_fields with fields and view captions given by key, each sample of the tar taking its own."""
+    out, samples = io.BytesIO(), _samples(src, fields, keys)
+    txts = None if txt is None else [txt.get(key) for key, _ in samples]
+    tars.copy_with_fields(src, out, samples, txts, **options)
     return out.getvalue()
 
 
@@ -390,7 +430,9 @@ def test_copy_keeps_a_json_s_own_bytes_and_appends_the_fields(tmp_path):
     src = make_tar(tmp_path / "t.tar", [("a.jpg", jpeg(0)), ("a.json", own), ("b.jpg", jpeg(1)),
                                          ("b.json", b'{"caption_x": "old", "w": 2}'), ("c.json", b"{}")])
     fields = {"a": {"caption_x": "new \"one\""}, "b": {"caption_x": "new"}, "c": {"caption_x": "z"}}
-    data = dict((t.name, d) for t, d in read_members(_copy(src, fields)))
+    with pytest.raises(tars.FieldExists, match=f"{src}: member 'b.json' already has the field caption_x"):
+        _copy(src, fields)
+    data = dict((t.name, d) for t, d in read_members(_copy(src, fields, replace_fields=True)))
     assert data["a.json"] == own.rstrip()[:-1] + b', "caption_x": "new \\"one\\""}'
     assert json.loads(data["a.json"]) == {**json.loads(own), "caption_x": 'new "one"'}
     assert json.loads(data["b.json"]) == {"caption_x": "new", "w": 2} and data["b.json"].count(b"caption_x") == 1
@@ -419,11 +461,14 @@ def test_copy_output_is_read_back_by_iter_samples(shard, tmp_path):
     assert next(tars.iter_samples(out)).caption == "view text"
 
 
-def test_copy_with_fields_refuses_unknown_keys_and_non_string_fields(shard):
-    with pytest.raises(TarError, match="000000099"):
-        _copy(shard, {"000000099": {"caption_x": "orphan"}})
-    with pytest.raises(TarError, match="000000098"):
-        _copy(shard, {}, {"000000098": "orphan"})
+def test_copy_with_fields_refuses_a_key_or_count_that_is_not_the_tar_s_and_non_string_fields(shard):
+    with pytest.raises(TarError, match="'000000002.jpg': sample 1 has key '000000002' where its rewrites have "
+                                       "'000000099'"):
+        _copy(shard, {}, keys=["000000007", "000000099", "000000005", "000000003"])
+    with pytest.raises(TarError, match="holds 4 samples where its rewrites have 5"):
+        _copy(shard, {}, keys=KEYS + ["000000009"])
+    with pytest.raises(TarError, match="'000000003.jpg': more than the 3 samples"):
+        _copy(shard, {}, keys=KEYS[:3])
     with pytest.raises(TypeError, match="caption_x"):
         _copy(shard, {"000000002": {"caption_x": 3}})
 
@@ -440,7 +485,7 @@ def test_copy_with_fields_streams_big_members(big_shard, tmp_path):
     tracemalloc.start()
     try:
         with open(out_path, "wb") as out:
-            tars.copy_with_fields(big_shard, out, fields)
+            tars.copy_with_fields(big_shard, out, list(fields.items()))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -512,7 +557,7 @@ def test_copy_to_a_file_is_the_copy_in_memory_and_ends_like_tarfile(shard, tmp_p
     path = tmp_path / "out.tar"
     with open(path, "wb") as out:
         out.write(b"x" * 700)  # already written, still in the buffer: the tar follows it, padded like tarfile's
-        tars.copy_with_fields(shard, out, FIELDS, {"000000002": "view"})
+        tars.copy_with_fields(shard, out, _samples(shard, FIELDS), ["view" if k == "000000002" else None for k in KEYS])
         assert out.tell() == path.stat().st_size
         out.write(b"after")
     written = path.read_bytes()
@@ -525,7 +570,7 @@ def test_copy_appends_to_a_file_opened_for_appending(shard, tmp_path):
     path = tmp_path / "out.tar"
     path.write_bytes(b"")
     with open(path, "ab") as out:
-        tars.copy_with_fields(shard, out, FIELDS)
+        tars.copy_with_fields(shard, out, _samples(shard, FIELDS))
     assert path.read_bytes() == _copy(shard, FIELDS)
 
 
@@ -573,7 +618,8 @@ def test_damaged_header_mid_tar_is_refused_by_copy_and_readers(shard, tmp_path, 
     if damage != "checksum":
         _rechecksum(data, at)  # a header tarfile refuses for its number field alone
     shard.write_bytes(bytes(data))
-    for read in (lambda: _copy(shard, FIELDS), lambda: list(tars.iter_samples(shard)), lambda: tars.count_samples(shard)):
+    for read in (lambda: _copy(shard, FIELDS, keys=KEYS), lambda: list(tars.iter_samples(shard)),
+                 lambda: tars.count_samples(shard)):
         with pytest.raises(TarError, match="00000.tar"):
             read()
 
@@ -587,24 +633,56 @@ def test_copy_reads_an_old_style_folder_entry_as_tarfile_does(tmp_path):
         tar.addfile(info("old/", 512, type_=tarfile.AREGTYPE), io.BytesIO(bytes(512)))
         tar.addfile(info("000000002.jpg", 3), io.BytesIO(b"jpg"))
     assert tars.count_samples(path) == 1
-    with pytest.raises(TarError, match="not in the tar"):
-        _copy(path, {"000000002": {"caption_x": "r"}})
+    with pytest.raises(TarError, match="holds 1 samples where its rewrites have 2"):
+        _copy(path, {"000000002": {"caption_x": "r"}}, keys=["000000001", "000000002"])
 
 
 def test_copy_into_a_gzip_file_goes_through_its_write(shard, tmp_path):
     path = tmp_path / "out.tar.gz"
     with gzip.open(path, "wb") as out:  # its fileno() is the compressed file's: not to be written directly
-        tars.copy_with_fields(shard, out, FIELDS)
+        tars.copy_with_fields(shard, out, _samples(shard, FIELDS))
     assert gzip.decompress(path.read_bytes()) == _copy(shard, FIELDS)
 
 
-def test_copy_with_every_sample_refuses_a_sample_given_no_fields(tmp_path):
-    src = tmp_path / "in.tar"
-    with tarfile.open(src, "w") as tar:
-        for key in ("a", "b"):
-            info = tarfile.TarInfo(f"{key}.txt")
-            info.size = 1
-            tar.addfile(info, io.BytesIO(b"x"))
-    tars.copy_with_fields(src, io.BytesIO(), {"a": {"f": "1"}})  # a partial join is allowed by default
-    with pytest.raises(tars.TarError, match=r"1 sample\(s\) with no fields given, e.g. \['b'\]"):
-        tars.copy_with_fields(src, io.BytesIO(), {"a": {"f": "1"}}, every_sample=True)
+def _headers_digest(read, path: Path) -> str:
+    headers = tars.Headers()
+    read(path, headers=headers)
+    return headers.hexdigest()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, "global_pax"])
+def test_the_scan_the_reader_and_the_copy_take_one_digest_of_the_headers(tmp_path, fmt):
+    """Members of every kind (long names, a ustar prefix, a folder, an unknown type, a global PAX header):
+    the plan's scan, a read and the copy must agree, or a wds export would refuse an unchanged tar. A
+    touch leaves it; a member's time does not."""
+    src = tmp_path / "s.tar"
+    if fmt == "global_pax":
+        with tarfile.open(src, "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "global"}) as tar:
+            tar.addfile(info("vendor.bin", 600, type_=b"9"), io.BytesIO(b"v" * 600))
+            for name, data in _varied_members():
+                tar.addfile(info(name, len(data), type_=tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE),
+                            io.BytesIO(data))
+    else:
+        make_tar(src, _varied_members(), fmt)
+    copied = []
+    _copy(src, {}, check_headers=copied.append)
+    digest = _headers_digest(tars.count_samples, src)
+    assert copied == [digest] and _headers_digest(lambda p, headers: list(tars.iter_samples(p, headers=headers)), src) == digest
+    os.utime(src, (1_800_000_000, 1_800_000_000))
+    assert _headers_digest(tars.count_samples, src) == digest
+    data = bytearray(src.read_bytes())
+    at = member_offsets(src)["000000009.txt"].offset
+    data[at + 136:at + 147] = b"%011o" % 1_700_000_999
+    _rechecksum(data, at)
+    src.write_bytes(bytes(data))
+    assert _headers_digest(tars.count_samples, src) != digest
+
+
+def test_a_copy_refused_by_its_headers_check_ends_no_archive(shard):
+    def refuse(digest: str) -> None:
+        raise TarError(f"changed: {digest}")
+
+    out = io.BytesIO()
+    with pytest.raises(TarError, match="changed"):
+        tars.copy_with_fields(shard, out, _samples(shard, FIELDS), check_headers=refuse)
+    assert not out.getvalue().endswith(tarfile.NUL * 1024)

@@ -25,20 +25,65 @@ class Request:
         return list(self.prompt_ids) if self.prompt_ids is not None else encode(self.prompt)
 
 
+UNAVAILABLE = "unavailable"  # a Completion's finish_reason when the engine could not serve its request
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
     prompt_tokens: int
     generated_tokens: int
-    finish_reason: str  # "stop" (line break or end of text), "length" (hit max tokens) or "error"
+    # "stop" (line break or end of text), "length" (hit max tokens), "error" (this request failed: the same
+    # request would fail again) or UNAVAILABLE (the engine could not serve it: its server down, overloaded or
+    # refusing every request; nothing is wrong with the request, and a later run sends it again)
+    finish_reason: str
     error: str | None = None
     cached_tokens: int = 0  # prompt tokens reused from a shared prefix rather than computed (0: not known)
+    sent: bool = True  # False: answered UNAVAILABLE without being sent (the engine had given up: see Outage)
+
+
+@dataclass
+class Outage:
+    """What an engine serving over a network saw of its server: after `bound` requests in a row it could
+    not serve (after its client's own retries), it gives up: it sends no more requests and answers each
+    at once as UNAVAILABLE, not sent. The count runs across streams and `generate` calls (a chunk at a
+    time makes one per chunk); a run starts it again (`restart`), and stops taking work once the engine
+    gave up."""
+
+    bound: int
+    in_a_row: int = 0
+    last_error: str | None = None  # of the last request it could not serve
+
+    def restart(self) -> None:
+        self.in_a_row = 0
+
+    def note(self, completion: Completion) -> None:
+        if completion.finish_reason == UNAVAILABLE:
+            self.in_a_row += 1
+            self.last_error = completion.error
+        else:
+            self.in_a_row = 0
+
+    @property
+    def gave_up(self) -> bool:
+        return self.in_a_row >= self.bound
+
+    def unsent(self) -> Completion:
+        return Completion(text="", prompt_tokens=0, generated_tokens=0, finish_reason=UNAVAILABLE,
+                          error=self.last_error, sent=False)
+
+
+def gave_up(engine) -> bool:
+    """Whether `engine` gave up on its server (engines without a server never do: their failures raise)."""
+    outage = getattr(engine, "outage", None)
+    return outage is not None and outage.gave_up
 
 
 class Engine(ABC):
     name: str
     model: str  # what was loaded: a directory or a served model name
     in_flight = 256  # requests a stream holds at once (an engine with a batch size holds that many)
+    outage: Outage | None = None  # an engine that serves over a network: its server as it saw it (see Outage)
     # Whether runs stream by default (--scheduler auto). Streaming mixes chunks in a batch as they come,
     # so an engine whose text depends on its batch companions (float rounding) writes other bytes on
     # a rerun; such an engine runs a chunk at a time unless asked (--scheduler stream).

@@ -3,8 +3,12 @@
 The completions endpoint suits base models and takes the LaCLIP prompt as it is; the chat endpoint
 sends it as one user message for chat-only models. The API key is read from $OPENAI_API_KEY only and is
 never written anywhere. Requests run with bounded concurrency; the client retries rate limits, server
-errors and timeouts with exponential backoff, and a request that still fails becomes a completion with
-finish_reason "error", so its rows are marked failed with the reason while the shard goes on.
+errors, timeouts and dropped connections with exponential backoff. A request that still fails becomes a
+completion that says why: UNAVAILABLE when the server could not serve it (no connection, a timeout, 429,
+5xx, or an answer that refuses every request: 401, 403, 404 for the model), so a later run sends it again;
+"error" when the server refused this request (400, 422: it would never work), a final failure. After
+`unavailable_after` requests in a row it could not serve, the engine gives up on the server (base.Outage)
+and the run stops.
 """
 from __future__ import annotations
 
@@ -16,9 +20,20 @@ from urllib.parse import urlsplit
 
 from .. import model as model_lib
 from ..settings import Sampling
-from .base import Completion, Engine, EngineError, Intake, Request, in_order
+from .base import UNAVAILABLE, Completion, Engine, EngineError, Intake, Outage, Request, in_order
 
 API_KEY_ENV = "OPENAI_API_KEY"
+REQUEST_RETRIES = 5  # the client's retries of a request it may retry, with exponential backoff
+# HTTP answers about the server or the run rather than the request: authentication, permission, an unknown
+# model or path, a timeout, a lock, a rate limit (and every 5xx). The same request may work later.
+SERVER_WIDE = (401, 403, 404, 408, 409, 429)
+
+
+def default_unavailable_after(concurrency: int) -> int:
+    """Requests in a row the server may fail before the engine gives up, by default: two rounds of the
+    requests in flight, so one burst of failures (every request in flight at an outage's start) is not
+    enough, and an outage costs two rounds of the client's retries before the run stops."""
+    return 2 * concurrency
 
 
 def model_name(model: str | None) -> str:
@@ -27,7 +42,8 @@ def model_name(model: str | None) -> str:
     return model or model_lib.resolve(None)
 
 
-def check_options(base_url: str | None, api: str, concurrency: int, timeout: float, max_model_len: int | None) -> None:
+def check_options(base_url: str | None, api: str, concurrency: int, timeout: float, max_model_len: int | None,
+                  request_retries: int = REQUEST_RETRIES, unavailable_after: int | None = None) -> None:
     """Refuse bad options before the client or a tokenizer loads, naming them as the CLI spells them. A
     wrong --base-url would otherwise only show as every request failing, and every row with it."""
     if not base_url:
@@ -50,22 +66,29 @@ def check_options(base_url: str | None, api: str, concurrency: int, timeout: flo
         raise EngineError(f"--timeout must be > 0 seconds, got {timeout!r}")
     if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 1):
         raise EngineError(f"--max-model-len must be >= 1, got {max_model_len!r}")
+    if not isinstance(request_retries, int) or request_retries < 0:
+        raise EngineError(f"--request-retries must be >= 0, got {request_retries!r}")
+    if unavailable_after is not None and (not isinstance(unavailable_after, int) or unavailable_after < 1):
+        raise EngineError(f"--unavailable-after must be >= 1, got {unavailable_after!r}")
 
 
 class OpenAIEngine(Engine):
     name = "openai"
 
     def __init__(self, model: str | None, *, base_url: str | None = None, api: str = "completions",
-                 concurrency: int = 16, timeout: float = 60.0, request_retries: int = 5,
-                 tokenizer: str | None = None, max_model_len: int | None = None):
-        check_options(base_url, api, concurrency, timeout, max_model_len)
+                 concurrency: int = 16, timeout: float = 60.0, request_retries: int = REQUEST_RETRIES,
+                 tokenizer: str | None = None, max_model_len: int | None = None,
+                 unavailable_after: int | None = None):
+        check_options(base_url, api, concurrency, timeout, max_model_len, request_retries, unavailable_after)
         try:
             import openai
         except ImportError:
             raise EngineError("the openai engine needs the openai package: pip install openai") from None
         self.model = model_name(model)
         self.api, self.concurrency, self.base_url = api, concurrency, base_url
-        self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(API_KEY_ENV) or "EMPTY",
+        self.outage = Outage(unavailable_after or default_unavailable_after(concurrency))
+        self._key = os.environ.get(API_KEY_ENV)
+        self.client = openai.OpenAI(base_url=base_url, api_key=self._key or "EMPTY",
                                     max_retries=request_retries, timeout=timeout)
         self._tokenizer = self._load_tokenizer(tokenizer or self.model)
         self._context = max_model_len or (
@@ -110,34 +133,54 @@ class OpenAIEngine(Engine):
                 resp = self.client.completions.create(prompt=request.prompt, **common)
                 choice, text = resp.choices[0], resp.choices[0].text or ""
         except openai.OpenAIError as e:
-            return Completion(text="", prompt_tokens=0, generated_tokens=0, finish_reason="error",
-                              error=f"{type(e).__name__}: {e}"[:500])
+            return Completion(text="", prompt_tokens=0, generated_tokens=0,
+                              finish_reason=UNAVAILABLE if self._server_failed(e) else "error", error=self._message(e))
         usage = resp.usage
         return Completion(text=text, prompt_tokens=usage.prompt_tokens if usage else 0,
                           generated_tokens=usage.completion_tokens if usage else 0,
                           finish_reason="length" if choice.finish_reason == "length" else "stop")
+
+    @staticmethod
+    def _server_failed(e: Exception) -> bool:
+        """Whether the server, not the request, failed (after the client's retries): see SERVER_WIDE."""
+        import openai
+
+        if isinstance(e, openai.APIConnectionError):  # refused, dropped, timed out
+            return True
+        return isinstance(e, openai.APIStatusError) and (e.status_code in SERVER_WIDE or e.status_code >= 500)
+
+    def _message(self, e: Exception) -> str:
+        """The error on one line, at most 500 characters, the API key never in it (a server may echo it)."""
+        message = " ".join(f"{type(e).__name__}: {e}".split())
+        return (message.replace(self._key, "***") if self._key else message)[:500]
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         return in_order(self.stream(requests, sampling), len(requests))
 
     def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
         """One pool of `concurrency` threads for the whole stream: a request is sent as soon as a slot
-        frees, and each completion is yielded as it comes. Closing the stream waits for the requests
-        already sent (a request cannot be taken back) but sends no more."""
+        frees, and each completion is yielded as it comes. Once the engine gives up on its server
+        (`self.outage`), the requests it takes are answered at once, unsent. Closing the stream waits for
+        the requests already sent (a request cannot be taken back) but sends no more."""
         intake = Intake(requests)
         running: dict = {}  # future -> position
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             try:
                 while True:
                     for position, request in intake.take(self.concurrency - len(running), holding=bool(running)):
-                        running[pool.submit(self._one, request, sampling)] = position
+                        if self.outage.gave_up:
+                            yield position, self.outage.unsent()
+                        else:
+                            running[pool.submit(self._one, request, sampling)] = position
                     if not running:
                         if intake.ended:
                             return
                         continue
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        yield running.pop(future), future.result()
+                        completion = future.result()
+                        self.outage.note(completion)
+                        yield running.pop(future), completion
             finally:
                 for future in running:
                     future.cancel()

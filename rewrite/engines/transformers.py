@@ -15,6 +15,7 @@ its width, in compute or in KV cache.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -139,6 +140,12 @@ def check_options(batch_size: int, dtype: str | None, max_model_len: int | None)
         raise EngineError(f"--max-model-len must be >= 1, got {max_model_len!r}")
 
 
+def cache_argument(lm) -> str:
+    """The name under which `lm.forward` takes the KV cache: `cache` in newer transformers (which warns
+    that `past_key_values` is deprecated), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
 def fit_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     """`t` cut or left-padded with zeros to `width` along `dim`: tokens sit at the right end, left padding
     is masked out."""
@@ -184,6 +191,12 @@ class TransformersEngine(TokenizerEngine):
         self.eos_ids = {self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         context = getattr(self.lm.config, "max_position_embeddings", None) or 2048
         self._context = min(context, max_model_len) if max_model_len else context
+        self._cache_arg = cache_argument(self.lm)
+
+    def forward(self, cache, **inputs) -> torch.Tensor:
+        """The model's last logits for `inputs`, extending `cache` (a DynamicCache) in place."""
+        out = self.lm(**inputs, **{self._cache_arg: cache}, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         return in_order(self.stream(requests, sampling), len(requests))
@@ -236,7 +249,7 @@ class TransformersEngine(TokenizerEngine):
         if not keep:
             return False
         lane.keep(keep)
-        lane.step(self.lm, torch.tensor([chosen[j] for j in keep], device=self.device))
+        lane.step(self.forward, torch.tensor([chosen[j] for j in keep], device=self.device))
         return True
 
     def _pack(self, lanes: list[_Running]) -> list[_Running]:
@@ -273,9 +286,8 @@ class TransformersEngine(TokenizerEngine):
                                        device=self.device)
             cache = DynamicCache(config=self.lm.config)
             if width:
-                self.lm(input_ids=torch.tensor(prefix_ids, device=self.device), attention_mask=prefix_mask,
-                        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)
+                self.forward(cache, input_ids=torch.tensor(prefix_ids, device=self.device), attention_mask=prefix_mask,
+                             position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0))
             slot = {p: k for k, p in enumerate(prefixes)}
             members = [j for j, w in enumerate(which) if w in slot]
             for bucket in prefill_buckets([len(ids[j]) for j in members]):
@@ -292,8 +304,7 @@ class TransformersEngine(TokenizerEngine):
                     [[0] * (tail_width - len(t)) + [1] * len(t) for t in tails], device=self.device)], dim=-1)
                 input_ids = torch.tensor([[self.pad_id] * (tail_width - len(t)) + t for t in tails], device=self.device)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, own:],
-                                 past_key_values=row_cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                logits = self.forward(row_cache, input_ids=input_ids, attention_mask=mask, position_ids=positions[:, own:])
                 lanes.append(_Running([rows[j] for j in bucket], row_cache, mask, positions[:, -1] + 1, logits))
         return lanes
 
@@ -343,11 +354,11 @@ class _Running:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
 
-    def step(self, lm, chosen: torch.Tensor) -> None:
-        """Feed each row's chosen token; keep the logits for the next choice."""
+    def step(self, forward, chosen: torch.Tensor) -> None:
+        """Feed each row's chosen token (through `TransformersEngine.forward`); keep the logits for the next choice."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=-1)
-        self.logits = lm(input_ids=chosen.unsqueeze(-1), attention_mask=self.mask, position_ids=self.next_pos.unsqueeze(-1),
-                         past_key_values=self.cache, use_cache=True).logits[:, -1, :]
+        self.logits = forward(self.cache, input_ids=chosen.unsqueeze(-1), attention_mask=self.mask,
+                              position_ids=self.next_pos.unsqueeze(-1))
         self.next_pos = self.next_pos + 1
 
     def merge(self, other: "_Running") -> "_Running":

@@ -19,4 +19,22 @@ def named(name: str) -> ExportFormat:
     return FORMATS[name]
 
 
-__all__ = ["DEFAULT", "ExportError", "ExportFormat", "ExportJob", "ExportOptions", "FORMATS", "named"]
+def check_options(export_format: ExportFormat, options: ExportOptions) -> None:
+    """Refuse, before anything is read or written, an option value no reader could take and an option
+    the format does not use (it would be ignored without a word)."""
+    given = {name for name, value in vars(options).items() if value != getattr(ExportOptions(), name)}
+    unused = sorted(given - set(export_format.options))
+    if unused:
+        used = ", ".join(f"--{o.replace('_', '-')}" for o in export_format.options) or "none"
+        raise ExportError(f"--{unused[0].replace('_', '-')} does not apply to --format {export_format.name} "
+                          f"(its options: {used})")
+    if options.image_column is not None and options.extract_images is not None:
+        raise ExportError("give --image-column (paths the input has) or --extract-images DIR (images written out), "
+                          "not both")
+    sep = options.separator
+    if len(sep) != 1 or sep in tables.UNUSABLE_SEPARATORS:
+        raise ExportError(f"--separator must be one character other than a quote or a line break (open_clip reads "
+                          f"the file with pandas' --csv-separator), got {sep!r}")
+
+
+__all__ = ["DEFAULT", "ExportError", "ExportFormat", "ExportJob", "ExportOptions", "FORMATS", "check_options", "named"]

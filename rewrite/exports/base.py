@@ -33,6 +33,7 @@ class ExportOptions:
     captions_only: bool = False  # only the key, the original caption and the rewrites
     views: list[str] = field(default_factory=list)  # wds: also write tars whose .txt is this rewrite column
     separator: str = "\t"  # csv
+    replace_json_fields: bool = False  # wds: a KEY.json that has a rewrite field already gets it replaced (else refused)
 
 
 @dataclass
@@ -52,6 +53,14 @@ class ExportJob:
         """`caption_<source>` (`caption_<source>_<i>` when n > 1), in the order of the sources."""
         return [layout.export_column(src, i, s["num_rewrites"]) for src, s in self.settings.items()
                 for i in range(s["num_rewrites"])]
+
+    def row_schema(self, columns: list[str] | None = None) -> pa.Schema:
+        """The schema of what `rows(shard, columns)` yields, known without a row (a shard may have none)."""
+        fields = list(self.manifest.schema) + ([pa.field(layout.KEY, pa.string())] if self.manifest.key_column is None else [])
+        if columns is not None:
+            fields = [next(f for f in fields if f.name == c) for c in columns]
+        return pa.schema(fields + [pa.field(c, pa.string()) for c in self.rewrite_columns()],
+                         metadata=self.manifest.schema.metadata)
 
     def batch_rows(self, shard: int) -> int:
         """Rows per chunk so that a chunk holds about READ_BYTES of input data (images included)."""
@@ -117,8 +126,13 @@ def _join(table: pa.Table, keys: pa.ChunkedArray, side: pa.Table | None, source:
             table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
         return table
     if side.num_rows != table.num_rows or not side.column(layout.KEY).equals(keys):
-        raise ExportError(f"{source} rewrites of shard {layout.shard_id(shard)} do not line up with its input rows: "
-                          "the work dir's plan changed after the run (rerun with --overwrite)")
+        ours, theirs = side.column(layout.KEY).to_pylist(), keys.to_pylist()
+        row = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+        found = (f"the rewrites' key {ours[row]!r} stands where the input's row has key {theirs[row]!r}" if row is not None
+                 else f"the rewrites hold {len(ours)} rows where the input has {len(theirs)}")
+        raise ExportError(f"{source} rewrites of shard {layout.shard_id(shard)} do not line up with its input rows "
+                          f"({found}): the input changed after the run, or the rewrites were made from another plan; "
+                          "plan again into a new work dir if the input changed, else rerun the shard with --overwrite")
     for i, name in enumerate(names):
         table = table.append_column(name, side.column(layout.rewrite_column(i, n)))
     return table
@@ -129,6 +143,7 @@ Staged = Callable[[str], Path]  # where a file of the export (a path relative to
 
 class ExportFormat(ABC):
     name: str = ""
+    options: tuple[str, ...] = ()  # the ExportOptions fields this format reads (others are refused)
 
     def check(self, job: ExportJob) -> None:
         """Refuse options or inputs this format cannot export, before anything is written."""

@@ -17,22 +17,17 @@ CARD = "README.md"
 
 class HFExport(ExportFormat):
     name = "hf"
+    options = ("captions_only",)
 
     def shard_files(self, job, shard):
         return [layout.export_data_file(shard, job.manifest.num_shards)]
 
     def write_shard(self, job, shard, staged):
         columns = [job.key_column, job.manifest.caption_column] if job.options.captions_only else None
-        writer = None
-        with atomic.atomic_path(staged(self.shard_files(job, shard)[0])) as tmp:
-            try:
-                for table in job.rows(shard, columns):
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, _with_hf_features(table.schema))
-                    writer.write_table(table.cast(writer.schema))
-            finally:
-                if writer is not None:
-                    writer.close()
+        with atomic.atomic_path(staged(self.shard_files(job, shard)[0])) as tmp, \
+                pq.ParquetWriter(tmp, _with_hf_features(job.row_schema(columns))) as writer:
+            for table in job.rows(shard, columns):  # none for a shard of no rows: the file has the schema alone
+                writer.write_table(table.cast(writer.schema))
 
     def final_files(self, job):
         return [CARD]

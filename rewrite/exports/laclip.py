@@ -15,15 +15,15 @@ from .base import PARTS, ExportError, ExportFormat, ExportJob
 
 CSV_FILE = "train.csv"
 KEPT_SUFFIXES = (".jpg", ".jpeg", ".png")  # LaCLIP's CsvDatasetAugCap keeps only these (case-sensitive)
+LACLIP_TYPES = tuple(s[1:] for s in KEPT_SUFFIXES)  # extracted images of other types are written as PNG
 
 
 class LaclipExport(ExportFormat):
     name = "laclip"
+    options = ("image_column", "extract_images")
 
     def check(self, job):
         tables.image_column(job)
-        if job.options.captions_only:
-            raise ExportError("--captions-only: LaCLIP's CSV needs the image path; use --format hf or csv")
 
     def _parts(self, job: ExportJob, shard: int) -> dict[str, str]:
         sid = layout.shard_id(shard)
@@ -39,7 +39,7 @@ class LaclipExport(ExportFormat):
         dropped = 0
         with atomic.atomic_path(staged(parts["csv"])) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
-            for key, path, original, rewrites in tables.image_rows(job, shard):
+            for key, path, original, rewrites in tables.image_rows(job, shard, LACLIP_TYPES):
                 if not original or not original.strip() or not path:
                     dropped += 1
                     continue
@@ -66,3 +66,4 @@ class LaclipExport(ExportFormat):
         summary["columns"] = ["image path", job.manifest.caption_column] + [f"{c}.txt" for c in job.rewrite_columns()]
         summary["dropped_rows"] = sum(int(staged(self._parts(job, s)["dropped"]).read_text())
                                       for s in range(job.manifest.num_shards))
+        summary["rows"] -= summary["dropped_rows"]

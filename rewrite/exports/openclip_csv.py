@@ -17,6 +17,7 @@ TITLE = "title"  # open_clip's default --csv-caption-key
 
 class OpenClipCsvExport(ExportFormat):
     name = "csv"
+    options = ("image_column", "extract_images", "captions_only", "separator")
 
     def _file(self, job: ExportJob) -> str:
         return "train.tsv" if job.options.separator == "\t" else "train.csv"
@@ -25,20 +26,23 @@ class OpenClipCsvExport(ExportFormat):
         return job.options.image_column or tables.image_column(job) or "filepath"
 
     def check(self, job):
-        tables.image_column(job)
+        if not job.options.captions_only:
+            tables.image_column(job)
 
     def shard_files(self, job, shard):
         return [f"{PARTS}/{layout.shard_id(shard)}.{self.name}", f"{PARTS}/{layout.shard_id(shard)}.dropped"]
 
     def header(self, job: ExportJob) -> list[str]:
-        return [self._path_column(job), TITLE] + job.rewrite_columns()
+        first = job.key_column if job.options.captions_only else self._path_column(job)
+        return [first, TITLE] + job.rewrite_columns()
 
     def write_shard(self, job, shard, staged):
         part, dropped_file = self.shard_files(job, shard)
         dropped = 0
+        rows = _keyed_rows(job, shard) if job.options.captions_only else tables.image_rows(job, shard)
         with atomic.atomic_path(staged(part)) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, delimiter=job.options.separator, lineterminator="\n")
-            for _, path, original, rewrites in tables.image_rows(job, shard):
+            for key, path, original, rewrites in rows:
                 if not tables.readable(original) or not path:
                     dropped += 1
                     continue
@@ -57,3 +61,14 @@ class OpenClipCsvExport(ExportFormat):
         summary["columns"] = self.header(job)
         summary["dropped_rows"] = sum(int(staged(self.shard_files(job, s)[1]).read_text())
                                       for s in range(job.manifest.num_shards))
+        summary["rows"] -= summary["dropped_rows"]
+
+
+def _keyed_rows(job: ExportJob, shard: int):
+    """--captions-only: each row's key stands where the image path would (key, key, caption, rewrites)."""
+    caption, rewrites = job.manifest.caption_column, job.rewrite_columns()
+    for table in job.rows(shard, [job.key_column, caption]):
+        keys, originals = table.column(job.key_column).to_pylist(), table.column(caption).to_pylist()
+        values = [table.column(c).to_pylist() for c in rewrites]
+        for i, key in enumerate(keys):
+            yield key, key, originals[i], [v[i] for v in values]

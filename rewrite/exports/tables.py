@@ -2,13 +2,13 @@
 rules that keep one text per cell that their readers read back as written."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import tarfile
 from typing import Iterator
 
 import pyarrow as pa
 
-from .. import atomic, tars
+from .. import tars
+from . import images
 from .base import ExportError, ExportJob
 
 IMAGE_COLUMNS = ("filepath", "image_path", "image", "path")
@@ -16,11 +16,15 @@ IMAGE_COLUMNS = ("filepath", "image_path", "image", "path")
 PANDAS_NA = frozenset(["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
                        "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"])
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# Field separators a CSV cannot use: the quote character, line breaks (and what pandas reads as a regex).
+UNUSABLE_SEPARATORS = frozenset('"\r\n\\') | frozenset("\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 def one_line(text: str) -> str:
-    """A caption on one line: CR and LF would shift every later row of a line-per-row reader."""
-    return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
+    """A caption on one line: any line boundary (CR, LF, and the others str.splitlines() breaks at, such
+    as U+2028) would shift every later row of a line-per-row reader."""
+    lines = text.splitlines()
+    return text if lines == [text] else " ".join(lines)
 
 
 def readable(text: str | None) -> bool:
@@ -42,6 +46,9 @@ def image_column(job: ExportJob) -> str | None:
     names = job.manifest.columns
     chosen = job.options.image_column
     if job.options.extract_images is not None:
+        if image_bytes_column(job) is None and not any(f.format == "wds" for f in job.manifest.files):
+            raise ExportError("--extract-images: the input holds no images (no webdataset tars, no column of image "
+                              "bytes)")
         return None
     if chosen is not None:
         if chosen not in names:
@@ -55,70 +62,67 @@ def image_column(job: ExportJob) -> str | None:
     return found
 
 
-def image_paths(job: ExportJob, table: pa.Table, column: str | None, extracted: dict[str, str]) -> list[str | None]:
-    """Each row's image path: the input's column as written, or the file --extract-images wrote for its
-    key (None where there is none)."""
-    if column is not None:
-        values = table.column(column)
-        if pa.types.is_struct(values.type):  # a Hugging Face Image column: {bytes, path}
-            values = values.combine_chunks().field("path")
-        return [None if v is None else str(v) for v in values.to_pylist()]
-    folder = job.options.extract_images
-    return [str(folder / extracted[key]) if key in extracted else None
-            for key in table.column(job.key_column).to_pylist()]
+def image_paths(table: pa.Table, column: str) -> list[str | None]:
+    """Each row's image path as the input's column has it (a Hugging Face Image column: its `path`)."""
+    values = table.column(column)
+    if pa.types.is_struct(values.type):  # a Hugging Face Image column: {bytes, path}
+        values = values.combine_chunks().field("path")
+    return [None if v is None else str(v) for v in values.to_pylist()]
 
 
-def image_rows(job: ExportJob, shard: int) -> Iterator[tuple[str, str | None, str | None, list[str | None]]]:
+def image_rows(job: ExportJob, shard: int, kept: tuple[str, ...] = IMAGE_EXTS
+               ) -> Iterator[tuple[str, str | None, str | None, list[str | None]]]:
     """(key, image path, original caption, [rewrite per rewrite column]) for each row of the shard, the
-    images extracted first when --extract-images asks for it: what the CSV-shaped formats write."""
-    column, extracted = image_column(job), extract(job, shard)
+    images extracted first when --extract-images asks for it (as `kept` types; others become PNG):
+    what the CSV-shaped formats write."""
+    column = image_column(job)
+    extracted = extract(job, shard, kept) if column is None else None
     caption, rewrites = job.manifest.caption_column, job.rewrite_columns()
     wanted = [job.key_column, caption] + ([column] if column and column not in (job.key_column, caption) else [])
+    row = 0
     for table in job.rows(shard, wanted):
-        paths = image_paths(job, table, column, extracted)
+        paths = image_paths(table, column) if column else extracted[row:row + table.num_rows]
+        row += table.num_rows
         values = [table.column(c).to_pylist() for c in rewrites]
         for i, (key, original) in enumerate(zip(table.column(job.key_column).to_pylist(),
                                                 table.column(caption).to_pylist())):
             yield key, paths[i], original, [v[i] for v in values]
 
 
-def extract(job: ExportJob, shard: int) -> dict[str, str]:
-    """Write the shard's images into --extract-images, named by key; key -> file name written (nothing
-    when paths come from an input column)."""
-    folder: Path | None = job.options.extract_images
-    if folder is None:
-        return {}
-    written: dict[str, str] = {}
+def extract(job: ExportJob, shard: int, kept: tuple[str, ...]) -> list[str | None]:
+    """Write the shard's images into --extract-images (exports/images.py); each row's path."""
+    if any(job.manifest.files[p.file].format == "wds" for p in job.manifest.shards[shard]):
+        found = _images_in_tars(job, shard)
+    else:
+        found = _images_in_rows(job, shard)
+    try:
+        return images.write_shard(job.options.extract_images, shard, found, kept)
+    except tars.TarError as e:
+        raise ExportError(str(e)) from None
+    except (tarfile.TarError, EOFError) as e:  # an image member's data cut short
+        raise ExportError(f"shard {shard}: an image in its tars is truncated ({e})") from None
+
+
+def _images_in_tars(job: ExportJob, shard: int) -> Iterator:
     for piece in job.manifest.shards[shard]:
         f = job.manifest.files[piece.file]
-        if f.format == "wds":
-            try:
-                written.update(tars.extract_images(f.path, folder, IMAGE_EXTS))
-            except tars.TarError as e:
-                raise ExportError(str(e)) from None
-    if not written:
-        written.update(_extract_from_rows(job, shard, folder))
-    return written
+        yield from tars.sample_images(f.path, IMAGE_EXTS)
 
 
-def _extract_from_rows(job: ExportJob, shard: int, folder: Path) -> dict[str, str]:
-    """Images held in a parquet column of bytes (or a Hugging Face Image column's bytes)."""
-    column = next((c for c in job.manifest.schema.names if holds_bytes(job.manifest.schema.field(c).type)), None)
-    if column is None:
-        raise ExportError("--extract-images: the input holds no images (no .tar members, no column of image bytes)")
-    written = {}
+def _images_in_rows(job: ExportJob, shard: int) -> Iterator:
+    """Images held in a parquet column of bytes (or a Hugging Face Image column's bytes), one per row."""
+    column = image_bytes_column(job)
     for table in job.rows(shard, [job.key_column, column]):
         values = table.column(column)
         if pa.types.is_struct(values.type):
             values = values.combine_chunks().field("bytes")
         for key, data in zip(table.column(job.key_column).to_pylist(), values.to_pylist()):
-            if data is None:
-                continue
-            check_key(key, "--extract-images")
-            name = f"{key}.{sniff(data)}"
-            _write_whole(folder / name, data)
-            written[key] = name
-    return written
+            yield None if data is None else (f"row {key}", sniff(data), data)
+
+
+def image_bytes_column(job: ExportJob) -> str | None:
+    """The input column of image bytes (a binary column or a Hugging Face Image column), if any."""
+    return next((c for c in job.manifest.schema.names if holds_bytes(job.manifest.schema.field(c).type)), None)
 
 
 def holds_bytes(t: pa.DataType) -> bool:
@@ -136,13 +140,3 @@ def sniff(data: bytes) -> str:
     return "jpg"
 
 
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """The file whole or not at all (a temporary name, then a rename), as tars.extract_images writes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temp_beside(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -1,7 +1,10 @@
 """Webdataset tars, as open_clip and webdataset read them: for webdataset input, one output tar per input
 tar, with the same name, keys and member order, every member copied byte for byte except KEY.json, which
 gains one flat string field per rewrite column (`caption_<source>`, "" where the rewrite failed), and is
-created where a sample had none; a sizes.json (tar name -> samples) beside them.
+created where a sample had none; a sizes.json (tar name -> samples) beside them. Rewrites go to samples
+by position (a key may repeat); a tar that changed since it was planned is refused before its copy is
+committed, and so is a KEY.json that has a rewrite column's field already, unless
+--replace-json-fields.
 
 Table input (parquet, CSV) with images, as bytes (a binary column or a Hugging Face Image column) or as
 paths (--image-column), exports to one tar per shard, `{shard:05d}.tar`: KEY.<image type>, KEY.txt (the
@@ -16,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 
 from .. import atomic, layout, tars
+from ..inputs.wds import headers_check
 from . import tables
 from .base import ExportError, ExportFormat, ExportJob
 
@@ -31,6 +36,7 @@ VIEWS = "views"
 
 class WebdatasetExport(ExportFormat):
     name = "wds"
+    options = ("image_column", "views", "replace_json_fields")
 
     def check(self, job):
         formats = {f.format for f in job.manifest.files}
@@ -70,16 +76,21 @@ class WebdatasetExport(ExportFormat):
         rewrites = self._rewrites(job, shard)
         start = 0
         for piece in pieces:
-            f = job.manifest.files[piece.file]
-            rows = rewrites[start:start + f.rows]
+            f, planned = job.manifest.files[piece.file], job.manifest.planned(piece.file)
+            rows = rewrites[start:start + f.rows]  # in input order: the tar's samples in order
             start += f.rows
-            fields = {key: {c: v or "" for c, v in values.items()} for key, values in rows}
+            samples = [(key, {c: v or "" for c, v in values.items()}) for key, values in rows]
+            planned.check_size(os.stat(f.path).st_size)
             for folder in self._folders(job):
                 view = folder[len(VIEWS) + 1:-1] if folder else None
-                txt = {key: values[view] for key, values in rows if values.get(view)} if view else None
+                txts = [values[view] or None for _, values in rows] if view else None
                 with atomic.atomic_path(staged(folder + Path(f.path).name)) as tmp, open(tmp, "wb") as out:
                     try:
-                        tars.copy_with_fields(f.path, out, fields, txt, every_sample=True)
+                        tars.copy_with_fields(f.path, out, samples, txts, replace_fields=job.options.replace_json_fields,
+                                              check_headers=headers_check(planned))
+                    except tars.FieldExists as e:
+                        raise ExportError(f"{e}, which the export would replace with the rewrite: pass "
+                                          "--replace-json-fields to replace it") from None
                     except tars.TarError as e:
                         raise ExportError(str(e)) from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Captions, InputFormat, PlanError
+from .base import Captions, InputFormat, Planned, PlanError
 from .delimited import DelimitedInput
 from .parquet import ParquetInput
 from .text import TextInput
@@ -34,4 +34,4 @@ def named(name: str) -> InputFormat:
     raise PlanError(f"unknown input format {name!r} in the plan: plan again with this version of rewrite")
 
 
-__all__ = ["Captions", "FORMATS", "InputFormat", "PlanError", "SUFFIXES", "for_path", "named"]
+__all__ = ["Captions", "FORMATS", "InputFormat", "Planned", "PlanError", "SUFFIXES", "for_path", "named"]

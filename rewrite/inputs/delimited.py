@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from .. import atomic
 from .base import PlanError
-from .parquet import ConvertedInput
+from .parquet import ConvertedInput, plan_file
 
 
 def _header(path: Path, delimiter: str) -> list[str]:
@@ -45,7 +45,6 @@ class DelimitedInput(ConvertedInput):
 
     def prepare(self, path, converted, schema, captions):
         """Streamed: an empty cell is "" (not null), quoted line breaks stay inside their cell."""
-        rows = 0
         try:
             reader = pacsv.open_csv(
                 path,
@@ -56,9 +55,8 @@ class DelimitedInput(ConvertedInput):
             with atomic.atomic_path(converted) as tmp, pq.ParquetWriter(tmp, schema) as writer:
                 for batch in reader:
                     writer.write_batch(batch)
-                    rows += batch.num_rows
         except pa.ArrowInvalid as e:
             bad = _first_bad_utf8_line(path)
             where = f", line {bad}: not valid UTF-8" if bad else f": cannot parse ({e})"
             raise PlanError(f"input file {path}{where}") from None
-        return converted, rows
+        return plan_file(converted)

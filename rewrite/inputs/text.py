@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from .. import atomic
 from .base import PlanError
-from .parquet import ConvertedInput
+from .parquet import ConvertedInput, plan_file
 
 CONVERT_BATCH = 65_536
 
@@ -36,4 +36,4 @@ class TextInput(ConvertedInput):
             if batch or rows == 0:
                 writer.write_table(pa.table({captions.column: batch}, schema=schema))
                 rows += len(batch)
-        return converted, rows
+        return plan_file(converted)

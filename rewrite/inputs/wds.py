@@ -5,19 +5,31 @@ and `json` holds KEY.json as text. Image bytes are never read: the tar is walked
 only .txt/.json members are read (tars.py). Row counts come from img2dataset's NNNNN_stats.json or
 NNNNN.parquet beside the tar, else from one scan of its headers; a worker that finds another count
 refuses the tar. Samples keep their tar order.
+
+A tar's identity is its size and the digest of its member headers (tars.Headers): taken by the plan's
+scan, or, when the plan took the count from img2dataset's stats (opening no tar), recorded by the first
+read of the whole tar; every later read (and the wds export's copy) compares with it. The digest is
+known once the tar is walked to its end, so a read gives out no row before that (it holds one tar's
+text rows): a run never commits rows of a tar that changed.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Iterator
+import os
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
 from .. import layout, tars
-from .base import InputFormat, PlanError
+from .base import InputFormat, Planned, PlanError
 
 JSON = "json"  # the row column holding KEY.json as text
+CHANGED_HEADERS = "its member headers differ: a member's name, size or time"
+
+
+def headers_check(planned: Planned) -> Callable[[str], None]:
+    """What refuses the tar of `planned` given the digest of its member headers as just walked in full."""
+    return lambda digest: planned.check_digest(digest, CHANGED_HEADERS)
 
 
 def _checked(fn, *args):
@@ -40,18 +52,26 @@ class WebdatasetInput(InputFormat):
         return pa.schema([(layout.KEY, pa.string()), (captions.column, pa.string()), (JSON, pa.string())])
 
     def prepare(self, path, converted, schema, captions):
+        size = path.stat().st_size
         rows = tars.stats_count(path)
-        return path, rows if rows is not None else _checked(tars.count_samples, path)
+        if rows is not None:
+            return Planned(path, rows, size)
+        headers = tars.Headers()
+        rows = _checked(tars.count_samples, path, None, headers)
+        return Planned(path, rows, size, headers.hexdigest())
 
-    def read(self, data, rows, start, stop, batch_rows, columns, captions):
-        return self._read(data, rows, start, stop, batch_rows, columns, captions)
+    def read(self, planned, start, stop, batch_rows, columns, captions):
+        return self._read(planned, start, stop, batch_rows, columns, captions)
 
-    def _read(self, data: Path, rows: int, start: int, stop: int, batch_rows: int, columns, captions) -> Iterator[pa.Table]:
+    def _read(self, planned: Planned, start: int, stop: int, batch_rows: int, columns, captions) -> Iterator[pa.Table]:
+        data, rows = planned.data, planned.rows
+        planned.check_size(os.stat(data).st_size)
         names = [layout.KEY, captions.column, JSON] if columns is None else list(dict.fromkeys(columns))
         batch: dict[str, list] = {n: [] for n in names}
-        seen = 0
+        tables: list[pa.Table] = []  # given out once the tar is found to be the planned one
+        seen, headers, whole = 0, tars.Headers(), False
         try:
-            for sample in tars.iter_samples(data, captions.field):
+            for sample in tars.iter_samples(data, captions.field, headers=headers):
                 if seen >= stop:
                     seen += 1  # past the rows asked for: when they end the tar, one too many
                     break
@@ -61,17 +81,22 @@ class WebdatasetInput(InputFormat):
                     for n in names:
                         batch[n].append(values[n])
                     if len(batch[names[0]]) == batch_rows:
-                        yield pa.table(batch, schema=_schema(names))
+                        tables.append(pa.table(batch, schema=_schema(names)))
                         batch = {n: [] for n in names}
                 seen += 1
+            else:
+                whole = True
         except tars.TarError as e:
             raise PlanError(str(e)) from None
         if seen < stop or (stop == rows and seen > rows):
             raise PlanError(f"input file {data} holds {'more than ' if seen > rows else ''}{min(seen, rows)} samples "
                             f"where the plan counted {rows} (from img2dataset's stats beside it, or an earlier scan): "
                             "the tar or its stats changed; plan again into a new work dir")
+        if whole:
+            headers_check(planned)(headers.hexdigest())
         if batch[names[0]]:
-            yield pa.table(batch, schema=_schema(names))
+            tables.append(pa.table(batch, schema=_schema(names)))
+        yield from tables
 
 
 def _schema(names: list[str]) -> pa.Schema:
