@@ -263,6 +263,8 @@ def report_export(summary: dict, out: Path) -> None:
                    f"(columns: {', '.join(summary.get('columns', []))})")
         if summary.get("dropped_rows"):
             typer.echo(f"left out {summary['dropped_rows']} rows without a caption or an image path", err=True)
+        if summary.get("note"):
+            typer.echo(f"note: {summary['note']}", err=True)
     else:
         waiting = summary.get("unwritten") and f"shards {summary['unwritten']} are still to export" or summary.get("waiting")
         typer.echo(f"exported shards {summary['written'] or 'none (written already)'} into {out}; not published yet: "

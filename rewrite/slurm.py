@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -78,6 +79,27 @@ class Resources:
     mem: str | None = None  # per task, e.g. 64G
     account: str | None = None
     extra: list[str] = field(default_factory=list)  # more #SBATCH lines, e.g. "--qos=high"
+
+    def __post_init__(self) -> None:
+        """Values Slurm would refuse, or that would break the script's lines, are refused before it is written."""
+        for option, value in (("--partition", self.partition), ("--account", self.account)):
+            if value is not None and not _NAME.fullmatch(value):
+                raise SlurmError(f"{option} {value!r}: a Slurm name has no spaces, quotes or control characters")
+        if self.time is not None and not _TIME.fullmatch(self.time):
+            raise SlurmError(f"--time {self.time!r}: use a Slurm time limit such as 30, 4:00:00, 1-12 or 2-00:00:00")
+        for option, value in (("--gpus", self.gpus), ("--cpus", self.cpus)):
+            if value is not None and value < 1:
+                raise SlurmError(f"{option} must be >= 1, got {value}")
+        if self.mem is not None and not _MEM.fullmatch(self.mem):
+            raise SlurmError(f"--mem {self.mem!r}: use a Slurm memory size such as 64G or 16000M")
+        for line in self.extra:
+            if not line.startswith("-") or any(c in line for c in "\r\n"):
+                raise SlurmError(f"--sbatch {line!r}: give an sbatch option on one line, e.g. --sbatch=--qos=high")
+
+
+_NAME = re.compile(r"[^\s'\"\\\x00-\x1f\x7f]+")
+_TIME = re.compile(r"(?i)(?:\d+-\d+(?::\d+){0,2}|\d+(?::\d+){0,2}|unlimited|infinite)")
+_MEM = re.compile(r"(?i)\d+[kmgt]?")
 
 
 def render_script(work: Path, source: str, shards: Sequence[int], tasks: int, parallel: int,
@@ -160,12 +182,11 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
     manifest = plan.load_manifest(w)
     if export_to:
         from .export import check_out_folder
-
-        export_to = str(Path(export_to).resolve())
-        check_out_folder(Path(export_to), w, manifest)  # refused now, not after every task ran
         from .exports import named
 
-        named(export_format)
+        export_to = str(Path(export_to).resolve())
+        check_out_folder(Path(export_to), w, manifest, "--then-export")  # refused now, not after every task ran
+        named(export_format, "--export-format")
         run_args = [*run_args, "--then-export", export_to, "--export-format", export_format]
     if parallel < 1:
         raise SlurmError(f"--parallel must be >= 1, got {parallel}")
@@ -249,7 +270,10 @@ def log_file(work: str | Path, record: dict, task: int) -> Path:
 def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
     """Shards of the latest submission whose task has left the queue while the shard is not done,
     each with the tail of its task's log."""
+    if lines < 0:
+        raise SlurmError(f"--lines must be >= 0, got {lines}")
     w = layout.Work(work)
+    plan.load_manifest(w)  # a work dir, or the error that says it is none
     records = [r for r in jobs(w, source) if r.get("job_id")]
     if not records:
         return []

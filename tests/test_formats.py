@@ -180,7 +180,8 @@ def test_hf_export_of_tars_holds_key_caption_and_json(rewritten, tmp_path):
     import datasets
 
     out = tmp_path / "out"
-    run_cli("export", "--work", rewritten, "--out", out)
+    done = run_cli("export", "--work", rewritten, "--out", out)
+    assert "note: the hf export of webdataset input holds" in done.stderr and "stay in the tars" in done.stderr
     ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))["train"]
     assert ds.column_names == ["key", "caption", "json", f"caption_{SOURCE}"]
     assert len(ds) == 12 and all(json.loads(j)["key"] == k for j, k in zip(ds["json"], ds["key"]))

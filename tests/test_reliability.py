@@ -258,7 +258,6 @@ def test_a_custom_meta_set_is_named_after_its_file_inside_the_work_dir(tmp_path,
 
 @pytest.mark.parametrize("name, content, message", [
     ("bad.jsonl", [("a => b", "c"), ("d", "e"), ("f", "g"), ("h", "i")], "is not usable in a prompt: '=>' inside"),
-    ("chatgpt.jsonl", GOOD_PAIRS, "is the name of a shipped meta set"),
     ("my set.jsonl", GOOD_PAIRS, "may hold only letters, digits"),
 ])
 def test_a_bad_meta_set_is_refused_before_a_model_loads(tmp_path, text_input, name, content, message):

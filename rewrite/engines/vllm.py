@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .. import model as model_lib
+from .. import children, model as model_lib
 from ..settings import Sampling
 from .base import Completion, EngineError, Intake, Request, TokenizerEngine
 
@@ -152,6 +152,7 @@ class VLLMEngine(TokenizerEngine):
         self.options = {k: v for k, v in kwargs.items() if k != "model"}
         with tcmalloc_preloaded() if on_cpu else contextlib.nullcontext():
             self.llm = LLM(**kwargs)
+        self._guard = children.Guard(children.descendants(os.getpid()))  # vLLM's processes end with this one
         self.tokenizer = self.llm.get_tokenizer()
         self._context = self.llm.llm_engine.model_config.max_model_len
         self.in_flight = 2 * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
@@ -213,6 +214,9 @@ class VLLMEngine(TokenizerEngine):
             import gc
 
             gc.collect()
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.close()
 
 
 def create(model: str | None, **options) -> VLLMEngine:

@@ -13,9 +13,9 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (HFExport(), WebdatasetEx
 DEFAULT = "hf"
 
 
-def named(name: str) -> ExportFormat:
+def named(name: str, option: str = "--format") -> ExportFormat:
     if name not in FORMATS:
-        raise ExportError(f"--format {name!r}: choose one of {', '.join(FORMATS)}")
+        raise ExportError(f"{option} {name!r}: choose one of {', '.join(FORMATS)}")
     return FORMATS[name]
 
 

@@ -34,6 +34,10 @@ class HFExport(ExportFormat):
 
     def finish(self, job, staged, summary):
         summary["columns"] = pq.read_schema(staged(self.shard_files(job, 0)[0])).names
+        if any(f.format == "wds" for f in job.manifest.files):
+            summary["note"] = ("the hf export of webdataset input holds each sample's key, caption and KEY.json "
+                               "(column json); its images and other members (.jpg, .cls, .npy, ...) stay in the "
+                               "tars: --format wds keeps them")
         atomic.write_text(staged(CARD), dataset_card(job, summary))
 
 
