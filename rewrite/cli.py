@@ -377,6 +377,8 @@ def meta_validate(
     bad = False
     with reported():  # an unreadable file, or no CLIP tokenizer to count with: one line, as in `run`
         for name in files or list(settings.SOURCES):
+            if name.endswith(".jsonl") and not Path(name).is_file():
+                raise meta_lib.MetaSetError(f"meta set file {name} does not exist")  # a bad argument, not a bad set
             try:
                 m = meta_lib.load(name)
             except USER_ERRORS as e:
@@ -529,9 +531,27 @@ def slurm_failed(
     raise typer.Exit(1)
 
 
-def main() -> None:  # pragma: no cover
-    app(prog_name="rewrite")
+# The command-line layer's usage error (typer vendors click in newer releases, so it is found by name).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def main() -> None:
+    """The `rewrite` command. A usage error (an unknown option, a value of the wrong type) is one line and
+    exit 2, like every other bad option, not click's usage box."""
+    try:
+        code = typer.main.get_command(app).main(prog_name="rewrite", standalone_mode=False)
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.Abort:
+        typer.echo("error: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except _ClickException as e:
+        message = " ".join(e.format_message().split())
+        if message:  # (no arguments at all: the help was shown)
+            typer.echo(f"error: {message}", err=True)
+        code = e.exit_code
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -113,11 +113,12 @@ def test_csv_export_extracts_images_and_has_no_empty_cell(rewritten, tmp_path):
     table = pd.read_csv(out / "train.tsv", sep="\t")
     assert list(table.columns) == ["filepath", "title", f"caption_{SOURCE}"]
     assert len(table) == 12 and not table.isna().any().any()
-    rewrites = list(sidecar(rewritten).values())  # in row order, as the CSV's rows
+    rewrites = sidecar(rewritten)  # in row order, as the CSV's rows
+    images = tar_images(rewritten)
     assert len(set(table["filepath"])) == 12
-    for (_, row), rewrite in zip(table.iterrows(), rewrites):
+    for (_, row), (key, rewrite) in zip(table.iterrows(), rewrites.items()):
         assert Path(row["filepath"]).is_absolute()
-        assert Path(row["filepath"]).read_bytes()[:2] == b"\xff\xd8"  # the JPEG, extracted whole
+        assert Path(row["filepath"]).read_bytes() == images[key]  # this row's own image, extracted whole
         assert row[f"caption_{SOURCE}"] == (rewrite or row["title"])  # a failed rewrite: the original
 
 
@@ -128,9 +129,9 @@ def test_laclip_export_lines_up_with_its_csv(rewritten, tmp_path):
         rows = list(csv.reader(f))  # LaCLIP reads it with the csv module's defaults
     lines = (out / f"caption_{SOURCE}.txt").read_text(encoding="utf-8").split("\n")
     assert lines[-1] == "" and len(lines) - 1 == len(rows) == 12
-    rewrites = list(sidecar(rewritten).values())  # in row order, as the CSV's rows
-    for (path, caption), line, rewrite in zip(rows, lines, rewrites):
-        assert path.endswith(".jpg") and Path(path).is_file() and caption.strip()
+    rewrites, images = sidecar(rewritten), tar_images(rewritten)  # in row order, as the CSV's rows
+    for (path, caption), line, (key, rewrite) in zip(rows, lines, rewrites.items()):
+        assert path.endswith(".jpg") and Path(path).read_bytes() == images[key] and caption.strip()
         assert line == (rewrite or "")
         assert "\r" not in line
 
@@ -298,6 +299,12 @@ def test_parquet_with_image_bytes_exports_to_tars(parquet_dir, tmp_path):
         fields = json.loads(meta)
         assert json_name == f"{key}.json" and fields["width"] == 100 + i and fields["key"] == key
         assert fields[f"caption_{SOURCE}"] == (rewrites[key] or "")
+
+
+def tar_images(work: Path) -> dict[str, bytes]:
+    """Each sample's KEY.jpg in the input tars beside the work dir."""
+    return {name[:-4]: data for path in sorted((work.parent / "shards").glob("*.tar"))
+            for name, data in members(path) if name.endswith(".jpg")}
 
 
 def sidecar_of(work: Path, shards: int) -> dict[str, str | None]:

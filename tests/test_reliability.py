@@ -211,6 +211,25 @@ def test_damaged_outputs_are_reported_and_only_they_are_redone(tmp_path, text_in
     assert "00001.stats.json is not a complete stats file" in run_cli("status", "--work", work).stdout
 
 
+def test_a_done_shard_is_verified_by_size_rows_and_for_export_sha256(tmp_path, text_input, engine):
+    """Each fact the done marker records is checked: another row count (the file's size unchanged) is
+    damage for every reader; other bytes of the same size and rows are caught by export's sha256."""
+    work = planned(tmp_path, text_input, shards=2)
+    w = layout.Work(work)
+    runner.run(work, runner.RunConfig(source="bard"), [0, 1], engine, progress=False)
+    stats = json.loads(w.stats_file("bard", 0).read_text())
+    stats["file"]["rows"] += 1
+    w.stats_file("bard", 0).write_text(json.dumps(stats))
+    assert "00000.parquet has" in run_cli("status", "--work", work).stdout and "rows" in run_cli("status", "--work", work).stdout
+    stats["file"]["rows"] -= 1
+    w.stats_file("bard", 0).write_text(json.dumps(stats))
+    assert "done 2/2" in run_cli("status", "--work", work).stdout
+    w.rewrite_file("bard", 1).write_bytes(same_size_other_bytes(w.rewrite_file("bard", 1)))
+    assert "done 2/2" in run_cli("status", "--work", work).stdout  # status checks size and rows only
+    proc = run_cli("export", "--work", work, "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "00001.parquet is not the file that was committed (its sha256 differs)" in proc.stderr
+
+
 def test_a_damaged_chunk_part_is_named_and_redone(tmp_path, text_input, engine):
     work = planned(tmp_path, text_input, shards=1)
     w = layout.Work(work)
@@ -419,3 +438,20 @@ def test_a_full_disk_gets_one_line_and_loses_nothing(tmp_path, text_input):
         assert "bard     done 2/2" in run_cli("status", "--work", work).stdout
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+def same_size_other_bytes(path) -> bytes:
+    """The parquet file with one byte changed where it still reads, with the same rows, to other values."""
+    import io
+
+    data, original = bytearray(path.read_bytes()), pq.read_table(path)
+    for at in range(8, len(data) - 8):
+        changed = bytearray(data)
+        changed[at] ^= 0x01
+        try:
+            table = pq.read_table(io.BytesIO(bytes(changed)))
+        except Exception:  # noqa: BLE001 - this byte broke the file: try the next
+            continue
+        if table.num_rows == original.num_rows and not table.equals(original):
+            return bytes(changed)
+    raise AssertionError(f"no byte of {path} changes a value and keeps it readable")

@@ -333,3 +333,28 @@ def test_an_engine_that_gives_up_stops_the_run_and_a_rerun_finishes_it(tmp_path,
     again = Flaky()
     runner.run(work, config, [0, 1], again, progress=False, schedule=schedule)
     assert shard_bytes(work) == shard_bytes(reference)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_retry_round_stopped_half_way_and_run_again_ends_as_one_run(tmp_path, streaming):
+    """A --retry-failed run stopped (SIGUSR1) half-way (its second request: shard 1 has two chunks to retry)
+    and run again with the same options gives the failed rows one round, not two: the result is the
+    uninterrupted retry's."""
+    config, schedule = runner.RunConfig(source="human", chunk_rows=4, max_attempts=1), Schedule(streaming=streaming,
+                                                                                                 open_chunks=1)
+    whole, cut = flaky_work(tmp_path, "whole"), flaky_work(tmp_path, "cut")
+    for work in (whole, cut):
+        runner.run(work, config, [0, 1], Flaky(), progress=False, schedule=schedule)
+    runner.run(whole, config, [0, 1], Flaky(), progress=False, schedule=schedule, retry_failed=True)
+
+    class Stopping(Flaky):
+        def generate(self, requests, sampling):
+            if len(self.sent) == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return super().generate(requests, sampling)
+
+    with pytest.raises(stop.StopRequested):
+        runner.run(cut, config, [0, 1], Stopping(), progress=False, schedule=schedule, retry_failed=True)
+    assert [done.check(layout.Work(cut), "human", s).state for s in range(2)] == ["done", "partial"]
+    runner.run(cut, config, [0, 1], Flaky(), progress=False, schedule=schedule, retry_failed=True)
+    assert shard_bytes(cut) == shard_bytes(whole)
