@@ -290,16 +290,18 @@ def plan(
     total = sum(f.rows for f in files)
     if total == 0:
         raise PlanError(f"the inputs hold no rows: {', '.join(str(p) for p in paths)}")
-    if any(formats[p].whole_files for p in paths):
-        bounds = file_bounds([f.rows for f in files], num_shards=num_shards, rows_per_shard=rows_per_shard)
+    if any(formats[p].whole_files for p in paths):  # an empty file is a piece too: an export writes it
+        groups = file_groups([f.rows for f in files], num_shards=num_shards, rows_per_shard=rows_per_shard)
+        shards = [[Piece(i, 0, files[i].rows) for i in group] for group in groups]
     else:
-        bounds = shard_bounds(total, num_shards=num_shards, rows_per_shard=rows_per_shard)
+        shards = [pieces(files, start, stop)
+                  for start, stop in shard_bounds(total, num_shards=num_shards, rows_per_shard=rows_per_shard)]
     manifest = Manifest(
         caption_column=caption_column,
         caption_field=caption_field,
         key_column=key_column,
         files=files,
-        shards=[pieces(files, start, stop) for start, stop in bounds],
+        shards=shards,
         schema=schema,
         inputs=[str(r) for r in roots],
         root=work_dir.root,
@@ -323,11 +325,13 @@ def shard_bounds(total: int, *, num_shards: int | None = None, rows_per_shard: i
     return [(s, min(s + size, total)) for s in range(0, total, size)]
 
 
-def file_bounds(rows: Sequence[int], *, num_shards: int | None = None,
-                rows_per_shard: int | None = None) -> list[tuple[int, int]]:
-    """Global row ranges that hold whole files (webdataset tars: one output tar per input tar): files in
-    order, one a shard by default, or `num_shards` groups balanced by rows, or groups of at most
+def file_groups(rows: Sequence[int], *, num_shards: int | None = None,
+                rows_per_shard: int | None = None) -> list[range]:
+    """The files of each shard when shards hold whole files (webdataset tars: one output tar per input
+    tar): one file a shard by default, or `num_shards` groups balanced by rows, or groups of at most
     `rows_per_shard` rows (a larger file alone)."""
+    if num_shards is None and rows_per_shard is None:
+        return [range(i, i + 1) for i in range(len(rows))]
     ends = list(itertools.accumulate(rows))
     total = ends[-1] if ends else 0
     if num_shards is not None:
@@ -338,16 +342,16 @@ def file_bounds(rows: Sequence[int], *, num_shards: int | None = None,
                        for k in range(1, num_shards)} | {len(ends) - 1})
         cuts = _spread(cuts, num_shards, len(ends))
     else:
-        size, cuts, start = rows_per_shard or 0, [], 0
+        cuts, start = [], 0
         for i, end in enumerate(ends):
-            if i + 1 == len(ends) or ends[i + 1] - start > size:
+            if i + 1 == len(ends) or ends[i + 1] - start > rows_per_shard:
                 cuts.append(i)
                 start = end
-    bounds, start = [], 0
-    for i in cuts:
-        bounds.append((start, ends[i]))
-        start = ends[i]
-    return bounds
+    groups, first = [], 0
+    for last in cuts:
+        groups.append(range(first, last + 1))
+        first = last + 1
+    return groups
 
 
 def _spread(cuts: list[int], count: int, files: int) -> list[int]:

@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import stat
 import tarfile
 import zlib
@@ -948,16 +947,20 @@ def _regular_fd(fileobj: IO[bytes]) -> int | None:
     return fd
 
 
-def sample_images(path: str | Path, exts: tuple[str, ...]) -> Iterator[tuple[str, str, IO[bytes]] | None]:
-    """Each sample of a shard in the order the reader gives them (one per row): (member name, extension
-    in lower case, a reader of its data) of its first member with an extension in `exts`, or None when
-    it has none. A reader is valid until the next sample is asked for."""
+def sample_images(path: str | Path, exts: tuple[str, ...],
+                  check_headers: Callable[[str], None] | None = None) -> Iterator[tuple[str, str, IO[bytes]] | None]:
+    """Each sample of a shard in the order the reader gives them (one per row): (where it is, extension in
+    lower case, a reader of its data) of its first member with an extension in `exts`, or None when it
+    has none. A reader is valid until the next sample is asked for. After the last sample, the digest
+    of the member headers walked goes to `check_headers` (see Headers), which refuses a changed tar."""
+    headers = Headers()
     with open(path, "rb") as fileobj:
         tar = _open_tar(path, fileobj)
-        for _, members, _ in _groups(tar, path, read_exts=()):
+        for _, members, _ in _groups(tar, path, read_exts=(), headers=headers):
             image = next((m for m in members if name_ext(m.name).lower() in exts), None)
             if image is None:
                 yield None
                 continue
-            data = tar.extractfile(image)
-            yield f"{path}: member {image.name!r}", name_ext(image.name).lower(), data
+            yield f"{path}: member {image.name!r}", name_ext(image.name).lower(), tar.extractfile(image)
+    if check_headers is not None:
+        check_headers(headers.hexdigest())

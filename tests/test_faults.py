@@ -114,18 +114,18 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, scheduler)
             assert (a["ok"], a["failed"], a["rejected"]) == (b["ok"], b["failed"], b["rejected"])
 
 
-@pytest.mark.parametrize("open_chunks", [1, 4])
-def test_sigterm_commits_the_chunks_in_flight_and_exits_75(tmp_path, open_chunks):
+@pytest.mark.parametrize("open_chunks, signum", [(1, signal.SIGTERM), (4, signal.SIGTERM), (1, signal.SIGINT)])
+def test_a_stop_signal_commits_the_chunks_in_flight_and_exits_75(tmp_path, open_chunks, signum):
     work = planned(tmp_path, "w", shards=1)
     parts = work / "rewrites" / SOURCE / "00000.parts"
     proc = start(work, "--stop-within", "120", "--scheduler", "stream", "--open-chunks", str(open_chunks))
     wait_for(lambda: any(parts.glob("*.parquet")))  # chunk 0 committed
     time.sleep(0.5)  # the next chunks in flight (a chunk takes seconds; a signal before one starts takes none)
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGTERM)  # delivered twice at once (Slurm signals the job, the script forwards): one request
+    proc.send_signal(signum)
+    proc.send_signal(signum)  # delivered twice at once (Slurm signals the job, the script forwards): one request
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 75, err
-    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err
     committed = sorted(p.name for p in parts.glob("*.parquet"))
     if open_chunks == 1:
         assert committed == ["00000.parquet", "00001.parquet"]  # the chunk in flight was finished, no new one
@@ -150,6 +150,25 @@ def test_past_the_deadline_the_chunk_in_flight_is_dropped(tmp_path):
     assert time.time() - started < 8
     assert not list((folder / "00000.parts").glob("*.parquet"))  # the unfinished chunk left nothing behind
     assert not list(folder.glob(".*.tmp")) and not list((folder / "00000.parts").glob(".*.tmp"))
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    """A second request, later than a repeat of the first could be, drops the chunk in flight at once."""
+    from rewrite import stop
+
+    work = planned(tmp_path, "w", shards=1)
+    folder = work / "rewrites" / SOURCE
+    proc = start(work, "--chunk-rows", "30", "--stop-within", "120")  # a first chunk of 30 rows takes a while
+    wait_for(lambda: (folder / "settings.json").exists())
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(stop.REPEAT_AFTER + 0.5)
+    started = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert time.time() - started < 5  # not the 120 s the chunk was given
+    assert not list((folder / "00000.parts").glob("*.parquet")) and not list(folder.glob(".*.tmp"))
 
 
 def test_two_workers_on_one_shard_one_writes_and_a_dead_holder_is_replaced(tmp_path):

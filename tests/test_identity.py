@@ -91,6 +91,7 @@ def test_a_touched_tar_is_exported_and_one_replaced_in_place_is_refused_by_every
         line = refused(export(work, out, fmt, *(["--extract-images", tmp_path / "img"] if fmt == "csv" else [])),
                        f"input file {tar} changed since it was planned", "member headers differ", "plan again")
         assert not [p for p in out.rglob("*") if p.is_file() and p.suffix in (".tar", ".parquet", ".tsv")], line
+    assert not (tmp_path / "img" / "00000").exists()  # no image of the changed tar was kept either
     with pytest.raises(plan.PlanError, match=f"{tar} changed since it was planned"):
         list(plan.iter_shard(plan.load_manifest(work), 0, 5))  # as `rewrite run` reads it
 
@@ -205,5 +206,6 @@ def test_rewrites_that_do_not_line_up_say_what_was_found(tmp_path):
     (work / "manifest.json").write_text(json.dumps(manifest))
     rewrite_all(work)
     pq.write_table(pa.table({"key": [f"k{i}" for i in range(11)] + ["new"], "caption": CAPTIONS}), data)
-    line = refused(export(work, tmp_path / "out", "hf"), "'k11'", "'new'", "the input changed after the run")
+    line = refused(export(work, tmp_path / "out", "hf"), "'k11'", "'new'", "the input changed after the run",
+                   "shard 00000 (in.parquet)")
     assert "plan changed" not in line

@@ -54,6 +54,11 @@ class ExportJob:
         return [layout.export_column(src, i, s["num_rewrites"]) for src, s in self.settings.items()
                 for i in range(s["num_rewrites"])]
 
+    def where(self, shard: int) -> str:
+        """A shard and its input files, for messages."""
+        names = [Path(self.manifest.files[p.file].path).name for p in self.manifest.shards[shard]]
+        return f"shard {layout.shard_id(shard)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
     def row_schema(self, columns: list[str] | None = None) -> pa.Schema:
         """The schema of what `rows(shard, columns)` yields, known without a row (a shard may have none)."""
         fields = list(self.manifest.schema) + ([pa.field(layout.KEY, pa.string())] if self.manifest.key_column is None else [])
@@ -83,7 +88,7 @@ class ExportJob:
             keys = base.column(self.key_column).cast(pa.string())
             table = base if columns is None else base.select(columns)
             for src, chunks in sidecars.items():
-                table = _join(table, keys, next(chunks), src, self.settings[src]["num_rewrites"], shard)
+                table = _join(table, keys, next(chunks), src, self.settings[src]["num_rewrites"], self.where(shard))
             yield table
 
 
@@ -100,7 +105,7 @@ class ExportJob:
             keys = side.column(layout.KEY)
             table = pa.table({self.key_column: keys})
             for src, chunks in sidecars.items():
-                table = _join(table, keys, next(chunks), src, self.settings[src]["num_rewrites"], shard)
+                table = _join(table, keys, next(chunks), src, self.settings[src]["num_rewrites"], self.where(shard))
             yield table
 
 
@@ -119,7 +124,7 @@ def _aligned(w: layout.Work, source: str, shard: int, rows: int, batch: int, don
         raise ExportError(f"{path}: cannot read the rewrites ({e})") from None
 
 
-def _join(table: pa.Table, keys: pa.ChunkedArray, side: pa.Table | None, source: str, n: int, shard: int) -> pa.Table:
+def _join(table: pa.Table, keys: pa.ChunkedArray, side: pa.Table | None, source: str, n: int, where: str) -> pa.Table:
     names = [layout.export_column(source, i, n) for i in range(n)]
     if side is None:
         for name in names:
@@ -130,7 +135,7 @@ def _join(table: pa.Table, keys: pa.ChunkedArray, side: pa.Table | None, source:
         row = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
         found = (f"the rewrites' key {ours[row]!r} stands where the input's row has key {theirs[row]!r}" if row is not None
                  else f"the rewrites hold {len(ours)} rows where the input has {len(theirs)}")
-        raise ExportError(f"{source} rewrites of shard {layout.shard_id(shard)} do not line up with its input rows "
+        raise ExportError(f"{source} rewrites of {where} do not line up with its input rows "
                           f"({found}): the input changed after the run, or the rewrites were made from another plan; "
                           "plan again into a new work dir if the input changed, else rerun the shard with --overwrite")
     for i, name in enumerate(names):

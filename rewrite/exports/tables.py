@@ -2,12 +2,14 @@
 rules that keep one text per cell that their readers read back as written."""
 from __future__ import annotations
 
+import os
 import tarfile
 from typing import Iterator
 
 import pyarrow as pa
 
 from .. import tars
+from ..inputs import wds as wds_input
 from . import images
 from .base import ExportError, ExportJob
 
@@ -104,9 +106,12 @@ def extract(job: ExportJob, shard: int, kept: tuple[str, ...]) -> list[str | Non
 
 
 def _images_in_tars(job: ExportJob, shard: int) -> Iterator:
+    """The image of each sample of the shard's tars, each tar refused (before its images are kept) if it
+    changed since it was planned, as a read of its rows would refuse it."""
     for piece in job.manifest.shards[shard]:
-        f = job.manifest.files[piece.file]
-        yield from tars.sample_images(f.path, IMAGE_EXTS)
+        planned = job.manifest.planned(piece.file)
+        planned.check_size(os.stat(planned.data).st_size)
+        yield from tars.sample_images(planned.data, IMAGE_EXTS, wds_input.headers_check(planned))
 
 
 def _images_in_rows(job: ExportJob, shard: int) -> Iterator:
