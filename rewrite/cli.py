@@ -458,13 +458,13 @@ def meta_generate(
 
     options = {k: v for k, v in dict(dtype=dtype, max_model_len=max_model_len, engine_args=engine_arg or None,
                                      base_url=base_url, concurrency=concurrency).items() if v is not None}
-    instruction = instruction or metagen.PAPER_INSTRUCTION
-    with reported():
-        metagen.check_options(out, count, max_attempts, instruction, overwrite)  # before minutes go into an engine
-        name = engines.resolve_name(engine)
-        if name == "openai":
-            options["api"] = api
+    instruction = metagen.PAPER_INSTRUCTION if instruction is None else instruction
+    with reported():  # everything checked before minutes go into an engine
+        metagen.check_options(out, count, max_attempts, instruction, overwrite, captions)
         sampling = settings.Sampling(temperature=temperature, top_p=top_p)
+        if engines.resolve_name(engine) == "openai":
+            options["api"] = api
+        name = engines.check(engine, model, options)
         with engines.opened(name, model, **options) as eng:
             m = metagen.generate(captions, out, eng, count=count, seed=seed, instruction=instruction, sampling=sampling,
                                  max_attempts=max_attempts, overwrite=overwrite,

@@ -59,13 +59,24 @@ def judge(answer: str, caption: str, completion) -> tuple[str, str | None]:
     return target, reason
 
 
-def check_options(out: Path, count: int, max_attempts: int, instruction: str, overwrite: bool) -> None:
-    """What `generate` is given, checked before an engine loads (`out`: meta.check_target)."""
-    if count < 1 or max_attempts < 1:
-        raise MetaSetError(f"--count and --max-attempts must be >= 1, got {count} and {max_attempts}")
+def check_options(out: Path, count: int, max_attempts: int, instruction: str, overwrite: bool,
+                  captions_file: Path | None = None) -> None:
+    """What `generate` is given, checked before an engine loads (`out`: meta.check_target; the caption
+    file: enough usable captions for `count`)."""
+    for option, value in (("--count", count), ("--max-attempts", max_attempts)):
+        if value < 1:
+            raise MetaSetError(f"{option} must be >= 1, got {value}")
     if not instruction.strip() or "\n" in instruction:
-        raise MetaSetError("--instruction must be one non-empty line")
+        raise MetaSetError(f"--instruction must be one non-empty line, got {instruction!r}")
     meta.check_target(out, overwrite)
+    if captions_file is not None:
+        _enough(captions_file, read_captions(captions_file), count)
+
+
+def _enough(captions_file: Path, captions: list[str], count: int) -> None:
+    if len(captions) < count:
+        raise MetaSetError(f"{captions_file}: {len(captions)} distinct usable captions, fewer than the --count {count} "
+                           "pairs asked for")
 
 
 def generate(captions_file: Path, out: Path, engine: Engine, *, count: int = 16, seed: int = 0,
@@ -76,9 +87,7 @@ def generate(captions_file: Path, out: Path, engine: Engine, *, count: int = 16,
     `out` again when the pairs are written: a file may have appeared there meanwhile."""
     check_options(out, count, max_attempts, instruction, overwrite)
     captions = read_captions(captions_file)
-    if len(captions) < count:
-        raise MetaSetError(f"{captions_file}: {len(captions)} distinct usable captions, fewer than the {count} "
-                           "pairs asked for")
+    _enough(captions_file, captions, count)
     pool = random.Random(seed).sample(captions, len(captions))  # the order sources are drawn in
     pairs: dict[str, str] = {}
     tried, rejected = 0, Counter()

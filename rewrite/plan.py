@@ -248,6 +248,8 @@ def plan(
     if rows_per_shard is not None and rows_per_shard < 1:
         raise PlanError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
     work_dir = layout.Work(Path(work).resolve())
+    if work_dir.root.exists() and not work_dir.root.is_dir():
+        raise PlanError(f"--out {work_dir.root} is a file, not a folder: the work dir is a folder of its own")
     if work_dir.manifest.is_file():  # checked before anything is converted into it
         old = load_manifest(work_dir)
         raise PlanError(f"{work_dir.root} already holds a plan ({old.num_shards} shards over {old.total_rows} rows) "

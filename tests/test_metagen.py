@@ -33,5 +33,5 @@ def test_generate_with_the_packaged_model_writes_a_valid_seeded_set(engine, text
     assert prov["instruction"] == metagen.PAPER_INSTRUCTION and prov["seed"] == 7
     assert prov["counts"]["pairs"] == 3 and prov["counts"]["requests"] >= 3
     assert json.loads(first.path.read_text().splitlines()[0])["provenance"]["from"]["path"] == str(text_file.resolve())
-    with pytest.raises(MetaSetError, match="fewer than the 99 pairs"):
+    with pytest.raises(MetaSetError, match="fewer than the --count 99 pairs"):
         metagen.generate(text_file, tmp_path / "c.jsonl", engine, count=99)

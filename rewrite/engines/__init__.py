@@ -13,7 +13,7 @@ from typing import Iterator
 
 from .base import Completion, Engine, EngineError, Request
 
-__all__ = ["Completion", "Engine", "EngineError", "Request", "available", "load", "opened"]
+__all__ = ["Completion", "Engine", "EngineError", "Request", "available", "check", "load", "opened"]
 
 
 def available() -> list[str]:
@@ -46,6 +46,32 @@ def model_name(name: str, model: str | None) -> str:
 
     module = importlib.import_module(f"{__name__}.{resolve_name(name)}")
     return getattr(module, "model_name", model_lib.resolve)(model)
+
+
+_FLAGS = {"engine_args": "--engine-arg"}  # engine keywords the CLI spells otherwise than --<keyword>
+
+
+def check(name: str, model: str | None, options: dict) -> str:
+    """Refuse, before anything loads, what would only fail once engine `name` loads: an option it does
+    not take, a bad value (its module's `check_options`), a --model that is no model (local engines);
+    returns the engine's name (`auto` resolved)."""
+    import inspect
+
+    name = resolve_name(name)
+    module = importlib.import_module(f"{__name__}.{name}")
+    engine_class = inspect.signature(module.create, eval_str=True).return_annotation
+    try:
+        bound = inspect.signature(engine_class.__init__).bind(None, model, **options)
+    except TypeError:
+        taken = inspect.signature(engine_class.__init__).parameters
+        unknown = next(k for k in options if k not in taken)
+        flag = _FLAGS.get(unknown, "--" + unknown.replace("_", "-"))
+        raise EngineError(f"{flag} does not apply to the {name} engine") from None
+    bound.apply_defaults()
+    checks = inspect.signature(module.check_options).parameters
+    module.check_options(**{k: v for k, v in bound.arguments.items() if k in checks})
+    model_name(name, model)  # a local engine's model directory (a missing one is refused)
+    return name
 
 
 def load(name: str, model: str | None = None, **options) -> Engine:

@@ -87,8 +87,9 @@ def parse_engine_args(pairs: Sequence[str]) -> dict:
 
 
 def check_options(dtype: str | None, tensor_parallel_size: int, gpu_memory_utilization: float | None,
-                  max_model_len: int | None) -> None:
+                  max_model_len: int | None, engine_args: Sequence[str] = ()) -> None:
     """Refuse bad options before vLLM is imported or a model loaded, naming them as the CLI spells them."""
+    parse_engine_args(engine_args)
     if dtype is not None and dtype not in DTYPES:
         raise EngineError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
@@ -107,7 +108,7 @@ class VLLMEngine(TokenizerEngine):
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool | None = None, engine_args: Sequence[str] = (), stop_at_newline: bool = True,
                  per_request_seeds: bool = True):
-        check_options(dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len)
+        check_options(dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len, engine_args)
         # False: requests sample without their own seeds (vLLM's faster batched sampling path); rewrites
         # then change from run to run. Measured in the benchmark (`vllm:unseeded`).
         self.per_request_seeds = per_request_seeds
