@@ -332,8 +332,12 @@ def demo(
     from .demo import run_demo
 
     chosen = {k: v for k, v in dict(template=template, min_faithfulness=min_faithfulness).items() if v is not None}
-    with reported():
-        summary = run_demo(out, source=source, engine_name=engine, model=model, **chosen)
+    try:
+        with reported(), stop.handling():
+            summary = run_demo(out, source=source, engine_name=engine, model=model, **chosen)
+    except StopRequested as e:
+        typer.echo(f"{e}: the chunks rewritten so far are kept; run the same command again to go on", err=True)
+        raise typer.Exit(STOPPED)
     used = summary["used"]
     gate = (f"faithfulness gate {used['min_faithfulness']} (a rewrite scoring below it is tried again, up to "
             f"{used['max_attempts']} attempts)" if used.get("min_faithfulness") is not None else "no faithfulness gate")

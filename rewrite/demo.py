@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import engines, export, layout, plan, report, resources, runner
+from . import engines, export, layout, plan, prompt, report, resources, runner
 from .settings import ENGINE
 
 # What the demo rewrites with by default: the settings that gave the packaged model's most faithful
@@ -26,15 +26,19 @@ def run_demo(out: str | Path = "rewrite-demo", source: str = "chatgpt", num_shar
     rows and the settings the rewrites were made with (`used`, as recorded in the work dir). A
     `min_faithfulness` of 0 or None: no gate. Run again,
     it reuses what is done with the same settings and redoes it with others (OUT is the demo's own)."""
+    # Bad options are refused before anything is written or loaded.
+    config = runner.RunConfig(source=source, chunk_rows=32, template=template, min_faithfulness=min_faithfulness or None)
+    prompt.load_template(template)
+    name = engines.check(engine_name, model, {})
+    if Path(out).exists() and not Path(out).is_dir():
+        raise plan.PlanError(f"--out {out} is a file, not a folder")
     work = layout.Work(Path(out) / "work")
     if work.manifest.is_file():
         manifest = plan.load_manifest(work)
     else:
         manifest = plan.plan([str(demo_captions())], work.root, num_shards=num_shards)
-    config = runner.RunConfig(source=source, chunk_rows=32, template=template, min_faithfulness=min_faithfulness or None)
     shards = list(range(manifest.num_shards))
-    job = runner.prepare(work.root, config, shards)  # a bad --source or --template is refused before the model loads
-    name = engines.resolve_name(engine_name)
+    job = runner.prepare(work.root, config, shards)
     same = runner.check_settings(job, job.fingerprint(name, engines.model_name(name, model)), overwrite=True)
     if runner.pending_shards(work.root, config.source, shards, overwrite=not same):
         with engines.opened(name, model) as engine:

