@@ -101,7 +101,8 @@ def test_overwrite_never_starts_over_beside_a_live_writer(tmp_path, text_input):
 
 
 def test_a_done_shard_is_never_touched_by_a_reader(tmp_path, text_input, engine):
-    """`pending_shards` (used by `rewrite run` and `slurm submit` before any lock is held) only reads."""
+    """`pending_shards` (used by `rewrite run` and `slurm submit` before any lock is held) only reads, and
+    so does every command that reads a work dir."""
     work = planned(tmp_path, text_input, shards=1)
     runner.run(work, runner.RunConfig(source="bard", chunk_rows=2), [0], engine, progress=False)
     parts = layout.Work(work).parts("bard", 0)
@@ -109,6 +110,15 @@ def test_a_done_shard_is_never_touched_by_a_reader(tmp_path, text_input, engine)
     (parts / "00000.parquet").write_bytes(b"a chunk of a writer that holds the lock now")
     assert runner.pending_shards(work, "bard", [0]) == []
     assert (parts / "00000.parquet").exists()
+    # And every command that only reads, through the real CLI: nothing in the work dir changes.
+    before = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(work.rglob("*")) if p.is_file()}
+    run_cli("status", "--work", work)
+    run_cli("status", "--work", work, "--json")
+    run_cli("export", "--work", work, "--out", tmp_path / "export", "--no-progress")
+    run_cli("report", "--work", work, "--out", tmp_path / "report", "--no-progress")
+    run_cli("slurm", "submit", "--work", work, "--source", "bard", "--dry-run")
+    after = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(work.rglob("*")) if p.is_file()}
+    assert after == before
 
 
 # ------------------------------------------------------------------ 2, 3. exports
