@@ -149,9 +149,11 @@ def run(
             )
             names = [c.source for c in configs]
             schedule = schedule_option(scheduler, open_chunks)
+            if stop_within <= 0:
+                raise ValueError(f"--stop-within must be > 0 seconds, got {stop_within}")
             if then_export is not None:  # refused now, not after the rewriting
-                export_lib.check_out_folder(then_export, layout.Work(work), manifest)
-                exports.named(export_format)
+                export_lib.check_out_folder(then_export, layout.Work(work), manifest, "--then-export")
+                exports.named(export_format, "--export-format")
             options = {k: v for k, v in dict(
                 batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,

@@ -520,6 +520,13 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
     shards, task = slurm.this_task_shards(named, environ)
     if task is not None:
         say(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shards) or 'none'}")
+    # Everything is checked first, also when every shard is done: a bad option, or other settings than
+    # a set was written with, is refused rather than answered with "done already".
+    name = engines.check(engine_name, model, engine_options or {})
+    model_id = engines.model_name(name, model)
+    for config in configs:
+        job = prepare(work, config, shards, named)
+        preflight(job, job.fingerprint(name, model_id), overwrite)
     todo_by_set = {}
     for config in configs:
         tidy_done(work, config.source, shards)
@@ -528,10 +535,6 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
     if not todo:
         return TaskResult(shards, [], done_already=True)
     configs = [c for c in configs if todo_by_set[c.source]]
-    name = engines.resolve_name(engine_name)
-    for config in configs:
-        job = prepare(work, config, todo_by_set[config.source], named)
-        preflight(job, job.fingerprint(name, engines.model_name(name, model)), overwrite)
     say(f"loading the {name} engine on {model or 'the embedded model'}")
     with engines.opened(name, model, **(engine_options or {})) as engine:
         finished = run_sets(work, configs, todo, engine, overwrite=overwrite, progress=progress,

@@ -184,6 +184,7 @@ BASE = {
     "status": ["--work", "{work}"],
     "export": ["--work", "{work}", "--no-progress"],
     "demo": [],
+    "meta generate": ["--count", "2"],  # the caption file holds 3
     "slurm submit": ["--work", "{work}", "--source", "chatgpt"],
     "slurm failed": ["--work", "{work}", "--source", "chatgpt"],
 }
@@ -242,22 +243,22 @@ def cases() -> list[tuple[str, str, list[str]]]:
 
 def test_every_bad_value_is_refused_up_front(places):
     """One line naming the option, exit 2, no traceback, no model loaded, and nothing new on disk."""
-    def one(i: int, case: tuple[str, str, list[str]]) -> tuple[tuple, subprocess.CompletedProcess, list[str]]:
+    def one(i: int, case: tuple[str, str, list[str]]) -> tuple[tuple, subprocess.CompletedProcess, list[str], dict]:
         name, option, args = case
         fill = {**places, "new": f"{places['root']}/new-{i}", "new2": f"{places['root']}/new2-{i}"}
         argv = [a.format(**fill) for a in BASE.get(name, []) + args]
         proc = subprocess.run([sys.executable, "-m", "rewrite.cli", *name.split(), *argv], capture_output=True,
                               text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": "sk-test"})
-        return case, proc, [fill[n] for n in ("new", "new2") if os.path.exists(fill[n])]
+        return case, proc, [fill[n] for n in ("new", "new2") if os.path.exists(fill[n])], fill
 
     before = snapshot(Path(places["root"]))
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda item: one(*item), enumerate(cases())))
     wrong = []
-    for (name, option, args), proc, created in results:
+    for (name, option, args), proc, created, fill in results:
         said = proc.stderr.strip().splitlines()
         given = args[args.index(option) + 1] if option in args[:-1] else args[0] if not option.startswith("--") else None
-        value = given.format(**places) if given and "{" in given else given
+        value = given.format(**fill) if given and "{" in given else given
         one_line = len(said) == 1 and said[0].startswith("error: ") and not proc.stdout.strip()
         names_it = one_line and (option in said[0] or bool(value and value in said[0]))
         if proc.returncode != 2 or not one_line or not names_it or created:
