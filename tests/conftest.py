@@ -71,6 +71,20 @@ def run_cli(*args: str, check: bool = True, timeout: int = 900, env: dict | None
     return proc
 
 
+def processes_marked(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (a test sets it for a command it starts: every
+    process that command starts inherits it, whatever its command line)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
 def require(module: str):
     """Import a heavy optional module for a slow test: skip without it, but fail in CI (REWRITE_REQUIRE_SLOW)."""
     if os.environ.get("REWRITE_REQUIRE_SLOW"):

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
+from conftest import processes_marked, run_cli
 
 
 def picture(i: int, fmt: str) -> bytes:
@@ -190,19 +190,6 @@ def test_the_report_says_which_shards_it_could_not_count(works, tmp_path):
     assert list(left_out) == ["1"] and str(damaged) in left_out["1"]
 
 
-def marked(marker: str) -> list[int]:
-    """Live processes whose environment holds `marker` (an export's workers inherit it)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
-                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_export_workers_die_with_the_export_and_a_rerun_publishes(works, tmp_path):
     """The export freezes itself (SIGSTOP) after its first shard, with its two workers alive; killed
     then, it leaves no worker behind (holding the folder's lock), and a rerun publishes."""
@@ -220,13 +207,13 @@ def test_export_workers_die_with_the_export_and_a_rerun_publishes(works, tmp_pat
     deadline = time.time() + 300
     while (open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T") and time.time() < deadline:
         time.sleep(0.05)
-    assert len(marked(marker)) >= 3  # the export and its two workers
+    assert len(processes_marked(marker)) >= 3  # the export and its two workers
     proc.send_signal(signal.SIGKILL)
     proc.wait(60)
     deadline = time.time() + 10
-    while marked(marker) and time.time() < deadline:
+    while processes_marked(marker) and time.time() < deadline:
         time.sleep(0.1)
-    assert marked(marker) == []  # no worker outlives it
+    assert processes_marked(marker) == []  # no worker outlives it
     done = run_cli("export", "--work", works["tars"], "--out", out, "--format", "wds", "--workers", "2", "--no-progress")
     assert "wrote 5 rows in 4 files" in done.stdout, done.stdout
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
+from conftest import processes_marked, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -184,19 +184,6 @@ def test_two_workers_on_one_shard_one_writes_and_a_dead_holder_is_replaced(tmp_p
     first.communicate(timeout=60)
     run_cli("run", "--work", work, *RUN)
     assert pq.read_table(work / "rewrites" / SOURCE / "00000.parquet").num_rows == 36
-
-
-def processes_marked(marker: str) -> list[int]:
-    """Live processes whose environment holds `marker` (children inherit it, whatever their command line)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
-                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def test_a_killed_vllm_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
