@@ -245,6 +245,9 @@ def export(
         typer.echo(f"{e}: the shards exported so far are kept; run the same command again to finish the export",
                    err=True)
         raise typer.Exit(STOPPED)
+    except publish.Busy as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(STOPPED)
     report_export(summary, out)
 
 

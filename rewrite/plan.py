@@ -248,6 +248,8 @@ def plan(
     if rows_per_shard is not None and rows_per_shard < 1:
         raise PlanError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
     work_dir = layout.Work(Path(work).resolve())
+    roots = _input_roots(inputs)
+    _check_work_dir(work_dir.root, roots)  # first: an --out that is an input is named as such
     if work_dir.root.exists() and not work_dir.root.is_dir():
         raise PlanError(f"--out {work_dir.root} is a file, not a folder: the work dir is a folder of its own")
     if work_dir.manifest.is_file():  # checked before anything is converted into it
@@ -255,8 +257,6 @@ def plan(
         raise PlanError(f"{work_dir.root} already holds a plan ({old.num_shards} shards over {old.total_rows} rows) "
                         "and the rewrites made from it: choose another --out, or delete that work dir to start over")
     paths = discover(inputs)
-    roots = _input_roots(inputs)
-    _check_work_dir(work_dir.root, roots)
     # A work dir is the tool's own: a plan never writes among someone else's files (an `inputs/`
     # folder is what a plan cut short left, and is written over).
     others = sorted(p.name for p in work_dir.root.iterdir() if p.name != "inputs") if work_dir.root.is_dir() else []

@@ -32,6 +32,10 @@ class PublishError(ValueError):
     pass
 
 
+class Busy(RuntimeError):
+    """Another export is staging OUT now: not bad input, a moment to wait (the CLI exits 75)."""
+
+
 def _remove_files(root: Path, names: Sequence[str]) -> None:
     """Remove the listed files under root (and our temporary files beside them), then the folders this
     leaves empty; anything else stays."""
@@ -157,7 +161,7 @@ class OutputFolder:
         if self.marker.get("staging") != self.export_id:
             if not self._exclusive():
                 self.close()
-                raise PublishError(f"another export is writing {self.out} now: wait for it, or choose another --out")
+                raise Busy(f"another export is writing {self.out} now: wait for it, or choose another --out")
             _remove_files(self.staging, self.marker.get("staging_files", [])
                           + [f"{REPLACED}/{f}" for f in self.marker.get("files", [])])
             self._write_marker(staging=self.export_id, staging_files=self.files + self.scratch, publishing=False)

@@ -522,10 +522,11 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
         say(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shards) or 'none'}")
     # Everything is checked first, also when every shard is done: a bad option, or other settings than
     # a set was written with, is refused rather than answered with "done already".
+    # The sets and prompts first (the user's own files), then the engine's options and model.
+    jobs = [prepare(work, config, shards, named) for config in configs]
     name = engines.check(engine_name, model, engine_options or {})
     model_id = engines.model_name(name, model)
-    for config in configs:
-        job = prepare(work, config, shards, named)
+    for job in jobs:
         preflight(job, job.fingerprint(name, model_id), overwrite)
     todo_by_set = {}
     for config in configs:

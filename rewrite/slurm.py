@@ -93,7 +93,7 @@ class Resources:
         if self.mem is not None and not _MEM.fullmatch(self.mem):
             raise SlurmError(f"--mem {self.mem!r}: use a Slurm memory size such as 64G or 16000M")
         for line in self.extra:
-            if not line.startswith("-") or any(c in line for c in "\r\n"):
+            if not line.strip() or any(c in line for c in "\r\n"):
                 raise SlurmError(f"--sbatch {line!r}: give an sbatch option on one line, e.g. --sbatch=--qos=high")
 
 

@@ -238,20 +238,31 @@ def test_sigterm_stops_an_export_with_75_keeps_what_it_wrote_and_a_rerun_finishe
 
 
 def test_a_whole_export_that_is_not_published_does_not_exit_0(works, tmp_path):
-    """Another process holds the folder (as a live export does): every shard is written, but the export
-    cannot publish; it says so and exits 75 (run again), never 0."""
+    """Another process holds the folder (as a live export does). Before this export starts staging: it
+    stages nothing and exits 75. After (a first try was killed mid-way and left its staging to resume):
+    every shard is written, but it cannot publish; it says so and exits 75 (run again), never 0."""
     import fcntl
     import os
 
     out = tmp_path / "out-held"
+    export = ["export", "--work", works["tars"], "--out", out, "--format", "wds", "--no-progress"]
     out.mkdir()
-    fd = os.open(out / ".rewrite-export.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    try:
-        proc = run_cli("export", "--work", works["tars"], "--out", out, "--format", "wds", "--no-progress", check=False)
-    finally:
-        os.close(fd)
+
+    def held(**kw):
+        fd = os.open(out / ".rewrite-export.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            return run_cli(*export, check=False, **kw)
+        finally:
+            os.close(fd)
+
+    busy = held()
+    assert busy.returncode == 75 and f"another export is writing {out.resolve()} now" in busy.stderr, busy.stderr
+    assert not (out / ".rewrite-staging").exists()
+    killed = run_cli(*export, check=False, env={"REWRITE_KILL_AT": "exported@1"})
+    assert killed.returncode == -9
+    proc = held()
     assert proc.returncode == 75 and "is not published: run the same command again" in proc.stderr, proc.stderr
-    assert not (out / "sizes.json").exists()
-    done = run_cli("export", "--work", works["tars"], "--out", out, "--format", "wds", "--no-progress")
+    assert "Traceback" not in proc.stderr and not (out / "sizes.json").exists()
+    done = run_cli(*export)
     assert "wrote 5 rows in 4 files" in done.stdout

@@ -166,7 +166,7 @@ BAD: dict[str, dict[str, list[list[str]]]] = {
         "--cpus": [["--cpus", "0", "--dry-run"]],
         "--mem": [["--mem", "lots", "--dry-run"]],
         "--account": [],
-        "--sbatch": [["--sbatch", "qos=high", "--dry-run"]],
+        "--sbatch": [["--sbatch", "--qos=high\n#SBATCH --qos=low", "--dry-run"], ["--sbatch", " ", "--dry-run"]],
         "--then-export": [["--then-export", "{work}", "--dry-run"]],
         "--export-format": [["--then-export", "{new}", "--export-format", "zip", "--dry-run"]],
         "--dry-run": [],

@@ -409,14 +409,14 @@ def test_the_report_command(work, tmp_path):
 
     out = tmp_path / "made"
     said = run_cli("report", "--work", work, "--out", out, "--source", "mine", "--no-progress").stdout
-    assert said.splitlines()[0].startswith("mine: valid 80%, faithfulness 0.51")
+    assert said.splitlines()[0].startswith("mine: valid 80% of 6/7 rows, faithfulness 0.51")
     assert f"report: {(out / 'report.html').resolve()}" in said
     assert json.loads((out / "report.json").read_text())["sets"]["mine"]["valid_rate"] == 0.8
     exported = tmp_path / "exported"
     run_cli("export", "--work", work, "--out", exported, "--allow-missing")
     from_export = run_cli("report", "--export", exported, "--out", tmp_path / "of-export", "--source", "mine").stdout
-    assert from_export.splitlines()[0].startswith("mine: valid 67%, faithfulness 0.51")  # a null counts as failed
-    bad = run_cli("report", "--work", work, "--out", out, "--source", "nothing", check=False)
+    assert from_export.splitlines()[0].startswith("mine: valid 67% of 7/7 rows, faithfulness 0.51")  # a null counts as failed
+    bad = run_cli("report", "--work", work, "--out", tmp_path / "none", "--source", "nothing", check=False)
     assert bad.returncode == 2 and "nothing" in bad.stderr and "Traceback" not in bad.stderr
 
 
