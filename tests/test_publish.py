@@ -107,7 +107,7 @@ def test_processes_of_one_export_stage_together_and_the_last_publishes(tmp_path)
             atomic.write_text(second.path(name), "one:" + name)
         assert not second.alone()  # the first still stages: not ours to publish
         other = publish.OutputFolder(out, "two", FILES, overwrite=True)
-        with pytest.raises(publish.PublishError, match="another export is writing"):
+        with pytest.raises(publish.Busy, match="another export is writing"):
             other.begin()
     assert first.alone()
     first.publish()
