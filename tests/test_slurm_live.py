@@ -17,6 +17,10 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["--chunk-rows", "2", "--seed", "5"]
+# Two tasks run at once on this 2-core machine: with torch's default of a thread per core in each, the
+# oversubscribed OpenMP threads made a 12-row shard take 290 s in a task against 16 s alone. One thread
+# each, and the same for the local run that the tasks' outputs are compared with.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +44,7 @@ def wait_until(predicate, timeout: float, what: str, explain=lambda: "") -> None
     while not predicate():
         if time.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{explain()}")
-        time.sleep(0.1)
+        time.sleep(0.25)
 
 
 def job_report(work: Path, job: str) -> str:
@@ -68,10 +72,10 @@ def test_array_with_requeues_equals_a_local_run(slurm_cluster, tmp_path):
     local, work = tmp_path / "local", tmp_path / "slurm"
     for w in (local, work):
         run_cli("shard", captions(tmp_path), "--out", w, "--num-shards", "4")
-    run_cli("run", "--work", local, "--source", "human", "--no-progress", *RUN)
+    run_cli("run", "--work", local, "--source", "human", "--no-progress", *RUN, env=ONE_THREAD)
 
     proc = run_cli("slurm", "submit", "--work", work, "--source", "human", "--parallel", "2", "--cpus", "1",
-                   "--", *RUN)
+                   "--", *RUN, env=ONE_THREAD)  # sbatch passes the environment on to the tasks
     job = proc.stdout.split("submitted array job ")[1].split(":")[0]
     parts = lambda s: list((work / "rewrites" / "human" / f"{s:05d}.parts").glob("*.parquet"))
     # Task 0 gets the time-limit warning (USR1 to its batch shell) once it has committed a chunk: it
@@ -126,7 +130,7 @@ def test_failed_shards_are_listed_with_their_log_and_an_export_follows_success(s
     assert "--top-p must be in (0, 1]" in failed.stdout
     # Resubmitting is the same command with good options; each task exports its shard, the last publishes.
     proc = run_cli("slurm", "submit", "--work", work, "--source", "human", "--parallel", "2",
-                   "--then-export", tmp_path / "dataset")
+                   "--then-export", tmp_path / "dataset", env=ONE_THREAD)
     job = proc.stdout.split("submitted array job ")[1].split(":")[0]
     assert "the last to finish publishes" in proc.stdout
     wait_until(lambda: not squeue(job), 900, "the array and its exports")
