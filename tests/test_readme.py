@@ -9,10 +9,9 @@ run in README order in one folder; a later section that uses what the first Use 
 runs in its own folder holding a copy of those, without the outputs other sections wrote (each section is a
 recipe of its own: the quality report, each training recipe).
 
-Cost: the Use block plans `--num-shards 128` and runs four sets, so the model writes at least one rewrite per
-shard and set (512, one caption repeated: no more); `meta generate` starts `vllm serve` on the port the
-README names. 17 minutes on this project's 2-core machine shared with other test runs (load 3, torch on one
-thread), 14 of them the Use block's three `run` lines.
+Cost: the Use block plans `--num-shards 128` over 128 tars of which 16 hold a sample, and runs four sets: the
+model writes 64 rewrites (one caption repeated: no more); `meta generate` starts `vllm serve` on the port the
+README names.
 """
 from __future__ import annotations
 
@@ -79,7 +78,9 @@ RUN = {
 AFTER_USE = ("quality", "train-wds", "train-csv", "train-laclip")  # run on a copy of the Use block's work, dataset
 
 CAPTION = "a man riding a bike"  # for every sample: one rewrite per shard and set, short with each shipped set
-USE_SAMPLES = 128  # the Use block plans --num-shards 128 (one tar, one sample per shard)
+USE_TARS = 128  # the Use block plans --num-shards 128 and the open_clip recipe reads wds/{00000..00127}.tar
+USE_EVERY = 8  # one tar in 8 holds a sample, the others are empty (as img2dataset writes a shard whose
+USE_SAMPLES = USE_TARS // USE_EVERY  # downloads all failed): 16 samples, so 64 rewrites for the four sets
 
 
 @dataclass
@@ -146,14 +147,16 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def make_use(sandbox: Path) -> None:
-    """`data/`: img2dataset-style webdataset tars, one sample each (KEY.jpg, KEY.txt, KEY.json), 00000..00127:
-    the Use block ends with a wds export (webdataset input only), and the open_clip recipe names
-    wds/{00000..00127}.tar."""
+    """`data/`: img2dataset-style webdataset tars 00000..00127, one in USE_EVERY holding one sample (KEY.jpg,
+    KEY.txt, KEY.json), the others empty: the Use block ends with a wds export (webdataset input only), and
+    the open_clip recipe names wds/{00000..00127}.tar. Each tar is a shard of its own."""
     data = sandbox / "data"
     data.mkdir(parents=True)
-    for i in range(USE_SAMPLES):
+    for i in range(USE_TARS):
         key = f"{i:05d}0000"
         with tarfile.open(data / f"{i:05d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+            if i % USE_EVERY:
+                continue
             add(tar, f"{key}.jpg", jpeg(i))
             add(tar, f"{key}.txt", CAPTION.encode())
             add(tar, f"{key}.json", json.dumps({"key": key, "url": f"http://example.invalid/{i}.jpg"}).encode())
