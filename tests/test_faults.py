@@ -137,12 +137,19 @@ def test_a_stop_signal_commits_the_chunks_in_flight_and_exits_75(tmp_path, open_
     assert pq.read_table(work / "rewrites" / SOURCE / "00000.parquet").num_rows == 36
 
 
-def test_past_the_deadline_the_chunk_in_flight_is_dropped(tmp_path):
+def in_first_chunk(tmp_path, stop_within: str, seconds: float):
+    """A run of one shard `seconds` into its first chunk of 30 rows (which takes a while): its set's
+    folder and its process."""
     work = planned(tmp_path, "w", shards=1)
     folder = work / "rewrites" / SOURCE
-    proc = start(work, "--chunk-rows", "30", "--stop-within", "1")  # a first chunk of 30 rows takes a while
+    proc = start(work, "--chunk-rows", "30", "--stop-within", stop_within)
     wait_for(lambda: (folder / "settings.json").exists())
-    time.sleep(2)
+    time.sleep(seconds)
+    return folder, proc
+
+
+def test_past_the_deadline_the_chunk_in_flight_is_dropped(tmp_path):
+    folder, proc = in_first_chunk(tmp_path, "1", 2)
     proc.send_signal(signal.SIGUSR1)
     started = time.time()
     _, err = proc.communicate(timeout=120)
@@ -156,11 +163,7 @@ def test_a_second_signal_stops_at_once(tmp_path):
     """A second request, later than a repeat of the first could be, drops the chunk in flight at once."""
     from rewrite import stop
 
-    work = planned(tmp_path, "w", shards=1)
-    folder = work / "rewrites" / SOURCE
-    proc = start(work, "--chunk-rows", "30", "--stop-within", "120")  # a first chunk of 30 rows takes a while
-    wait_for(lambda: (folder / "settings.json").exists())
-    time.sleep(1)
+    _, proc = in_first_chunk(tmp_path, "120", 1)
     proc.send_signal(signal.SIGTERM)
     time.sleep(stop.REPEAT_AFTER + 0.5)
     started = time.time()
