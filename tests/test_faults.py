@@ -163,7 +163,7 @@ def test_a_second_signal_stops_at_once(tmp_path):
     """A second request, later than a repeat of the first could be, drops the chunk in flight at once."""
     from rewrite import stop
 
-    _, proc = in_first_chunk(tmp_path, "120", 1)
+    folder, proc = in_first_chunk(tmp_path, "120", 1)
     proc.send_signal(signal.SIGTERM)
     time.sleep(stop.REPEAT_AFTER + 0.5)
     started = time.time()
