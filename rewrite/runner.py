@@ -520,9 +520,9 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
     shards, task = slurm.this_task_shards(named, environ)
     if task is not None:
         say(f"array task {task[0]} of {task[1]}: shards {plan.format_shard_spec(shards) or 'none'}")
-    # Everything is checked first, also when every shard is done: a bad option, or other settings than
-    # a set was written with, is refused rather than answered with "done already".
-    # The sets and prompts first (the user's own files), then the engine's options and model.
+    # Everything is checked first, also when every shard is done (a bad option, or other settings than a
+    # set was written with, is refused, not answered "done already"): the user's sets and prompts, then
+    # the engine's options and model.
     jobs = [prepare(work, config, shards, named) for config in configs]
     name = engines.check(engine_name, model, engine_options or {})
     model_id = engines.model_name(name, model)
