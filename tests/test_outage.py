@@ -4,106 +4,28 @@ exits 69 naming the server, and the same command run again requests exactly thos
 the bytes of an uninterrupted run. A request the server refuses (400) stays a final engine_error.
 
 The peer is a real HTTP server on 127.0.0.1 speaking the OpenAI completions protocol to the real `openai`
-client (FakeOpenAI, below): deterministic, it answers a rewrite made from the prompt's caption and the
+client (tests/fake_openai.py): deterministic, it answers a rewrite made from the prompt's caption and the
 request's seed, and can be stopped, started again, told to drop connections or to answer an HTTP error.
 Also here: the characters str.splitlines() breaks at are rejected inside a rewrite."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import require, run_cli
+from fake_openai import FakeOpenAI
 from rewrite import done, layout, validate
 from rewrite.engines.base import Completion
 
 SOURCE = "human"
 KEY = "sk-outage-secret-7c1e"
-WORDS = ["at dawn", "in soft light", "seen from afar", "up close", "on a grey day", "in summer", "at night"]
 CAPTIONS = [f"a {colour} kite over field number {i}" for i, colour in enumerate(
     ["red", "blue", "green", "yellow", "white", "black", "orange", "purple", "grey", "pink"] * 2)]
 CAPTIONS[7] = CAPTIONS[3]  # a repeat: dedup shares its request
-
-
-class FakeOpenAI:
-    """A deterministic OpenAI-compatible completions server. `fail[caption] = status` answers that HTTP
-    error to every prompt for that caption; `serve = N` answers N more requests, then drops the
-    connection of every request (a server dying mid-run); `stop()` and `start()` take it down and bring it
-    back on its port. `seen` holds the (caption, seed) of every request it answered."""
-
-    def __init__(self) -> None:
-        self.fail: dict[str, int] = {}
-        self.serve: int | None = None
-        self.seen: list[tuple[str, int]] = []
-        self.lock = threading.Lock()
-        self.port = 0
-        self.httpd: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> "FakeOpenAI":
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.answer(self, body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.httpd = None
-
-    @staticmethod
-    def rewrite(caption: str, seed: int) -> str:
-        """The answer to a prompt: empty (a rejected rewrite, so attempts matter) for a third of the seeds."""
-        return "" if seed % 3 == 0 else f" {caption}, {WORDS[seed % len(WORDS)]}"
-
-    def answer(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
-        caption = body["prompt"].rsplit("\n", 1)[-1].removesuffix(" =>")
-        status = self.fail.get(caption)
-        with self.lock:
-            if self.serve is not None:
-                if self.serve <= 0:
-                    handler.close_connection = True  # no answer at all: the client sees the connection drop
-                    return
-                self.serve -= 1
-            if status is None:
-                self.seen.append((caption, body["seed"]))
-        if status is not None:
-            self.reply(handler, status, {"error": {"message": f"refused {handler.headers.get('Authorization')}",
-                                                  "type": "invalid_request_error", "code": status}})
-            return
-        text = self.rewrite(caption, body["seed"])
-        self.reply(handler, 200, {
-            "id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": len(text.split()),
-                      "total_tokens": len(body["prompt"]) + len(text.split())}})
-
-    @staticmethod
-    def reply(handler: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
 
 
 @pytest.fixture
