@@ -11,16 +11,23 @@ from typing import List, Optional
 
 import typer
 
-from . import export as export_lib
+from .exports import export as export_lib
 from . import exports
 from . import meta as meta_lib
-from . import layout, plan, publish, runner, settings, status as status_lib, stop
-from . import slurm as slurm_lib
-from .clip_tokens import ClipTokenizerError
+from .workdir import layout, status as status_lib
+from .workdir.manifest import format_shard_spec, load_manifest, parse_shard_spec
+from .inputs import plan
+from .exports import publish
+from . import defaults, stop
+from .launch import slurm as slurm_lib
+from .rewriting.clip_tokens import ClipTokenizerError
 from .engines import EngineError
-from .model import ModelError
-from .prompt import TemplateError
+from .engines.model import ModelError
+from .rewriting.prompt import TemplateError
 from .stop import STOP_WITHIN, StopRequested, EXIT_CODE as STOPPED
+from .run.config import EngineUnavailable, RunError, set_configs
+from .workdir.record import RecordError
+from .launch.task import TaskResult, run_task
 
 app = typer.Typer(help="Rewrite image captions with an LLM, LaCLIP-style, for CLIP training.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -29,8 +36,8 @@ app.add_typer(meta_app, name="meta")
 slurm_app = typer.Typer(help="Run shards as Slurm array jobs.", no_args_is_help=True)
 app.add_typer(slurm_app, name="slurm")
 
-USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, runner.RunError, exports.ExportError, publish.PublishError,
-               status_lib.StatusError, EngineError, ModelError, TemplateError, ClipTokenizerError, slurm_lib.SlurmError,
+USER_ERRORS = (plan.PlanError, meta_lib.MetaSetError, RunError, RecordError, exports.ExportError, publish.PublishError,
+               EngineError, ModelError, TemplateError, ClipTokenizerError, slurm_lib.SlurmError,
                ValueError)
 EXIT_BAD_INPUT = 2  # bad input or options: the message names the file, row or option
 EXIT_IO = 1  # a file could not be read or written (read-only or full disk, permissions): the message names it
@@ -48,11 +55,11 @@ def describe_os_error(e: OSError) -> str:
     return f"{where}: {e.strerror or e}" if where else str(e)
 
 
-def schedule_option(scheduler: str, open_chunks: int) -> settings.Schedule:
+def schedule_option(scheduler: str, open_chunks: int) -> defaults.Schedule:
     choices = {"auto": None, "stream": True, "chunked": False}
     if scheduler not in choices:
         raise ValueError(f"--scheduler must be auto, stream or chunked, got {scheduler!r}")
-    return settings.Schedule(streaming=choices[scheduler], open_chunks=open_chunks)
+    return defaults.Schedule(streaming=choices[scheduler], open_chunks=open_chunks)
 
 
 @contextmanager
@@ -92,12 +99,12 @@ def run(
     source: str = typer.Option(..., help="Meta set: chatgpt, bard, coco (mscoco), human, or a .jsonl file; a comma-separated list of them, or all (the four): one engine start, each set its own column."),
     meta_dir: Optional[Path] = typer.Option(None, help="Read the sets named chatgpt, bard, coco, human from DIR/<name>.jsonl (e.g. the paper's own, from `rewrite meta import-laclip`)."),
     shards: str = typer.Option("all", help="Shards to run: 0-127, 7, 0,3,9-12 or all."),
-    engine: str = typer.Option(settings.ENGINE, help="transformers, vllm, openai, or auto (vllm on a GPU when installed)."),
+    engine: str = typer.Option(defaults.ENGINE, help="transformers, vllm, openai, or auto (vllm on a GPU when installed)."),
     model: Optional[str] = typer.Option(None, help="Local model dir (or hub id on your cluster; the served name with openai); default: the embedded SmolLM2-135M."),
-    seed: int = typer.Option(settings.SEED, help="Global seed: every random choice derives from it."),
-    num_rewrites: int = typer.Option(settings.NUM_REWRITES, help="Rewrites per caption."),
-    num_examples: int = typer.Option(settings.NUM_EXAMPLES, help="In-context examples per prompt (k)."),
-    batch_size: Optional[int] = typer.Option(None, help=f"transformers: prompts per forward batch (default {settings.BATCH_SIZE})."),
+    seed: int = typer.Option(defaults.SEED, help="Global seed: every random choice derives from it."),
+    num_rewrites: int = typer.Option(defaults.NUM_REWRITES, help="Rewrites per caption."),
+    num_examples: int = typer.Option(defaults.NUM_EXAMPLES, help="In-context examples per prompt (k)."),
+    batch_size: Optional[int] = typer.Option(None, help=f"transformers: prompts per forward batch (default {defaults.BATCH_SIZE})."),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 or auto (the checkpoint's own); default: on a CPU float32 (vllm: bfloat16 where the CPU has AVX-512 BF16 or AMX); on a GPU bfloat16 with transformers, the model's own with vllm."),
     max_model_len: Optional[int] = typer.Option(None, help="Cap on prompt + completion tokens."),
     tensor_parallel_size: Optional[int] = typer.Option(None, help="vllm: GPUs per model."),
@@ -111,18 +118,18 @@ def run(
     request_retries: Optional[int] = typer.Option(None, help="openai: retries of a request the server could not serve (no connection, a timeout, 429, 5xx), with exponential backoff (default 5)."),
     unavailable_after: Optional[int] = typer.Option(None, help="openai: after this many requests in a row the server could not serve (after their retries), stop the run (exit 69; its rows wait for a rerun); default twice --concurrency."),
     retry_failed: bool = typer.Option(False, help="Give the failed rows of the named shards, done ones included, another --max-attempts tries each (attempts numbered on from those spent, so the result is reproducible); other rows are kept."),
-    chunk_rows: int = typer.Option(settings.CHUNK_ROWS, help="Rows committed together."),
+    chunk_rows: int = typer.Option(defaults.CHUNK_ROWS, help="Rows committed together."),
     scheduler: str = typer.Option("auto", help="stream: requests built ahead of the engine, a rejected rewrite retried at once, each chunk committed when its rows are final (keeps a GPU busy); chunked: a chunk at a time with retry rounds (reruns byte-identical with any engine); auto: stream with vllm and openai, chunked with transformers. Both send the same requests."),
-    open_chunks: int = typer.Option(settings.OPEN_CHUNKS, help="stream: chunks in flight at once (each holds its rows in memory; a kill loses at most these)."),
-    max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
+    open_chunks: int = typer.Option(defaults.OPEN_CHUNKS, help="stream: chunks in flight at once (each holds its rows in memory; a kill loses at most these)."),
+    max_attempts: int = typer.Option(defaults.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
     min_faithfulness: Optional[float] = typer.Option(None, help="Reject (and retry) a rewrite whose faithfulness to its caption (content-word F1, 0-1; see `rewrite report`) is below this; e.g. 0.2."),
-    temperature: float = typer.Option(settings.Sampling.temperature),
-    top_p: float = typer.Option(settings.Sampling.top_p),
-    max_new_tokens: int = typer.Option(settings.Sampling.max_new_tokens),
-    template: str = typer.Option(settings.TEMPLATE, help="Prompt template name or .toml path."),
+    temperature: float = typer.Option(defaults.Sampling.temperature),
+    top_p: float = typer.Option(defaults.Sampling.top_p),
+    max_new_tokens: int = typer.Option(defaults.Sampling.max_new_tokens),
+    template: str = typer.Option(defaults.TEMPLATE, help="Prompt template name or .toml path."),
     dedup: bool = typer.Option(True, help="Rewrite identical captions once."),
-    max_caption_tokens: int = typer.Option(settings.MAX_CAPTION_TOKENS, help="A caption's share of the prompt, in model tokens: a longer caption is cut (reason caption_cut), so one huge row costs what a row costs."),
-    example_sets: int = typer.Option(settings.EXAMPLE_SETS, help="0: fresh examples per caption (LaCLIP); K: draw from K shared example sets, so prompts share a prefix an engine computes once (faster)."),
+    max_caption_tokens: int = typer.Option(defaults.MAX_CAPTION_TOKENS, help="A caption's share of the prompt, in model tokens: a longer caption is cut (reason caption_cut), so one huge row costs what a row costs."),
+    example_sets: int = typer.Option(defaults.EXAMPLE_SETS, help="0: fresh examples per caption (LaCLIP); K: draw from K shared example sets, so prompts share a prefix an engine computes once (faster)."),
     overwrite: bool = typer.Option(False, help="Redo the named shards; with other settings, start the source over (every shard with output must be named)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     requeue_on_warning: bool = typer.Option(False, help="In a Slurm job: after stopping on SIGUSR1 (the time-limit warning), requeue the job so it resumes (set by `rewrite slurm submit`)."),
@@ -137,15 +144,15 @@ def run(
     overloaded, refusing): their rows are kept as failed (engine_unavailable), their shards are not done,
     and running the same command again requests exactly those rows, 75 stopped by SIGTERM/SIGUSR1/SIGINT
     with every committed chunk kept (run again to resume)."""
-    result, names, unavailable = runner.TaskResult([], []), [], None
+    result, names, unavailable = TaskResult([], []), [], None
     try:
         with reported(), stop.handling(stop_within):  # a signal while the model loads stops the run too
-            manifest = plan.load_manifest(work)
-            configs = runner.set_configs(
-                settings.source_list(source), meta_dir, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
+            manifest = load_manifest(work)
+            configs = set_configs(
+                defaults.source_list(source), meta_dir, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,
                 max_attempts=max_attempts, chunk_rows=chunk_rows, dedup=dedup, template=template,
                 example_sets=example_sets, max_caption_tokens=max_caption_tokens, min_faithfulness=min_faithfulness,
-                sampling=settings.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
+                sampling=defaults.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
             )
             names = [c.source for c in configs]
             schedule = schedule_option(scheduler, open_chunks)
@@ -161,12 +168,12 @@ def run(
                 unavailable_after=unavailable_after,
             ).items() if v is not None}
             try:
-                result = runner.run_task(work, configs, plan.parse_shard_spec(shards, manifest.num_shards), engine, model,
+                result = run_task(work, configs, parse_shard_spec(shards, manifest.num_shards), engine, model,
                                          options, overwrite=overwrite, progress=progress, schedule=schedule,
                                          stop_within=stop_within, say=lambda m: typer.echo(m, err=True),
                                          retry_failed=retry_failed)
-            except runner.EngineUnavailable as e:
-                result, unavailable = runner.TaskResult([], e.finished), e
+            except EngineUnavailable as e:
+                result, unavailable = TaskResult([], e.finished), e
     except StopRequested as e:
         typer.echo(f"{e}: committed chunks are kept; run the same command again to resume", err=True)
         if requeue_on_warning and e.signum == signal.SIGUSR1:
@@ -177,7 +184,7 @@ def run(
                 typer.echo(f"error: {err}", err=True)
         raise typer.Exit(STOPPED)
     if result.done_already:
-        typer.echo(f"{', '.join(names)}: shards {plan.format_shard_spec(result.shards) or 'none'} are done "
+        typer.echo(f"{', '.join(names)}: shards {format_shard_spec(result.shards) or 'none'} are done "
                    + ("already, with no failed rows" if retry_failed else "already (--overwrite to redo them)"))
     for s in result.finished:
         typer.echo(f"{s['source']} shard {s['shard']:05d}: {s['rows']} rows, ok {s['ok']}, failed {s['failed']}, "
@@ -200,7 +207,8 @@ def status(
 ):
     """Shards x sources: done, partial, missing or damaged, with totals."""
     with reported():
-        manifest, statuses = status_lib.collect(work, source)
+        w = layout.Work(work)
+        manifest, statuses = status_lib.collect(w, meta_lib.chosen(w.root, w.sources_present(), source, "run"))
         if as_json:
             typer.echo(json.dumps([{**vars(s), "slurm": slurm_lib.jobs(work, s.source)} for s in statuses], indent=2,
                                   default=str))
@@ -237,8 +245,8 @@ def export(
             options = exports.ExportOptions(image_column=image_column, extract_images=extract_images,
                                             captions_only=captions_only, views=list(views or []),
                                             separator=_separator(separator), replace_json_fields=replace_json_fields)
-            manifest = plan.load_manifest(work)
-            summary = export_lib.export(work, out, source, fmt=fmt, shards=plan.parse_shard_spec(shards, manifest.num_shards),
+            manifest = load_manifest(work)
+            summary = export_lib.export(work, out, source, fmt=fmt, shards=parse_shard_spec(shards, manifest.num_shards),
                                         workers=workers, options=options, allow_missing=allow_missing,
                                         overwrite=overwrite, progress=progress)
     except StopRequested as e:
@@ -330,11 +338,11 @@ def demo(
     source: str = typer.Option("chatgpt", help="The meta set whose pairs are the in-context examples."),
     template: Optional[str] = typer.Option(None, help="Prompt template name or .toml path (default: the demo's own, named on its `used:` line)."),
     min_faithfulness: Optional[float] = typer.Option(None, help="The faithfulness gate, as `rewrite run --min-faithfulness` (default: the demo's own; 0: none)."),
-    engine: str = typer.Option(settings.ENGINE),
+    engine: str = typer.Option(defaults.ENGINE),
     model: Optional[str] = typer.Option(None),
 ):
     """Rewrite the shipped demo captions end to end, say with what, and show the first few."""
-    from .demo import run_demo
+    from .launch.demo import run_demo
 
     chosen = {k: v for k, v in dict(template=template, min_faithfulness=min_faithfulness).items() if v is not None}
     try:
@@ -376,7 +384,7 @@ def meta_show(source: str = typer.Argument(..., help="chatgpt, bard, coco (mscoc
 @meta_app.command("validate")
 def meta_validate(
     files: Optional[List[str]] = typer.Argument(None, help="Meta sets to check (default: the four shipped)."),
-    num_examples: int = typer.Option(settings.NUM_EXAMPLES, help="In-context examples per prompt (k), as `rewrite run --num-examples`."),
+    num_examples: int = typer.Option(defaults.NUM_EXAMPLES, help="In-context examples per prompt (k), as `rewrite run --num-examples`."),
 ):
     """Check meta sets as `rewrite run` does before it loads a model (enough entries for k; strings of at
     most 77 CLIP tokens, without `=>`, control characters or line breaks; no duplicates) and print length
@@ -385,7 +393,7 @@ def meta_validate(
         fail(f"--num-examples must be >= 1, got {num_examples}")
     bad = False
     with reported():  # an unreadable file, or no CLIP tokenizer to count with: one line, as in `run`
-        for name in files or list(settings.SOURCES):
+        for name in files or list(defaults.SOURCES):
             if name.endswith(".jsonl") and not Path(name).is_file():
                 raise meta_lib.MetaSetError(f"meta set file {name} does not exist")  # a bad argument, not a bad set
             try:
@@ -413,7 +421,7 @@ def meta_import_laclip(
     overwrite: bool = typer.Option(False, help="Replace sets an earlier `rewrite meta` command wrote there (never a set of your own)."),
 ):
     """The paper's own four example sets, from LaCLIP's code; run with them through `rewrite run --meta-dir`."""
-    from . import metasets
+    from .meta import importers as metasets
 
     with reported():
         written = metasets.import_laclip(utils_py, out, overwrite=overwrite)
@@ -428,12 +436,12 @@ def meta_import_coco(
     annotations: Path = typer.Argument(..., help="A COCO captions annotation file (captions_train2017.json)."),
     out: Path = typer.Option(..., "--out", help="The group set to write (a .jsonl file)."),
     groups: int = typer.Option(16, help="Images (groups of captions) to draw."),
-    seed: int = typer.Option(settings.SEED, help="Seed of the draw."),
+    seed: int = typer.Option(defaults.SEED, help="Seed of the draw."),
     captions_per_group: int = typer.Option(5, help="Captions per image."),
     overwrite: bool = typer.Option(False, help="Replace a set an earlier `rewrite meta` command wrote (never a set of your own)."),
 ):
     """A coco-style group set: captions of the same image, from COCO annotations."""
-    from . import metasets
+    from .meta import importers as metasets
 
     with reported():
         path = metasets.import_coco(annotations, out, groups=groups, seed=seed, captions_per_group=captions_per_group,
@@ -447,9 +455,9 @@ def meta_generate(
     captions: Path = typer.Option(..., "--from", help="Caption file, one caption per line: the sources are drawn from it."),
     out: Path = typer.Option(..., "--out", help="The pair set to write (a .jsonl file)."),
     count: int = typer.Option(16, help="Pairs to make."),
-    seed: int = typer.Option(settings.SEED, help="Seed of the draw of sources and of sampling."),
+    seed: int = typer.Option(defaults.SEED, help="Seed of the draw of sources and of sampling."),
     instruction: Optional[str] = typer.Option(None, help="What the model is asked, before each caption (default: the paper's chatbot instruction)."),
-    engine: str = typer.Option(settings.ENGINE, help="transformers, vllm, openai, or auto."),
+    engine: str = typer.Option(defaults.ENGINE, help="transformers, vllm, openai, or auto."),
     model: Optional[str] = typer.Option(None, help="Local model dir (the served name with openai); default: the embedded model."),
     dtype: Optional[str] = typer.Option(None, help="As `rewrite run --dtype`."),
     max_model_len: Optional[int] = typer.Option(None),
@@ -457,20 +465,21 @@ def meta_generate(
     base_url: Optional[str] = typer.Option(None, help="openai: server URL, e.g. http://127.0.0.1:8000/v1."),
     api: str = typer.Option("chat", help="openai: chat (default here: the instruction is a user turn) or completions."),
     concurrency: Optional[int] = typer.Option(None),
-    max_attempts: int = typer.Option(settings.MAX_ATTEMPTS, help="Tries per source before another caption is drawn."),
-    temperature: float = typer.Option(settings.Sampling.temperature),
-    top_p: float = typer.Option(settings.Sampling.top_p),
+    max_attempts: int = typer.Option(defaults.MAX_ATTEMPTS, help="Tries per source before another caption is drawn."),
+    temperature: float = typer.Option(defaults.Sampling.temperature),
+    top_p: float = typer.Option(defaults.Sampling.top_p),
     overwrite: bool = typer.Option(False, help="Replace a set an earlier `rewrite meta` command wrote (never a set of your own)."),
 ):
     """A pair set made by an LLM from your captions (the paper made its chatgpt and bard sets this way)."""
-    from . import engines, metagen
+    from . import engines
+    from .meta import generate as metagen
 
     options = {k: v for k, v in dict(dtype=dtype, max_model_len=max_model_len, engine_args=engine_arg or None,
                                      base_url=base_url, concurrency=concurrency).items() if v is not None}
     instruction = metagen.PAPER_INSTRUCTION if instruction is None else instruction
     with reported():  # everything checked before minutes go into an engine
         metagen.check_options(out, count, max_attempts, instruction, overwrite, captions)
-        sampling = settings.Sampling(temperature=temperature, top_p=top_p)
+        sampling = defaults.Sampling(temperature=temperature, top_p=top_p)
         if engines.resolve_name(engine) == "openai":
             options["api"] = api
         name = engines.check(engine, model, options)
@@ -505,8 +514,8 @@ def slurm_submit(
     """Submit `rewrite run` over SHARDS as a Slurm array. Options after `--` go to `rewrite run`
     (e.g. -- --engine vllm --model /models/llama-7b). Run it again to resubmit only unfinished shards."""
     with reported():
-        manifest = plan.load_manifest(work)
-        shard_ids = plan.parse_shard_spec(shards, manifest.num_shards)
+        manifest = load_manifest(work)
+        shard_ids = parse_shard_spec(shards, manifest.num_shards)
         record = slurm_lib.submit(work, source, shard_ids, parallel=parallel, tasks=tasks, run_args=ctx.args,
                                   resources=slurm_lib.Resources(partition, time_limit, gpus, cpus, mem, account, sbatch or []),
                                   export_to=export_to, export_format=export_format, dry_run=dry_run)

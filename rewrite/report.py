@@ -53,9 +53,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from . import __version__, atomic, clip_tokens, done, faithful, layout, meta, plan, publish, runner, settings, tars
+from . import __version__, meta, defaults, tars
+from .workdir import atomic, done, layout, outputs
+from .workdir.manifest import Manifest, load_manifest
+from .rewriting import clip_tokens, faithful
+from .inputs import plan
+from .exports import publish
 from .exports import hf, laclip, openclip_csv, wds
-from .inputs import PlanError
+from .workdir.manifest import PlanError
+from .run.config import RunError
+from .workdir.record import recorded_settings
 
 RESERVOIR = 100_000  # scores kept per figure for its median and p90
 SKETCH = 65_536  # smallest n-gram hashes kept for a distinct count
@@ -337,9 +344,9 @@ class SetTally:
 # ---------------------------------------------------------------- reading the work dir
 
 
-def _manifest(w: layout.Work) -> plan.Manifest:
+def _manifest(w: layout.Work) -> Manifest:
     try:
-        return plan.load_manifest(w)
+        return load_manifest(w)
     except PlanError as e:
         raise ReportError(str(e)) from None
 
@@ -353,29 +360,16 @@ def set_names(w: layout.Work, sources: Sequence[str] | None) -> list[str]:
 
 
 def _chosen(where: Path, present: list[str], sources: Sequence[str] | None, verb: str) -> list[str]:
-    """The sets of `present` that `sources` names (each a name, an alias or a custom set's file); None: all."""
-    if not sources:
-        return present
-    names = []
-    for source in sources:
-        name = source if source in present else _name(source)
-        if name not in present:
-            raise ReportError(f"{where} has no rewrites of {source} (sets {verb} there: {', '.join(present)})")
-        names.append(name)
-    return list(dict.fromkeys(names))
-
-
-def _name(source: str) -> str:
     try:
-        return meta.source_name(source)
-    except meta.MetaSetError:
-        return source
+        return meta.chosen(where, present, sources, verb)
+    except meta.MetaSetError as e:
+        raise ReportError(str(e)) from None
 
 
 def _settings(w: layout.Work, name: str) -> dict:
     try:
-        return runner.recorded_settings(w, name)
-    except runner.RunError as e:
+        return recorded_settings(w, name)
+    except RunError as e:
         raise ReportError(str(e)) from None
 
 
@@ -383,7 +377,7 @@ def example_targets(name: str, meta_file: str | None, digest: str) -> tuple[list
     """The example targets of the set the run used, found by its recorded digest: the file the run read
     (a custom set, --meta-dir), else the shipped set of that name; None, and why, when neither is it
     any more (moved, deleted or edited since the run)."""
-    for candidate in [c for c in (meta_file, name if name in settings.SOURCES else None) if c]:
+    for candidate in [c for c in (meta_file, name if name in defaults.SOURCES else None) if c]:
         try:
             found = meta.load(candidate)
         except (meta.MetaSetError, OSError):
@@ -392,12 +386,12 @@ def example_targets(name: str, meta_file: str | None, digest: str) -> tuple[list
             targets = [t for _, t in found.pairs] or [c for g in found.groups for c in g]
             return targets, {"digest": digest, "file": str(found.path), "note": None}
     places = [f"its file {meta_file}"] if meta_file else []
-    places += [f"the shipped set {name}"] if name in settings.SOURCES else []
+    places += [f"the shipped set {name}"] if name in defaults.SOURCES else []
     where = f"not found as {' or '.join(places)} (missing, or changed since the run)" if places else "no file recorded"
     return None, {"digest": digest, "file": None, "note": f"the set the run used (sha256 {digest[:12]}): {where}"}
 
 
-def _captions(manifest: plan.Manifest, shard: int) -> tuple[list[str], list[str | None]]:
+def _captions(manifest: Manifest, shard: int) -> tuple[list[str], list[str | None]]:
     """A shard's keys and captions (only those columns are read; never an image)."""
     keys: list[str] = []
     captions: list[str | None] = []
@@ -417,7 +411,7 @@ def _sidecar(path: Path, num_rewrites: int, keys: list[str]) -> list[tuple[list,
     return [tuple(table.column(c).to_pylist() for c in group) for group in groups]
 
 
-def _add_shard(w: layout.Work, manifest: plan.Manifest, shard: int, tallies: dict[str, SetTally],
+def _add_shard(w: layout.Work, manifest: Manifest, shard: int, tallies: dict[str, SetTally],
                agreement: Agreement) -> None:
     """Feed one shard to every set that has it done; its captions are read once for all of them."""
     stats = {}
@@ -889,13 +883,10 @@ def check_out(path: str | Path, out: str | Path, source: str = "work", overwrite
     of the work dir's inputs), new or empty, or holding an earlier report (replaced only with
     `overwrite`); a folder with anything a report did not write is refused."""
     out, path = Path(out).resolve(), Path(path).resolve()
-    read = [("the work dir" if source == "work" else "the export", path)]
-    if source == "work":
-        read += [("the input", Path(p)) for p in _manifest(layout.Work(path)).inputs]
-    for what, folder in read:
-        if out == folder or out.is_relative_to(folder) or folder.is_relative_to(out):
-            relation = "is" if out == folder else ("lies inside" if out.is_relative_to(folder) else "holds")
-            raise ReportError(f"--out {out} {relation} {what} {folder}: a report goes to a folder of its own")
+    read = outputs.read_by(layout.Work(path), _manifest(layout.Work(path))) if source == "work" else [("the export", path)]
+    problem = outputs.overlap(out, read, "--out", "a report")
+    if problem:
+        raise ReportError(problem)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file, not a folder")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
@@ -949,7 +940,7 @@ def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = No
     check_out(path, out, source, overwrite)
     embedder = None
     if embedding_model is not None:
-        from .embedding import Embedder
+        from .rewriting.embedding import Embedder
 
         embedder = Embedder(embedding_model)
     summary = (collect if source == "work" else collect_export)(path, sources, progress, embedder)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rewrite import demo
+from rewrite.launch import demo
 
 pytestmark = pytest.mark.slow  # a venv from PyPI (torch from this machine's disk) and 240 captions on the CPU
 

@@ -10,14 +10,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from conftest import Recording
-from rewrite import layout, plan, runner
-from rewrite.settings import Schedule
+from rewrite.workdir import layout
+from rewrite.inputs import plan
+from rewrite.run import runner
+from rewrite.defaults import Schedule
+from rewrite.run.config import RunConfig
 
 AGREEMENT = 0.9  # share of keys whose sampled rewrite must be identical across layouts (transformers, fp32)
 
 
 def demo_file(tmp_path: Path, n: int = 24) -> Path:
-    from rewrite.demo import demo_captions
+    from rewrite.launch.demo import demo_captions
 
     path = tmp_path / "captions.txt"
     path.write_text("\n".join(demo_captions().read_text(encoding="utf-8").splitlines()[:n]) + "\n", encoding="utf-8")
@@ -29,7 +32,7 @@ def rewrites_by_key(tmp_path: Path, name: str, eng, shards: int, chunk_rows: int
     """Each key's rewrite, and the (prompt, seed) pairs of every request sent."""
     work = tmp_path / name
     plan.plan([str(demo_file(tmp_path))], work, num_shards=shards)
-    config = runner.RunConfig(source="chatgpt", seed=3, chunk_rows=chunk_rows, example_sets=example_sets)
+    config = RunConfig(source="chatgpt", seed=3, chunk_rows=chunk_rows, example_sets=example_sets)
     recording = Recording(eng)
     runner.run(work, config, list(range(shards)), recording, progress=False, schedule=schedule)
     rows = {r["key"]: r["rewrite"] for s in range(shards)

@@ -4,11 +4,10 @@ import re
 import pytest
 import torch
 
-from rewrite import prompt, seeds
+from rewrite.rewriting import prompt, seeds
 from rewrite.engines import EngineError, Request, load
-from rewrite.engines.transformers import (BUCKET_RATIO, BUCKET_SLACK, MIN_SHARED_PREFIX, pack_lanes, prefill_buckets,
-                                          prefix_plan, sample_rows, shared_prefix_length)
-from rewrite.settings import Sampling
+from rewrite.engines.transformers import BUCKET_RATIO, BUCKET_SLACK, MIN_SHARED_PREFIX, pack_lanes, prefill_buckets, prefix_plan, sample_rows, shared_prefix_length
+from rewrite.defaults import Sampling
 
 EXAMPLES = [
     ("dog on the beach", "A golden dog races along the wet sand as the tide comes in."),

@@ -1,8 +1,11 @@
 """The faithfulness measure and its gate: pure functions, checked against values worked out by hand."""
 import pytest
 
-from rewrite import faithful, runner, settings, validate
+from rewrite.rewriting import faithful, validate
+from rewrite.run import runner
+from rewrite import defaults
 from rewrite.engines.base import Completion
+from rewrite.run.config import RunConfig, RunError, set_configs
 
 
 def test_content_words_drop_function_words_and_meet_across_word_forms():
@@ -38,28 +41,29 @@ def test_the_gate_rejects_only_when_asked_and_below_the_bar():
 
 
 def test_min_faithfulness_is_checked_and_only_fingerprinted_when_set():
-    with pytest.raises(runner.RunError, match="--min-faithfulness"):
-        runner.RunConfig(source="bard", min_faithfulness=1.5)
-    from rewrite import meta, prompt
+    with pytest.raises(RunError, match="--min-faithfulness"):
+        RunConfig(source="bard", min_faithfulness=1.5)
+    from rewrite import meta
+    from rewrite.rewriting import prompt
     args = (meta.load("bard"), prompt.load_template(), "transformers", "m")
-    assert "min_faithfulness" not in runner.RunConfig(source="bard").fingerprint(*args)
-    assert runner.RunConfig(source="bard", min_faithfulness=0.2).fingerprint(*args)["min_faithfulness"] == 0.2
+    assert "min_faithfulness" not in RunConfig(source="bard").fingerprint(*args)
+    assert RunConfig(source="bard", min_faithfulness=0.2).fingerprint(*args)["min_faithfulness"] == 0.2
 
 
 def test_source_lists():
-    assert settings.source_list("chatgpt") == ["chatgpt"]
-    assert settings.source_list(" bard, mine.jsonl ") == ["bard", "mine.jsonl"]
-    assert settings.source_list("all") == list(settings.SOURCES)
+    assert defaults.source_list("chatgpt") == ["chatgpt"]
+    assert defaults.source_list(" bard, mine.jsonl ") == ["bard", "mine.jsonl"]
+    assert defaults.source_list("all") == list(defaults.SOURCES)
     with pytest.raises(ValueError, match="names no meta set"):
-        settings.source_list(" , ")
+        defaults.source_list(" , ")
 
 
 def test_sets_named_like_shipped_ones_can_come_from_a_folder(tmp_path):
-    configs = runner.set_configs(["chatgpt", "mscoco", str(tmp_path / "mine.jsonl")], tmp_path / "paper")
+    configs = set_configs(["chatgpt", "mscoco", str(tmp_path / "mine.jsonl")], tmp_path / "paper")
     assert [c.source for c in configs] == ["chatgpt", "coco", "mine"]
     assert [c.meta_file for c in configs] == [str(tmp_path / "paper" / "chatgpt.jsonl"),
                                              str(tmp_path / "paper" / "coco.jsonl"), str(tmp_path / "mine.jsonl")]
-    assert [c.meta_file for c in runner.set_configs(["bard"])] == [None]
+    assert [c.meta_file for c in set_configs(["bard"])] == [None]
 
 
 @pytest.mark.slow  # two runs of the embedded model, with retries
@@ -68,18 +72,18 @@ def test_the_gate_in_a_real_run_rejects_retries_and_records_its_reason(engine, t
     usual bar, every kept rewrite meets it."""
     import pyarrow.parquet as pq
 
-    from rewrite import plan
+    from rewrite.inputs import plan
 
     work = tmp_path / "work"
     plan.plan([str(text_file)], work, num_shards=1)
-    strict = runner.RunConfig(source="human", max_attempts=1, min_faithfulness=0.999)
+    strict = RunConfig(source="human", max_attempts=1, min_faithfulness=0.999)
     stats = runner.run(work, strict, [0], engine, progress=False)[0]
     # One request per distinct caption; the few the gate does not judge fail for another reason.
     assert stats["ok"] <= 1 and stats["rejected"].get(validate.UNFAITHFUL, 0) >= stats["requests"] - 2
     rows = pq.read_table(work / "rewrites" / "human" / "00000.parquet").to_pylist()
     assert validate.UNFAITHFUL in {r["reason"] for r in rows if r["status"] == "failed"}
 
-    usual = runner.RunConfig(source="bard", min_faithfulness=0.3)
+    usual = RunConfig(source="bard", min_faithfulness=0.3)
     runner.run(work, usual, [0], engine, progress=False)
     captions = text_file.read_text(encoding="utf-8").splitlines()
     for row, caption in zip(pq.read_table(work / "rewrites" / "bard" / "00000.parquet").to_pylist(), captions):

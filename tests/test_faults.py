@@ -22,7 +22,7 @@ RUN = ("--source", SOURCE, "--chunk-rows", "5", "--no-progress", "--seed", "11")
 
 
 def captions_file(tmp_path: Path, n: int = 36) -> Path:
-    from rewrite.demo import demo_captions
+    from rewrite.launch.demo import demo_captions
 
     lines = demo_captions().read_text(encoding="utf-8").splitlines()[:n]
     path = tmp_path / "captions.txt"

@@ -154,7 +154,7 @@ def test_each_shard_is_on_disk_before_its_record(rewritten, tmp_path, monkeypatc
     writes the record that marks the shard written, so a crash cannot leave a record over lost data."""
     import os
 
-    from rewrite import export
+    from rewrite.exports import export
 
     synced, real_fsync = [], os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
@@ -324,7 +324,7 @@ def test_extracted_images_never_land_among_the_inputs(rewritten, tmp_path):
 def test_tasks_finishing_in_any_order_publish_once_with_what_is_committed_last(rewritten, tmp_path, monkeypatch):
     """Task A exports shard 2 while shard 0 is not yet rewritten; meanwhile task B exports shards 0-1
     (shard 0 now done) and cannot publish beside A; A, last to finish, looks again and publishes."""
-    from rewrite import export as export_lib
+    from rewrite.exports import export as export_lib
 
     out, stats = tmp_path / "out", rewritten / "rewrites" / SOURCE / "00000.stats.json"
     hidden = stats.with_name("hidden")

@@ -17,8 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from rewrite import plan, runner, tars
+from rewrite.inputs import plan
+from rewrite.workdir.manifest import load_manifest
+from rewrite.run import runner
+from rewrite import tars
 from test_tars import jpeg, make_tar
+from rewrite.run.config import RunConfig
 
 SOURCE = "chatgpt"
 FIELD = f"caption_{SOURCE}"
@@ -46,8 +50,8 @@ OTHERS = [f"another picture {i}" for i in range(12)]  # the same keys, other cap
 
 
 def rewrite_all(work: Path) -> None:
-    m = plan.load_manifest(work)
-    runner.run(work, runner.RunConfig(source=SOURCE), list(range(m.num_shards)), bench.SimulatedEngine(),
+    m = load_manifest(work)
+    runner.run(work, RunConfig(source=SOURCE), list(range(m.num_shards)), bench.SimulatedEngine(),
                progress=False)
 
 
@@ -93,7 +97,7 @@ def test_a_touched_tar_is_exported_and_one_replaced_in_place_is_refused_by_every
         assert not [p for p in out.rglob("*") if p.is_file() and p.suffix in (".tar", ".parquet", ".tsv")], line
     assert not (tmp_path / "img" / "00000").exists()  # no image of the changed tar was kept either
     with pytest.raises(plan.PlanError, match=f"{tar} changed since it was planned"):
-        list(plan.iter_shard(plan.load_manifest(work), 0, 5))  # as `rewrite run` reads it
+        list(plan.iter_shard(load_manifest(work), 0, 5))  # as `rewrite run` reads it
 
 
 def test_a_run_commits_no_row_of_a_tar_that_changed(tmp_path):
@@ -103,7 +107,7 @@ def test_a_run_commits_no_row_of_a_tar_that_changed(tmp_path):
     plan.plan([str(tar)], work)
     tar_of(tar, OTHERS, image_salt=50)
     with pytest.raises(plan.PlanError, match=f"input file {tar} changed since it was planned"):
-        runner.run(work, runner.RunConfig(source=SOURCE, chunk_rows=4), [0], bench.SimulatedEngine(), progress=False)
+        runner.run(work, RunConfig(source=SOURCE, chunk_rows=4), [0], bench.SimulatedEngine(), progress=False)
     assert not list((work / "rewrites").rglob("*.parquet"))
 
 
@@ -151,7 +155,7 @@ def test_a_parquet_input_changed_in_place_is_refused_and_a_touched_one_is_not(tm
     write([c.replace("thing", "dingo") for c in CAPTIONS])
     assert data.stat().st_size == size
     with pytest.raises(plan.PlanError, match=f"input file {data} changed since it was planned .its parquet footer"):
-        list(plan.iter_shard(plan.load_manifest(tmp_path / "work"), 0, 100))
+        list(plan.iter_shard(load_manifest(tmp_path / "work"), 0, 100))
 
 
 def test_a_changed_conversion_in_the_work_dir_is_refused(tmp_path):

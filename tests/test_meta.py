@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from rewrite import meta, seeds, settings
+from rewrite import meta, defaults
+from rewrite.rewriting import seeds
 
 
-@pytest.mark.parametrize("name", settings.SOURCES)
+@pytest.mark.parametrize("name", defaults.SOURCES)
 def test_shipped_sets_are_valid_and_look_like_laclip(name):
     m = meta.load(name)
     assert len(m) == 16
@@ -74,7 +75,7 @@ def test_meta_cli_show_and_validate(tmp_path):
     shown = run_cli("meta", "show", "mscoco").stdout
     assert shown.startswith("# coco: 16 groups") and shown.count("\n\n") >= 16
     ok = run_cli("meta", "validate").stdout
-    assert [line.split(":")[0] for line in ok.splitlines()] == list(settings.SOURCES)
+    assert [line.split(":")[0] for line in ok.splitlines()] == list(defaults.SOURCES)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"source": "a => b", "target": "c"}\n{"source": "x", "target": "x"}\n')
     proc = run_cli("meta", "validate", str(bad), check=False)
@@ -93,8 +94,8 @@ def test_example_sets_share_a_few_fixed_draws():
 
 
 def test_schedule_groups_by_examples_then_length():
-    from rewrite.rows import schedule_order
-    from rewrite.settings import Schedule
+    from rewrite.run.rows import schedule_order
+    from rewrite.defaults import Schedule
 
     ex_a, ex_b = "head with examples a =>", "head with examples b =>"  # the prompts' shared starts
     prompts = ["bbbb", "a", "bb", "aaa", "b"]
@@ -230,7 +231,7 @@ def test_validate_takes_the_runs_k(tmp_path):
 
     mine = pair_file(tmp_path / "mine.jsonl", PAIRS[:2])
     assert run_cli("meta", "validate", mine, "--num-examples", "2").stdout.startswith("mine: ok: 2 pairs")
-    three = run_cli("meta", "validate", mine, check=False)  # settings.NUM_EXAMPLES, as a run's default
+    three = run_cli("meta", "validate", mine, check=False)  # defaults.NUM_EXAMPLES, as a run's default
     assert three.returncode == 1 and "--num-examples 3 is more than its 2 pairs" in three.stdout
     zero = run_cli("meta", "validate", mine, "--num-examples", "0", check=False)
     assert zero.returncode == 2 and zero.stderr.strip() == "error: --num-examples must be >= 1, got 0"
@@ -258,7 +259,7 @@ def test_a_file_named_like_a_shipped_set_runs_under_that_name_and_its_digest_kee
     import pyarrow.parquet as pq
 
     from conftest import run_cli
-    from rewrite import layout
+    from rewrite.workdir import layout
 
     mine = pair_file(tmp_path / "paper" / "chatgpt.jsonl")
     (tmp_path / "c.txt").write_text("a red bicycle leaning on a wall\nchildren playing football\n")

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from rewrite import meta, metagen
+from rewrite import meta
+from rewrite.meta import generate as metagen
 from rewrite.engines.base import Completion
 from rewrite.meta import MetaSetError
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rewrite import meta, metasets
+from rewrite import meta
+from rewrite.meta import importers as metasets
 
 # Stray whitespace as the paper's strings have it: trailing spaces, double spaces, a leading space.
 SETS = {
@@ -343,7 +344,7 @@ def test_the_papers_sets_imported_then_all_four_in_one_run(tmp_path):
 
 
 def layout_settings(work: Path, name: str) -> Path:
-    from rewrite import layout
+    from rewrite.workdir import layout
 
     return layout.Work(work).settings_file(name)
 

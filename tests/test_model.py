@@ -2,7 +2,7 @@ import importlib.util
 
 import pytest
 
-from rewrite import model
+from rewrite.engines import model
 
 
 def test_embedded_model_is_converted_once_to_a_safetensors_dir():
@@ -33,7 +33,7 @@ def test_the_model_digest_follows_each_file_it_reads(tmp_path):
     """A run's fingerprint holds model.digest: a changed weight file (its first or last MiB, its size), a
     renamed or added file changes it; the middle of a big file is not read (documented: that would cost
     an array task minutes on a 7B model)."""
-    from rewrite import model
+    from rewrite.engines import model
 
     folder = tmp_path / "m"
     folder.mkdir()

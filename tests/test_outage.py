@@ -18,7 +18,8 @@ import pytest
 
 from conftest import require, run_cli
 from fake_openai import FakeOpenAI
-from rewrite import done, layout, validate
+from rewrite.workdir import done, layout
+from rewrite.rewriting import validate
 from rewrite.engines.base import Completion
 
 SOURCE = "human"
@@ -188,7 +189,7 @@ def test_the_engine_tells_a_refused_request_from_a_server_that_cannot_serve(serv
     now, or this run): unavailable, as are a dropped connection and one refused."""
     from rewrite import engines
     from rewrite.engines.base import Request
-    from rewrite.settings import Sampling
+    from rewrite.defaults import Sampling
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)  # the server echoes it in its error answers
     eng = engines.load("openai", "served-model", base_url=server.url, request_retries=0)
@@ -211,7 +212,7 @@ def test_the_engine_tells_a_refused_request_from_a_server_that_cannot_serve(serv
 def test_an_engine_that_gave_up_sends_no_more_until_a_run_restarts_it(server):
     from rewrite import engines
     from rewrite.engines.base import Request
-    from rewrite.settings import Sampling
+    from rewrite.defaults import Sampling
 
     server.stop()
     eng = engines.load("openai", "served-model", base_url=server.url, request_retries=0, concurrency=2,

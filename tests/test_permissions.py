@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rewrite import atomic
-from rewrite.lock import ShardLock
+from rewrite.workdir import atomic
+from rewrite.workdir.lock import ShardLock
 
 UMASKS = [0o022, 0o027, 0o002]  # the usual, a group that only reads, a group that shares the writing (locks)
 

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CAPTIONS, png_bytes, run_cli
+from rewrite.run.config import set_configs
 
 
 def run_all(work, source="chatgpt", *extra):
@@ -140,13 +141,14 @@ def test_fingerprint_covers_code_version_and_model_files(text_file, tmp_path):
 def test_several_sets_read_each_shard_once(engine, text_file, tmp_path, monkeypatch):
     """run_sets reads a shard's captions from the inputs once for all its sets, and each set's rows are
     those of the shard."""
-    from rewrite import plan, runner
+    from rewrite.inputs import plan
+    from rewrite.run import runner
 
     work = tmp_path / "work"
     plan.plan([str(text_file)], work, num_shards=2)
     reads, real = [], plan.iter_shard
     monkeypatch.setattr(plan, "iter_shard", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
-    configs = runner.set_configs(["human", "bard"], max_attempts=1)
+    configs = set_configs(["human", "bard"], max_attempts=1)
     finished = runner.run_sets(work, configs, [0, 1], engine, progress=False)
     assert sorted(reads) == [0, 1]  # one read per shard, not per shard and set
     assert sorted((s["source"], s["shard"]) for s in finished) == [("bard", 0), ("bard", 1), ("human", 0), ("human", 1)]

@@ -6,16 +6,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CAPTIONS, write_parquet
-from rewrite import layout, plan
+from rewrite.workdir import layout
+from rewrite.workdir.manifest import InputFile, Piece, format_shard_spec, load_manifest, parse_shard_spec
+from rewrite.inputs import plan
 
 
 @pytest.mark.parametrize("spec, expected", [
     ("7", [7]), ("0-3", [0, 1, 2, 3]), ("0,3,9-11", [0, 3, 9, 10, 11]), (" 2 , 1 ", [1, 2]), ("all", list(range(12))),
 ])
 def test_shard_specs(spec, expected):
-    assert plan.parse_shard_spec(spec, 12) == expected
+    assert parse_shard_spec(spec, 12) == expected
     if spec != "all":
-        assert plan.parse_shard_spec(plan.format_shard_spec(expected), 12) == expected
+        assert parse_shard_spec(format_shard_spec(expected), 12) == expected
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -23,7 +25,7 @@ def test_shard_specs(spec, expected):
 ])
 def test_malformed_shard_specs_name_the_option(spec, message):
     with pytest.raises(plan.PlanError, match=f"--shards.*{message}"):
-        plan.parse_shard_spec(spec, 12)
+        parse_shard_spec(spec, 12)
 
 
 def test_bounds_and_pieces():
@@ -31,9 +33,9 @@ def test_bounds_and_pieces():
     assert plan.shard_bounds(10, rows_per_shard=4) == [(0, 4), (4, 8), (8, 10)]
     with pytest.raises(plan.PlanError, match="more than the 10 input rows"):
         plan.shard_bounds(10, num_shards=11)
-    files = [plan.InputFile("a", "a", "parquet", 4, "a"), plan.InputFile("b", "b", "parquet", 0, "b"),
-             plan.InputFile("c", "c", "parquet", 5, "c")]
-    assert plan.pieces(files, 2, 7) == [plan.Piece(0, 2, 4), plan.Piece(2, 0, 3)]
+    files = [InputFile("a", "a", "parquet", 4, "a"), InputFile("b", "b", "parquet", 0, "b"),
+             InputFile("c", "c", "parquet", 5, "c")]
+    assert plan.pieces(files, 2, 7) == [Piece(0, 2, 4), Piece(2, 0, 3)]
 
 
 def test_parquet_folder_plan_reads_only_metadata(parquet_dir, tmp_path):
@@ -48,7 +50,7 @@ def test_parquet_folder_plan_reads_only_metadata(parquet_dir, tmp_path):
     m = plan.plan([str(parquet_dir)], tmp_path / "work", num_shards=3)
     assert m.total_rows == len(CAPTIONS) and m.key_column == "key" and m.num_shards == 3
     assert [f.format for f in m.files] == ["parquet", "parquet"]
-    assert plan.load_manifest(tmp_path / "work").to_dict() == m.to_dict()
+    assert load_manifest(tmp_path / "work").to_dict() == m.to_dict()
     with pytest.raises(plan.PlanError, match="00001.parquet"):
         for s in range(3):
             list(plan.iter_shard(m, s, 4))
@@ -138,7 +140,7 @@ def test_invalid_utf8_names_the_line(tmp_path):
 
 def test_missing_plan_is_a_clear_error(tmp_path):
     with pytest.raises(plan.PlanError, match="has no shard plan.*rewrite shard"):
-        plan.load_manifest(tmp_path)
+        load_manifest(tmp_path)
 
 
 def test_a_csv_key_column_is_the_key_and_every_csv_column_stays_text(tmp_path):
@@ -232,7 +234,7 @@ def test_a_plan_records_each_file_s_identity_and_an_older_plan_without_it_still_
     for f in saved["files"]:
         del f["size"], f["digest"]
     (work / "manifest.json").write_text(json.dumps(saved))
-    old = plan.load_manifest(work)
+    old = load_manifest(work)
     body = {k: v for k, v in saved.items() if k != "created"}
     assert old.plan_id() == hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     write_parquet(parquet_dir / "00000.parquet", [c.upper() for c in CAPTIONS[:7]])  # same rows, other bytes

@@ -1,6 +1,7 @@
 import pytest
 
-from rewrite import prompt
+from rewrite.rewriting import prompt
+from rewrite.run.config import RunConfig
 
 EXAMPLES = [("a dog", "A brown dog runs."), ("a cat", "A grey cat sleeps."), ("a car", "A red car waits.")]
 
@@ -69,7 +70,7 @@ def test_template_errors(tmp_path):
 
 
 def test_a_completion_cut_at_max_tokens_after_its_line_break_is_whole():
-    from rewrite import validate
+    from rewrite.rewriting import validate
     from rewrite.engines.base import Completion
 
     ran_on = Completion(" A dog runs on the sand.\n dog =>", 10, 77, "length")
@@ -192,12 +193,13 @@ def test_a_run_with_the_chat_template_on_the_packaged_model(engine, text_file, t
     import pyarrow.parquet as pq
 
     from conftest import Recording
-    from rewrite import plan, runner
+    from rewrite.inputs import plan
+    from rewrite.run import runner
 
     work = tmp_path / "work"
     plan.plan([str(text_file)], work, num_shards=1)
     recording = Recording(engine)
-    stats = runner.run(work, runner.RunConfig(source="human", template="chat"), [0], recording, progress=False)[0]
+    stats = runner.run(work, RunConfig(source="human", template="chat"), [0], recording, progress=False)[0]
     assert all(r.prompt.startswith("<|im_start|>system\n") and r.prompt.endswith("<|im_start|>assistant\n")
                for r in recording.requests)
     rows = pq.read_table(work / "rewrites" / "human" / "00000.parquet").to_pylist()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rewrite import atomic, publish
+from rewrite.workdir import atomic
+from rewrite.exports import publish
 
 FILES = ["data/a.parquet", "data/b.parquet", "README.md"]
 

@@ -476,7 +476,7 @@ CONSUMED = {
 def environment(home: Path) -> dict:
     """The user's shell: the project's `rewrite` and python first on PATH, HOME a folder of the test's (for
     `~/src/LaCLIP`), the converted embedded model where it already is, no API key."""
-    from rewrite import model
+    from rewrite.engines import model
 
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", HOME=str(home),
@@ -494,7 +494,7 @@ class VllmServe:
 
     def __enter__(self):
         require("vllm")
-        from rewrite import model
+        from rewrite.engines import model
 
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", PORT)) == 0:

@@ -16,8 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli, write_parquet
-from rewrite import layout, plan, runner
-from rewrite.settings import Schedule
+from rewrite.workdir import layout
+from rewrite.inputs import plan
+from rewrite.run import runner
+from rewrite.defaults import Schedule
+from rewrite.run.config import RunConfig, RunError, prepare
+from rewrite.run.checkpoint import preflight
+from rewrite.workdir.done import pending_shards
 
 CAPTIONS = ["a red kite over a green field", "two dogs asleep on a sofa", "a bowl of soup with bread",
             "a lighthouse at dusk", "a cyclist on a mountain road", "fresh bread on a wooden board"]
@@ -46,28 +51,28 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 def test_overwrite_with_other_settings_must_name_every_shard_it_removes(tmp_path, text_input, engine):
     work = planned(tmp_path, text_input)
-    runner.run(work, runner.RunConfig(source="bard", chunk_rows=2), [0, 1, 2], engine, progress=False)
+    runner.run(work, RunConfig(source="bard", chunk_rows=2), [0, 1, 2], engine, progress=False)
     before = {s: layout.Work(work).rewrite_file("bard", s).read_bytes() for s in range(3)}
-    with pytest.raises(runner.RunError, match=r"removes the output of shards 0,2 that --shards does not name"):
-        runner.run(work, runner.RunConfig(source="bard", chunk_rows=2, seed=1), [1], engine, progress=False,
+    with pytest.raises(RunError, match=r"removes the output of shards 0,2 that --shards does not name"):
+        runner.run(work, RunConfig(source="bard", chunk_rows=2, seed=1), [1], engine, progress=False,
                    overwrite=True)
     assert {s: layout.Work(work).rewrite_file("bard", s).read_bytes() for s in range(3)} == before  # nothing removed
     assert json.loads(layout.Work(work).settings_file("bard").read_text())["seed"] == 0
     # Named, they go, but never while another run writes the source (it holds the source lock shared).
-    from rewrite.lock import SourceLock
+    from rewrite.workdir.lock import SourceLock
 
-    job = runner.prepare(work, runner.RunConfig(source="bard", seed=1), [0, 1, 2])
+    job = prepare(work, RunConfig(source="bard", seed=1), [0, 1, 2])
     fingerprint = job.fingerprint(engine.describe()["engine"], engine.model)
     writer = SourceLock(layout.Work(work).source_lock_file("bard"))
     writer.shared()
     try:
-        with pytest.raises(runner.RunError, match="other runs are writing it now"):
-            runner.preflight(job, fingerprint, overwrite=True)
+        with pytest.raises(RunError, match="other runs are writing it now"):
+            preflight(job, fingerprint, overwrite=True)
     finally:
         writer.release()
-    runner.preflight(job, fingerprint, overwrite=True)
+    preflight(job, fingerprint, overwrite=True)
     # Named, and nobody else writing: the source starts over with the new settings.
-    runner.run(work, runner.RunConfig(source="bard", chunk_rows=2, seed=1), [1], engine, progress=False,
+    runner.run(work, RunConfig(source="bard", chunk_rows=2, seed=1), [1], engine, progress=False,
                overwrite=True, named=[0, 1, 2])
     assert json.loads(layout.Work(work).settings_file("bard").read_text())["seed"] == 1
     assert [runner.done.check(layout.Work(work), "bard", s).state for s in range(3)] == ["missing", "done", "missing"]
@@ -104,11 +109,11 @@ def test_a_done_shard_is_never_touched_by_a_reader(tmp_path, text_input, engine)
     """`pending_shards` (used by `rewrite run` and `slurm submit` before any lock is held) only reads, and
     so does every command that reads a work dir."""
     work = planned(tmp_path, text_input, shards=1)
-    runner.run(work, runner.RunConfig(source="bard", chunk_rows=2), [0], engine, progress=False)
+    runner.run(work, RunConfig(source="bard", chunk_rows=2), [0], engine, progress=False)
     parts = layout.Work(work).parts("bard", 0)
     parts.mkdir()
     (parts / "00000.parquet").write_bytes(b"a chunk of a writer that holds the lock now")
-    assert runner.pending_shards(work, "bard", [0]) == []
+    assert pending_shards(work, "bard", [0]) == []
     assert (parts / "00000.parquet").exists()
     # And every command that only reads, through the real CLI: nothing in the work dir changes.
     before = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(work.rglob("*")) if p.is_file()}
@@ -131,7 +136,7 @@ def rewritten(tmp_path, engine):
     write_parquet(inputs / "data" / "train-00000-of-00001.parquet", CAPTIONS)
     work = tmp_path / "work"
     plan.plan([str(inputs)], work, num_shards=3)
-    runner.run(work, runner.RunConfig(source="bard", chunk_rows=2), [0, 1, 2], engine, progress=False)
+    runner.run(work, RunConfig(source="bard", chunk_rows=2), [0, 1, 2], engine, progress=False)
     return inputs, work
 
 
@@ -201,7 +206,7 @@ def test_a_killed_export_is_invisible_and_a_rerun_finishes_it(rewritten, tmp_pat
 def test_damaged_outputs_are_reported_and_only_they_are_redone(tmp_path, text_input, engine):
     work = planned(tmp_path, text_input)
     w = layout.Work(work)
-    config = runner.RunConfig(source="bard", chunk_rows=2)
+    config = RunConfig(source="bard", chunk_rows=2)
     runner.run(work, config, [0, 1, 2], engine, progress=False)
     before = {s: w.rewrite_file("bard", s).read_bytes() for s in range(3)}
     w.rewrite_file("bard", 0).unlink()
@@ -226,7 +231,7 @@ def test_a_done_shard_is_verified_by_size_rows_and_for_export_sha256(tmp_path, t
     damage for every reader; other bytes of the same size and rows are caught by export's sha256."""
     work = planned(tmp_path, text_input, shards=2)
     w = layout.Work(work)
-    runner.run(work, runner.RunConfig(source="bard"), [0, 1], engine, progress=False)
+    runner.run(work, RunConfig(source="bard"), [0, 1], engine, progress=False)
     stats = json.loads(w.stats_file("bard", 0).read_text())
     stats["file"]["rows"] += 1
     w.stats_file("bard", 0).write_text(json.dumps(stats))
@@ -243,7 +248,7 @@ def test_a_done_shard_is_verified_by_size_rows_and_for_export_sha256(tmp_path, t
 def test_a_damaged_chunk_part_is_named_and_redone(tmp_path, text_input, engine):
     work = planned(tmp_path, text_input, shards=1)
     w = layout.Work(work)
-    config = runner.RunConfig(source="bard", chunk_rows=2)
+    config = RunConfig(source="bard", chunk_rows=2)
     runner.run(work, config, [0], engine, progress=False)
     expected = w.rewrite_file("bard", 0).read_bytes()
     # A shard left half-done: its first chunk committed, then truncated on disk.
@@ -277,7 +282,7 @@ def test_a_custom_meta_set_is_named_after_its_file_inside_the_work_dir(tmp_path,
     work = planned(tmp_path, text_input, shards=1)
     mine = meta_file(tmp_path / "sets" / "mine.jsonl", GOOD_PAIRS)
     for given in (str(mine), os.path.relpath(mine)):  # absolute, then relative: one source
-        runner.run(work, runner.RunConfig(source=given, chunk_rows=3), [0], engine, progress=False)
+        runner.run(work, RunConfig(source=given, chunk_rows=3), [0], engine, progress=False)
     assert layout.Work(work).sources_present() == ["mine"]
     assert mine.read_text(encoding="utf-8").count("\n") == len(GOOD_PAIRS)  # the meta file is untouched
     summary = run_cli("export", "--work", work, "--out", tmp_path / "o").stdout
@@ -310,9 +315,9 @@ def test_input_columns_survive_the_export_and_collisions_are_refused_before_rewr
         f"{i:03d},k{i},{c},old rewrite {i}\n" for i, c in enumerate(CAPTIONS)), encoding="utf-8")
     work = tmp_path / "work"
     run_cli("shard", csv, "--out", work, "--num-shards", "2", "--key-column", "id")
-    with pytest.raises(runner.RunError, match="already have a column 'caption_coco'"):
-        runner.run(work, runner.RunConfig(source="coco"), [0, 1], engine, progress=False)
-    runner.run(work, runner.RunConfig(source="bard", chunk_rows=3), [0, 1], engine, progress=False)
+    with pytest.raises(RunError, match="already have a column 'caption_coco'"):
+        runner.run(work, RunConfig(source="coco"), [0, 1], engine, progress=False)
+    runner.run(work, RunConfig(source="bard", chunk_rows=3), [0, 1], engine, progress=False)
     run_cli("export", "--work", work, "--out", tmp_path / "o")
     ds = datasets.load_dataset(str(tmp_path / "o"), cache_dir=str(tmp_path / "hf"))["train"]
     assert ds.column_names == ["id", "key", "caption", "caption_coco", "caption_bard"]
@@ -342,7 +347,7 @@ def test_a_huge_caption_costs_a_row_and_says_it_was_cut(tmp_path, engine, stream
             calls.append([r.prompt for r in requests])
             return engine.generate(requests, sampling)
 
-    stats = runner.run(work, runner.RunConfig(source="human", chunk_rows=16, max_attempts=1), [0], Calls(),
+    stats = runner.run(work, RunConfig(source="human", chunk_rows=16, max_attempts=1), [0], Calls(),
                        progress=False, schedule=Schedule(streaming=streaming))[0]
     long_calls = [c for c in calls if any("very long alt text" in p for p in c)]
     if not streaming:
@@ -361,7 +366,7 @@ def test_a_huge_caption_costs_a_row_and_says_it_was_cut(tmp_path, engine, stream
 
 def test_damaged_settings_and_stray_folders_get_one_line(tmp_path, text_input, engine):
     work = planned(tmp_path, text_input, shards=1)
-    runner.run(work, runner.RunConfig(source="bard", chunk_rows=3), [0], engine, progress=False)
+    runner.run(work, RunConfig(source="bard", chunk_rows=3), [0], engine, progress=False)
     (work / "rewrites" / "notes").mkdir()
     status = run_cli("status", "--work", work).stdout
     assert "bard     done 1/1" in status and "notes: not a source folder" in status

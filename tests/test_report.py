@@ -15,9 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_parquet
 
-from rewrite import atomic, clip_tokens, done, export, faithful, layout, meta, plan, prompt, report, runner
+from rewrite.workdir import atomic, done, layout
+from rewrite.workdir.manifest import Manifest
+from rewrite.rewriting import clip_tokens, faithful, prompt
+from rewrite.exports import export
+from rewrite import meta, report
+from rewrite.inputs import plan
+from rewrite.run import runner
 from rewrite.exports import ExportOptions
 from rewrite.report import ReportError
+from rewrite.run.config import RunConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CAPTIONS = ["a dog runs", "<b>& cats sleep", "a red car", "", "two birds sing", "green hills at dawn", "an old boat"]
@@ -35,14 +42,14 @@ def failed(reason):
 SKIP = (None, layout.STATUS_SKIPPED, "empty_caption")
 
 
-def record_settings(w: layout.Work, manifest: plan.Manifest, config: runner.RunConfig) -> None:
+def record_settings(w: layout.Work, manifest: Manifest, config: RunConfig) -> None:
     """The source's settings.json, as a run records it (its fingerprint)."""
     meta_set = meta.load(config.meta_file or config.source)
     fingerprint = config.fingerprint(meta_set, prompt.load_template(config.template), "transformers", "test-model")
     atomic.write_json(w.settings_file(config.source), {**fingerprint, "plan_id": manifest.plan_id()})
 
 
-def commit(w: layout.Work, manifest: plan.Manifest, config: runner.RunConfig, shard: int, results: list[list[tuple]],
+def commit(w: layout.Work, manifest: Manifest, config: RunConfig, shard: int, results: list[list[tuple]],
            requests: int = 0, rejected: dict | None = None, failed_reasons: dict | None = None, finish: bool = True):
     """A shard's sidecar (`results`: per row, (rewrite, status, reason) per index) and, with `finish`, its
     stats marking it done, as the runner writes them; without, the shard is left partial."""
@@ -82,7 +89,7 @@ def work(tmp_path: Path) -> Path:
     mine_file.write_text("".join(json.dumps({"source": f"source {i}", "target": t}) + "\n"
                                  for i, t in enumerate(TARGETS)), encoding="utf-8")
 
-    mine = runner.RunConfig(source=str(mine_file))
+    mine = RunConfig(source=str(mine_file))
     record_settings(w, manifest, mine)
     commit(w, manifest, mine, 0, [[ok("a dog")], [ok("<b>& cats sleep on a mat")], [ok("a blue bus")]],
            requests=4, rejected={"echo": 1})
@@ -90,7 +97,7 @@ def work(tmp_path: Path) -> Path:
            requests=4, rejected={"echo": 2, "empty": 1}, failed_reasons={"echo": 1})
     commit(w, manifest, mine, 2, [[ok("an old ship")]], finish=False)
 
-    chatgpt = runner.RunConfig(source="chatgpt", num_rewrites=2)
+    chatgpt = RunConfig(source="chatgpt", num_rewrites=2)
     record_settings(w, manifest, chatgpt)
     commit(w, manifest, chatgpt, 0, [[ok("a dog"), ok("a big dog runs")], [ok("cats sleeping"), failed("echo")],
                                      [ok("a blue bus"), ok("a small red car")]],
@@ -261,7 +268,7 @@ def test_clear_errors(work, tmp_path, text_file):
     manifest = plan.plan([str(text_file)], fresh.root, num_shards=2)
     with pytest.raises(ReportError, match="has no rewrites yet"):
         report.collect(fresh.root, progress=False)
-    record_settings(fresh, manifest, runner.RunConfig(source="human"))
+    record_settings(fresh, manifest, RunConfig(source="human"))
     with pytest.raises(ReportError, match="no shard of human is done yet"):
         report.collect(fresh.root, progress=False)
 
@@ -386,7 +393,7 @@ def test_report_on_a_real_run(engine, tmp_path):
     text.write_text("a dog runs on the beach\nred apples in a basket\nan old bridge over a river\nkids flying kites\n")
     work = tmp_path / "work"
     plan.plan([str(text)], work, num_shards=1)
-    runner.run(work, runner.RunConfig(source="chatgpt", max_attempts=2), [0], engine, progress=False)
+    runner.run(work, RunConfig(source="chatgpt", max_attempts=2), [0], engine, progress=False)
 
     summary = report.report(work, tmp_path / "report", progress=False)["summary"]
     sidecar = pq.read_table(layout.Work(work).rewrite_file("chatgpt", 0)).to_pylist()
@@ -423,8 +430,8 @@ def test_the_report_command(work, tmp_path):
 def test_embedding_similarity_with_a_local_model(work, tmp_path):
     """With a model on disk (here the packaged LM's weights, mean-pooled: any local encoder works the same
     way), the report adds each rewrite's cosine similarity to its caption."""
-    from rewrite import model
-    from rewrite.embedding import Embedder, EmbeddingError
+    from rewrite.engines import model
+    from rewrite.rewriting.embedding import Embedder, EmbeddingError
 
     embedder = Embedder(model.resolve(None))
     same, other = embedder.similarity([("a red bike on a wall", "a red bike on a wall"),

@@ -11,9 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rewrite import done, layout, plan, runner, scheduler, stop
+from rewrite.workdir import done, layout
+from rewrite.inputs import plan
+from rewrite.run import runner, scheduler
+from rewrite import stop
 from rewrite.engines.base import Completion, Engine, Intake
-from rewrite.settings import Sampling, Schedule
+from rewrite.defaults import Sampling, Schedule
+from rewrite.run.config import EngineUnavailable, RunConfig
 
 STEP = 0.05  # seconds
 CAPTIONS = ["a red kite over a green field", "two dogs asleep on a sofa", "a bowl of soup with bread",
@@ -29,7 +33,7 @@ def test_dedup_spans_the_shard_not_one_chunk(tmp_path, engine):
     for streaming in (True, False):
         work = tmp_path / f"work-{streaming}"
         plan.plan([str(tmp_path / "repeats.parquet")], work, num_shards=1)
-        stats[streaming] = runner.run(work, runner.RunConfig(source="coco", chunk_rows=6, max_attempts=1), [0], engine,
+        stats[streaming] = runner.run(work, RunConfig(source="coco", chunk_rows=6, max_attempts=1), [0], engine,
                                       progress=False, schedule=Schedule(streaming=streaming))[0]
         rows = pq.read_table(layout.Work(work).rewrite_file("coco", 0)).to_pylist()
         assert len(rows) == 18
@@ -81,7 +85,7 @@ def test_a_rejected_rewrite_goes_back_ahead_of_new_work(tmp_path):
     work = tmp_path / "work"
     plan.plan([str(tmp_path / "c.parquet")], work, num_shards=1)
     engine = Scripted(reject={CAPTIONS[0]})
-    stats = runner.run(work, runner.RunConfig(source="human", chunk_rows=6), [0], engine, progress=False,
+    stats = runner.run(work, RunConfig(source="human", chunk_rows=6), [0], engine, progress=False,
                        schedule=Schedule(sort_by_length=False, group_by_examples=False))[0]
     order = [c for c, _ in engine.sent]
     assert order.count(CAPTIONS[0]) == 2  # tried again with a new seed
@@ -139,7 +143,7 @@ def test_the_next_shard_joins_the_stream_before_the_one_before_is_done(tmp_path)
     rows still decode (no drain between shards), and both shards end done and whole."""
     work = planned_shards(tmp_path, 2)
     engine = Watching(work, "human", 2)
-    stats = runner.run(work, runner.RunConfig(source="human", chunk_rows=3), [0, 1], engine, progress=False,
+    stats = runner.run(work, RunConfig(source="human", chunk_rows=3), [0, 1], engine, progress=False,
                        schedule=Schedule(streaming=True))
     assert engine.streams == 1
     assert [s["shard"] for s in stats] == [0, 1] and all(s["ok"] == 3 for s in stats)
@@ -152,14 +156,14 @@ def test_the_next_shard_joins_the_stream_before_the_one_before_is_done(tmp_path)
 def test_sets_share_a_stream_unless_their_sampling_differs(tmp_path):
     work = planned_shards(tmp_path, 2)
     same = Watching(work, "human", 2)
-    configs = [runner.RunConfig(source=s, chunk_rows=3) for s in ("human", "coco")]
+    configs = [RunConfig(source=s, chunk_rows=3) for s in ("human", "coco")]
     assert len(runner.run_sets(work, configs, [0, 1], same, progress=False, schedule=Schedule(streaming=True))) == 4
     assert same.streams == 1 and len(same.sent) == 12
 
     work2 = tmp_path / "other"
     plan.plan([str(tmp_path / "c.parquet")], work2, num_shards=2)
-    hotter = [runner.RunConfig(source="human", chunk_rows=3),
-              runner.RunConfig(source="coco", chunk_rows=3, sampling=Sampling(temperature=1.2))]
+    hotter = [RunConfig(source="human", chunk_rows=3),
+              RunConfig(source="coco", chunk_rows=3, sampling=Sampling(temperature=1.2))]
     differ = Watching(work2, "human", 2)
     assert len(runner.run_sets(work2, hotter, [0, 1], differ, progress=False, schedule=Schedule(streaming=True))) == 4
     assert differ.streams == 2  # one per sampling setting, each over both shards
@@ -179,7 +183,7 @@ def test_a_stop_between_shards_finishes_the_shards_in_flight_and_leaves_the_rest
             os.kill(os.getpid(), signal.SIGUSR1)
 
     engine = Watching(work, "human", 3, on_take=stop_at_shard_1)
-    config = runner.RunConfig(source="human", chunk_rows=3)
+    config = RunConfig(source="human", chunk_rows=3)
     with pytest.raises(stop.StopRequested):
         runner.run(work, config, [0, 1, 2], engine, progress=False, schedule=Schedule(streaming=True, open_chunks=1))
     w = layout.Work(work)
@@ -248,14 +252,14 @@ def test_rows_the_engine_could_not_serve_wait_and_a_rerun_requests_exactly_them(
     """Rows whose requests came back unavailable are committed as failed (engine_unavailable) with the rest of
     their chunk, their shards are not done, status counts them; a rerun requests those rows alone, at the
     attempts they had reached, and ends with an uninterrupted run's bytes."""
-    from rewrite import status
+    from rewrite.workdir import status
 
-    config, schedule = runner.RunConfig(source="human", chunk_rows=4), Schedule(streaming=streaming)
+    config, schedule = RunConfig(source="human", chunk_rows=4), Schedule(streaming=streaming)
     reference = flaky_work(tmp_path, "reference")
     runner.run(reference, config, [0, 1], Flaky(), progress=False, schedule=schedule)
     work = flaky_work(tmp_path, "work")
     down = {MANY[2], MANY[11], MANY[16]}
-    with pytest.raises(runner.EngineUnavailable, match=r"^the flaky engine was unavailable for some requests "
+    with pytest.raises(EngineUnavailable, match=r"^the flaky engine was unavailable for some requests "
                                                        r"\(ConnectionError: no server\)") as raised:
         runner.run(work, config, [0, 1], Flaky(down), progress=False, schedule=schedule)
     assert raised.value.waiting == {("human", 0): 1, ("human", 1): 4} and raised.value.finished == []
@@ -278,7 +282,7 @@ def test_rows_the_engine_could_not_serve_wait_and_a_rerun_requests_exactly_them(
 def test_retry_failed_gives_the_failed_rows_another_round_and_keeps_the_others(tmp_path, streaming):
     """--retry-failed on done shards requests their failed rows alone, at attempts after those spent (new
     seeds), keeps every other row, and ends where a run given both rounds from the start ends."""
-    config, schedule = runner.RunConfig(source="human", chunk_rows=4, max_attempts=1), Schedule(streaming=streaming)
+    config, schedule = RunConfig(source="human", chunk_rows=4, max_attempts=1), Schedule(streaming=streaming)
     work = flaky_work(tmp_path, "work")
     runner.run(work, config, [0, 1], Flaky(), progress=False, schedule=schedule)
     before = [r for s in range(2) for r in pq.read_table(layout.Work(work).rewrite_file("human", s)).to_pylist()]
@@ -302,12 +306,12 @@ def test_retry_failed_gives_the_failed_rows_another_round_and_keeps_the_others(t
 
 
 def test_status_counts_the_rows_of_the_committed_chunks_of_a_partial_shard(tmp_path):
-    from rewrite import status
+    from rewrite.workdir import status
 
     work = planned_shards(tmp_path, 1, per_shard=6)
     engine = Watching(work, "human", 1, on_take=lambda request: os.kill(os.getpid(), signal.SIGUSR1))
     with pytest.raises(stop.StopRequested):
-        runner.run(work, runner.RunConfig(source="human", chunk_rows=3), [0], engine, progress=False,
+        runner.run(work, RunConfig(source="human", chunk_rows=3), [0], engine, progress=False,
                    schedule=Schedule(streaming=True, open_chunks=1))
     manifest, [st] = status.collect(work)
     assert st.shards == {0: "partial"} and (st.rows_done, st.ok) == (3, 3)
@@ -318,12 +322,12 @@ def test_status_counts_the_rows_of_the_committed_chunks_of_a_partial_shard(tmp_p
 def test_an_engine_that_gives_up_stops_the_run_and_a_rerun_finishes_it(tmp_path, streaming):
     """Every request unavailable: after 3 in a row the engine gives up, the chunks taken are committed, no
     other is taken and no shard is done; the rerun, the engine back, ends as an uninterrupted run."""
-    config, schedule = runner.RunConfig(source="human", chunk_rows=2), Schedule(streaming=streaming, open_chunks=2)
+    config, schedule = RunConfig(source="human", chunk_rows=2), Schedule(streaming=streaming, open_chunks=2)
     reference = flaky_work(tmp_path, "reference")
     runner.run(reference, config, [0, 1], Flaky(), progress=False, schedule=schedule)
     work = flaky_work(tmp_path, "work")
     down = Flaky(down=MANY, give_up_after=3)
-    with pytest.raises(runner.EngineUnavailable, match=r"^the flaky engine is unavailable \(ConnectionError: no server\): "
+    with pytest.raises(EngineUnavailable, match=r"^the flaky engine is unavailable \(ConnectionError: no server\): "
                                                        r"the run stopped after 3 requests in a row") as raised:
         runner.run(work, config, [0, 1], down, progress=False, schedule=schedule)
     assert raised.value.gave_up and len(down.sent) == 3
@@ -340,7 +344,7 @@ def test_a_retry_round_stopped_half_way_and_run_again_ends_as_one_run(tmp_path, 
     """A --retry-failed run stopped (SIGUSR1) half-way (its second request: shard 1 has two chunks to retry)
     and run again with the same options gives the failed rows one round, not two: the result is the
     uninterrupted retry's."""
-    config, schedule = runner.RunConfig(source="human", chunk_rows=4, max_attempts=1), Schedule(streaming=streaming,
+    config, schedule = RunConfig(source="human", chunk_rows=4, max_attempts=1), Schedule(streaming=streaming,
                                                                                                  open_chunks=1)
     whole, cut = flaky_work(tmp_path, "whole"), flaky_work(tmp_path, "cut")
     for work in (whole, cut):

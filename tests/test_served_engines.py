@@ -12,9 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CAPTIONS, Recording, require
-from rewrite import engines, layout, meta, model, plan, prompt, runner
+from rewrite import engines, meta
+from rewrite.workdir import layout
+from rewrite.engines import model
+from rewrite.inputs import plan
+from rewrite.rewriting import prompt
+from rewrite.run import runner
 from rewrite.engines.vllm import CPU_BLOCK_SIZE
-from rewrite.settings import Sampling
+from rewrite.defaults import Sampling
+from rewrite.run.config import EngineUnavailable, RunConfig
 
 pytestmark = pytest.mark.slow
 MAX_MODEL_LEN = 2048
@@ -78,7 +84,7 @@ def vllm_server(tmp_path_factory):
 def rewrite_work(tmp_path, text_file, eng, source="chatgpt"):
     work = tmp_path / "work"
     plan.plan([str(text_file)], work, num_shards=2)
-    stats = runner.run(work, runner.RunConfig(source=source), [0, 1], eng, progress=False)
+    stats = runner.run(work, RunConfig(source=source), [0, 1], eng, progress=False)
     rows = [r for s in range(2) for r in pq.read_table(layout.Work(work).rewrite_file(source, s)).to_pylist()]
     return work, stats, rows
 
@@ -157,7 +163,7 @@ def test_every_engine_builds_the_same_prompts(engine, vllm_engine, vllm_server, 
         rec = Recording(eng)
         work = tmp_path / name
         plan.plan([str(text_file)], work, num_shards=1)
-        runner.run(work, runner.RunConfig(source="bard", max_attempts=1), [0], rec, progress=False)
+        runner.run(work, RunConfig(source="bard", max_attempts=1), [0], rec, progress=False)
         prompts[name] = [(r.prompt, r.seed) for r in rec.requests]
     assert len(prompts["transformers"]) == len(set(CAPTIONS)) - 1  # unique, non-blank captions
     assert prompts["transformers"] == prompts["vllm"] == prompts["openai"]
@@ -168,14 +174,14 @@ def test_openai_outage_leaves_rows_waiting_and_the_shard_not_done(tmp_path, text
     (engine_unavailable), the shard is not done and the run says so; the rerun (the server back) is
     tests/test_outage.py's."""
     require("openai")
-    from rewrite import done
+    from rewrite.workdir import done
 
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     eng = engines.load("openai", None, base_url=dead, request_retries=0, timeout=2.0, concurrency=2)
     work = tmp_path / "work"
     plan.plan([str(text_file)], work, num_shards=1)
-    with pytest.raises(runner.EngineUnavailable, match=f"the engine at {dead} is unavailable \\(APIConnectionError"):
-        runner.run(work, runner.RunConfig(source="human", max_attempts=2), [0], eng, progress=False)
+    with pytest.raises(EngineUnavailable, match=f"the engine at {dead} is unavailable \\(APIConnectionError"):
+        runner.run(work, RunConfig(source="human", max_attempts=2), [0], eng, progress=False)
     w = layout.Work(work)
     assert done.check(w, "human", 0).state == done.PARTIAL and not w.rewrite_file("human", 0).exists()
     rows = [r for part in sorted(w.parts("human", 0).glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
@@ -191,7 +197,7 @@ def test_openai_outage_leaves_rows_waiting_and_the_shard_not_done(tmp_path, text
 
 def test_vllm_layouts_agree(vllm_engine, tmp_path):
     from test_determinism import assert_layouts_agree, rewrites_by_key
-    from rewrite.settings import Schedule
+    from rewrite.defaults import Schedule
 
     one = rewrites_by_key(tmp_path, "one", vllm_engine, shards=1, chunk_rows=24)
     many = rewrites_by_key(tmp_path, "many", vllm_engine, shards=3, chunk_rows=5,
@@ -203,7 +209,7 @@ def test_vllm_streaming_and_a_chunk_at_a_time_agree(vllm_engine, tmp_path):
     """Through vLLM's step loop (streaming) and through LLM.generate a chunk at a time, every first
     attempt sends the same (prompt, seed), and the rewrites agree (a retry follows from the text)."""
     from test_determinism import assert_layouts_agree, rewrites_by_key
-    from rewrite.settings import Schedule
+    from rewrite.defaults import Schedule
 
     stream = rewrites_by_key(tmp_path, "stream", vllm_engine, shards=1, chunk_rows=8, schedule=Schedule(streaming=True))
     chunked = rewrites_by_key(tmp_path, "chunked", vllm_engine, shards=1, chunk_rows=8, schedule=Schedule(streaming=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_cli
-from rewrite import slurm
+from rewrite.launch import slurm
 
 
 @pytest.mark.parametrize("shards, count, expected", [

@@ -54,7 +54,7 @@ def job_report(work: Path, job: str) -> str:
 
 
 def captions(tmp_path: Path, n: int = 48) -> Path:
-    from rewrite.demo import demo_captions
+    from rewrite.launch.demo import demo_captions
 
     path = tmp_path / "captions.txt"
     path.write_text("\n".join(demo_captions().read_text(encoding="utf-8").splitlines()[:n]) + "\n", encoding="utf-8")

@@ -1,7 +1,7 @@
 """Every rejection reason, driven by crafted completions through the parser and the checks."""
 import pytest
 
-from rewrite import clip_tokens, prompt, validate
+from rewrite.rewriting import clip_tokens, prompt, validate
 from rewrite.engines.base import Completion
 
 SOURCE = "dog on the beach"

@@ -10,12 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CAPTIONS, run_cli
-from rewrite import layout, plan
+from rewrite.workdir import layout
+from rewrite.workdir.manifest import load_manifest
+from rewrite.inputs import plan
 
 
 def all_rows(work) -> list[dict]:
     """Every row of every shard, read through a freshly loaded plan (as `rewrite run` reads them)."""
-    m = plan.load_manifest(work)
+    m = load_manifest(work)
     return [r for s in range(m.num_shards) for c in plan.iter_shard(m, s, 5) for r in c.to_pylist()]
 
 
@@ -29,7 +31,7 @@ def test_a_relative_work_dir_works_from_another_folder(tmp_path, monkeypatch, te
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert "plan: 3 shards, 12 rows, 1 input files" in run_cli("status", "--work", work).stdout
     assert [r["caption"] for r in all_rows(work)] == [c.replace("\n", " ") for c in CAPTIONS]
-    assert plan.load_manifest(work).root == work
+    assert load_manifest(work).root == work
 
 
 def test_a_copied_work_dir_reads_its_own_files(tmp_path, text_file):
@@ -56,7 +58,7 @@ def test_the_inputs_are_recorded_as_given(tmp_path, monkeypatch, text_file):
     m = plan.plan([str(text_file), ".", "../csvs/**/*.csv", "../csvs/*/*.csv"], tmp_path / "w")
     assert m.inputs == [str(text_file), str(tmp_path / "texts"), str(tmp_path / "csvs"),
                         str(tmp_path / "csvs" / "part" / "a.csv")]
-    assert plan.load_manifest(tmp_path / "w").inputs == m.inputs
+    assert load_manifest(tmp_path / "w").inputs == m.inputs
 
 
 @pytest.mark.parametrize("given, out, message", [
@@ -93,7 +95,7 @@ def test_an_old_plan_is_refused_with_a_way_out(tmp_path, text_file):
     manifest = layout.Work(tmp_path / "w").manifest
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 1}))
     with pytest.raises(plan.PlanError, match="plan version 1 .*plan again into a new work dir"):
-        plan.load_manifest(tmp_path / "w")
+        load_manifest(tmp_path / "w")
 
 
 def test_a_plan_never_writes_among_someone_elses_files(tmp_path, text_file):

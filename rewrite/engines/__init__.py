@@ -42,7 +42,7 @@ def resolve_name(name: str) -> str:
 def model_name(name: str, model: str | None) -> str:
     """What engine `name` would report as its model for --model `model`, without loading it: a local
     engine's resolved model directory, or an engine module's own `model_name(model)`."""
-    from .. import model as model_lib
+    from . import model as model_lib
 
     module = importlib.import_module(f"{__name__}.{resolve_name(name)}")
     return getattr(module, "model_name", model_lib.resolve)(model)

@@ -5,7 +5,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ..settings import Sampling
+from ..defaults import Sampling
 
 
 class EngineError(RuntimeError):

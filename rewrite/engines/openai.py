@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 from urllib.parse import urlsplit
 
-from .. import model as model_lib
-from ..settings import Sampling
+from . import model as model_lib
+from ..defaults import Sampling
 from .base import UNAVAILABLE, Completion, Engine, EngineError, Intake, Outage, Request, in_order
 
 API_KEY_ENV = "OPENAI_API_KEY"

@@ -21,8 +21,8 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .. import model as model_lib
-from ..settings import BATCH_SIZE, Sampling
+from . import model as model_lib
+from ..defaults import BATCH_SIZE, Sampling
 from .base import Completion, EngineError, Intake, Request, TokenizerEngine, in_order
 
 CANDIDATES = (64, 2048)  # widths searched for a row's top-p nucleus before the whole vocabulary

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .. import children, model as model_lib
-from ..settings import Sampling
+from .. import children
+from . import model as model_lib
+from ..defaults import Sampling
 from .base import Completion, EngineError, Intake, Request, TokenizerEngine
 
 

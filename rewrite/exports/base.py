@@ -15,7 +15,9 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import layout, plan
+from ..workdir import layout
+from ..workdir.manifest import Manifest
+from ..inputs import plan
 
 PARTS = "parts"
 READ_BYTES = 64 << 20  # a chunk of joined rows holds about this much input data, whatever the row size
@@ -40,7 +42,7 @@ class ExportOptions:
 class ExportJob:
     """What every format reads: the plan, each source's settings and shard states, and the options."""
     work: layout.Work
-    manifest: plan.Manifest
+    manifest: Manifest
     settings: dict[str, dict]  # source -> its recorded settings
     done: dict[str, set[int]]  # source -> shards whose rewrites are committed and intact
     options: ExportOptions

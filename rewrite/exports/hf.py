@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import atomic, layout
+from ..workdir import atomic, layout
 from .base import ExportFormat, ExportJob, Staged
 
 HF_METADATA_KEY = b"huggingface"

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import IO, Iterable
 
-from .. import atomic, layout
+from ..workdir import atomic, layout
 from .base import ExportError
 
 MARKER = ".rewrite-images.json"

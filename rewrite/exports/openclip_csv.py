@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import shutil
 
-from .. import atomic, layout
+from ..workdir import atomic, layout
 from . import tables
 from .base import PARTS, ExportFormat, ExportJob
 

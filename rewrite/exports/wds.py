@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .. import atomic, layout, tars
+from ..workdir import atomic, layout
+from .. import tars
 from ..inputs.wds import headers_check
 from . import tables
 from .base import ExportError, ExportFormat, ExportJob

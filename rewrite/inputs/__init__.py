@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Captions, InputFormat, Planned, PlanError
+from ..workdir.manifest import Captions, Planned, PlanError
+from .base import InputFormat
 from .delimited import DelimitedInput
 from .parquet import ParquetInput
 from .text import TextInput

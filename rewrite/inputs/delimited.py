@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .. import atomic
-from .base import PlanError
+from ..workdir import atomic
+from ..workdir.manifest import PlanError
 from .parquet import ConvertedInput, plan_file
 
 

@@ -10,7 +10,8 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .base import InputFormat, Planned, PlanError
+from .base import InputFormat
+from ..workdir.manifest import Planned, PlanError
 
 CHANGED_FOOTER = "its parquet footer differs: its row groups, columns or their sizes"
 _MAGIC = b"PAR1"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import atomic
-from .base import PlanError
+from ..workdir import atomic
+from ..workdir.manifest import PlanError
 from .parquet import ConvertedInput, plan_file
 
 CONVERT_BATCH = 65_536

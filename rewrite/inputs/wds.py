@@ -20,8 +20,10 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 
-from .. import layout, tars
-from .base import InputFormat, Planned, PlanError
+from ..workdir import layout
+from .. import tars
+from .base import InputFormat
+from ..workdir.manifest import Planned, PlanError
 
 JSON = "json"  # the row column holding KEY.json as text
 CHANGED_HEADERS = "its member headers differ: a member's name, size or time"

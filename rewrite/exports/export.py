@@ -19,23 +19,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import atomic, children, exports, faults, layout, plan, publish, runner, status, stop
-from .exports import ExportError, ExportJob, ExportOptions, images
-from .exports.base import PARTS
+from .. import children, exports, faults, meta, stop
+from ..workdir import atomic, layout, outputs, status
+from ..workdir.manifest import Manifest, format_shard_spec, load_manifest
+from ..workdir.record import recorded_settings
+from . import ExportError, ExportJob, ExportOptions, images, publish
+from .base import PARTS
 
 
-def check_out_folder(out: Path, w: layout.Work, manifest: plan.Manifest, option: str = "--out",
+def check_out_folder(out: Path, w: layout.Work, manifest: Manifest, option: str = "--out",
                      others: Sequence[tuple[str, Path]] = ()) -> None:
     """Refuse an output folder that is, holds or lies inside the work dir, an input or `others`."""
-    out = out.resolve()
-    for what, path in [("the work dir", w.root.resolve())] + [("the input", Path(p)) for p in manifest.inputs] + \
-            [(name, p.resolve()) for name, p in others]:
-        if out == path or out.is_relative_to(path) or path.is_relative_to(out):
-            relation = "is" if out == path else ("lies inside" if out.is_relative_to(path) else "holds")
-            raise ExportError(f"{option} {out} {relation} {what} {path}: an export goes to a folder of its own")
+    read = outputs.read_by(w, manifest) + [(name, p.resolve()) for name, p in others]
+    problem = outputs.overlap(out.resolve(), read, option, "an export")
+    if problem:
+        raise ExportError(problem)
 
 
-def export_id(manifest: plan.Manifest, settings: dict, fmt: str, options: ExportOptions) -> str:
+def export_id(manifest: Manifest, settings: dict, fmt: str, options: ExportOptions) -> str:
     """What defines the export being staged: the plan, each source's settings, the format and its options.
     (Which rewrites each shard's files were made from is recorded per shard: `_made_from`.)"""
     body = {"plan": manifest.plan_id(), "format": fmt, "sources": settings,
@@ -95,18 +96,19 @@ def export(
     exports.check_options(export_format, options)
     if workers < 1:
         raise ExportError(f"--workers must be >= 1, got {workers}")
-    manifest = plan.load_manifest(w)
+    manifest = load_manifest(w)
     everything = list(range(manifest.num_shards))
     chosen = everything if shards is None else list(shards)
     check_out_folder(out, w, manifest)
     if options.extract_images is not None:  # images land there: never among the inputs, nor another's files
         check_out_folder(options.extract_images, w, manifest, "--extract-images", [("the export folder --out", out)])
         images.check(options.extract_images, out, overwrite)
-    manifest, statuses = status.collect(w, list(sources) if sources else None, checksum=set(chosen))
+    names = meta.chosen(w.root, w.sources_present(), sources, "run")
+    manifest, statuses = status.collect(w, names, checksum=set(chosen))
     if not statuses:
         raise ExportError(f"{w.root} has no rewrites yet: run `rewrite run` first")
     missing = _missing(statuses, chosen, allow_missing)
-    settings = {st.source: runner.recorded_settings(w, st.source) for st in statuses}
+    settings = {st.source: recorded_settings(w, st.source) for st in statuses}
     done = {st.source: {s for s, state in st.shards.items() if state == status.DONE} for st in statuses}
     job = ExportJob(w, manifest, settings, done, options)
     export_format.check(job)
@@ -115,7 +117,7 @@ def export(
     files = [f for s in everything for f in per_shard[s] + [_record(s)]] + export_format.final_files(job)
     published = [f for f in files if Path(f).parts[0] != PARTS]
     summary = {"out": str(out), "format": fmt, "files": published, "rows": manifest.total_rows,
-               "sources": list(settings), "missing": {k: plan.format_shard_spec(v) for k, v in missing.items()},
+               "sources": list(settings), "missing": {k: format_shard_spec(v) for k, v in missing.items()},
                "damaged": [problem for st in statuses for problem in st.damage.values()],
                "counts": {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses},
                "whole": chosen == everything}
@@ -129,7 +131,7 @@ def export(
         todo = [s for s in chosen if not _written(folder, job, per_shard[s], s, made_from[s])]
         for shard in _write_shards(export_format, job, todo, folder.staging, workers, progress):
             atomic.write_json(folder.path(_record(shard)), made_from[shard])
-        summary["written"] = plan.format_shard_spec(todo)
+        summary["written"] = format_shard_spec(todo)
         if not folder.alone():
             return {**summary, "published": False, "waiting": "other exports still write shards of this folder"}
         if folder.published():
@@ -141,7 +143,7 @@ def export(
         summary["counts"] = {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses}
         unwritten = [s for s in everything if not _written(folder, job, per_shard[s], s, made_from[s])]
         if unwritten:
-            return {**summary, "published": False, "unwritten": plan.format_shard_spec(unwritten)}
+            return {**summary, "published": False, "unwritten": format_shard_spec(unwritten)}
         export_format.finish(job, folder.path, summary)
         folder.publish()
     return {**summary, "published": True}
@@ -153,7 +155,7 @@ def _missing(statuses: list, shards: list[int], allow_missing: bool) -> dict[str
     missing = {k: v for k, v in missing.items() if v}
     if missing and not allow_missing:
         damage = [problem for st in statuses for problem in st.damage.values()]
-        detail = "; ".join(f"{src}: shards {plan.format_shard_spec(v)}" for src, v in missing.items())
+        detail = "; ".join(f"{src}: shards {format_shard_spec(v)}" for src, v in missing.items())
         raise ExportError(f"not every shard is rewritten ({detail}). " + "".join(f"Damaged: {d}. " for d in damage[:3])
                           + "Finish them (`rewrite run`), or pass --allow-missing to export with nulls there")
     return missing

@@ -3,158 +3,29 @@
 Each input format (rewrite/inputs/) says how a file is planned and read: parquet from its footer alone,
 CSV/TSV and text converted once to parquet inside the work dir, webdataset tars counted from img2dataset's
 stats (else their headers) and read in place, text members only. A shard is a list of pieces (file,
-first row, end row) covering a contiguous range of the concatenated inputs; a worker streams it in fixed
-chunks of rows, reading only the columns it needs.
-
-A work dir is self-contained: a file inside it is recorded relative to it, so it can be moved or
-copied. The inputs' schemas are unified at planning time, so a column whose type differs between files
-is refused before any rewriting, and every chunk read with all columns has the one unified schema.
-
-Each file read is recorded with its identity (size and the format's digest: see inputs.Planned), so
-that a read refuses a file that changed since it was planned, naming it, and a `touch` is no change.
+first row, end row) covering a contiguous range of the concatenated inputs (the plan itself:
+workdir/manifest.py); a worker streams it in fixed chunks of rows, reading only the columns it needs.
+The inputs' schemas are unified at planning time, so a column whose type differs between files is
+refused before any rewriting, and every chunk read with all columns has the one unified schema.
 """
 from __future__ import annotations
 
-import base64
 import glob
-import hashlib
 import itertools
-import json
 import math
 import os
-import re
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from . import atomic, layout
-from .inputs import SUFFIXES, Captions, InputFormat, Planned, PlanError, for_path
-from .inputs import named as format_named
-from .tars import expand_braces
+from ..workdir import layout, outputs
+from ..workdir.manifest import Captions, InputFile, Manifest, Piece, PlanError, first_read_record, load_manifest
+from . import SUFFIXES, InputFormat, for_path
+from . import named as format_named
+from ..tars import expand_braces
 
-MANIFEST_VERSION = 2
 DEFAULT_ROWS_PER_SHARD = 10_000
-
-
-@dataclass(frozen=True)
-class InputFile:
-    path: str  # the input file (absolute)
-    data: str  # the parquet file read (`path`, or its conversion): see Manifest.data_path
-    format: str  # the name of its format in inputs.FORMATS
-    rows: int
-    key_prefix: str  # derived keys are f"{key_prefix}-{row:09d}"
-    size: int | None = None  # bytes of `data` when planned; None in plans made before it was recorded (not checked)
-    digest: str | None = None  # the format's digest of `data` when planned (None: not taken then; see inputs.Planned)
-
-
-@dataclass(frozen=True)
-class Piece:
-    file: int
-    start: int
-    stop: int
-
-
-@dataclass
-class Manifest:
-    caption_column: str
-    key_column: str | None  # None: keys are derived from (file, row)
-    files: list[InputFile]
-    shards: list[list[Piece]]
-    schema: pa.Schema  # every input is read as this (see unify); a derived `key` is not in it
-    inputs: list[str]  # the input arguments, absolute: a file, a folder, or a glob's folder before its first wildcard
-    root: Path = field(compare=False)  # the work dir, absolute; not saved, so the work dir can move
-    caption_field: str | None = None  # webdataset inputs: the KEY.json field captions come from (None: KEY.txt)
-    version: int = MANIFEST_VERSION
-    created: float = field(default_factory=time.time)
-
-    @property
-    def captions(self) -> Captions:
-        return Captions(self.caption_column, self.caption_field)
-
-    @property
-    def num_shards(self) -> int:
-        return len(self.shards)
-
-    @property
-    def total_rows(self) -> int:
-        return sum(f.rows for f in self.files)
-
-    @property
-    def columns(self) -> list[str]:
-        """The input columns of a row with columns=None, in order: the schema's, then `key` when derived."""
-        return self.schema.names + ([layout.KEY] if self.key_column is None else [])
-
-    def data_path(self, f: InputFile) -> Path:
-        """The parquet file read for `f`: recorded relative to the work dir when it lies inside it, else absolute."""
-        return self.root / f.data
-
-    def shard_rows(self, shard: int) -> int:
-        return sum(p.stop - p.start for p in self.shards[shard])
-
-    def planned(self, index: int) -> Planned:
-        """Input file `index` as planned, for a reader to refuse it if it changed since (see inputs.Planned)."""
-        f = self.files[index]
-        return Planned(self.data_path(f), f.rows, f.size, f.digest, first_read_record(self.root, index, f.path))
-
-    def plan_id(self) -> str:
-        """Digest of what defines the rows of every shard (not when it was made)."""
-        body = {k: v for k, v in self.to_dict().items() if k != "created"}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
-    def to_dict(self) -> dict:
-        return {
-            "version": self.version,
-            "created": self.created,
-            "caption_column": self.caption_column,
-            "caption_field": self.caption_field,
-            "key_column": self.key_column,
-            "total_rows": self.total_rows,
-            "num_shards": self.num_shards,
-            "inputs": self.inputs,
-            "columns": self.columns,
-            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
-            # None fields left out: a plan made before they existed keeps its dict, and so its plan_id
-            "files": [{k: v for k, v in asdict(f).items() if v is not None} for f in self.files],
-            "shards": [[[p.file, p.start, p.stop] for p in s] for s in self.shards],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict, root: Path) -> "Manifest":
-        return cls(
-            caption_column=d["caption_column"],
-            caption_field=d.get("caption_field"),
-            key_column=d["key_column"],
-            files=[InputFile(**f) for f in d["files"]],
-            shards=[[Piece(*p) for p in s] for s in d["shards"]],
-            schema=pa.ipc.read_schema(pa.py_buffer(base64.b64decode(d["schema"], validate=True))),
-            inputs=d["inputs"],
-            root=root,
-            version=d["version"],
-            created=d["created"],
-        )
-
-    def save(self, work: layout.Work) -> None:
-        atomic.write_json(work.manifest, self.to_dict())
-
-
-def load_manifest(work: str | Path | layout.Work) -> Manifest:
-    work = layout.Work(work)
-    if not work.manifest.is_file():
-        raise PlanError(f"{work.root} has no shard plan ({work.manifest.name}): run `rewrite shard ... --out {work.root}` first")
-    try:
-        data = json.loads(work.manifest.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PlanError(f"{work.manifest}: not a valid shard plan ({e})") from None
-    if data.get("version") != MANIFEST_VERSION:
-        raise PlanError(f"{work.manifest}: plan version {data.get('version')} is not {MANIFEST_VERSION} (made by "
-                        "another version of rewrite): plan again into a new work dir")
-    try:
-        return Manifest.from_dict(data, work.root.resolve())
-    except (KeyError, TypeError, ValueError) as e:  # ValueError: a bad schema (base64 or Arrow)
-        raise PlanError(f"{work.manifest}: not a valid shard plan ({e})") from None
 
 
 # ---------------------------------------------------------------- discovery
@@ -217,9 +88,10 @@ def _input_roots(inputs: Sequence[str]) -> list[Path]:
 def _check_work_dir(root: Path, inputs: Sequence[Path]) -> None:
     """A work dir apart from its inputs: rewrites and conversions never land among the user's files."""
     for given in inputs:
-        if given == root:
+        found = outputs.relation(root, given)
+        if found == "is":
             what = "is the input folder" if given.is_dir() else "is the input file"
-        elif given in root.parents:
+        elif found == "lies inside":
             what = "lies inside the input folder"
         else:
             continue
@@ -310,11 +182,6 @@ def plan(
     )
     manifest.save(work_dir)
     return manifest
-
-
-def first_read_record(root: Path, index: int, path: str) -> Path:
-    """Where the first full read of input file `index` records its digest when the plan did not take it."""
-    return layout.Work(root).inputs / f"{index:05d}-{Path(path).stem}.digest.json"
 
 
 def shard_bounds(total: int, *, num_shards: int | None = None, rows_per_shard: int | None = None) -> list[tuple[int, int]]:
@@ -515,45 +382,6 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     arrays = [table.column(fld.name).cast(fld.type) if fld.name in present else pa.nulls(table.num_rows, fld.type)
               for fld in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-# ---------------------------------------------------------------- shard specs
-
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
-
-
-def parse_shard_spec(spec: str, num_shards: int) -> list[int]:
-    """`0-127`, `7`, `0,3,9-12` or `all` -> sorted shard ids, each checked against the plan."""
-    if spec.strip() == "all":
-        return list(range(num_shards))
-    shards: set[int] = set()
-    for part in spec.split(","):
-        m = _RANGE.match(part.strip())
-        if not m:
-            raise PlanError(f"--shards {spec!r}: {part.strip()!r} is not a shard id or range like 0-127")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise PlanError(f"--shards {spec!r}: range {part.strip()} runs backwards")
-        if hi >= num_shards:
-            raise PlanError(f"--shards {spec!r}: shard {hi} is not in the plan (shards 0-{num_shards - 1})")
-        shards.update(range(lo, hi + 1))
-    return sorted(shards)
-
-
-def format_shard_spec(shards: Sequence[int]) -> str:
-    """[0,1,2,5] -> '0-2,5': the inverse of parse_shard_spec."""
-    out, run = [], []
-    for s in sorted(shards):
-        if run and s == run[-1] + 1:
-            run.append(s)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [s]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out)
 
 
 def chunk_count(rows: int, chunk_rows: int) -> int:

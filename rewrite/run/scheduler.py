@@ -34,9 +34,12 @@ from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from . import layout, rows, stop, validate
-from .engines import base as engines
-from .settings import Sampling, Schedule
+from ..workdir import layout
+from . import rows
+from .. import stop
+from ..rewriting import validate
+from ..engines import base as engines
+from ..defaults import Sampling, Schedule
 
 _END = object()
 SLICE = 256  # requests built, ordered and queued together: the engine gets a big chunk's first ones early

@@ -12,7 +12,7 @@ import unicodedata
 from typing import Callable, Sequence
 
 from . import faithful
-from .engines.base import UNAVAILABLE, Completion
+from ..engines.base import UNAVAILABLE, Completion
 from .prompt import ARROW
 
 CLIP_CONTEXT = 77  # CLIP's text context in tokens, start and end tokens included

@@ -19,8 +19,8 @@ import random
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, meta
-from .meta import MetaSetError
+from .. import __version__, meta
+from .sets import MetaSetError
 
 # The variables of LaCLIP's rewrite/utils.py: a pair set is two parallel lists of strings, coco a list of groups.
 LACLIP_PAIRS = {

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Container
+from typing import Container, Sequence
 
-from . import done, layout, meta, plan
+from . import done, layout
+from .manifest import Manifest, format_shard_spec, load_manifest
 from .done import DAMAGED, DONE, MISSING, PARTIAL
 
 STATES = (DONE, PARTIAL, MISSING, DAMAGED)
 WAITING_SHOWN = 10  # shards with rows waiting for the engine named on the status line
-
-
-class StatusError(ValueError):
-    pass
 
 
 @dataclass
@@ -35,7 +32,7 @@ class SourceStatus:
         return sum(s == state for s in self.shards.values())
 
     def spec(self, state: str) -> str:
-        return plan.format_shard_spec([k for k, v in self.shards.items() if v == state])
+        return format_shard_spec([k for k, v in self.shards.items() if v == state])
 
     def add(self, stats: dict) -> None:
         self.rows_done += stats["rows"]
@@ -47,28 +44,15 @@ class SourceStatus:
             self.reasons[reason] = self.reasons.get(reason, 0) + n
 
 
-def source_names(work: str | Path, sources: list[str] | None) -> list[str]:
-    """The sources asked for (a shipped name, an alias, a custom set's file or name) as named in the
-    work dir; every one of them must have been run there. None: every source that has been run."""
-    present = layout.Work(work).sources_present()
-    if not sources:
-        return present
-    names = [s if s in present else meta.source_name(s) for s in sources]
-    unknown = [n for n in names if n not in present]
-    if unknown:
-        raise StatusError(f"{layout.Work(work).root} has no rewrites of {', '.join(unknown)} "
-                          f"(sources run there: {', '.join(present) or 'none'})")
-    return names
-
-
-def collect(work: str | Path, sources: list[str] | None = None, *, checksum: bool | Container[int] = False
-            ) -> tuple[plan.Manifest, list[SourceStatus]]:
-    """Each source's shard states. `checksum`: True, or the shards whose files are also checked against
+def collect(work: str | Path, names: Sequence[str] | None = None, *, checksum: bool | Container[int] = False
+            ) -> tuple[Manifest, list[SourceStatus]]:
+    """The shard states of the sets `names` (as the work dir names them; None: every set run there).
+    `checksum`: True, or the shards whose files are also checked against
     their recorded sha256 (an export checks the shards it writes, not all of them in every array task)."""
     w = layout.Work(work)
-    manifest = plan.load_manifest(w)
+    manifest = load_manifest(w)
     out = []
-    for source in source_names(w, sources):
+    for source in (names if names is not None else w.sources_present()):
         st = SourceStatus(source, {})
         for shard in range(manifest.num_shards):
             found = done.check(w, source, shard, checksum=checksum is True or (checksum and shard in checksum))
@@ -87,7 +71,7 @@ def collect(work: str | Path, sources: list[str] | None = None, *, checksum: boo
     return manifest, out
 
 
-def render(manifest: plan.Manifest, statuses: list[SourceStatus], strays: list[Path] = (),
+def render(manifest: Manifest, statuses: list[SourceStatus], strays: list[Path] = (),
            notes: dict[str, list[str]] | None = None) -> str:
     """The status text; `notes[source]`: lines shown right under a source's line (Slurm's view)."""
     lines = [f"plan: {manifest.num_shards} shards, {manifest.total_rows} rows, {len(manifest.files)} input files"]

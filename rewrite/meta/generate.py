@@ -15,10 +15,11 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, clip_tokens, meta, prompt, seeds, validate
-from .engines.base import Engine, EngineError, Request
-from .meta import MetaSetError
-from .settings import Sampling
+from .. import __version__, meta
+from ..rewriting import clip_tokens, prompt, seeds, validate
+from ..engines.base import Engine, EngineError, Request
+from .sets import MetaSetError
+from ..defaults import Sampling
 
 # The instruction the paper gave its chatbots (its section on meta input-output pairs).
 PAPER_INSTRUCTION = "Rewrite this caption of an image vividly, and keep it less than thirty words:"

@@ -5,8 +5,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import engines, export, layout, plan, prompt, report, resources, runner
-from .settings import ENGINE
+from .. import engines, report, resources
+from ..exports import export
+from ..workdir import layout
+from ..workdir.manifest import load_manifest
+from ..inputs import plan
+from ..rewriting import prompt
+from ..run import runner
+from ..defaults import ENGINE
+from ..run.config import RunConfig, prepare
+from ..run.checkpoint import check_settings
+from ..workdir.record import recorded_settings
+from ..workdir.done import pending_shards
 
 # What the demo rewrites with by default: the settings that gave the packaged model's most faithful
 # rewrites on the demo captions at a valid rate near 100% (bench/faithfulness.py; README "Quality").
@@ -27,25 +37,25 @@ def run_demo(out: str | Path = "rewrite-demo", source: str = "chatgpt", num_shar
     `min_faithfulness` of 0 or None: no gate. Run again,
     it reuses what is done with the same settings and redoes it with others (OUT is the demo's own)."""
     # Bad options are refused before anything is written or loaded.
-    config = runner.RunConfig(source=source, chunk_rows=32, template=template, min_faithfulness=min_faithfulness or None)
+    config = RunConfig(source=source, chunk_rows=32, template=template, min_faithfulness=min_faithfulness or None)
     prompt.load_template(template)
     name = engines.check(engine_name, model, {})
     if Path(out).exists() and not Path(out).is_dir():
         raise plan.PlanError(f"--out {out} is a file, not a folder")
     work = layout.Work(Path(out) / "work")
     if work.manifest.is_file():
-        manifest = plan.load_manifest(work)
+        manifest = load_manifest(work)
     else:
         manifest = plan.plan([str(demo_captions())], work.root, num_shards=num_shards)
     shards = list(range(manifest.num_shards))
-    job = runner.prepare(work.root, config, shards)
-    same = runner.check_settings(job, job.fingerprint(name, engines.model_name(name, model)), overwrite=True)
-    if runner.pending_shards(work.root, config.source, shards, overwrite=not same):
+    job = prepare(work.root, config, shards)
+    same = check_settings(job, job.fingerprint(name, engines.model_name(name, model)), overwrite=True)
+    if pending_shards(work.root, config.source, shards, overwrite=not same):
         with engines.opened(name, model) as engine:
             runner.run(work.root, config, shards, engine, overwrite=not same)
     summary = export.export(work.root, Path(out) / "dataset", [config.source], overwrite=True)
     table = pq.read_table(Path(summary["out"]) / summary["files"][0], columns=["caption", f"caption_{config.source}"])
     summary["examples"] = table.slice(0, show).to_pylist()
-    summary["used"] = runner.recorded_settings(work, config.source)
+    summary["used"] = recorded_settings(work, config.source)
     summary["report"] = report.report(work.root, Path(out) / "report", [config.source], progress=False, overwrite=True)
     return summary

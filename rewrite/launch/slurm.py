@@ -11,7 +11,6 @@ go to WORK/slurm/jobs.jsonl, logs to WORK/slurm/logs/<array job>_<task>.log.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -23,7 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import atomic, done, layout, meta, plan, settings, stop
+from ..workdir import atomic, done, layout
+from ..workdir.manifest import format_shard_spec, load_manifest, parse_shard_spec
+from .. import defaults, exports, meta, stop
+from ..exports.export import check_out_folder
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: task indices 0-1000
 WARN_SECONDS = 300  # the warning signal comes this long before the time limit
@@ -119,7 +121,7 @@ def render_script(work: Path, source: str, shards: Sequence[int], tasks: int, pa
             lines.append(f"#SBATCH --{flag}={value}")
     lines += [f"#SBATCH {x if x.startswith('-') else '--' + x}" for x in resources.extra]
     command = [python, "-m", "rewrite.cli", "run", "--work", str(work), "--source", source,
-               "--shards", plan.format_shard_spec(shards), "--no-progress", "--requeue-on-warning", *run_args]
+               "--shards", format_shard_spec(shards), "--no-progress", "--requeue-on-warning", *run_args]
     lines += [
         "",
         "# Written by `rewrite slurm submit`. Each task takes its share of --shards (from SLURM_ARRAY_TASK_ID).",
@@ -176,28 +178,23 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
            export_format: str = "hf", dry_run: bool = False, max_array: int | None = None) -> dict:
     """Write the script for the unfinished ones among `shards` and submit it (unless dry_run). With
     `export_to`, each task then exports its own shards there (the last to finish publishes)."""
-    from .runner import pending_shards
-
     w = layout.Work(work)
-    manifest = plan.load_manifest(w)
+    manifest = load_manifest(w)
     if export_to:
-        from .export import check_out_folder
-        from .exports import named
-
         export_to = str(Path(export_to).resolve())
         check_out_folder(Path(export_to), w, manifest, "--then-export")  # refused now, not after every task ran
-        named(export_format, "--export-format")
+        exports.named(export_format, "--export-format")
         run_args = [*run_args, "--then-export", export_to, "--export-format", export_format]
     if parallel < 1:
         raise SlurmError(f"--parallel must be >= 1, got {parallel}")
     if tasks is not None and tasks < 1:
         raise SlurmError(f"--tasks must be >= 1, got {tasks}")
-    sources = settings.source_list(source)
+    sources = defaults.source_list(source)
     names = [meta.source_name(s) for s in sources]
     name = "+".join(names)  # one set's name, or the sets of one array job (each task runs them all)
     # Tasks load a custom set from its file, wherever they start.
     run_source = ",".join(str(Path(s).resolve()) if meta.is_file_source(s) else n for s, n in zip(sources, names))
-    todo = sorted({s for n in names for s in pending_shards(w, n, shards)})
+    todo = sorted({s for n in names for s in done.pending_shards(w, n, shards)})
     if not todo:
         return {"job_id": None, "source": name, "shards": [], "tasks": 0, "script": None}
     limit = max_array or (max_array_size() if not dry_run else DEFAULT_MAX_ARRAY_SIZE)
@@ -205,7 +202,7 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
     script = render_script(w.root, run_source, todo, tasks, min(parallel, tasks), resources, run_args, name=name)
     folder = w.root / "slurm"
     path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-    record = {"source": name, "sources": names, "shards": plan.format_shard_spec(todo), "tasks": tasks, "script": str(path),
+    record = {"source": name, "sources": names, "shards": format_shard_spec(todo), "tasks": tasks, "script": str(path),
               "resources": asdict(resources), "run_args": list(run_args)}
     if dry_run:
         return {**record, "job_id": None, "script_text": script}
@@ -251,7 +248,7 @@ def task_states(job_ids: Sequence[str]) -> dict[str, str]:
 
 def recorded_shards(record: dict) -> list[int]:
     """The shards a recorded submission sent (an explicit spec, as written by `submit`)."""
-    return plan.parse_shard_spec(record["shards"], 10**9)
+    return parse_shard_spec(record["shards"], 10**9)
 
 
 def task_of_shard(record: dict, shard: int) -> int | None:
@@ -273,7 +270,7 @@ def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
     if lines < 0:
         raise SlurmError(f"--lines must be >= 0, got {lines}")
     w = layout.Work(work)
-    plan.load_manifest(w)  # a work dir, or the error that says it is none
+    load_manifest(w)  # a work dir, or the error that says it is none
     records = [r for r in jobs(w, source) if r.get("job_id")]
     if not records:
         return []
@@ -294,7 +291,7 @@ def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
 
 def status_text(work: str | Path, manifest, statuses, strays) -> str:
     """`rewrite status`'s text: each source's shard states, with Slurm's view of its jobs beneath."""
-    from . import status as status_lib
+    from ..workdir import status as status_lib
 
     return status_lib.render(manifest, statuses, strays, notes={st.source: describe(work, st.source) for st in statuses})
 
@@ -322,5 +319,5 @@ def describe(work: str | Path, source: str) -> list[str]:
              f"{summary}; ended {ended}"]
     for state, shards in sorted(by_state.items()):
         label = "ended unfinished (rewrite slurm failed)" if state == "ENDED" else state.lower()
-        lines.append(f"         shards {label}: {plan.format_shard_spec(shards)}")
+        lines.append(f"         shards {label}: {format_shard_spec(shards)}")
     return lines

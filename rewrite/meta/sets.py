@@ -15,8 +15,11 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from . import atomic, clip_tokens, resources, settings, validate
+from ..workdir import atomic
+from ..rewriting import clip_tokens, validate
+from .. import resources, defaults
 
 Example = tuple[str, str]
 
@@ -72,25 +75,43 @@ def source_name(source: str) -> str:
     `coco`), or the file name without `.jsonl` of a set's file (never its path). A file named like a
     shipped set (DIR/chatgpt.jsonl, as `rewrite meta import-laclip` writes them) goes by that set's name,
     as --meta-dir reads it: a run records the set's digest, so two versions never mix in one work dir."""
-    name = settings.SOURCE_ALIASES.get(source, source)
-    if name in settings.SOURCES:
+    name = defaults.SOURCE_ALIASES.get(source, source)
+    if name in defaults.SOURCES:
         return name
     if not name.endswith(".jsonl"):
         raise MetaSetError(
-            f"unknown source {source!r}: choose one of {', '.join(settings.SOURCES)} (or 'mscoco'), "
+            f"unknown source {source!r}: choose one of {', '.join(defaults.SOURCES)} (or 'mscoco'), "
             "or give the path of a .jsonl meta set"
         )
     stem = Path(name).name[: -len(".jsonl")]
     if not _NAME.fullmatch(stem):
         raise MetaSetError(f"meta set file {source}: its name {stem!r} becomes a folder and a column, so it may "
                            "hold only letters, digits, '-' and '_' (and start with a letter or digit): rename the file")
-    return settings.SOURCE_ALIASES.get(stem, stem)
+    return defaults.SOURCE_ALIASES.get(stem, stem)
+
+
+def chosen(where: Path, present: Sequence[str], sources: Sequence[str] | None, verb: str) -> list[str]:
+    """The sets of `present` (as a work dir or an export names them) that `sources` asks for, each a
+    name, an alias or a custom set's file; None: all of them. `verb`: how the sets came there (run,
+    exported), for the refusal of one that did not."""
+    if not sources:
+        return list(present)
+    names = []
+    for source in sources:
+        try:
+            name = source if source in present else source_name(source)
+        except MetaSetError:
+            name = source
+        if name not in present:
+            raise MetaSetError(f"{where} has no rewrites of {source} (sets {verb} there: {', '.join(present) or 'none'})")
+        names.append(name)
+    return list(dict.fromkeys(names))
 
 
 def is_file_source(source: str) -> bool:
     """Whether --source names a set's file (DIR/chatgpt.jsonl included) rather than a shipped set."""
     source_name(source)  # an unknown name, or a file name that cannot name a folder, is refused here too
-    return settings.SOURCE_ALIASES.get(source, source) not in settings.SOURCES
+    return defaults.SOURCE_ALIASES.get(source, source) not in defaults.SOURCES
 
 
 def load(source: str) -> MetaSet:
@@ -104,7 +125,7 @@ def load(source: str) -> MetaSet:
     return parse(path, name)
 
 
-def load_usable(source: str, num_examples: int = settings.NUM_EXAMPLES) -> MetaSet:
+def load_usable(source: str, num_examples: int = defaults.NUM_EXAMPLES) -> MetaSet:
     """A set that `rewrite meta validate --num-examples K` accepts, else a MetaSetError listing what is
     wrong with it: `rewrite run` reads its sets through here, before any model loads."""
     meta = load(source)
@@ -268,7 +289,7 @@ MAX_EXAMPLE_CLIP_TOKENS = validate.CLIP_CONTEXT
 _LINE_BREAKS = "\u2028\u2029"  # where str.splitlines() breaks besides control characters
 
 
-def problems(meta: MetaSet, num_examples: int = settings.NUM_EXAMPLES) -> list[str]:
+def problems(meta: MetaSet, num_examples: int = defaults.NUM_EXAMPLES) -> list[str]:
     """What makes a meta set unusable in a prompt of `num_examples` examples: `rewrite meta validate` and
     `rewrite run` (through load_usable) both ask this, so a set one accepts the other runs.
 

@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
-from . import faults
+from .. import faults
 
 _unsynced: ContextVar[list[Path] | None] = ContextVar("unsynced", default=None)  # see deferred_sync
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import resources
+from .. import resources
 
 Example = tuple[str, str]
 Messages = list[dict]  # [{"role": ..., "content": ...}], as chat templates take them

