@@ -60,8 +60,9 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rewrite.engines.base import Completion, Engine, Request  # noqa: E402
-from rewrite.settings import Sampling  # noqa: E402
+from rewrite.engines.base import Completion, Engine, Request
+from rewrite.defaults import Sampling
+from rewrite.run.config import RunConfig
 
 SOURCE = "chatgpt"
 MB = 1e6
@@ -159,11 +160,12 @@ def warm_read(paths: Sequence[Path]) -> None:
 
 def rewrite_all(inputs: Path, work: Path) -> dict:
     """Plan `inputs` (one shard per tar) and rewrite every shard with the simulated engine."""
-    from rewrite import plan, runner
+    from rewrite.inputs import plan
+    from rewrite.run import runner
 
     manifest = plan.plan([str(inputs)], work)
     started = time.perf_counter()
-    stats = runner.run(work, runner.RunConfig(source=SOURCE), list(range(manifest.num_shards)), SimulatedEngine(),
+    stats = runner.run(work, RunConfig(source=SOURCE), list(range(manifest.num_shards)), SimulatedEngine(),
                        progress=False)
     return {"shards": manifest.num_shards, "rows": manifest.total_rows, "seconds": time.perf_counter() - started,
             "ok": sum(s["ok"] for s in stats), "failed": sum(s["failed"] for s in stats)}
@@ -200,7 +202,7 @@ def time_userspace_copy(tars: Sequence[Path], dest: Path) -> float:
 
 
 def time_export(work: Path, out: Path, workers: int = 1) -> float:
-    from rewrite import export
+    from rewrite.exports import export
 
     started = time.perf_counter()
     summary = export.export(work, out, fmt="wds", workers=workers)
@@ -289,7 +291,7 @@ def child_export(work: str, out: str) -> None:
 
     import pyarrow as pa
     import pyarrow.parquet  # noqa: F401  (imported before the baseline: the export needs them anyway)
-    from rewrite import export  # noqa: F401
+    from rewrite.exports import export
 
     pa.table({"a": ["x"]}).cast(pa.schema([("a", pa.large_string())]))  # pyarrow loads its compute kernels
     rss_after_imports = _status_kb("VmRSS")
@@ -346,7 +348,7 @@ def counting_tar_reads():
 
 
 def plan_many(tmp: Path, count: int, samples: int, image_kb: float, repeats: int) -> dict:
-    from rewrite import plan
+    from rewrite.inputs import plan
 
     with_stats, without = tmp / "plan-with-stats", tmp / "plan-without-stats"
     make_tars(with_stats, 1, samples, image_kb, seed=7)

@@ -26,9 +26,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from rewrite import engines, faithful, plan, runner, validate  # noqa: E402
-from rewrite.demo import demo_captions  # noqa: E402
-from rewrite.settings import Schedule  # noqa: E402
+from rewrite import engines
+from rewrite.rewriting import faithful, validate
+from rewrite.inputs import plan
+from rewrite.run import runner
+from rewrite.launch.demo import demo_captions
+from rewrite.defaults import Schedule
+from rewrite.run.config import RunConfig
 
 
 def rewrite_all(captions: list[str], engine, **config) -> tuple[list[dict], dict]:
@@ -39,7 +43,7 @@ def rewrite_all(captions: list[str], engine, **config) -> tuple[list[dict], dict
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(captions) + "\n", encoding="utf-8")
         plan.plan([str(src)], Path(tmp) / "work", num_shards=1)
-        cfg = runner.RunConfig(**config)
+        cfg = RunConfig(**config)
         stats = runner.run(Path(tmp) / "work", cfg, [0], engine, progress=False, schedule=Schedule(streaming=False))[0]
         rows = pq.read_table(Path(tmp) / "work" / "rewrites" / cfg.source / "00000.parquet").to_pylist()
     return rows, stats

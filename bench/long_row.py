@@ -40,10 +40,11 @@ def cpu_name() -> str:
 
 def build(engine, n: int, long_tokens: int, example_sets: int):
     """(ordinary requests, the same with the middle one's caption made long), in the runner's order."""
-    from rewrite import meta, prompt, seeds
-    from rewrite.demo import demo_captions
+    from rewrite import meta
+    from rewrite.rewriting import prompt, seeds
+    from rewrite.launch.demo import demo_captions
     from rewrite.engines import Request
-    from rewrite.settings import Sampling
+    from rewrite.defaults import Sampling
 
     captions = demo_captions().read_text(encoding="utf-8").splitlines()
     meta_set, template = meta.load(SOURCE), prompt.load_template()
@@ -92,7 +93,7 @@ def main() -> None:
     import torch
 
     from rewrite import engines
-    from rewrite.settings import Sampling
+    from rewrite.defaults import Sampling
 
     if args.threads:
         torch.set_num_threads(args.threads)

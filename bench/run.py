@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from rewrite.run.config import RunConfig
 
 HERE = Path(__file__).resolve().parent
 BATCH = 32  # the reference code's max_batch_size
@@ -36,7 +37,7 @@ ENGINES = ("reference", "transformers", "vllm", "openai")
 def captions(n: int, duplicates: float = 0.0) -> list[str]:
     """n distinct demo captions, except that a `duplicates` share of them repeats an earlier one (web
     alt-text repeats)."""
-    from rewrite.demo import demo_captions
+    from rewrite.launch.demo import demo_captions
 
     base = demo_captions().read_text(encoding="utf-8").splitlines()
     rng = random.Random(1)
@@ -110,7 +111,10 @@ def run_reference(caps: list[str], model: str | None, source: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rewrite import meta, model as model_lib, prompt, rows
+    from rewrite import meta
+    from rewrite.engines import model as model_lib
+    from rewrite.rewriting import prompt
+    from rewrite.run import rows
     from rewrite.engines.base import Completion
 
     path = model_lib.resolve(model)
@@ -145,7 +149,9 @@ def run_reference(caps: list[str], model: str | None, source: str) -> dict:
 
 
 def run_pipeline(caps: list[str], model: str | None, source: str, method: str) -> dict:
-    from rewrite import engines, plan, runner, settings
+    from rewrite import engines, defaults
+    from rewrite.inputs import plan
+    from rewrite.run import runner
 
     engine_name, engine_opts, config, schedule = parse_method(method)
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,8 +161,8 @@ def run_pipeline(caps: list[str], model: str | None, source: str, method: str) -
         eng = engines.load(engine_name, model, **engine_opts)
         params = _params(eng)
         started = time.perf_counter()
-        stats = runner.run(Path(tmp) / "work", runner.RunConfig(source=source, **config), [0], eng, progress=False,
-                           schedule=settings.Schedule(**schedule))[0]
+        stats = runner.run(Path(tmp) / "work", RunConfig(source=source, **config), [0], eng, progress=False,
+                           schedule=defaults.Schedule(**schedule))[0]
         seconds = time.perf_counter() - started
         eng.close()
     return {"rows": stats["rows"], "ok": stats["ok"], "seconds": seconds, "prompt_tokens": stats["prompt_tokens"],

@@ -48,8 +48,9 @@ from typing import Iterable, Iterator, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from rewrite.engines.base import Completion, Engine, Intake, Request, in_order  # noqa: E402
-from rewrite.settings import Sampling  # noqa: E402
+from rewrite.engines.base import Completion, Engine, Intake, Request, in_order
+from rewrite.defaults import Sampling
+from rewrite.run.config import RunConfig, prepare
 
 SOURCE = "coco"
 
@@ -143,7 +144,7 @@ def _mix(seed: int) -> int:
 
 
 def captions(n: int) -> list[str]:
-    from rewrite.demo import demo_captions
+    from rewrite.launch.demo import demo_captions
 
     base = demo_captions().read_text(encoding="utf-8").splitlines()
     return [base[i % len(base)] if i < len(base) else f"{base[i % len(base)]}, take {i // len(base) + 1}"
@@ -154,7 +155,8 @@ def captions(n: int) -> list[str]:
 def commit_latencies(out: dict):
     """Times from a chunk's rows being read to its part being committed, by (shard, chunk) (bench-only
     instrumentation of runner's chunk walk and of its atomic commits)."""
-    from rewrite import atomic, runner
+    from rewrite.workdir import atomic
+    from rewrite.run import runner
 
     read_at: dict[tuple[int, int], float] = {}  # (shard, chunk) -> when its rows were read
     walk, commit = runner._ChunksToDo.__iter__, atomic.atomic_path
@@ -184,8 +186,10 @@ def one(args) -> dict:
     """One configuration, in this process: plan, run, measure."""
     from transformers import AutoTokenizer
 
-    from rewrite import model as model_lib, plan, runner
-    from rewrite.settings import Schedule
+    from rewrite.engines import model as model_lib
+    from rewrite.inputs import plan
+    from rewrite.run import runner
+    from rewrite.defaults import Schedule
 
     tokenizer = AutoTokenizer.from_pretrained(model_lib.resolve(None))
     engine = SimulatedGPU(tokenizer, args.step_ms / 1000, args.reject, args.max_running)
@@ -193,9 +197,9 @@ def one(args) -> dict:
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(captions(args.captions)) + "\n", encoding="utf-8")
         plan.plan([str(src)], Path(tmp) / "work", num_shards=args.shards)
-        config = runner.RunConfig(source=SOURCE, chunk_rows=args.chunk)
+        config = RunConfig(source=SOURCE, chunk_rows=args.chunk)
         shards = list(range(args.shards))
-        runner.prepare(Path(tmp) / "work", config, shards)  # as `rewrite run` does before its engine loads
+        prepare(Path(tmp) / "work", config, shards)  # as `rewrite run` does before its engine loads
         latencies: dict[tuple[int, int], float] = {}
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with commit_latencies(latencies):
