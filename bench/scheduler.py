@@ -51,6 +51,7 @@ sys.path.insert(0, str(HERE.parent))
 from rewrite.engines.base import Completion, Engine, Intake, Request, in_order
 from rewrite.defaults import Sampling
 from rewrite.run.config import RunConfig, prepare
+from rewrite.run.shardwork import ChunksToDo
 
 SOURCE = "coco"
 
@@ -154,12 +155,11 @@ def captions(n: int) -> list[str]:
 @contextlib.contextmanager
 def commit_latencies(out: dict):
     """Times from a chunk's rows being read to its part being committed, by (shard, chunk) (bench-only
-    instrumentation of runner's chunk walk and of its atomic commits)."""
+    instrumentation of shardwork's chunk walk and of its atomic commits)."""
     from rewrite.workdir import atomic
-    from rewrite.run import runner
 
     read_at: dict[tuple[int, int], float] = {}  # (shard, chunk) -> when its rows were read
-    walk, commit = runner._ChunksToDo.__iter__, atomic.atomic_path
+    walk, commit = ChunksToDo.__iter__, atomic.atomic_path
 
     def timed_walk(self):
         for index, table in walk(self):
@@ -175,11 +175,11 @@ def commit_latencies(out: dict):
             chunk = (int(path.parent.name.split(".")[0]), int(path.stem))
             out[chunk] = time.perf_counter() - read_at[chunk]
 
-    runner._ChunksToDo.__iter__, atomic.atomic_path = timed_walk, timed_commit
+    ChunksToDo.__iter__, atomic.atomic_path = timed_walk, timed_commit
     try:
         yield
     finally:
-        runner._ChunksToDo.__iter__, atomic.atomic_path = walk, commit
+        ChunksToDo.__iter__, atomic.atomic_path = walk, commit
 
 
 def one(args) -> dict:

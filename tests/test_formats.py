@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import random
-import shutil
 import tarfile
 from pathlib import Path
 

@@ -4,6 +4,7 @@ so adding an import that runs back up, or an import circle, fails here, naming i
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rewrite"
@@ -116,3 +117,29 @@ def test_the_checks_see_a_circle_and_an_upward_import(tmp_path, monkeypatch):
         assert "import circle" in str(e)
     else:
         raise AssertionError("an import circle went unseen")
+
+
+def room_paragraphs(text: str) -> dict[str, str]:
+    """ARCHITECTURE.md's paragraph of each room: from a line starting with `room/` (or "Base") to the next."""
+    found, current = {}, None
+    for line in text.splitlines():
+        start = re.match(r"^`([a-z_]+)/`", line) or (re.match(r"^Base \(", line) and "base")
+        if start:
+            current = start if isinstance(start, str) else start.group(1)
+        elif line.startswith("#"):
+            current = None
+        if current:
+            found[current] = found.get(current, "") + line + "\n"
+    return found
+
+
+def test_the_map_names_every_module_in_its_room_and_only_modules_that_exist():
+    """ARCHITECTURE.md says what each module is for: each room's paragraph names its modules, and the
+    map names none that is gone."""
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    paragraphs = room_paragraphs(text)
+    modules = [p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
+    unnamed = sorted(str(p.relative_to(PACKAGE)) for p in modules
+                     if f"`{p.name}`" not in paragraphs.get(p.parent.name if p.parent != PACKAGE else "base", ""))
+    gone = sorted(set(re.findall(r"`(?:[a-z_]+/)?([a-z_]+\.py)`", text)) - {p.name for p in modules} - {"test_layers.py"})
+    assert not unnamed and not gone, f"ARCHITECTURE.md: modules not named in their room {unnamed}, named but gone {gone}"

@@ -16,13 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli, write_parquet
-from rewrite.workdir import layout
+from rewrite import meta
+from rewrite.rewriting import prompt
+from rewrite.workdir import done, layout
 from rewrite.inputs import plan
 from rewrite.run import runner
 from rewrite.defaults import Schedule
 from rewrite.run.config import RunConfig, RunError, prepare
 from rewrite.run.checkpoint import preflight
 from rewrite.workdir.done import pending_shards
+from rewrite.run.shardwork import STATS_KEY
 
 CAPTIONS = ["a red kite over a green field", "two dogs asleep on a sofa", "a bowl of soup with bread",
             "a lighthouse at dusk", "a cyclist on a mountain road", "fresh bread on a wooden board"]
@@ -75,7 +78,7 @@ def test_overwrite_with_other_settings_must_name_every_shard_it_removes(tmp_path
     runner.run(work, RunConfig(source="bard", chunk_rows=2, seed=1), [1], engine, progress=False,
                overwrite=True, named=[0, 1, 2])
     assert json.loads(layout.Work(work).settings_file("bard").read_text())["seed"] == 1
-    assert [runner.done.check(layout.Work(work), "bard", s).state for s in range(3)] == ["missing", "done", "missing"]
+    assert [done.check(layout.Work(work), "bard", s).state for s in range(3)] == ["missing", "done", "missing"]
 
 
 @pytest.mark.slow
@@ -101,7 +104,7 @@ def test_overwrite_never_starts_over_beside_a_live_writer(tmp_path, text_input):
         live.kill()
     recorded = json.loads((folder / "settings.json").read_text())
     assert recorded["seed"] == 0  # the live run's settings, and its shard is whole and done
-    assert runner.done.check(layout.Work(work), "bard", 0).state == "done"
+    assert done.check(layout.Work(work), "bard", 0).state == "done"
     assert pq.read_table(folder / "00000.parquet").num_rows == 6 * len(CAPTIONS)
 
 
@@ -256,7 +259,7 @@ def test_a_damaged_chunk_part_is_named_and_redone(tmp_path, text_input, engine):
     parts.mkdir()
     table = pq.read_table(w.rewrite_file("bard", 0)).slice(0, 2)
     stats = {"rows": 2, "ok": 2, "failed": 0, "skipped": 0, "seconds": 1.0}
-    pq.write_table(table.replace_schema_metadata({runner.STATS_KEY: json.dumps(stats)}), parts / "00000.parquet")
+    pq.write_table(table.replace_schema_metadata({STATS_KEY: json.dumps(stats)}), parts / "00000.parquet")
     part = (parts / "00000.parquet").read_bytes()
     (parts / "00000.parquet").write_bytes(part[:-20])
     w.stats_file("bard", 0).unlink()
@@ -357,7 +360,7 @@ def test_a_huge_caption_costs_a_row_and_says_it_was_cut(tmp_path, engine, stream
     rows = pq.read_table(layout.Work(work).rewrite_file("human", 0)).to_pylist()
     assert rows[3]["reason"] == "caption_cut" or rows[3]["status"] == "failed"
     assert stats["captions_cut"] == 1
-    head = len(engine.encode(runner.prompt.load_template().head(runner.meta.load("human").examples()[:3])))
+    head = len(engine.encode(prompt.load_template().head(meta.load("human").examples()[:3])))
     assert stats["prompt_tokens"] <= stats["requests"] * (head + 40) + 256  # the huge row paid ~256 tokens
 
 

@@ -25,6 +25,7 @@ from rewrite.run import runner
 from rewrite.exports import ExportOptions
 from rewrite.report import ReportError
 from rewrite.run.config import RunConfig
+from rewrite.run.shardwork import merge_stats, schema
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CAPTIONS = ["a dog runs", "<b>& cats sleep", "a red car", "", "two birds sing", "green hills at dawn", "an old boat"]
@@ -63,7 +64,7 @@ def commit(w: layout.Work, manifest: Manifest, config: RunConfig, shard: int, re
             columns[column] = [row[i][j] for row in results]
     path = w.rewrite_file(config.source, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns, schema=runner.schema(n)), path)
+    pq.write_table(pa.table(columns, schema=schema(n)), path)
     if not finish:
         return
     statuses = [status for row in results for _, status, _ in row]
@@ -71,10 +72,11 @@ def commit(w: layout.Work, manifest: Manifest, config: RunConfig, shard: int, re
              "failed": statuses.count("failed"), "skipped": statuses.count("skipped"), "prompt_tokens": 0,
              "cached_prompt_tokens": 0, "generated_tokens": 0, "captions_cut": 0, "seconds": 1.0,
              "rejected": rejected or {}, "failed_reasons": failed_reasons or {}}
-    stats = runner.merge_stats([chunk])
+    stats = merge_stats([chunk])
     stats.update(shard=shard, source=config.source, engine={"engine": "transformers"}, duplicate_keys=0,
                  settings={**asdict(config), "sampling": config.sampling.to_dict()})
-    done.mark_done(w, config.source, shard, stats)
+    done.mark_done(w, config.source, shard, stats, {"name": path.name, "bytes": path.stat().st_size, "rows": len(keys),
+                                                    "sha256": done.sha256(path)})
 
 
 @pytest.fixture
@@ -371,14 +373,14 @@ def test_a_folder_that_is_no_export_is_refused(work, tmp_path):
 def test_memory_stays_bounded(monkeypatch):
     """Scores keep RESERVOIR of their values (the mean stays exact); distinct counts stay exact up to
     SKETCH n-grams and are estimated beyond it."""
-    monkeypatch.setattr(report, "RESERVOIR", 50)
+    monkeypatch.setattr(report.tallies, "RESERVOIR", 50)
     scores = report.Scores()
     for i in range(1000):
         scores.add(i / 1000)
     assert len(scores.sample) == 50 and scores.summary()["mean"] == pytest.approx(0.4995)
     assert 0.2 < scores.summary()["median"] < 0.8
 
-    monkeypatch.setattr(report, "SKETCH", 256)
+    monkeypatch.setattr(report.tallies, "SKETCH", 256)
     small, large = report.Distinct(1), report.Distinct(1)
     small.add([[f"w{i}" for i in range(200)] * 2])
     assert small.ratio() == 0.5

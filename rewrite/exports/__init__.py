@@ -2,7 +2,7 @@
 and add an instance to FORMATS."""
 from __future__ import annotations
 
-from . import base, tables
+from . import tables
 from .base import ExportError, ExportFormat, ExportJob, ExportOptions
 from .hf import HFExport
 from .laclip import LaclipExport

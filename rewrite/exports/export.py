@@ -88,15 +88,17 @@ def export(
     allow_missing: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    manifest: Manifest | None = None,
 ) -> dict:
     """Write the export's files for `shards` (default: all), and publish it once every shard is written.
-    Returns a summary (files, rows, columns, missing shards, whether it is published)."""
+    Returns a summary (files, rows, columns, missing shards, whether it is published). `manifest`: the
+    plan, when the caller has read it (it is read once per export)."""
     w, out, options = layout.Work(work), Path(out), options or ExportOptions()
     export_format = exports.named(fmt)
     exports.check_options(export_format, options)
     if workers < 1:
         raise ExportError(f"--workers must be >= 1, got {workers}")
-    manifest = load_manifest(w)
+    manifest = manifest or load_manifest(w)
     everything = list(range(manifest.num_shards))
     chosen = everything if shards is None else list(shards)
     check_out_folder(out, w, manifest)
@@ -104,7 +106,7 @@ def export(
         check_out_folder(options.extract_images, w, manifest, "--extract-images", [("the export folder --out", out)])
         images.check(options.extract_images, out, overwrite)
     names = meta.chosen(w.root, w.sources_present(), sources, "run")
-    manifest, statuses = status.collect(w, names, checksum=set(chosen))
+    _, statuses = status.collect(w, names, checksum=set(chosen), manifest=manifest)
     if not statuses:
         raise ExportError(f"{w.root} has no rewrites yet: run `rewrite run` first")
     missing = _missing(statuses, chosen, allow_missing)
@@ -137,7 +139,7 @@ def export(
         if folder.published():
             return {**summary, "published": True}
         # Other processes may have committed shards since this one started: judge by what is there now.
-        _, statuses = status.collect(w, list(settings))
+        _, statuses = status.collect(w, list(settings), manifest=manifest)
         made_from = {s: _made_from(statuses, s) for s in everything}
         folder.content = _content(made_from)
         summary["counts"] = {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses}

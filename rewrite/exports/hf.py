@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..workdir import atomic, layout
-from .base import ExportFormat, ExportJob, Staged
+from .base import ExportFormat, ExportJob
 
 HF_METADATA_KEY = b"huggingface"
 CARD = "README.md"

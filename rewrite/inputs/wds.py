@@ -73,7 +73,9 @@ class WebdatasetInput(InputFormat):
         tables: list[pa.Table] = []  # given out once the tar is found to be the planned one
         seen, headers, whole = 0, tars.Headers(), False
         try:
-            for sample in tars.iter_samples(data, captions.field, headers=headers):
+            # KEY.json is read (and parsed) only when the caption or the row's json column comes from it.
+            text = tars.TEXT_EXTS if captions.field is not None or JSON in names else ("txt",)
+            for sample in tars.iter_samples(data, captions.field, text, headers=headers):
                 if seen >= stop:
                     seen += 1  # past the rows asked for: when they end the tar, one too many
                     break

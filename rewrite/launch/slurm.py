@@ -215,7 +215,7 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
     return record
 
 
-def jobs(work: str | Path, source: str | None = None) -> list[dict]:
+def submissions(work: str | Path, source: str | None = None) -> list[dict]:
     """The submissions recorded in WORK/slurm/jobs.jsonl, oldest first."""
     path = layout.Work(work).root / "slurm" / "jobs.jsonl"
     if not path.exists():
@@ -271,7 +271,7 @@ def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
         raise SlurmError(f"--lines must be >= 0, got {lines}")
     w = layout.Work(work)
     load_manifest(w)  # a work dir, or the error that says it is none
-    records = [r for r in jobs(w, source) if r.get("job_id")]
+    records = [r for r in submissions(w, source) if r.get("job_id")]
     if not records:
         return []
     record = records[-1]
@@ -299,7 +299,7 @@ def status_text(work: str | Path, manifest, statuses, strays) -> str:
 def describe(work: str | Path, source: str) -> list[str]:
     """Lines for `rewrite status`: the latest submission's tasks by state, and its unfinished shards
     by what their task is doing."""
-    records = [r for r in jobs(work, source) if r.get("job_id")]
+    records = [r for r in submissions(work, source) if r.get("job_id")]
     if not records:
         return []
     w, record = layout.Work(work), records[-1]

@@ -16,13 +16,13 @@ from ..workdir import atomic, done, layout, record
 from ..workdir.manifest import format_shard_spec
 from ..workdir.lock import ShardLock, SourceLock
 from . import rows
-from .config import Job, RunError
+from .config import PreparedSet, RunError
 
 
 START_OVER_WAIT = 10.0  # seconds an overwrite waits for the source to itself before it refuses
 
 
-def check_settings(job: Job, fingerprint: dict, overwrite: bool) -> bool:
+def check_settings(job: PreparedSet, fingerprint: dict, overwrite: bool) -> bool:
     """Whether the run matches what the source was written with (True), or must start it over (False,
     only with overwrite); anything else is an error that says what differs. Reads, never writes."""
     w, source = job.w, job.config.source
@@ -46,7 +46,7 @@ def check_settings(job: Job, fingerprint: dict, overwrite: bool) -> bool:
     return False
 
 
-def preflight(job: Job, fingerprint: dict, overwrite: bool) -> None:
+def preflight(job: PreparedSet, fingerprint: dict, overwrite: bool) -> None:
     """Before a model loads: the settings match the source's, or an overwrite may start it over now
     (no other run is writing it). Holds nothing after; `run` checks again under the lock."""
     if check_settings(job, fingerprint, overwrite):
@@ -59,13 +59,13 @@ def preflight(job: Job, fingerprint: dict, overwrite: bool) -> None:
         probe.release()
 
 
-def _busy(job: Job) -> RunError:
+def _busy(job: PreparedSet) -> RunError:
     source = job.config.source
     return RunError(f"--overwrite would start {source} over, but other runs are writing it now "
                     f"({_writers(job.w, source, job.manifest.num_shards)}): stop them first")
 
 
-def open_source(job: Job, fingerprint: dict, overwrite: bool) -> SourceLock:
+def open_source(job: PreparedSet, fingerprint: dict, overwrite: bool) -> SourceLock:
     """Hold the source (shared) with its settings recorded as `fingerprint`, starting it over first
     when overwrite asks for other settings."""
     w, source = job.w, job.config.source
@@ -84,7 +84,7 @@ def open_source(job: Job, fingerprint: dict, overwrite: bool) -> SourceLock:
         raise
 
 
-def _start_over(job: Job, fingerprint: dict, lock: SourceLock) -> None:
+def _start_over(job: PreparedSet, fingerprint: dict, lock: SourceLock) -> None:
     """Remove the source's output and record the new settings. That needs the source to itself
     (exclusive): never while another run writes it. Other tasks of the same overwriting run wait for
     the one that starts it over, and then join it."""
@@ -120,17 +120,19 @@ def _writers(w: layout.Work, source: str, num_shards: int) -> str:
     return "; ".join(held[:5]) or "a run is starting"
 
 
-def claim(job: Job, shard: int, overwrite: bool, retry_failed: bool = False) -> ShardLock | None:
+def claim(job: PreparedSet, shard: int, overwrite: bool, retry_failed: bool = False,
+          known: done.ShardCheck | None = None) -> ShardLock | None:
     """The shard's lock, held, when this process is to write the shard; None when another process holds
     it or the shard is done (and verified), unless retry_failed finds failed rows in it (it is reopened
-    then). A damaged shard, or any with overwrite, is cleared first."""
+    then). A damaged shard, or any with overwrite, is cleared first. `known`: the shard's state as the
+    command checked it before; under the lock it is checked again only if its done marker changed since."""
     w, source = job.w, job.config.source
     lock = ShardLock(w.lock_file(source, shard))
     if not lock.acquire():
         print(f"{source} shard {layout.shard_id(shard)}: being rewritten by {lock.holder()}, skipped", file=sys.stderr)
         return None
     try:
-        found = done.check(w, source, shard)
+        found = known if known is not None and done.still(w, source, shard, known) else done.check(w, source, shard)
         if overwrite or found.state == done.DAMAGED:
             if found.state == done.DAMAGED:
                 print(f"{source} shard {layout.shard_id(shard)}: damaged ({found.problem}): rewriting it", file=sys.stderr)
@@ -156,7 +158,7 @@ CARRIED = ("unique_captions", "requests", "prompt_tokens", "cached_prompt_tokens
            "seconds", "rejected", "engine_errors")
 
 
-def _reopen_done(job: Job, shard: int, stats: dict) -> None:
+def _reopen_done(job: PreparedSet, shard: int, stats: dict) -> None:
     """--retry-failed on a done shard: its rows go back into chunk parts bound for the next retry round
     (done.Part.target; the shard's counters carried by the first part), then the shard stops being done,
     and the run takes up the chunks with failed rows (rows.reopen). Killed before that last step, the

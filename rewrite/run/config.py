@@ -1,5 +1,5 @@
 """What a run is given, checked before any model loads: one meta set's settings (RunConfig), and the
-job they make with the plan, the set and the template (Job); and the errors of a run."""
+job they make with the plan, the set and the template (PreparedSet); and the errors of a run."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -114,7 +114,7 @@ def set_configs(sources: Sequence[str], meta_dir: str | Path | None = None, **se
 
 
 @dataclass(frozen=True)
-class Job:
+class PreparedSet:
     """A run's inputs checked before any model loads: the plan, the meta set, the template, the shards."""
 
     w: layout.Work
@@ -130,11 +130,12 @@ class Job:
                 "plan_id": self.manifest.plan_id()}
 
 
-def prepare(work: str | Path, config: RunConfig, shards: Sequence[int], named: Sequence[int] | None = None) -> Job:
+def prepare(work: str | Path, config: RunConfig, shards: Sequence[int], named: Sequence[int] | None = None,
+            manifest: Manifest | None = None) -> PreparedSet:
     """Check everything about a run that needs no model: a bad meta set, template, shard or column
-    is refused before minutes go into loading one."""
+    is refused before minutes go into loading one. `manifest`: the plan, when the caller has read it."""
     w = layout.Work(work)
-    manifest = load_manifest(w)
+    manifest = manifest or load_manifest(w)
     meta_set = meta.load_usable(config.meta_file or config.source, config.num_examples)
     template = prompt.load_template(config.template)
     for shard in shards:
@@ -147,4 +148,4 @@ def prepare(work: str | Path, config: RunConfig, shards: Sequence[int], named: S
                        f"export: plan the inputs without it, or run the set under another name (a copy of it as "
                        f"OTHER.jsonl gives `caption_OTHER`)")
     clip_tokens.check_available()
-    return Job(w, manifest, config, meta_set, template, tuple(shards), tuple(named if named is not None else shards))
+    return PreparedSet(w, manifest, config, meta_set, template, tuple(shards), tuple(named if named is not None else shards))

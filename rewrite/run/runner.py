@@ -1,10 +1,11 @@
-"""The shard runner: read a shard in chunks, rewrite them, commit each, then mark the shard done.
+"""The runner: a task's shards, each set in turn, through one engine: each (shard, set) claimed
+(checkpoint.py) and written (shardwork.py), a shard's captions read once for all its sets.
 
 Identical captions are rewritten once (dedup), every (caption, rewrite index) becomes a request whose
 examples and seed are derived from what identifies it (rows.py), completions are parsed and checked,
 rejected ones are tried again, and each chunk is committed as a parquet part: by the streaming
 scheduler (scheduler.py, the default: one engine stream over all of a task's shards and sets) or a
-chunk at a time with retry rounds (`rewrite_chunk`). When all parts exist they are joined into
+chunk at a time with retry rounds (shardwork.rewrite_chunk). When all parts exist they are joined into
 WORK/rewrites/<source>/<shard>.parquet, and the stats json is written last. A rerun skips done shards
 and resumes a partial one from its committed parts.
 
@@ -17,44 +18,22 @@ the same way.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import sys
-import threading
-import time
-from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Mapping, Iterable, Iterator, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .. import faults, meta, stop
-from ..workdir import atomic, done, layout
-from ..workdir.manifest import Manifest
-from ..rewriting import prompt
-from ..inputs import plan
-from . import checkpoint, rows, scheduler
-from .config import EngineUnavailable, Job, RunConfig, RunError, prepare
-from ..rewriting import validate
-from ..workdir.lock import ShardLock
+from .. import stop
+from ..defaults import Schedule
 from ..engines import base as engine_base
 from ..engines.base import Engine
-from ..defaults import Schedule
-
-STATS_KEY = done.STATS_KEY
-ROW_GROUP_ROWS = 8192
-
-
-def schema(num_rewrites: int) -> pa.Schema:
-    fields = [pa.field(layout.KEY, pa.string())]
-    for i in range(num_rewrites):
-        fields += [
-            pa.field(layout.rewrite_column(i, num_rewrites), pa.string()),
-            pa.field(layout.suffixed(layout.STATUS, i, num_rewrites), pa.string()),
-            pa.field(layout.suffixed(layout.REASON, i, num_rewrites), pa.string()),
-        ]
-    return pa.schema(fields)
+from ..inputs import plan
+from ..workdir import done, layout
+from ..workdir.lock import ShardLock
+from ..workdir.manifest import Manifest, load_manifest
+from . import checkpoint, scheduler
+from .config import EngineUnavailable, PreparedSet, RunConfig, RunError, prepare
+from .shardwork import ShardWork, prompting, run_chunked
 
 
 def run(work: str | Path, config: RunConfig, shards: Sequence[int], engine: Engine, **options) -> list[dict]:
@@ -88,7 +67,19 @@ def run_sets(
     chunk is taken; then, or when a shard this run worked on has rows waiting for the engine,
     EngineUnavailable is raised (with the stats of the shards finished). `retry_failed`: the failed rows
     of the shards (done ones included) get a retry round (see `_reopen_done`)."""
-    jobs = [prepare(work, config, shards, named) for config in configs]
+    manifest = load_manifest(work)
+    jobs = [prepare(work, config, shards, named, manifest) for config in configs]
+    return run_prepared(jobs, shards, engine, overwrite=overwrite, progress=progress, schedule=schedule,
+                    stop_within=stop_within, retry_failed=retry_failed)
+
+
+def run_prepared(jobs: Sequence[PreparedSet], shards: Sequence[int], engine: Engine, *, overwrite: bool = False,
+             progress: bool = True, schedule: Schedule = Schedule(), stop_within: float = stop.STOP_WITHIN,
+             retry_failed: bool = False, states: Mapping[tuple[str, int], done.ShardCheck] | None = None
+             ) -> list[dict]:
+    """`run_sets` over jobs already prepared. `states`: (set, shard) -> its state as the caller checked it
+    (launch/task.py checks each once), so that a claim does not check it again."""
+    states = states or {}
     names = [job.config.source for job in jobs]
     if len(set(names)) < len(names):
         raise RunError(f"--source names a set twice: {', '.join(names)}")
@@ -100,7 +91,7 @@ def run_sets(
             held.callback(checkpoint.open_source(job, job.fingerprint(engine.describe()["engine"], engine.model), overwrite).release)
         if schedule.streaming if schedule.streaming is not None else getattr(engine, "streams_by_default", False):
             finished = _run_streaming(jobs, shards, engine, overwrite=overwrite, progress=progress, schedule=schedule,
-                                      retry_failed=retry_failed, touched=touched)
+                                      retry_failed=retry_failed, touched=touched, states=states)
         else:
             finished = []
             read, read_shard = plan.iter_shard, None
@@ -110,23 +101,25 @@ def run_sets(
                 if shard != read_shard:
                     read, read_shard = _ReadOnce() if len(jobs) > 1 else plan.iter_shard, shard
                 stop.check()
-                lock = checkpoint.claim(job, shard, overwrite, retry_failed)
+                lock = checkpoint.claim(job, shard, overwrite, retry_failed, states.get((job.config.source, shard)))
                 if lock is not None:
                     touched.append((job.config.source, shard))
                     with lock:
-                        stats = _run_chunked(job, shard, engine, progress=progress, schedule=schedule, read=read,
+                        stats = run_chunked(job, shard, engine, progress=progress, schedule=schedule, read=read,
                                              retry_failed=retry_failed)
                     finished += [stats] if stats is not None else []
-        _check_waiting(layout.Work(work), engine, touched, finished)
+        _check_waiting(jobs[0].w if jobs else None, engine, touched, finished)
         return finished
 
 
 def _check_waiting(w: layout.Work, engine: Engine, touched: Sequence[tuple[str, int]], finished: list[dict]) -> None:
-    """Raise EngineUnavailable when the engine gave up, or a shard this run worked on has rows waiting for it."""
+    """Raise EngineUnavailable when the engine gave up, or a shard this run worked on (`touched`) and did
+    not finish has rows waiting for it."""
     gave_up = engine_base.gave_up(engine)
     waiting = {}
+    done_now = {(stats["source"], stats["shard"]) for stats in finished}
     for source, shard in touched:
-        if done.check(w, source, shard).state != done.DONE:
+        if (source, shard) not in done_now:
             count = sum(part.waiting_rows for part in done.parts(w, source, shard))
             if count:
                 waiting[source, shard] = count
@@ -134,8 +127,8 @@ def _check_waiting(w: layout.Work, engine: Engine, touched: Sequence[tuple[str, 
         raise EngineUnavailable(engine, waiting, finished, gave_up)
 
 
-def _run_streaming(jobs: Sequence[Job], shards: Sequence[int], engine: Engine, *, overwrite: bool, progress: bool,
-                   schedule: Schedule, retry_failed: bool, touched: list) -> list[dict]:
+def _run_streaming(jobs: Sequence[PreparedSet], shards: Sequence[int], engine: Engine, *, overwrite: bool, progress: bool,
+                   schedule: Schedule, retry_failed: bool, touched: list, states: Mapping) -> list[dict]:
     """Every (shard, set) of the task through one engine stream, with no drain between shards: the next
     shard's requests join the batch while the last rows of the one before decode, and a shard is joined
     off the engine's path (scheduler.py). A stream takes one sampling setting, so sets that differ in it
@@ -152,16 +145,16 @@ def _run_streaming(jobs: Sequence[Job], shards: Sequence[int], engine: Engine, *
             stream = scheduler.Stream(engine, sampling, schedule)
             with stop.deferred():  # a stop request lets the open chunks finish and commit (none start after it)
                 stream.run(_units(alike, sets, engine, overwrite=overwrite, progress=progress, locks=locks,
-                                  finished=finished, retry_failed=retry_failed, touched=touched))
+                                  finished=finished, retry_failed=retry_failed, touched=touched, states=states))
         stop.check()  # asked to stop: the chunks not started stay for a rerun
         if engine_base.gave_up(engine):
             break
     return [finished[place] for place in sorted(finished)]
 
 
-def _units(pairs: Iterable[tuple[int, tuple[int, Job]]], sets: int, engine: Engine, *, overwrite: bool, progress: bool,
+def _units(pairs: Iterable[tuple[int, tuple[int, PreparedSet]]], sets: int, engine: Engine, *, overwrite: bool, progress: bool,
            locks: contextlib.ExitStack, finished: dict[int, dict], retry_failed: bool,
-           touched: list) -> Iterator[scheduler.Unit]:
+           touched: list, states: Mapping) -> Iterator[scheduler.Unit]:
     """The stream's units, each started when the builder reaches it (its shard lock taken, done shards
     skipped); a unit's `finish` joins its shard, puts its stats in `finished` (unless rows of it wait
     for the engine: it is not done then) and releases its lock."""
@@ -169,14 +162,14 @@ def _units(pairs: Iterable[tuple[int, tuple[int, Job]]], sets: int, engine: Engi
     for place, (shard, job) in pairs:
         if shard != read_shard:
             read, read_shard = _ReadOnce() if sets > 1 else plan.iter_shard, shard
-        lock = checkpoint.claim(job, shard, overwrite, retry_failed)
+        lock = checkpoint.claim(job, shard, overwrite, retry_failed, states.get((job.config.source, shard)))
         if lock is None:
             continue
         locks.callback(lock.release)
         touched.append((job.config.source, shard))
-        work = _ShardWork(job, shard, engine, progress, read, retry_failed)
+        work = ShardWork(job, shard, engine, progress, read, retry_failed)
 
-        def finish(work: _ShardWork = work, lock: ShardLock = lock, place: int = place) -> None:
+        def finish(work: ShardWork = work, lock: ShardLock = lock, place: int = place) -> None:
             stats = work.finish()
             if stats is not None:
                 finished[place] = stats
@@ -203,244 +196,3 @@ class _ReadOnce:
         return iter(self.tables)
 
 
-class _ShardWork:
-    """One shard of one set being written: its chunks still to do, their commits and progress bar, and
-    the join that marks it done."""
-
-    def __init__(self, job: Job, shard: int, engine: Engine, progress: bool, read: Callable = plan.iter_shard,
-                 retry_failed: bool = False):
-        from tqdm import tqdm
-
-        self.w, self.config, self.shard, self.engine = job.w, job.config, shard, engine
-        self.parts = self.w.parts(self.config.source, shard)
-        self.parts.mkdir(parents=True, exist_ok=True)
-        # The retry round the shard is on its way to (rows.py): its parts' target, or the next with --retry-failed.
-        self.round = max([part.target for part in done.parts(self.w, self.config.source, shard)] + [int(retry_failed)])
-        self.attempts = (self.round + 1) * self.config.max_attempts  # what a rewrite may use, all rounds together
-        self.waiting: dict[int, int] = {}  # chunk -> its rows waiting for the engine, as this run committed it
-        # Temporary files of a writer killed half-way through a commit (never read: commits are renames).
-        for leftover in [*self.parts.glob(".*.tmp"),
-                         *self.w.rewrites(self.config.source).glob(f".{layout.shard_id(shard)}.*.tmp")]:
-            leftover.unlink(missing_ok=True)
-        self.bar = tqdm(total=job.manifest.shard_rows(shard), unit="caption",
-                        desc=f"{self.config.source} {layout.shard_id(shard)}", disable=not progress,
-                        dynamic_ncols=True, file=sys.stderr)
-        self.chunk_stats: dict[int, dict] = {}
-        self.committed: dict[int, pa.Table] = {}  # the chunks this run commits, kept for the shard's file
-        self.schema = schema(self.config.num_rewrites)
-        self.bar_lock = threading.Lock()
-        self.todo = _ChunksToDo(job.manifest, shard, self.config, self.parts, self.committed_before, read, self.round)
-
-    def committed_before(self, index: int, stats: dict, rows: int) -> None:
-        """A chunk an earlier run committed (the builder finds it while the writer may be committing)."""
-        with self.bar_lock:
-            self.chunk_stats[index] = stats
-            _show(self.bar, self.chunk_stats, rows)
-
-    def commit(self, index: int, result: pa.Table, stats: dict, pending: Sequence[Sequence[int]] = ()) -> None:
-        """Commit a chunk's rows with its stats and its rewrites waiting for the engine (rows.columns)."""
-        faults.point("generated")
-        part = done.Part(stats, self.round, self.round, tuple(map(tuple, pending)))
-        checkpoint.write_part(self.parts / f"{index:05d}.parquet", result, part)
-        with self.bar_lock:
-            self.committed[index] = result
-            self.chunk_stats[index] = stats
-            self.waiting[index] = part.waiting_rows
-            _show(self.bar, self.chunk_stats, stats["rows"])
-
-    def finish(self) -> dict | None:
-        """Join the shard and mark it done: its stats. None while rows of it wait for the engine: it stays
-        committed chunks, for a rerun to take up."""
-        self.bar.close()
-        if any(self.waiting.values()):
-            return None
-        return _finish_shard(self.w, self.config, self.shard, self.engine,
-                             [self.chunk_stats[i] for i in range(len(self.chunk_stats))], self.committed,
-                             self.todo.duplicate_keys, self.round)
-
-
-def _run_chunked(job: Job, shard: int, engine: Engine, *, progress: bool, schedule: Schedule,
-                 read: Callable = plan.iter_shard, retry_failed: bool = False) -> dict | None:
-    """Rewrite a shard's chunks not committed yet (and those taken up again) a chunk at a time
-    (`rewrite_chunk`), then join its parts. `read(manifest, shard, chunk_rows)` gives the shard's (key,
-    caption) chunks. Returns the shard's stats; None when rows of it wait for the engine, or the engine
-    gave up on its server (no chunk is taken after the one it gave up in)."""
-    work = _ShardWork(job, shard, engine, progress, read, retry_failed)
-    for index, table in work.todo:
-        stop.check()  # asked to stop: take no new chunk
-        with stop.deferred():  # a stop request waits for this chunk's commit
-            started = time.perf_counter()
-            reopened = work.todo.reopened.pop(index, None)
-            result, stats, pending = rewrite_chunk(table, job.config, job.meta_set, job.template, engine, schedule,
-                                                   reopened, work.attempts)
-            stats["seconds"] = time.perf_counter() - started
-            work.commit(index, result, rows.reopened_stats(reopened, stats) if reopened else stats, pending)
-        if engine_base.gave_up(engine):
-            work.bar.close()
-            return None
-    return work.finish()
-
-
-class _ChunksToDo:
-    """The shard's chunks in order, reading each once: a chunk an earlier run committed is handed to
-    `committed_before(index, stats, rows)`, unless this run takes it up again (rows.reopen: rewrites
-    waiting for the engine, or failed ones of a round before `round_`): its `rows.Reopened` then goes to
-    `reopened[index]`, and it is yielded with the chunks to do, as (index, table). Counts the keys seen
-    more than once (`duplicate_keys`)."""
-
-    def __init__(self, manifest, shard, config, parts, committed_before, read=plan.iter_shard, round_=0):
-        self.manifest, self.shard, self.config, self.parts = manifest, shard, config, parts
-        self.committed_before, self.read, self.round = committed_before, read, round_
-        self.duplicate_keys = 0
-        self.reopened: dict[int, rows.Reopened] = {}
-
-    def __iter__(self) -> Iterator[tuple[int, pa.Table]]:
-        keys_seen: set[int] = set()
-        config = self.config
-        for index, table in enumerate(self.read(self.manifest, self.shard, config.chunk_rows)):
-            keys = table.column(layout.KEY).to_pylist()
-            for key in keys:
-                if hash(key) in keys_seen:
-                    if not self.duplicate_keys:
-                        print(f"{config.source} shard {layout.shard_id(self.shard)}: key {key!r} appears more than "
-                              "once; rows are matched by position, so each keeps its own rewrite", file=sys.stderr)
-                    self.duplicate_keys += 1
-                keys_seen.add(hash(key))
-            found = checkpoint.committed_part(self.parts / f"{index:05d}.parquet", table)
-            if found is not None:  # committed by an earlier run
-                part, committed = found
-                identity = rows.identities(keys, table.column(layout.CAPTION).to_pylist(), config.dedup)
-                reopened = rows.reopen(committed, part.stats, part.pending, part.round, self.round, identity,
-                                       config.num_rewrites, config.max_attempts)
-                if reopened is None:
-                    self.committed_before(index, part.stats, table.num_rows)
-                    continue
-                self.reopened[index] = reopened
-            yield index, table
-
-
-def _show(bar, chunk_stats: dict, rows_done: int) -> None:
-    bar.update(rows_done)
-    secs = sum(s["seconds"] for s in chunk_stats.values())
-    bar.set_postfix(ok=sum(s["ok"] for s in chunk_stats.values()), failed=sum(s["failed"] for s in chunk_stats.values()),
-                    captions_s=f"{sum(s['rows'] for s in chunk_stats.values()) / secs:.2f}" if secs else "-")
-
-
-def _finish_shard(w: layout.Work, config: RunConfig, shard: int, engine: Engine, chunk_stats: list[dict],
-                  committed: dict[int, pa.Table], duplicate_keys: int, round_: int = 0) -> dict:
-    """Join the shard's parts into its rewrite file and write its stats, last: the shard is done (with
-    the retry round its failed rows reached, `round_`). The parts this process committed come from
-    `committed` (reading them back cost as long as the rest of the join); those of an earlier run are
-    read."""
-    parts = w.parts(config.source, shard)
-    with stop.deferred():
-        final = w.rewrite_file(config.source, shard)
-        with atomic.atomic_path(final) as tmp, pq.ParquetWriter(tmp, schema(config.num_rewrites)) as writer:
-            # Row groups of a fixed size, so the file's bytes do not depend on the chunk size either.
-            tables = (committed[i] if i in committed else pq.read_table(parts / f"{i:05d}.parquet").replace_schema_metadata(None)
-                      for i in range(len(chunk_stats)))
-            for table in plan.rechunk(tables, ROW_GROUP_ROWS):
-                writer.write_table(table)
-        stats = merge_stats(chunk_stats)
-        stats.update(shard=shard, source=config.source, engine=engine.describe(), duplicate_keys=duplicate_keys,
-                     settings={**asdict(config), "sampling": config.sampling.to_dict()})
-        if round_:
-            stats[done.ROUND_KEY] = round_
-        stats = done.mark_done(w, config.source, shard, stats)  # written last: the shard is done
-        shutil.rmtree(parts, ignore_errors=True)
-    return stats
-
-
-def merge_stats(chunks: Iterable[dict]) -> dict:
-    """Sum per-chunk stats (counts add up; captions/s is recomputed)."""
-    total: dict = {"rows": 0, "unique_captions": 0, "requests": 0, "ok": 0, "failed": 0, "skipped": 0,
-                   "prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0, "captions_cut": 0,
-                   "seconds": 0.0,
-                   "rejected": {}, "failed_reasons": {}}
-    for c in chunks:
-        for k, v in c.items():
-            if isinstance(v, dict):
-                total[k] = dict(Counter(total.get(k, {})) + Counter(v))
-            else:
-                total[k] = total.get(k, 0) + v
-    total["captions_per_s"] = round(total["rows"] / total["seconds"], 3) if total["seconds"] else None
-    total["seconds"] = round(total["seconds"], 3)
-    return total
-
-
-def prompting(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> rows.Prompting:
-    return rows.Prompting(config.source, config.seed, config.example_sets, config.num_examples,
-                          config.max_caption_tokens, meta_set, template, engine.encode, engine.decode,
-                          engine.context_length - config.sampling.max_new_tokens,
-                          engine.chat_prompt if template.chat else None, config.min_faithfulness)
-
-
-def rewrite_chunk(
-    table: pa.Table, config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine,
-    schedule: Schedule = Schedule(), reopened: rows.Reopened | None = None, attempts: int | None = None,
-) -> tuple[pa.Table, dict, list[list[int]]]:
-    """Rewrite one chunk of (key, caption) rows at once: one `generate` call per attempt, the rejected
-    rows again in the next (the scheduler before streaming, kept to compare against). A reopened chunk
-    requests only its rewrites to redo, each from its own attempt, and keeps its other rows. `attempts`:
-    what a rewrite may use (max_attempts per retry round of the shard). Returns the sidecar rows, the
-    stats of this run's work on the chunk and its rewrites waiting for the engine (rows.columns): once
-    the engine gives up on its server, those it has not served wait, unsent."""
-    keys = table.column(layout.KEY).to_pylist()
-    captions = table.column(layout.CAPTION).to_pylist()
-    n = config.num_rewrites
-    attempts = attempts or config.max_attempts
-    ask = prompting(config, meta_set, template, engine)
-    identity = rows.identities(keys, captions, config.dedup)
-    unique = rows.unique_captions(identity, captions)
-    pending = dict(reopened.redo) if reopened else {(ident, i): 0 for ident in unique for i in range(n)}  # -> attempt
-    fitted = {ident: ask.caption(unique[ident]) for ident, _ in pending}
-    cut_items = {(ident, i) for (ident, i), attempt in pending.items()
-                 if fitted[ident][1] or ask.cut_before(ident, fitted[ident][0], i, attempt)}
-    results: dict[tuple[str, int], rows.Result] = {}
-    waiting: dict[tuple[str, int], int] = {}  # -> the attempt a rewrite the engine could not serve resumes at
-    stats = rows.chunk_stats(len(keys), len(unique))
-    rejected: Counter = Counter()
-    failed_reasons: Counter = Counter()
-    engine_errors: Counter = Counter()
-    while pending:
-        cells = list(pending.items())
-        requests, targets = [], []
-        for (ident, i), attempt in cells:
-            request, tgts, cut = ask.request(ident, fitted[ident][0], i, attempt)
-            if cut:
-                cut_items.add((ident, i))
-            requests.append(request)
-            targets.append(tgts)
-        order = rows.schedule_order([r.prompt for r in requests], [r.group for r in requests], schedule)
-        completions: list = [None] * len(requests)  # None: not sent, the engine gave up before its batch
-        # Rows whose caption was cut go to the engine on their own: they never widen a batch for the others.
-        for batch in ([j for j in order if cells[j][0] not in cut_items], [j for j in order if cells[j][0] in cut_items]):
-            if batch and not engine_base.gave_up(engine):
-                for j, comp in zip(batch, engine.generate([requests[j] for j in batch], config.sampling)):
-                    completions[j] = comp
-        pending = {}
-        for ((ident, i), attempt), tgts, comp in zip(cells, targets, completions):
-            comp = comp or engine.outage.unsent()
-            rows.count(stats, comp)
-            rows.note_error(engine_errors, comp)
-            text, reason = rows.judge(comp, fitted[ident][0], tgts, ask.min_faithfulness)
-            if reason is not None and comp.sent:
-                rejected[reason] += 1
-            result = rows.final(text, reason, attempt, attempts, (ident, i) in cut_items)
-            if result is None and engine_base.gave_up(engine):  # its next attempt waits for a later run, unsent
-                attempt, reason = attempt + 1, validate.ENGINE_UNAVAILABLE
-                result = rows.final("", reason, attempt, attempts, False)
-            if result is None:
-                pending[ident, i] = attempt + 1
-                continue
-            results[ident, i] = result
-            if reason is not None:
-                failed_reasons[reason] += 1
-            if reason == validate.ENGINE_UNAVAILABLE:
-                waiting[ident, i] = attempt
-    table, counts, pending_cells = rows.columns(keys, identity, results, n, schema(n), waiting, reopened)
-    stats.update(counts, captions_cut=sum(ident in {ident for ident, _ in cut_items} for ident in identity),
-                 rejected=dict(rejected), failed_reasons=dict(failed_reasons))
-    if engine_errors:
-        stats["engine_errors"] = dict(engine_errors)
-    return table, stats, pending_cells

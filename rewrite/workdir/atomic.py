@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never a torn one."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -50,6 +51,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+class Digest:
+    """A binary file being written sequentially, and the sha256 and size of what went into it: a shard's
+    done marker records them without reading the file back."""
+
+    def __init__(self, file) -> None:
+        self.file, self.sha256, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+    def close(self) -> None:
+        self.file.close()
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()
 
 
 @contextmanager

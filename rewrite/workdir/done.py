@@ -86,15 +86,10 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_facts(path: Path) -> dict:
-    """What the done marker records of a committed shard file."""
-    return {"name": path.name, "bytes": path.stat().st_size, "rows": pq.ParquetFile(path).metadata.num_rows,
-            "sha256": sha256(path)}
-
-
-def mark_done(w: layout.Work, source: str, shard: int, stats: dict) -> dict:
-    """Write the shard's stats, with the facts of its committed file: the shard is done from here on."""
-    stats = {**stats, FILE_KEY: file_facts(w.rewrite_file(source, shard))}
+def mark_done(w: layout.Work, source: str, shard: int, stats: dict, facts: dict) -> dict:
+    """Write the shard's stats, with the facts of its committed file (`facts`: its name, bytes, rows and
+    sha256, taken while it was written): the shard is done from here on."""
+    stats = {**stats, FILE_KEY: facts}
     atomic.write_json(w.stats_file(source, shard), stats)
     return stats
 
@@ -134,27 +129,42 @@ def clear(w: layout.Work, source: str, shard: int) -> None:
     shutil.rmtree(w.parts(source, shard), ignore_errors=True)
 
 
-def tidy_done(work: str | Path, source: str, shards: Sequence[int]) -> None:
+def still(w: layout.Work, source: str, shard: int, found: ShardCheck) -> bool:
+    """Whether a state found earlier still holds as far as the done marker shows (one stat, no read): a
+    shard found done still has its stats file, one found not done has none yet. A caller that takes the
+    shard's lock after `check` uses it to see whether another process finished or cleared it meanwhile."""
+    return w.stats_file(source, shard).exists() == (found.state not in (MISSING, PARTIAL))
+
+
+def checks(w: layout.Work, source: str, shards: Sequence[int]) -> dict[int, ShardCheck]:
+    """Each shard's state, checked once, for a command to pass down."""
+    return {shard: check(w, source, shard) for shard in shards}
+
+
+def tidy_done(w: layout.Work, source: str, found: dict[int, ShardCheck]) -> None:
     """Remove the chunk parts a writer killed right after marking its shard done left, under the
-    shard's lock (a shard another process holds is left alone)."""
-    w = layout.Work(work)
-    for shard in shards:
+    shard's lock (a shard another process holds is left alone). `found`: the shards' states."""
+    for shard, state in found.items():
         parts = w.parts(source, shard)
-        if not parts.is_dir() or check(w, source, shard).state != DONE:
+        if state.state != DONE or not parts.is_dir():
             continue
         lock = ShardLock(w.lock_file(source, shard))
         if lock.acquire():
             with lock:
-                if check(w, source, shard).state == DONE:
+                if still(w, source, shard, state):
                     shutil.rmtree(parts, ignore_errors=True)
+
+
+def pending(found: dict[int, ShardCheck], overwrite: bool = False, retry_failed: bool = False) -> list[int]:
+    """The shards of `found` (shard -> state) still to do: all of them with overwrite; with retry_failed,
+    done ones with failed rows too."""
+    return [s for s, state in found.items()
+            if overwrite or state.state != DONE or (retry_failed and state.stats["failed"])]
 
 
 def pending_shards(work: str | Path, source: str, shards: Sequence[int], overwrite: bool = False,
                    retry_failed: bool = False) -> list[int]:
-    """The shards of `shards` that source `source` (its name, as RunConfig.source) still has to do (all of
-    them with overwrite; with retry_failed, done ones with failed rows too). Reads only."""
+    """The shards of `shards` that set `source` (its name, as RunConfig.source) still has to do. Reads only."""
     if overwrite:
         return list(shards)
-    w = layout.Work(work)
-    checks = {s: check(w, source, s) for s in shards}
-    return [s for s, found in checks.items() if found.state != DONE or (retry_failed and found.stats["failed"])]
+    return pending(checks(layout.Work(work), source, shards), retry_failed=retry_failed)

@@ -44,13 +44,13 @@ class SourceStatus:
             self.reasons[reason] = self.reasons.get(reason, 0) + n
 
 
-def collect(work: str | Path, names: Sequence[str] | None = None, *, checksum: bool | Container[int] = False
-            ) -> tuple[Manifest, list[SourceStatus]]:
+def collect(work: str | Path, names: Sequence[str] | None = None, *, checksum: bool | Container[int] = False,
+            manifest: Manifest | None = None) -> tuple[Manifest, list[SourceStatus]]:
     """The shard states of the sets `names` (as the work dir names them; None: every set run there).
-    `checksum`: True, or the shards whose files are also checked against
-    their recorded sha256 (an export checks the shards it writes, not all of them in every array task)."""
+    `checksum`: True, or the shards whose files are also checked against their recorded sha256 (an export
+    checks the shards it writes, not all of them in every array task). `manifest`: the plan, when read."""
     w = layout.Work(work)
-    manifest = load_manifest(w)
+    manifest = manifest or load_manifest(w)
     out = []
     for source in (names if names is not None else w.sources_present()):
         st = SourceStatus(source, {})

@@ -1,0 +1,4 @@
+"""`python -m rewrite.cli ...` (tests and Slurm batch scripts run the command this way)."""
+from . import main
+
+main()

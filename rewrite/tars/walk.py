@@ -1,0 +1,137 @@
+"""The copy's walk of its source: members in order as byte ranges, read through one reused window,
+plain header blocks parsed here (see copying.py for why), any other header left to tarfile."""
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+from .members import BLOCK, _check_end, _next_member
+
+WINDOW = 1 << 19  # bytes of the source read at a time, into one reused buffer (see _Window)
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+_OCTAL = re.compile(rb" *[0-7]*[ \0]*")  # a number field in a form that tarfile reads as this octal number
+# size and checksum as tarfile and GNU tar write them ("%011o\0", "%06o\0 "), type '0' or NUL: one match
+_USUAL_HEADER = re.compile(rb"(?s).{124}([0-7]{11})\0.{12}[0-7]{6}\0 ([0\0])")
+_FIXED_FIELDS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))  # mode .. devminor
+
+
+class _Member:
+    """A member as the copy sees it: name, whether it is a regular file, the source range of its header
+    blocks [offset, offset_data) and data blocks [offset_data, end), its data size; `block` is its header
+    block when parsed here, `info` tarfile's TarInfo when tarfile parsed it."""
+
+    __slots__ = ("name", "regular", "offset", "offset_data", "size", "end", "block", "info")
+
+    def __init__(self, name: str, regular: bool, offset: int, offset_data: int, size: int, end: int,
+                 block: bytes | None = None, info: tarfile.TarInfo | None = None):
+        self.name, self.regular, self.size, self.block, self.info = name, regular, size, block, info
+        self.offset, self.offset_data, self.end = offset, offset_data, end
+
+    @classmethod
+    def parsed_by_tarfile(cls, info: tarfile.TarInfo, end: int) -> "_Member":
+        return cls(info.name, info.isreg(), info.offset, info.offset_data, info.size, end, info=info)
+
+    @property
+    def mtime(self) -> float:
+        """As tarfile reads it (a plain block's field is plain octal: see _plain_member)."""
+        if self.info is not None:
+            return self.info.mtime
+        return int(self.block[136:148].strip(b" \0") or b"0", 8)
+
+    def tarinfo(self) -> tarfile.TarInfo:
+        """Its metadata as a TarInfo (what tarfile reads from a plain block), for the headers built from it."""
+        if self.info is not None:
+            return self.info
+        return tarfile.TarInfo.frombuf(self.block, "utf-8", "surrogateescape")
+
+
+class _Window:
+    """The source read forward through one reused buffer of WINDOW bytes: the member headers, the data of
+    small members and the byte ranges the output keeps all come out of it, one read per WINDOW bytes
+    (a read per member, and a new buffer per read, cost a fifth of a shard's copy). Before the buffer is
+    refilled, `before_move` lets the output write out what it holds of it."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, bytearray(WINDOW)
+        self.view = memoryview(self.buffer)
+        self.start = self.end = 0  # the source bytes [start, end) are in the buffer
+        self.before_move = lambda: None
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of the source, fewer at its end."""
+        if offset < self.start or offset + size > self.end:
+            if size > WINDOW:
+                return os.pread(self.fd, size, offset)
+            self.before_move()
+            self.start = offset
+            self.end = offset + os.preadv(self.fd, [self.buffer], offset)
+        return bytes(self.view[offset - self.start:min(offset + size, self.end) - self.start])
+
+
+def _walk(tar: tarfile.TarFile, path: str | Path, window: _Window) -> Iterator[_Member]:
+    """The members in order, as _members gives them: a plain header block (see _plain) is parsed here,
+    any other is read by tarfile, placed at it; then the end-of-archive check."""
+    offset, checked = None, set()
+    while True:
+        member = None
+        if offset is not None and not tar.pax_headers:  # a global PAX header changes how tarfile reads all that follows
+            member = _plain_member(window.read(offset, BLOCK), offset, checked)
+        if member is None:
+            if offset is not None:
+                tar.offset = offset
+            info = _next_member(tar, path)  # the first one was read when `tar` was opened
+            if info is None:
+                break
+            member = _Member.parsed_by_tarfile(info, tar.offset)
+        yield member
+        offset = member.end
+    _check_end(tar, path)
+
+
+def _plain_member(block: bytes, offset: int, checked: set[bytes]) -> _Member | None:
+    """The member whose header block `block` (at `offset`) is a plain one, else None.
+
+    Plain: a regular file's ustar/GNU header that tarfile reads the same way: type '0' (or NUL, for a name
+    that is not a folder's), each number field in plain octal, the checksum right (unsigned). Any other
+    block is left to tarfile (which may take it for the end). `checked`: the number fields other than
+    size and checksum already found plain, which members mostly share. (One function: this runs for
+    every member, and its calls were a sixth of a shard's copy.)"""
+    if len(block) != BLOCK:
+        return None
+    usual = _USUAL_HEADER.match(block)
+    if usual:
+        size_field, kind = usual.groups()
+    else:
+        size_field, kind = block[124:136], block[156:157]
+        if kind not in _PLAIN_TYPES or not (_OCTAL.fullmatch(size_field) and _OCTAL.fullmatch(block, 148, 156)):
+            return None
+    fixed = block[100:124] + block[136:148] + block[329:345]
+    if fixed not in checked:
+        if not all(_OCTAL.fullmatch(block, start, end) for start, end in _FIXED_FIELDS):
+            return None
+        if len(checked) >= 1024:
+            checked.clear()
+        checked.add(fixed)
+    sum_field = block[148:156]
+    halves = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2  # each < 65521: exact
+    if int(sum_field.strip(b" \0") or b"0", 8) != halves - sum(sum_field) + 8 * 32:
+        return None
+    end = block.find(b"\0", 0, 100)
+    name = block[:end] if end >= 0 else block[:100]
+    if kind == tarfile.AREGTYPE and name.endswith(b"/"):  # tarfile reads it as a folder
+        return None
+    if block[345] != 0:  # a ustar prefix
+        end = block.find(b"\0", 345, 500)
+        name = block[345:end if end >= 0 else 500] + b"/" + name
+    size = int(size_field.strip(b" \0") or b"0", 8)
+    return _Member(name.decode("utf-8", "surrogateescape"), True, offset, offset + BLOCK, size,
+                   offset + BLOCK + _blocks(size), block)
+
+
+def _blocks(size: int) -> int:
+    """Bytes of the data blocks that hold `size` bytes."""
+    return -(-size // BLOCK) * BLOCK
