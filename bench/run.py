@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from rewrite.run.config import RunConfig
 
 HERE = Path(__file__).resolve().parent
 BATCH = 32  # the reference code's max_batch_size
@@ -152,6 +151,7 @@ def run_pipeline(caps: list[str], model: str | None, source: str, method: str) -
     from rewrite import engines, defaults
     from rewrite.inputs import plan
     from rewrite.run import runner
+    from rewrite.run.config import RunConfig
 
     engine_name, engine_opts, config, schedule = parse_method(method)
     with tempfile.TemporaryDirectory() as tmp:
