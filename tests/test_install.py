@@ -14,7 +14,7 @@ def test_installed_copy_finds_its_data_files(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
                     "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=600)
     code = (
-        "import rewrite, rewrite.meta as m, rewrite.prompt as p, rewrite.demo as d, importlib, pkgutil;"
+        "import rewrite, rewrite.meta as m, rewrite.rewriting.prompt as p, rewrite.launch.demo as d, importlib, pkgutil;"
         "assert 'site' in rewrite.__file__, rewrite.__file__;"
         "[importlib.import_module(i.name) for i in pkgutil.walk_packages(rewrite.__path__, 'rewrite.')];"
         "import rewrite.exports.wds, rewrite.inputs.wds;"

@@ -68,7 +68,7 @@ NOT_RUN_COMMANDS = {
 RUN = {
     "rewrite shard data/ --out work --num-shards 128": "use",
     "import datasets": "use",
-    "from rewrite import engines, export, plan, runner": "python",
+    "from rewrite import engines": "python",
     "rewrite meta import-laclip ~/src/LaCLIP/rewrite/utils.py --out paper_sets": "meta",
     "rewrite report --work work --out report --overwrite": "quality",
     "rewrite export --work work --out wds --format wds --views caption_chatgpt --overwrite": "train-wds",
@@ -380,7 +380,7 @@ CHECKS = {
     "rewrite report --work work --out report --overwrite": check_report("report"),
     "rewrite export --work work --out dataset": check_hf,
     "rewrite export --work work --out wds --format wds": check_wds,
-    "from rewrite import engines, export, plan, runner": check_python_block,
+    "from rewrite import engines": check_python_block,
     "rewrite meta import-laclip ~/src/LaCLIP/rewrite/utils.py --out paper_sets": check_import_laclip,
     "rewrite run --work work --source all --meta-dir paper_sets": check_meta_dir_run,
     "rewrite meta import-coco annotations/captions_train2017.json --out sets/mycoco.jsonl --groups 16 --seed 0":

@@ -1,4 +1,5 @@
 """`python -m rewrite.cli ...` (tests and Slurm batch scripts run the command this way)."""
 from . import main
 
-main()
+if __name__ == "__main__":
+    main()
