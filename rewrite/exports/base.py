@@ -119,7 +119,7 @@ def _aligned(w: layout.Work, source: str, shard: int, rows: int, batch: int, don
         return
     path = w.rewrite_file(source, shard)
     try:
-        reader = pq.ParquetFile(path)  # no thread pool: the first one an export worker starts cost 5-10 ms a shard
+        reader = pq.ParquetFile(path)  # no thread pool: starting one costs an export worker time on every shard
         batches = (pa.Table.from_batches([b]) for b in reader.iter_batches(batch_size=batch, use_threads=False))
         yield from plan.rechunk(batches, batch)
     except (pa.ArrowException, OSError) as e:
