@@ -37,7 +37,6 @@ EXPORT_NOTE = ("From an export: no shard, request, retry or reject figures and n
                "counted")
 RUN_ONLY = ("shards", "shards_left_out", "requests", "first_attempts", "retries")  # figures only a run's stats give: null from an export
 EXPORT_META_SET = {"digest": None, "file": None, "note": "an export does not record the set it was rewritten with"}
-PREFIX = "caption_"  # of every rewrite column an export writes (layout.export_column)
 
 
 class Rows(NamedTuple):
@@ -95,9 +94,9 @@ def export_format(folder: Path, files: list[str]) -> str:
 
 def rewrite_columns(names: Sequence[str], where: Path) -> list[str]:
     """The rewrite columns of an export: the `caption_<set>` ones every format writes after the input's own."""
-    columns = list(itertools.takewhile(lambda n: n.startswith(PREFIX), reversed(names)))[::-1]
+    columns = list(itertools.takewhile(lambda n: n.startswith(layout.EXPORT_PREFIX), reversed(names)))[::-1]
     if not columns:
-        raise ReportError(f"{where}: no rewrite column ({PREFIX}<set>) after the input's columns")
+        raise ReportError(f"{where}: no rewrite column ({layout.EXPORT_PREFIX}<set>) after the input's columns")
     return columns
 
 
@@ -106,7 +105,7 @@ def export_sets(columns: list[str]) -> dict[str, list[str]]:
     with several rewrites a row (as layout.export_column names them)."""
     sets, rest = {}, list(columns)
     while rest:
-        name = rest[0][len(PREFIX):]
+        name = rest[0][len(layout.EXPORT_PREFIX):]
         base = name.removesuffix("_0")
         n = 0
         while base != name and n < len(rest) and rest[n] == layout.export_column(base, n, 2):  # 2: any n > 1
@@ -163,7 +162,7 @@ class CsvReader:
         self.path, self.total = folder / next(f for f in files if f in ("train.tsv", "train.csv")), None
         with open(self.path, encoding="utf-8", newline="") as f:
             line = f.readline()
-        found = re.search(rf"(.){openclip_csv.TITLE}\1{PREFIX}", line)  # the separator around `title`
+        found = re.search(rf"(.){openclip_csv.TITLE}\1{layout.EXPORT_PREFIX}", line)  # the separator around `title`
         if not found:
             raise ReportError(f"{self.path}: its header has no {openclip_csv.TITLE!r} column before the rewrite columns")
         self.separator = found.group(1)

@@ -3,7 +3,6 @@ claimed under its lock (skipped when done or held by another process, cleared wh
 --retry-failed); chunk parts committed with their record, and found again by a rerun."""
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -138,7 +137,7 @@ def claim(job: PreparedSet, shard: int, overwrite: bool, retry_failed: bool = Fa
                 print(f"{source} shard {layout.shard_id(shard)}: damaged ({found.problem}): rewriting it", file=sys.stderr)
             done.clear(w, source, shard)
         elif found.state == done.DONE:
-            shutil.rmtree(w.parts(source, shard), ignore_errors=True)  # left by a writer killed right after its stats
+            done.drop_parts(w, source, shard)
             if retry_failed and found.stats["failed"]:
                 print(f"{source} shard {layout.shard_id(shard)}: retrying its {found.stats['failed']} failed rows",
                       file=sys.stderr)
