@@ -190,8 +190,9 @@ class OutputFolder:
         top = Path(name).parts[0]
         return bool(self.marker.get("publishing")) and not (self.staging / top).exists() and (self.out / name).is_file()
 
-    def publish(self) -> None:
-        """Move the staged export into place; the previous export's files go, nothing else does."""
+    def publish(self, record: dict | None = None) -> None:
+        """Move the staged export into place; the previous export's files go, nothing else does.
+        `record`: what the export is (its format, sets and columns), kept in the marker for its readers."""
         missing = [f for f in self.files if not self.written(f)]
         if missing:
             raise PublishError(f"cannot publish {self.out}: {', '.join(missing[:3])} not written")
@@ -210,5 +211,5 @@ class OutputFolder:
             os.replace(staged, target)
         sizes = {f: (self.out / f).stat().st_size for f in self.files}
         self._write_marker(published=self.export_id, content=self.content, files=self.files, sizes=sizes,
-                           staging=None, staging_files=[], publishing=False)
+                           staging=None, staging_files=[], publishing=False, **({"export": record} if record else {}))
         _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old] + self.scratch)
