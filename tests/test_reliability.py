@@ -62,11 +62,11 @@ def test_overwrite_with_other_settings_must_name_every_shard_it_removes(tmp_path
     assert {s: layout.Work(work).rewrite_file("bard", s).read_bytes() for s in range(3)} == before  # nothing removed
     assert json.loads(layout.Work(work).settings_file("bard").read_text())["seed"] == 0
     # Named, they go, but never while another run writes the source (it holds the source lock shared).
-    from rewrite.workdir.lock import SourceLock
+    from rewrite.workdir.lock import FlockFile
 
     job = prepare(work, RunConfig(source="bard", seed=1), [0, 1, 2])
     fingerprint = job.fingerprint(engine.describe()["engine"], engine.model)
-    writer = SourceLock(layout.Work(work).source_lock_file("bard"))
+    writer = FlockFile(layout.Work(work).source_lock_file("bard"))
     writer.shared()
     try:
         with pytest.raises(RunError, match="other runs are writing it now"):

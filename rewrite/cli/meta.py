@@ -121,8 +121,8 @@ def meta_generate(
     from .. import engines
     from ..meta import generate as metagen
 
-    options = {k: v for k, v in dict(dtype=dtype, max_model_len=max_model_len, engine_args=engine_arg or None,
-                                     base_url=base_url, concurrency=concurrency).items() if v is not None}
+    options = engines.given(dtype=dtype, max_model_len=max_model_len, engine_args=engine_arg, base_url=base_url,
+                            concurrency=concurrency)
     instruction = metagen.PAPER_INSTRUCTION if instruction is None else instruction
     with reported():  # everything checked before minutes go into an engine
         metagen.check_options(out, count, max_attempts, instruction, overwrite, captions)

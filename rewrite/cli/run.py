@@ -9,17 +9,15 @@ from typing import List, Optional
 
 import typer
 
+from .. import defaults, engines, exports, meta as meta_lib, stop
 from ..exports import export as export_lib
-from .. import exports
-from .. import meta as meta_lib
+from ..inputs import plan
+from ..launch import slurm as slurm_lib
+from ..launch.task import TaskResult, run_task
+from ..run.config import EngineUnavailable, set_configs
+from ..stop import STOP_WITHIN, StopRequested, EXIT_CODE as STOPPED
 from ..workdir import layout, status as status_lib
 from ..workdir.manifest import format_shard_spec, load_manifest, parse_shard_spec
-from ..inputs import plan
-from .. import defaults, stop
-from ..launch import slurm as slurm_lib
-from ..stop import STOP_WITHIN, StopRequested, EXIT_CODE as STOPPED
-from ..run.config import EngineUnavailable, set_configs
-from ..launch.task import TaskResult, run_task
 from .shared import EXIT_UNAVAILABLE, app, reported, report_export
 
 
@@ -115,12 +113,11 @@ def run(
             if then_export is not None:  # refused now, not after the rewriting
                 export_lib.check_out_folder(then_export, layout.Work(work), manifest, "--then-export")
                 exports.named(export_format, "--export-format")
-            options = {k: v for k, v in dict(
+            options = engines.given(
                 batch_size=batch_size, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg or None,
+                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, engine_args=engine_arg,
                 base_url=base_url, api=api, concurrency=concurrency, timeout=timeout, request_retries=request_retries,
-                unavailable_after=unavailable_after,
-            ).items() if v is not None}
+                unavailable_after=unavailable_after)
             try:
                 result = run_task(work, configs, parse_shard_spec(shards, manifest.num_shards), engine, model,
                                          options, overwrite=overwrite, progress=progress, schedule=schedule,

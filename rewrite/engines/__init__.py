@@ -51,6 +51,12 @@ def model_name(name: str, model: str | None) -> str:
 _FLAGS = {"engine_args": "--engine-arg"}  # engine keywords the CLI spells otherwise than --<keyword>
 
 
+def given(**options) -> dict:
+    """The engine options a command was given, as `check`, `load` and `opened` take them: one left unset
+    (None, or no --engine-arg) is left to the engine's default."""
+    return {k: v for k, v in options.items() if v is not None and v != []}
+
+
 def check(name: str, model: str | None, options: dict) -> str:
     """Refuse, before anything loads, what would only fail once engine `name` loads: an option it does
     not take, a bad value (its module's `check_options`), a --model that is no model (local engines);

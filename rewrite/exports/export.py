@@ -147,7 +147,7 @@ def export(
         if unwritten:
             return {**summary, "published": False, "unwritten": format_shard_spec(unwritten)}
         export_format.finish(job, folder.path, summary)
-        folder.publish()
+        folder.publish({"format": fmt, "sets": job.set_columns()})
     return {**summary, "published": True}
 
 

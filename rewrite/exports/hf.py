@@ -4,12 +4,15 @@ YAML `configs:` lets `datasets.load_dataset(OUT)` find the files."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..workdir import atomic, layout
-from .base import ExportFormat, ExportJob
+from .base import ExportError, ExportFormat, ExportJob, Rows, rewrite_columns
+
 
 HF_METADATA_KEY = b"huggingface"
 CARD = "README.md"
@@ -18,6 +21,9 @@ CARD = "README.md"
 class HFExport(ExportFormat):
     name = "hf"
     options = ("captions_only",)
+
+    def reader(self, folder, files):
+        return HfReader(folder, files)
 
     def shard_files(self, job, shard):
         return [layout.export_data_file(shard, job.manifest.num_shards)]
@@ -97,3 +103,28 @@ def source_table(job: ExportJob, summary: dict) -> list[str]:
         lines += ["", "Shards exported without rewrites (null): " +
                   "; ".join(f"{k}: {v}" for k, v in summary["missing"].items())]
     return lines
+
+
+class HfReader:
+    """data/train-*.parquet, one file a shard: `key`, `caption` (the input's, kept as stored) and the rewrite
+    columns, nulls where there is no rewrite."""
+
+    def __init__(self, folder: Path, files: list[str]) -> None:
+        self.paths = [folder / f for f in sorted(files) if f.startswith("data/") and f.endswith(".parquet")]
+        self.total = len(self.paths)
+        names = pq.read_schema(self.paths[0]).names
+        if layout.CAPTION not in names:
+            raise ExportError(f"{self.paths[0]} has no {layout.CAPTION!r} column: the export does not record which "
+                              "column holds the captions (planned with --caption-column?)")
+        self.key = layout.KEY if layout.KEY in names else None
+        self.columns = rewrite_columns(names, self.paths[0])
+
+    def rows(self, wanted: list[str]) -> Iterator[Rows]:
+        for shard, path in enumerate(self.paths):
+            try:
+                table = pq.read_table(path, columns=[c for c in (self.key, layout.CAPTION) if c] + wanted)
+            except (pa.ArrowException, OSError) as e:
+                raise ExportError(f"{path}: cannot read its caption columns ({e})") from None
+            keys = table.column(self.key).to_pylist() if self.key else [None] * table.num_rows
+            yield Rows(shard, keys, table.column(layout.CAPTION).to_pylist(),
+                       {c: table.column(c).to_pylist() for c in wanted})

@@ -6,12 +6,16 @@ is refused. No caption holds a line break (it would shift the lines too). A row 
 own is left out (counted in the summary)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import shutil
+from pathlib import Path
+from typing import IO, Iterator
 
 from ..workdir import atomic, layout
 from . import tables
-from .base import PARTS, ExportError, ExportFormat, ExportJob
+from .base import PARTS, ExportError, ExportFormat, ExportJob, Rows, rewrite_columns
+
 
 CSV_FILE = "train.csv"
 KEPT_SUFFIXES = (".jpg", ".jpeg", ".png")  # LaCLIP's CsvDatasetAugCap keeps only these (case-sensitive)
@@ -21,6 +25,9 @@ LACLIP_TYPES = tuple(s[1:] for s in KEPT_SUFFIXES)  # extracted images of other 
 class LaclipExport(ExportFormat):
     name = "laclip"
     options = ("image_column", "extract_images")
+
+    def reader(self, folder, files):
+        return LaclipReader(folder, files)
 
     def check(self, job):
         tables.image_column(job)
@@ -67,3 +74,30 @@ class LaclipExport(ExportFormat):
         summary["dropped_rows"] = sum(int(staged(self._parts(job, s)["dropped"]).read_text())
                                       for s in range(job.manifest.num_shards))
         summary["rows"] -= summary["dropped_rows"]
+
+
+class LaclipReader:
+    """LaCLIP's train.csv (image path, caption; no header) and a text file per rewrite column, a line per
+    CSV row, empty where there is no rewrite."""
+
+    def __init__(self, folder: Path, files: list[str]) -> None:
+        self.path, self.folder, self.total = folder / CSV_FILE, folder, None
+        self.columns = rewrite_columns([f.removesuffix(".txt") for f in files if f.endswith(".txt")], folder)
+
+    def rows(self, wanted: list[str]) -> Iterator[Rows]:
+        with contextlib.ExitStack() as stack:
+            texts = {c: stack.enter_context(open(self.folder / f"{c}.txt", encoding="utf-8", newline="\n"))
+                     for c in wanted}
+            for block in tables.csv_blocks(self.path, ",", ["path", "caption"], names=["path", "caption"]):
+                n = len(block["path"])
+                yield Rows(None, block["path"], block["caption"],
+                           {c: [self._line(f) or None for _ in range(n)] for c, f in texts.items()})
+            longer = [f.name for f in texts.values() if f.readline()]
+            if longer:
+                raise ExportError(f"{longer[0]} has more lines than {self.path} has rows: the export is damaged")
+
+    def _line(self, f: IO[str]) -> str:
+        line = f.readline()
+        if not line:
+            raise ExportError(f"{f.name} has fewer lines than {self.path} has rows: the export is damaged")
+        return line.removesuffix("\n")

@@ -6,11 +6,15 @@ whose own caption would read as missing is left out (counted in the summary)."""
 from __future__ import annotations
 
 import csv
+import re
 import shutil
+from pathlib import Path
+from typing import Iterator
 
 from ..workdir import atomic, layout
 from . import tables
-from .base import PARTS, ExportFormat, ExportJob
+from .base import PARTS, ExportError, ExportFormat, ExportJob, Rows, rewrite_columns
+
 
 TITLE = "title"  # open_clip's default --csv-caption-key
 
@@ -18,6 +22,9 @@ TITLE = "title"  # open_clip's default --csv-caption-key
 class OpenClipCsvExport(ExportFormat):
     name = "csv"
     options = ("image_column", "extract_images", "captions_only", "separator")
+
+    def reader(self, folder, files):
+        return CsvReader(folder, files)
 
     def _file(self, job: ExportJob) -> str:
         return "train.tsv" if job.options.separator == "\t" else "train.csv"
@@ -72,3 +79,25 @@ def _keyed_rows(job: ExportJob, shard: int):
         values = [table.column(c).to_pylist() for c in rewrites]
         for i, key in enumerate(keys):
             yield key, key, originals[i], [v[i] for v in values]
+
+
+class CsvReader:
+    """open_clip's train.tsv (train.csv with another separator): image path, `title`, the rewrite columns.
+    A failed rewrite was filled with the caption, which an ok rewrite never equals (validate: echo)."""
+
+    def __init__(self, folder: Path, files: list[str]) -> None:
+        self.path, self.total = folder / next(f for f in files if f in ("train.tsv", "train.csv")), None
+        with open(self.path, encoding="utf-8", newline="") as f:
+            line = f.readline()
+        found = re.search(rf"(.){TITLE}\1{layout.EXPORT_PREFIX}", line)  # the separator around `title`
+        if not found:
+            raise ExportError(f"{self.path}: its header has no {TITLE!r} column before the rewrite columns")
+        self.separator = found.group(1)
+        header = next(csv.reader([line], delimiter=self.separator))
+        self.image, self.columns = header[0], rewrite_columns(header, self.path)
+
+    def rows(self, wanted: list[str]) -> Iterator[Rows]:
+        for block in tables.csv_blocks(self.path, self.separator, [self.image, TITLE] + wanted):
+            captions = block[TITLE]
+            yield Rows(None, block[self.image], captions,
+                       {c: [None if r == caption else r for r, caption in zip(block[c], captions)] for c in wanted})

@@ -13,13 +13,13 @@ under a short exclusive lock on OUT/.rewrite-export.mutex.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 from ..workdir import atomic
+from ..workdir.lock import FlockFile
 
 MARKER = ".rewrite-export.json"
 LOCK = ".rewrite-export.lock"  # held shared by every process staging OUT; exclusive to reset or publish it
@@ -75,9 +75,8 @@ class OutputFolder:
             raise PublishError(f"--out {self.out} is a file, not a folder")
         self._refuse_foreign_folder()
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock: int | None = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        self._mutex: int | None = os.open(self.out / MUTEX, os.O_RDWR | os.O_CREAT, 0o666)
-        fcntl.flock(self._mutex, fcntl.LOCK_EX)
+        self._lock, self._mutex = FlockFile(self.out / LOCK), FlockFile(self.out / MUTEX)
+        self._mutex.hold()
         try:
             self.marker = self._read_marker()
             published = self.marker.get("published")
@@ -108,18 +107,13 @@ class OutputFolder:
 
     def _exclusive(self) -> bool:
         """Whether this process alone now holds OUT (no other process stages it); call with the mutex held."""
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
+        return self._lock.exclusive()
 
     def close(self) -> None:
         for name in ("_lock", "_mutex"):
-            fd = getattr(self, name, None)
-            if fd is not None:
-                os.close(fd)
+            lock = getattr(self, name, None)
+            if lock is not None:
+                lock.release()
                 setattr(self, name, None)
 
     def _intact(self) -> bool:
@@ -166,18 +160,18 @@ class OutputFolder:
                           + [f"{REPLACED}/{f}" for f in self.marker.get("files", [])])
             self._write_marker(staging=self.export_id, staging_files=self.files + self.scratch, publishing=False)
         self.staging.mkdir(exist_ok=True)
-        fcntl.flock(self._lock, fcntl.LOCK_SH)  # from exclusive, or from none
-        fcntl.flock(self._mutex, fcntl.LOCK_UN)
+        self._lock.shared()  # from exclusive, or from none
+        self._mutex.unlock()
 
     def alone(self) -> bool:
         """After staging: whether every other process staging OUT has finished, so that this one may
         write the final files and publish (the mutex is then held until close())."""
-        fcntl.flock(self._mutex, fcntl.LOCK_EX)
+        self._mutex.hold()
         self.marker = self._read_marker()  # another process may have published meanwhile: see published()
         if self._exclusive():
             return True
-        fcntl.flock(self._lock, fcntl.LOCK_SH)
-        fcntl.flock(self._mutex, fcntl.LOCK_UN)
+        self._lock.shared()
+        self._mutex.unlock()
         return False
 
     def published(self) -> bool:
@@ -196,8 +190,9 @@ class OutputFolder:
         top = Path(name).parts[0]
         return bool(self.marker.get("publishing")) and not (self.staging / top).exists() and (self.out / name).is_file()
 
-    def publish(self) -> None:
-        """Move the staged export into place; the previous export's files go, nothing else does."""
+    def publish(self, record: dict | None = None) -> None:
+        """Move the staged export into place; the previous export's files go, nothing else does.
+        `record`: what the export is (its format, sets and columns), kept in the marker for its readers."""
         missing = [f for f in self.files if not self.written(f)]
         if missing:
             raise PublishError(f"cannot publish {self.out}: {', '.join(missing[:3])} not written")
@@ -216,5 +211,5 @@ class OutputFolder:
             os.replace(staged, target)
         sizes = {f: (self.out / f).stat().st_size for f in self.files}
         self._write_marker(published=self.export_id, content=self.content, files=self.files, sizes=sizes,
-                           staging=None, staging_files=[], publishing=False)
+                           staging=None, staging_files=[], publishing=False, **({"export": record} if record else {}))
         _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old] + self.scratch)

@@ -22,14 +22,16 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 
-from ..workdir import atomic, layout
 from .. import tars
 from ..inputs.wds import headers_check
+from ..workdir import atomic, layout
 from . import tables
-from .base import ExportError, ExportFormat, ExportJob
+from .base import ExportError, ExportFormat, ExportJob, Rows, rewrite_columns
+
 
 SIZES = "sizes.json"
 VIEWS = "views"
@@ -38,6 +40,9 @@ VIEWS = "views"
 class WebdatasetExport(ExportFormat):
     name = "wds"
     options = ("image_column", "views", "replace_json_fields")
+
+    def reader(self, folder, files):
+        return WdsReader(folder, files)
 
     def check(self, job):
         formats = {f.format for f in job.manifest.files}
@@ -186,3 +191,27 @@ def _check_key(key: str, tar: str) -> None:
     tables.check_key(key, tar)
     if "." in key.rsplit("/", 1)[-1]:
         raise ExportError(f"row {key}: a webdataset key cannot hold a dot (readers cut the key there)")
+
+
+class WdsReader:
+    """Webdataset tars: KEY.txt the caption, KEY.json the rewrite fields ("" where there is no rewrite) after
+    the input's own. Only the text members are read; the views/ tars repeat the same rewrites. (For tar input
+    whose captions came from a KEY.json field, KEY.txt is not the caption: the export does not record that.)"""
+
+    def __init__(self, folder: Path, files: list[str]) -> None:
+        self.paths = [folder / f for f in files if f.endswith(".tar") and "/" not in f]
+        self.total = len(self.paths)
+        first = next((s for path in self.paths for s in self._samples(path)), None)
+        self.columns = rewrite_columns(list((first and first.json) or {}), folder)
+
+    def _samples(self, path: Path) -> Iterator[tars.Sample]:
+        try:
+            yield from tars.iter_samples(path)
+        except tars.TarError as e:
+            raise ExportError(str(e)) from None
+
+    def rows(self, wanted: list[str]) -> Iterator[Rows]:
+        for path in self.paths:
+            samples = list(self._samples(path))
+            yield Rows(None, [s.key for s in samples], [s.caption for s in samples],
+                       {c: [(s.json or {}).get(c) or None for s in samples] for c in wanted})

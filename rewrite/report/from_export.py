@@ -1,31 +1,24 @@
-"""The report's figures over an export (`collect_export`): it reads an export (hf, csv, laclip or wds) one
-file at a time (a CSV a block at a time), only its caption and rewrite columns, and tallies its rows as
-`collect` does. An export keeps no status: a rewrite it lacks counts as failed (it failed, or its shard
-was exported missing; see EXPORT_NOTE), one whose caption is blank as skipped. What the export holds is
-read from its record (publish.MARKER: the files it published) and from those files' own columns; the
-record names no format, so the files tell it. The figures only a run records (shard states, requests,
+"""The report's figures over an export (`collect_export`): it reads an export (hf, csv, laclip or wds)
+through the reader of the format that wrote it (exports/<format>.py), one file at a time (a CSV a block at
+a time), only its caption and rewrite columns, and tallies its rows as `collect` does. An export keeps no
+status: a rewrite it lacks counts as failed (it failed, or its shard was exported missing; see
+EXPORT_NOTE), one whose caption is blank as skipped. What the export holds is read from its record
+(publish.MARKER: the files it published, its format, sets and columns; an export made before the record
+said so is known by its files and columns). The figures only a run records (shard states, requests,
 retries, reject reasons, the set's example targets) are left null or empty.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import itertools
 import json
-import re
 import sys
 from pathlib import Path
-from typing import IO, Iterator, NamedTuple, Sequence
+from typing import Sequence
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .. import tars
+from .. import exports
+from ..exports import ExportError, hf, laclip, publish, wds
 from ..workdir import layout
-from ..exports import publish
-from ..exports import hf, laclip, openclip_csv, wds
 from .errors import ReportError
 from .tallies import Agreement, SetTally
 from .from_work import _add_rows, _chosen, _summary
@@ -37,15 +30,6 @@ EXPORT_NOTE = ("From an export: no shard, request, retry or reject figures and n
                "counted")
 RUN_ONLY = ("shards", "shards_left_out", "requests", "first_attempts", "retries")  # figures only a run's stats give: null from an export
 EXPORT_META_SET = {"digest": None, "file": None, "note": "an export does not record the set it was rewritten with"}
-PREFIX = "caption_"  # of every rewrite column an export writes (layout.export_column)
-
-
-class Rows(NamedTuple):
-    """Rows of an export read together: keys, captions and each rewrite column's texts (None: no rewrite)."""
-    shard: int | None  # the plan's shard, where the export keeps it (hf)
-    keys: list
-    captions: list[str | None]
-    rewrites: dict[str, list[str | None]]
 
 
 def kind(path: str | Path) -> str:
@@ -60,8 +44,9 @@ def kind(path: str | Path) -> str:
                       f"writes) nor an export (no {publish.MARKER}, which `rewrite export` writes)")
 
 
-def exported_files(folder: Path) -> list[str]:
-    """The files of the export published in `folder`, from its record, each checked to be as published."""
+def exported(folder: Path) -> tuple[list[str], dict]:
+    """The files of the export published in `folder`, each checked to be as published, and what the export
+    is (its format, sets and columns; {} for an export made before its record said so), from its record."""
     record = folder / publish.MARKER
     try:
         marker = json.loads(record.read_text(encoding="utf-8"))
@@ -75,11 +60,14 @@ def exported_files(folder: Path) -> list[str]:
         path = folder / name
         if not path.is_file() or path.stat().st_size != marker.get("sizes", {}).get(name):
             raise ReportError(f"{path} is missing or changed since it was exported: export again")
-    return files
+    return files, marker.get("export") or {}
 
 
-def export_format(folder: Path, files: list[str]) -> str:
-    """An export's format, from the files it published (its record names none)."""
+def export_format(folder: Path, files: list[str], record: dict) -> str:
+    """An export's format: as its record says, or, for an export made before the record said so, from the
+    files it published."""
+    if record.get("format") in exports.FORMATS:
+        return record["format"]
     names = set(files)
     if hf.CARD in names and any(f.startswith("data/") and f.endswith(".parquet") for f in files):
         return "hf"
@@ -90,15 +78,7 @@ def export_format(folder: Path, files: list[str]) -> str:
     if names & {"train.tsv", "train.csv"}:
         return "csv"
     raise ReportError(f"{folder}: an export of no format the report reads ({', '.join(files[:5])}): it reads "
-                      f"{', '.join(READERS)} exports")
-
-
-def rewrite_columns(names: Sequence[str], where: Path) -> list[str]:
-    """The rewrite columns of an export: the `caption_<set>` ones every format writes after the input's own."""
-    columns = list(itertools.takewhile(lambda n: n.startswith(PREFIX), reversed(names)))[::-1]
-    if not columns:
-        raise ReportError(f"{where}: no rewrite column ({PREFIX}<set>) after the input's columns")
-    return columns
+                      f"{', '.join(exports.FORMATS)} exports")
 
 
 def export_sets(columns: list[str]) -> dict[str, list[str]]:
@@ -106,7 +86,7 @@ def export_sets(columns: list[str]) -> dict[str, list[str]]:
     with several rewrites a row (as layout.export_column names them)."""
     sets, rest = {}, list(columns)
     while rest:
-        name = rest[0][len(PREFIX):]
+        name = rest[0][len(layout.EXPORT_PREFIX):]
         base = name.removesuffix("_0")
         n = 0
         while base != name and n < len(rest) and rest[n] == layout.export_column(base, n, 2):  # 2: any n > 1
@@ -117,118 +97,6 @@ def export_sets(columns: list[str]) -> dict[str, list[str]]:
     return sets
 
 
-def _csv_blocks(path: Path, delimiter: str, columns: list[str], names: list[str] | None = None) -> Iterator[dict]:
-    """`columns` of a CSV a block at a time, every cell the text written (none read as missing)."""
-    try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=names),
-                                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                                convert_options=pacsv.ConvertOptions(include_columns=columns,
-                                                                     column_types=dict.fromkeys(columns, pa.string())))
-        for batch in reader:
-            yield {c: batch.column(c).to_pylist() for c in columns}
-    except (pa.ArrowException, OSError) as e:
-        raise ReportError(f"{path}: cannot read it as the export wrote it ({e})") from None
-
-
-class HfReader:
-    """data/train-*.parquet, one file a shard: `key`, `caption` (the input's, kept as stored) and the rewrite
-    columns, nulls where there is no rewrite."""
-
-    def __init__(self, folder: Path, files: list[str]) -> None:
-        self.paths = [folder / f for f in sorted(files) if f.startswith("data/") and f.endswith(".parquet")]
-        self.total = len(self.paths)
-        names = pq.read_schema(self.paths[0]).names
-        if layout.CAPTION not in names:
-            raise ReportError(f"{self.paths[0]} has no {layout.CAPTION!r} column: the export does not record which "
-                              "column holds the captions (planned with --caption-column?)")
-        self.key = layout.KEY if layout.KEY in names else None
-        self.columns = rewrite_columns(names, self.paths[0])
-
-    def rows(self, wanted: list[str]) -> Iterator[Rows]:
-        for shard, path in enumerate(self.paths):
-            try:
-                table = pq.read_table(path, columns=[c for c in (self.key, layout.CAPTION) if c] + wanted)
-            except (pa.ArrowException, OSError) as e:
-                raise ReportError(f"{path}: cannot read its caption columns ({e})") from None
-            keys = table.column(self.key).to_pylist() if self.key else [None] * table.num_rows
-            yield Rows(shard, keys, table.column(layout.CAPTION).to_pylist(),
-                       {c: table.column(c).to_pylist() for c in wanted})
-
-
-class CsvReader:
-    """open_clip's train.tsv (train.csv with another separator): image path, `title`, the rewrite columns.
-    A failed rewrite was filled with the caption, which an ok rewrite never equals (validate: echo)."""
-
-    def __init__(self, folder: Path, files: list[str]) -> None:
-        self.path, self.total = folder / next(f for f in files if f in ("train.tsv", "train.csv")), None
-        with open(self.path, encoding="utf-8", newline="") as f:
-            line = f.readline()
-        found = re.search(rf"(.){openclip_csv.TITLE}\1{PREFIX}", line)  # the separator around `title`
-        if not found:
-            raise ReportError(f"{self.path}: its header has no {openclip_csv.TITLE!r} column before the rewrite columns")
-        self.separator = found.group(1)
-        header = next(csv.reader([line], delimiter=self.separator))
-        self.image, self.columns = header[0], rewrite_columns(header, self.path)
-
-    def rows(self, wanted: list[str]) -> Iterator[Rows]:
-        for block in _csv_blocks(self.path, self.separator, [self.image, openclip_csv.TITLE] + wanted):
-            captions = block[openclip_csv.TITLE]
-            yield Rows(None, block[self.image], captions,
-                       {c: [None if r == caption else r for r, caption in zip(block[c], captions)] for c in wanted})
-
-
-class LaclipReader:
-    """LaCLIP's train.csv (image path, caption; no header) and a text file per rewrite column, a line per
-    CSV row, empty where there is no rewrite."""
-
-    def __init__(self, folder: Path, files: list[str]) -> None:
-        self.path, self.folder, self.total = folder / laclip.CSV_FILE, folder, None
-        self.columns = rewrite_columns([f.removesuffix(".txt") for f in files if f.endswith(".txt")], folder)
-
-    def rows(self, wanted: list[str]) -> Iterator[Rows]:
-        with contextlib.ExitStack() as stack:
-            texts = {c: stack.enter_context(open(self.folder / f"{c}.txt", encoding="utf-8", newline="\n"))
-                     for c in wanted}
-            for block in _csv_blocks(self.path, ",", ["path", "caption"], names=["path", "caption"]):
-                n = len(block["path"])
-                yield Rows(None, block["path"], block["caption"],
-                           {c: [self._line(f) or None for _ in range(n)] for c, f in texts.items()})
-            longer = [f.name for f in texts.values() if f.readline()]
-            if longer:
-                raise ReportError(f"{longer[0]} has more lines than {self.path} has rows: the export is damaged")
-
-    def _line(self, f: IO[str]) -> str:
-        line = f.readline()
-        if not line:
-            raise ReportError(f"{f.name} has fewer lines than {self.path} has rows: the export is damaged")
-        return line.removesuffix("\n")
-
-
-class WdsReader:
-    """Webdataset tars: KEY.txt the caption, KEY.json the rewrite fields ("" where there is no rewrite) after
-    the input's own. Only the text members are read; the views/ tars repeat the same rewrites. (For tar input
-    whose captions came from a KEY.json field, KEY.txt is not the caption: the export does not record that.)"""
-
-    def __init__(self, folder: Path, files: list[str]) -> None:
-        self.paths = [folder / f for f in files if f.endswith(".tar") and "/" not in f]
-        self.total = len(self.paths)
-        first = next((s for path in self.paths for s in self._samples(path)), None)
-        self.columns = rewrite_columns(list((first and first.json) or {}), folder)
-
-    def _samples(self, path: Path) -> Iterator[tars.Sample]:
-        try:
-            yield from tars.iter_samples(path)
-        except tars.TarError as e:
-            raise ReportError(str(e)) from None
-
-    def rows(self, wanted: list[str]) -> Iterator[Rows]:
-        for path in self.paths:
-            samples = list(self._samples(path))
-            yield Rows(None, [s.key for s in samples], [s.caption for s in samples],
-                       {c: [(s.json or {}).get(c) or None for s in samples] for c in wanted})
-
-
-READERS = {"hf": HfReader, "csv": CsvReader, "laclip": LaclipReader, "wds": WdsReader}
 
 
 def _export_sidecar(texts: list[str | None], captions: list[str | None]) -> tuple[list, list, None]:
@@ -247,17 +115,24 @@ def collect_export(folder: str | Path, sources: Sequence[str] | None = None, pro
     folder = Path(folder)
     if kind(folder) != "export":
         raise ReportError(f"{folder} is a work dir, not an export: use collect")
-    files = exported_files(folder)
-    fmt = export_format(folder, files)
-    reader = READERS[fmt](folder, files)
-    sets = export_sets(reader.columns)
+    files, record = exported(folder)
+    fmt = export_format(folder, files, record)
+    try:
+        reader = exports.named(fmt).reader(folder, files)
+    except ExportError as e:
+        raise ReportError(str(e)) from None
+    sets = record.get("sets") or export_sets(reader.columns)
     names = _chosen(folder, list(sets), sources, "exported")
     tallies = {name: SetTally(name, len(sets[name]), embedder) for name in names}
     agreement, rows = Agreement(), 0
-    for part in tqdm(reader.rows([c for name in names for c in sets[name]]), total=reader.total, desc="report",
-                     unit="part", disable=not progress, file=sys.stderr, dynamic_ncols=True):
-        rows += len(part.keys)
-        _add_rows(tallies, agreement, part.shard, part.keys, part.captions,
-                  {name: [_export_sidecar(part.rewrites[c], part.captions) for c in sets[name]] for name in names})
+    parts = reader.rows([c for name in names for c in sets[name]])
+    try:
+        for part in tqdm(parts, total=reader.total, desc="report", unit="part", disable=not progress,
+                         file=sys.stderr, dynamic_ncols=True):
+            rows += len(part.keys)
+            _add_rows(tallies, agreement, part.shard, part.keys, part.captions,
+                      {name: [_export_sidecar(part.rewrites[c], part.captions) for c in sets[name]] for name in names})
+    except ExportError as e:
+        raise ReportError(str(e)) from None
     figures = {name: {**t.summary(None, EXPORT_META_SET), **dict.fromkeys(RUN_ONLY)} for name, t in tallies.items()}
     return _summary(folder, {"shards": None, "rows": rows}, figures, agreement, "export", fmt, EXPORT_NOTE)

@@ -3,7 +3,6 @@ claimed under its lock (skipped when done or held by another process, cleared wh
 --retry-failed); chunk parts committed with their record, and found again by a rerun."""
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 from .. import stop
 from ..workdir import atomic, done, layout, record
 from ..workdir.manifest import format_shard_spec
-from ..workdir.lock import ShardLock, SourceLock
+from ..workdir.lock import ShardLock, FlockFile
 from . import rows
 from .config import PreparedSet, RunError
 
@@ -51,7 +50,7 @@ def preflight(job: PreparedSet, fingerprint: dict, overwrite: bool) -> None:
     (no other run is writing it). Holds nothing after; `run` checks again under the lock."""
     if check_settings(job, fingerprint, overwrite):
         return
-    probe = SourceLock(job.w.source_lock_file(job.config.source))
+    probe = FlockFile(job.w.source_lock_file(job.config.source))
     try:
         if not probe.exclusive():
             raise _busy(job)
@@ -65,11 +64,11 @@ def _busy(job: PreparedSet) -> RunError:
                     f"({_writers(job.w, source, job.manifest.num_shards)}): stop them first")
 
 
-def open_source(job: PreparedSet, fingerprint: dict, overwrite: bool) -> SourceLock:
+def open_source(job: PreparedSet, fingerprint: dict, overwrite: bool) -> FlockFile:
     """Hold the source (shared) with its settings recorded as `fingerprint`, starting it over first
     when overwrite asks for other settings."""
     w, source = job.w, job.config.source
-    lock = SourceLock(w.source_lock_file(source))
+    lock = FlockFile(w.source_lock_file(source))
     lock.shared()
     try:
         record.clean_leftovers(w, source)
@@ -84,7 +83,7 @@ def open_source(job: PreparedSet, fingerprint: dict, overwrite: bool) -> SourceL
         raise
 
 
-def _start_over(job: PreparedSet, fingerprint: dict, lock: SourceLock) -> None:
+def _start_over(job: PreparedSet, fingerprint: dict, lock: FlockFile) -> None:
     """Remove the source's output and record the new settings. That needs the source to itself
     (exclusive): never while another run writes it. Other tasks of the same overwriting run wait for
     the one that starts it over, and then join it."""
@@ -138,7 +137,7 @@ def claim(job: PreparedSet, shard: int, overwrite: bool, retry_failed: bool = Fa
                 print(f"{source} shard {layout.shard_id(shard)}: damaged ({found.problem}): rewriting it", file=sys.stderr)
             done.clear(w, source, shard)
         elif found.state == done.DONE:
-            shutil.rmtree(w.parts(source, shard), ignore_errors=True)  # left by a writer killed right after its stats
+            done.drop_parts(w, source, shard)
             if retry_failed and found.stats["failed"]:
                 print(f"{source} shard {layout.shard_id(shard)}: retrying its {found.stats['failed']} failed rows",
                       file=sys.stderr)

@@ -4,7 +4,6 @@ the stream (scheduler.py), committed as a part, and the join of the parts that m
 (its stats json written last)."""
 from __future__ import annotations
 
-import shutil
 import sys
 import threading
 import time
@@ -193,7 +192,7 @@ def _finish_shard(w: layout.Work, config: RunConfig, shard: int, engine: Engine,
             stats[done.ROUND_KEY] = round_
         facts = {"name": final.name, "bytes": written.size, "rows": rows, "sha256": written.hexdigest()}
         stats = done.mark_done(w, config.source, shard, stats, facts)  # written last: the shard is done
-        shutil.rmtree(parts, ignore_errors=True)
+        done.drop_parts(w, config.source, shard)
     return stats
 
 

@@ -22,13 +22,13 @@ class _Output:
     else is written) and new bytes. A kept range's part in the source's window is a slice of it; parts
     outside it (a member bigger than the window) are read in COPY_BUFFER pieces. A regular file gets one
     os.writev per COPY_BUFFER bytes gathered, through its descriptor (os.sendfile of each range between
-    two rewritten KEY.json members measured slower: 26 vs 19 ms a 59 MB shard), and every time the
+    two rewritten KEY.json members measured slower), and every time the
     window moves (the slices gathered are of its buffer); any other file object gets a write() per piece.
 
     Every WRITEBACK_STEP bytes written to a regular file, the kernel is told to start writing them to disk
     (posix_fadvise DONTNEED, which also lets it drop them from the page cache once written): the fsync
-    that commits the tar then finds most of it on disk, written while the copy went on (measured: 58 to
-    47 ms a 59 MB shard, copy and fsync), and an export of many GB does not fill the page cache with
+    that commits the tar then finds most of it on disk, written while the copy went on, and an export of
+    many GB does not fill the page cache with
     output it will not read again."""
 
     def __init__(self, dst: IO[bytes], window: _Window, path: str | Path):

@@ -87,8 +87,8 @@ def deferred_sync() -> Iterator[list[Path]]:
     """Within it, atomic_path leaves out the fsync and lists the files it committed instead; the caller
     must sync_files them before anything records them as written. For several processes writing big
     files at once: on ext4 an fsync commits the journal and waits for every writer's pending data, so
-    processes that each fsync their own files wait on one another (two export workers: 50 to 90 ms a
-    59 MB tar); one process syncing all of them, while the others write on, does not."""
+    processes that each fsync their own files wait on one another; one process syncing all of them,
+    while the others write on, does not."""
     token = _unsynced.set([])
     try:
         yield _unsynced.get()

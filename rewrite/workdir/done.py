@@ -141,6 +141,12 @@ def checks(w: layout.Work, source: str, shards: Sequence[int]) -> dict[int, Shar
     return {shard: check(w, source, shard) for shard in shards}
 
 
+def drop_parts(w: layout.Work, source: str, shard: int) -> None:
+    """The chunk parts of a done shard go: the join holds their rows, so any left were left by a writer
+    killed right after marking the shard done. Caller holds the shard's lock and found it done."""
+    shutil.rmtree(w.parts(source, shard), ignore_errors=True)
+
+
 def tidy_done(w: layout.Work, source: str, found: dict[int, ShardCheck]) -> None:
     """Remove the chunk parts a writer killed right after marking its shard done left, under the
     shard's lock (a shard another process holds is left alone). `found`: the shards' states."""
@@ -152,7 +158,7 @@ def tidy_done(w: layout.Work, source: str, found: dict[int, ShardCheck]) -> None
         if lock.acquire():
             with lock:
                 if still(w, source, shard, state):
-                    shutil.rmtree(parts, ignore_errors=True)
+                    drop_parts(w, source, shard)
 
 
 def pending(found: dict[int, ShardCheck], overwrite: bool = False, retry_failed: bool = False) -> list[int]:

@@ -41,9 +41,12 @@ def suffixed(column: str, index: int, num_rewrites: int) -> str:
     return column if num_rewrites == 1 else f"{column}_{index}"
 
 
+EXPORT_PREFIX = "caption_"  # of every rewrite column of an export
+
+
 def export_column(source: str, index: int, num_rewrites: int) -> str:
     """Column of a rewrite in an exported dataset: `caption_<source>` (`caption_<source>_<i>` when n > 1)."""
-    return suffixed(f"caption_{source}", index, num_rewrites)
+    return suffixed(f"{EXPORT_PREFIX}{source}", index, num_rewrites)
 
 
 def export_data_file(shard: int, num_shards: int) -> str:

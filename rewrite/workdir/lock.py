@@ -1,4 +1,6 @@
-"""One writer per shard: an exclusive flock on WORK/rewrites/<source>/<shard>.lock.
+"""Locks, all of them flocks: one writer per shard (ShardLock, an exclusive flock on
+WORK/rewrites/<source>/<shard>.lock), and the shared/exclusive lock (FlockFile) of a set's runs and of an
+export folder.
 
 The kernel drops a flock when its holder dies (SIGKILL, OOM, a node reboot for a lock on a local
 disk), so a lock left by a dead process is simply taken by the next worker; there is no stale state to
@@ -66,14 +68,16 @@ class ShardLock:
         self.release()
 
 
-class SourceLock:
-    """Every run of a source holds WORK/rewrites/<source>/source.lock shared while it runs; starting the
-    source over (an overwrite with other settings, which removes every shard's output) needs it
-    exclusive, so it never happens beside a live writer. Dropped by the kernel when its holder dies."""
+class FlockFile:
+    """A lock file held shared or exclusive (flock), dropped by the kernel when its holder dies: the one
+    shared/exclusive lock. Every run of a set holds WORK/rewrites/<set>/source.lock shared while it runs,
+    and starting the set over (which removes every shard's output) needs it exclusive, so it never
+    happens beside a live writer; an export folder's lock and mutex are two more (exports/publish.py)."""
 
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
+        self._open()
 
     def _open(self) -> int:
         if self._fd is None:
@@ -82,19 +86,30 @@ class SourceLock:
         return self._fd
 
     def shared(self) -> None:
-        """Hold it shared, waiting while a start-over holds it exclusive (that takes moments)."""
+        """Hold it shared, waiting while another process holds it exclusive."""
         fcntl.flock(self._open(), fcntl.LOCK_SH)
 
+    def hold(self) -> None:
+        """Hold it exclusive, waiting for the others."""
+        fcntl.flock(self._open(), fcntl.LOCK_EX)
+
     def exclusive(self) -> bool:
-        """Hold it exclusive if no other run holds it; False (and then not held at all) otherwise."""
+        """Hold it exclusive if no other process holds it; False (and then not held at all) otherwise."""
+        fd = self._open()
+        fcntl.flock(fd, fcntl.LOCK_UN)
         try:
-            fcntl.flock(self._open(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             return False
 
-    def release(self) -> None:
+    def unlock(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        """Unlock and close it (a later call opens it again)."""
+        if self._fd is not None:
+            self.unlock()
             os.close(self._fd)
             self._fd = None
