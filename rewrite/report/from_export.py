@@ -63,20 +63,24 @@ def exported(folder: Path) -> tuple[list[str], dict]:
     return files, marker.get("export") or {}
 
 
-def export_format(folder: Path, files: list[str], record: dict) -> str:
-    """An export's format: as its record says, or, for an export made before the record said so, from the
-    files it published."""
-    if record.get("format") in exports.FORMATS:
-        return record["format"]
+def _holds(fmt: str, files: list[str]) -> bool:
+    """Whether an export's published files are those of format `fmt`."""
     names = set(files)
-    if hf.CARD in names and any(f.startswith("data/") and f.endswith(".parquet") for f in files):
-        return "hf"
-    if wds.SIZES in names and any(f.endswith(".tar") for f in files):
-        return "wds"
-    if laclip.CSV_FILE in names and any(f.endswith(".txt") for f in files):
-        return "laclip"
-    if names & {"train.tsv", "train.csv"}:
-        return "csv"
+    return {
+        "hf": lambda: hf.CARD in names and any(f.startswith("data/") and f.endswith(".parquet") for f in files),
+        "wds": lambda: wds.SIZES in names and any(f.endswith(".tar") for f in files),
+        "laclip": lambda: laclip.CSV_FILE in names and any(f.endswith(".txt") for f in files),
+        "csv": lambda: bool(names & {"train.tsv", "train.csv"}),
+    }[fmt]()
+
+
+def export_format(folder: Path, files: list[str], record: dict) -> str:
+    """An export's format: as its record says (an export made before the record said so: the format whose
+    files it published), its files checked to be that format's."""
+    said = record.get("format")
+    for fmt in ([said] if said in exports.FORMATS else ["hf", "wds", "laclip", "csv"]):
+        if _holds(fmt, files):
+            return fmt
     raise ReportError(f"{folder}: an export of no format the report reads ({', '.join(files[:5])}): it reads "
                       f"{', '.join(exports.FORMATS)} exports")
 
