@@ -9,7 +9,7 @@ from .laclip import LaclipExport
 from .openclip_csv import OpenClipCsvExport
 from .wds import WebdatasetExport
 
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in (HFExport(), OpenClipCsvExport(), LaclipExport(), WebdatasetExport())}
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (HFExport(), WebdatasetExport(), OpenClipCsvExport(), LaclipExport())}
 DEFAULT = "hf"
 
 

@@ -63,6 +63,9 @@ def exported(folder: Path) -> tuple[list[str], dict]:
     return files, marker.get("export") or {}
 
 
+DOCS_ORDER = ("hf", "csv", "laclip", "wds")  # every export format, in the order the docs name them
+
+
 def _holds(fmt: str, files: list[str]) -> bool:
     """Whether an export's published files are those of format `fmt`."""
     names = set(files)
@@ -82,7 +85,7 @@ def export_format(folder: Path, files: list[str], record: dict) -> str:
         if _holds(fmt, files):
             return fmt
     raise ReportError(f"{folder}: an export of no format the report reads ({', '.join(files[:5])}): it reads "
-                      f"{', '.join(exports.FORMATS)} exports")
+                      f"{', '.join(DOCS_ORDER)} exports")
 
 
 def export_sets(columns: list[str]) -> dict[str, list[str]]:
