@@ -1,0 +1,189 @@
+"""The one seam between the tool and the files it reads and writes: every open, list, stat, rename and
+delete goes through these functions, so putting another store behind them (object storage, say) is a
+change here. Paths are local today. The work dir's locks and atomic renames need a real filesystem;
+`rename`, `link`, `sync` and `open_fd` are for it and for the tar copy's descriptor-level fast path.
+
+What stays outside: path arithmetic (`Path.name`, `/`, `resolve`), the package's own files (read
+through importlib.resources, see resources.py) and the model cache, which the engines' libraries open
+themselves."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat as stat_modes
+from pathlib import Path
+from typing import IO, Iterator, NamedTuple
+
+PathLike = str | os.PathLike
+
+
+class Info(NamedTuple):
+    """What the tool asks of a file besides its bytes."""
+    size: int
+    mtime: float  # seconds since the epoch
+    is_dir: bool
+
+
+def open_file(path: PathLike, mode: str = "rb", *, encoding: str | None = None,
+              newline: str | None = None) -> IO:
+    """Open a file: 'r'/'rb' to read, 'w'/'wb' to write, 'x'/'xb' to create one that must not exist
+    yet (mode 0o666, so the umask or the folder's default ACL applies), 'r+b' to update in place."""
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    return open(path, mode, encoding=encoding, newline=newline)
+
+
+def open_fd(path: PathLike, flags: int, mode: int = 0o666) -> int:
+    """A raw descriptor, for the locks (flock) and the tar copy (pread/sendfile); local files only."""
+    return os.open(path, flags, mode)
+
+
+def read_bytes(path: PathLike) -> bytes:
+    with open_file(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: PathLike) -> str:
+    with open_file(path, "r") as f:
+        return f.read()
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    """Write a whole file in place: for files in a folder no reader sees yet (atomic.py commits others)."""
+    with open_file(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    with open_file(path, "w") as f:
+        f.write(text)
+
+
+def info(path: PathLike) -> Info:
+    """Size, modification time and kind; FileNotFoundError when there is nothing there."""
+    st = os.stat(path)
+    return Info(st.st_size, st.st_mtime, stat_modes.S_ISDIR(st.st_mode))
+
+
+def size(path: PathLike) -> int:
+    return os.stat(path).st_size
+
+
+def exists(path: PathLike) -> bool:
+    return os.path.exists(path)
+
+
+def is_file(path: PathLike) -> bool:
+    return os.path.isfile(path)
+
+
+def is_dir(path: PathLike) -> bool:
+    return os.path.isdir(path)
+
+
+def list_dir(path: PathLike) -> list[str]:
+    """The names in a folder, sorted."""
+    return sorted(os.listdir(path))
+
+
+def glob(folder: PathLike, pattern: str) -> list[Path]:
+    """The paths under `folder` matching `pattern` (pathlib's glob syntax, `**` included), sorted."""
+    return sorted(Path(folder).glob(pattern))
+
+
+def walk_files(folder: PathLike) -> Iterator[Path]:
+    """Every file under `folder`, at any depth, in sorted order."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def make_dirs(path: PathLike) -> None:
+    """Make a folder and its parents; nothing when it is there."""
+    os.makedirs(path, exist_ok=True)
+
+
+def make_dir(path: PathLike) -> None:
+    """Make one folder that must not exist yet (FileExistsError otherwise): a claim no one else holds."""
+    os.mkdir(path)
+
+
+def rename(src: PathLike, dst: PathLike) -> None:
+    """Rename atomically, replacing `dst` if it is a file (or an empty folder)."""
+    os.replace(src, dst)
+
+
+def link(src: PathLike, dst: PathLike) -> None:
+    """A second name for `src`; FileExistsError when `dst` exists (unlike rename, never replaces)."""
+    os.link(src, dst)
+
+
+def remove(path: PathLike, missing_ok: bool = True) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def remove_dir(path: PathLike) -> None:
+    """Remove an empty folder."""
+    os.rmdir(path)
+
+
+def remove_tree(path: PathLike, missing_ok: bool = True) -> None:
+    """Remove a folder and everything in it."""
+    if missing_ok and not os.path.lexists(path):
+        return
+    shutil.rmtree(path)
+
+
+def sync(path: PathLike) -> None:
+    """Make a file's (or folder's) contents durable: fsync through a descriptor of its own."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def parquet_file(path: PathLike, **options):
+    """A pyarrow ParquetFile: its footer is read now, row groups when asked for."""
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(os.fspath(path), **options)
+
+
+def read_parquet(path: PathLike, **options):
+    """A whole parquet file (or the columns asked for) as a pyarrow Table."""
+    import pyarrow.parquet as pq
+    return pq.read_table(os.fspath(path), **options)
+
+
+def read_parquet_schema(path: PathLike):
+    import pyarrow.parquet as pq
+    return pq.read_schema(os.fspath(path))
+
+
+def parquet_writer(path: PathLike, schema, **options):
+    """A pyarrow ParquetWriter onto `path` (a temporary path that atomic.py commits, or a file object)."""
+    import pyarrow.parquet as pq
+    return pq.ParquetWriter(path if hasattr(path, "write") else os.fspath(path), schema, **options)
+
+
+def write_parquet(table, path: PathLike, **options) -> None:
+    import pyarrow.parquet as pq
+    pq.write_table(table, path if hasattr(path, "write") else os.fspath(path), **options)
+
+
+def open_tar(path: PathLike, mode: str = "r:", **options):
+    """A tarfile.TarFile over a file opened here."""
+    import tarfile
+    fileobj = open_file(path, "wb" if mode.startswith(("w", "x")) else "rb")
+    try:
+        tar = tarfile.open(fileobj=fileobj, mode=mode, **options)
+    except BaseException:
+        fileobj.close()
+        raise
+    tar._extfileobj = False  # the TarFile owns the file it was given: closing it closes the file
+    return tar
