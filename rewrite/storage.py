@@ -25,12 +25,12 @@ class Info(NamedTuple):
 
 
 def open_file(path: PathLike, mode: str = "rb", *, encoding: str | None = None,
-              newline: str | None = None) -> IO:
+              newline: str | None = None, buffering: int = -1) -> IO:
     """Open a file: 'r'/'rb' to read, 'w'/'wb' to write, 'x'/'xb' to create one that must not exist
     yet (mode 0o666, so the umask or the folder's default ACL applies), 'r+b' to update in place."""
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
-    return open(path, mode, encoding=encoding, newline=newline)
+    return open(path, mode, buffering, encoding=encoding, newline=newline)
 
 
 def open_fd(path: PathLike, flags: int, mode: int = 0o666) -> int:

@@ -6,10 +6,10 @@ writing (copy_with_fields) copies the source's bytes as they are and builds only
 changes. Every format problem raises `TarError` naming the tar file and the member.
 
 The package's face: the names other modules use, re-exported from its modules, one concern each:
-`braces.py` (shard patterns), `keys.py` (member names, sample keys, errors), `members.py` (the member
-walker and sample grouper behind every read), `samples.py` (iter_samples, count_samples, stats_count),
-`walk.py`, `output.py` and `copying.py` (copy_with_fields: its source walk, its output, the copy),
-`images.py` (sample_images).
+`braces.py` (shard patterns), `keys.py` (member names, sample keys, errors), `walk.py` (the one member
+walker), `grouping.py` (the one sample grouper), `samples.py` (iter_samples, count_samples, stats_count,
+text decoding), `output.py` and `copying.py` (copy_with_fields: its output, the copy), `images.py`
+(sample_images). Reading, counting, copying and image extraction all walk and group the same way.
 """
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from .braces import expand_braces
 from .copying import copy_with_fields
 from .images import sample_images
 from .keys import TEXT_EXTS, FieldExists, TarError, check_key, name_ext, split_member
-from .members import BLOCK, ByteCounter, Headers
 from .output import COPY_BUFFER, WRITEBACK_STEP
 from .samples import Sample, count_samples, iter_samples, stats_count
-from .walk import WINDOW
+from .walk import BLOCK, WINDOW, ByteCounter, Headers
 
 __all__ = [
     "BLOCK", "COPY_BUFFER", "TEXT_EXTS", "WINDOW", "WRITEBACK_STEP",

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Sequence
 
-from .keys import FieldExists, TarError, _dot_problem, _refuse_key, check_key, split_member
-from .members import _JSON_ENCODER, BLOCK, Headers, _Keys, _open_tar, _parse_json, _read_member
+from .. import storage
+from .grouping import _place
+from .keys import FieldExists, TarError
 from .output import _Output
-from .walk import _blocks, _Member, _walk, _Window
+from .samples import _JSON_ENCODER, _parse_json
+from .walk import BLOCK, Headers, _blocks, _Member, _open_tar, _read_member, _walk, _Window
 
 _MAX_SIZE_FIELD = 8 ** 11  # sizes that the 11 octal digits of a ustar size field hold
 
@@ -46,7 +48,7 @@ def copy_with_fields(src: str | Path, dst_fileobj: IO[bytes], samples: Sequence[
     if txts is not None and len(txts) != len(samples):
         raise ValueError(f"{src}: {len(txts)} captions given for {len(samples)} samples")
     _check_fields(src, samples)
-    with open(src, "rb", buffering=16 * BLOCK) as fileobj:  # tarfile reads the odd non-plain header through it
+    with storage.open_file(src, "rb", buffering=16 * BLOCK) as fileobj:  # tarfile reads the odd non-plain header through it
         tar_format = _tar_format(fileobj)
         source = _open_tar(src, fileobj)
         window = _Window(fileobj.fileno())
@@ -103,29 +105,20 @@ class _Copy:
     def run(self) -> Headers:
         """Copy every member in order; returns the digest of their headers. A sample's created members
         are written when the next sample starts (or at the end)."""
-        keys, headers = _Keys(self.src), Headers()
+        headers = Headers()
         current: _Pending | None = None
         count = 0
-        for member in _walk(self.source, self.src, self.window):
-            headers.add(member.name, member.size, member.mtime)
-            split = split_member(member.name) if member.regular else None
-            if split is None:
+        for member, key, ext, starts in _place(_walk(self.source, self.src, self.window, headers), self.src):
+            if key is None:
                 self.out.keep(member.end)
                 continue
-            key, ext = split
-            if current is None or key != current.key:
-                check_key(key, self.src, member.name, ext=ext)
-                self._finish(current, keys)
+            if starts:
+                self._finish(current)
                 current = self._start(count, key, member)
                 count += 1
-            else:  # the key itself was checked at the sample's first member
-                _refuse_key(_dot_problem(key, ext), key, self.src, member.name)
-            ext = ext.lower()
-            if ext in current.exts:
-                raise TarError(f"{self.src}: member {member.name!r}: a second {ext!r} member for sample {key!r}")
             current.exts.add(ext)
             self._member(member, current, ext)
-        self._finish(current, keys)
+        self._finish(current)
         if count != len(self.samples):
             raise TarError(f"{self.src}: holds {count} samples where its rewrites have {len(self.samples)}: the tar "
                            "changed since they were made, or they belong to another plan")
@@ -166,12 +159,10 @@ class _Copy:
         self.out.keep(member.offset)
         self.out.write(_header(member, len(data), self.format) + data + _padding(len(data)), skip_to=member.end)
 
-    def _finish(self, sample: _Pending | None, keys: _Keys) -> None:
-        """After a sample's last member: refuse a split sample, create the KEY.txt / KEY.json it lacks but
-        has content for."""
+    def _finish(self, sample: _Pending | None) -> None:
+        """After a sample's last member: create the KEY.txt / KEY.json it lacks but has content for."""
         if sample is None:
             return
-        keys.ended(sample.key, sample.exts, sample.first.name)
         if "txt" not in sample.exts and sample.txt is not None:
             self._create(sample, "txt", sample.txt.encode("utf-8"))
         if "json" not in sample.exts and sample.fields:

@@ -5,7 +5,9 @@ from pathlib import Path
 from typing import IO, Callable, Iterator
 
 from .keys import name_ext
-from .members import Headers, _groups, _open_tar
+from .. import storage
+from .grouping import _groups
+from .walk import Headers, _open_tar
 
 
 def sample_images(path: str | Path, exts: tuple[str, ...],
@@ -15,13 +17,13 @@ def sample_images(path: str | Path, exts: tuple[str, ...],
     has none. A reader is valid until the next sample is asked for. After the last sample, the digest
     of the member headers walked goes to `check_headers` (see Headers), which refuses a changed tar."""
     headers = Headers()
-    with open(path, "rb") as fileobj:
+    with storage.open_file(path, "rb") as fileobj:
         tar = _open_tar(path, fileobj)
         for _, members, _ in _groups(tar, path, read_exts=(), headers=headers):
             image = next((m for m in members if name_ext(m.name).lower() in exts), None)
             if image is None:
                 yield None
                 continue
-            yield f"{path}: member {image.name!r}", name_ext(image.name).lower(), tar.extractfile(image)
+            yield f"{path}: member {image.name!r}", name_ext(image.name).lower(), tar.extractfile(image.info)
     if check_headers is not None:
         check_headers(headers.hexdigest())

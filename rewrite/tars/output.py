@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from .keys import TarError
-from .members import BLOCK
-from .walk import _Window
+from .walk import BLOCK, _Window
 
 COPY_BUFFER = 1 << 18  # piece size of copies (a member's data is never held whole)
 WRITEBACK_STEP = 8 << 20  # bytes of a copy's output after which its writeback is started (see _Output)

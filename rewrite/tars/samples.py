@@ -3,13 +3,16 @@ headers (count_samples) or from img2dataset's files beside it (stats_count)."""
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from .keys import TEXT_EXTS, TarError, name_ext
-from .members import _JSON_ENCODER, Headers, _CountingFile, _decode_text, _groups, _open_tar, _parse_json
+from .. import storage
+from .grouping import _groups
+from .walk import Headers, _CountingFile, _Member, _open_tar
+
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps(value, ensure_ascii=False), made once
 
 
 @dataclass
@@ -22,7 +25,7 @@ class Sample:
     members: list[str] = field(default_factory=list)
 
 
-def _member_named(members: list[tarfile.TarInfo], ext: str) -> str:
+def _member_named(members: list[_Member], ext: str) -> str:
     """The name of the member of a sample with extension `ext` (lower case)."""
     return next(m.name for m in members if name_ext(m.name).lower() == ext)
 
@@ -56,7 +59,7 @@ def _iter_samples(path: str | Path, caption_field: str | None, text_exts: tuple[
         fileobj.close()
 
 
-def _sample(key: str, members: list[tarfile.TarInfo], texts: dict[str, bytes],
+def _sample(key: str, members: list[_Member], texts: dict[str, bytes],
             caption_field: str | None, path: str | Path) -> Sample:
     """Decode one sample's text members into a Sample."""
     meta = _parse_json(texts["json"], path, _member_named(members, "json")) if "json" in texts else None
@@ -100,7 +103,7 @@ def stats_count(path: str | Path) -> int | None:
 def _stats_json_count(stats: Path) -> int | None:
     """`successes` of an img2dataset stats file, or None."""
     try:
-        value = json.loads(stats.read_text(encoding="utf-8")).get("successes")
+        value = json.loads(storage.read_text(stats)).get("successes")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
@@ -108,13 +111,31 @@ def _stats_json_count(stats: Path) -> int | None:
 
 def _parquet_count(parquet: Path) -> int | None:
     """Rows with status "success" in an img2dataset shard parquet, or None."""
-    if not parquet.is_file():
+    if not storage.is_file(parquet):
         return None
     try:
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        column = pq.read_table(parquet, columns=["status"]).column("status")
+        column = storage.read_parquet(parquet, columns=["status"]).column("status")
         return int(pc.sum(pc.equal(column, "success")).as_py() or 0)
     except Exception:  # noqa: BLE001 - any unreadable parquet means "unknown", the caller then counts the tar
         return None
+
+
+def _decode_text(data: bytes, path: str | Path, member: str) -> str:
+    """UTF-8 text as webdataset decodes it (no stripping); anything else names the member."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TarError(f"{path}: member {member!r}: text is not UTF-8 ({e})") from None
+
+
+def _parse_json(data: bytes, path: str | Path, member: str) -> dict:
+    """A sample's KEY.json as a dict; open_clip drops a sample whose json does not parse, we refuse it."""
+    try:
+        value = json.loads(_decode_text(data, path, member))
+    except json.JSONDecodeError as e:
+        raise TarError(f"{path}: member {member!r}: invalid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise TarError(f"{path}: member {member!r}: JSON is a {type(value).__name__}, not an object")
+    return value

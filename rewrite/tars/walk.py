@@ -1,22 +1,106 @@
-"""The copy's walk of its source: members in order as byte ranges, read through one reused window,
-plain header blocks parsed here (see copying.py for why), any other header left to tarfile."""
+"""The one member walker behind every reading of a tar: member headers in order, each as a `_Member`,
+then the end-of-archive check. tarfile parses the headers when the caller seeks over member data (the
+readers: a caption scan reads headers and captions, not images). The copy walks through a `_Window`
+instead (the source read forward in one reused buffer), and a plain header block is parsed here (see
+_plain_member), any other left to tarfile."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tarfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
-from .members import BLOCK, _check_end, _next_member
+from .. import storage
+from .keys import TarError
 
+BLOCK = tarfile.BLOCKSIZE
 WINDOW = 1 << 19  # bytes of the source read at a time, into one reused buffer (see _Window)
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _OCTAL = re.compile(rb" *[0-7]*[ \0]*")  # a number field in a form that tarfile reads as this octal number
 # size and checksum as tarfile and GNU tar write them ("%011o\0", "%06o\0 "), type '0' or NUL: one match
 _USUAL_HEADER = re.compile(rb"(?s).{124}([0-7]{11})\0.{12}[0-7]{6}\0 ([0\0])")
 _FIXED_FIELDS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))  # mode .. devminor
+
+
+@dataclass
+class ByteCounter:
+    """Bytes read from a tar file (headers included), for callers and tests that check I/O."""
+
+    bytes_read: int = 0
+
+
+class Headers:
+    """A digest of a tar's member headers: each member's name, size and mtime, in order. It tells a tar
+    replaced in place (other captions, other images) from the one planned without reading any member's
+    data, and a `touch` of the file changes none of it. Every walk of the headers can feed one (the
+    plan's count, a read, the export's copy): they see the same members, as tarfile reads them."""
+
+    _BATCH = 3 * 1024  # items hashed at a time: memory stays bounded whatever the tar's size
+
+    def __init__(self):
+        self._hash, self._items = hashlib.sha256(), []
+
+    def add(self, name: str, size: int, mtime: float) -> None:
+        items = self._items
+        items += (name, size, mtime)
+        if len(items) >= self._BATCH:
+            self._flush()
+
+    def hexdigest(self) -> str:
+        self._flush()
+        return self._hash.hexdigest()
+
+    def _flush(self) -> None:
+        if self._items:
+            self._hash.update(repr(self._items).encode("utf-8"))
+            self._items.clear()
+
+
+class _CountingFile:
+    """An unbuffered file whose reads are added to a counter, so tests can see that images are skipped."""
+
+    def __init__(self, path: str | Path, counter: object | None):
+        self._raw = storage.open_file(path, "rb", buffering=0)
+        self._counter = counter
+        self.name = str(path)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.readall() if size is None or size < 0 else self._read_exactly(size)
+        if self._counter is not None:
+            self._counter.bytes_read += len(data)
+        return data
+
+    def _read_exactly(self, size: int) -> bytes:
+        """A raw read may return less than asked; loop until `size` bytes or end of file."""
+        chunks, left = [], size
+        while left > 0:
+            chunk = self._raw.read(left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _open_tar(path: str | Path, fileobj: IO[bytes]) -> tarfile.TarFile:
+    """tarfile in random-access mode on our own file object ('r:' seeks over unread member data)."""
+    try:
+        return tarfile.open(fileobj=fileobj, mode="r:", encoding="utf-8")
+    except (tarfile.TarError, EOFError) as e:
+        raise TarError(f"{path}: not a readable tar ({e})") from None
 
 
 class _Member:
@@ -72,13 +156,19 @@ class _Window:
         return bytes(self.view[offset - self.start:min(offset + size, self.end) - self.start])
 
 
-def _walk(tar: tarfile.TarFile, path: str | Path, window: _Window) -> Iterator[_Member]:
-    """The members in order, as _members gives them: a plain header block (see _plain) is parsed here,
-    any other is read by tarfile, placed at it; then the end-of-archive check."""
+def _walk(tar: tarfile.TarFile, path: str | Path, window: _Window | None = None,
+          headers: Headers | None = None) -> Iterator[_Member]:
+    """The members in order; every header is added to `headers`. With a `window`, a plain header block
+    (see _plain_member) is parsed here from it; any other, and all of them without one, are read by
+    tarfile, placed at it. Then the end-of-archive check.
+
+    tarfile's next() takes a cut-off or garbled header after the first one for the end of the archive,
+    so a shard cut at a member boundary would otherwise look complete with samples missing."""
     offset, checked = None, set()
     while True:
         member = None
-        if offset is not None and not tar.pax_headers:  # a global PAX header changes how tarfile reads all that follows
+        if window is not None and offset is not None and not tar.pax_headers:
+            # a global PAX header changes how tarfile reads all that follows
             member = _plain_member(window.read(offset, BLOCK), offset, checked)
         if member is None:
             if offset is not None:
@@ -87,9 +177,37 @@ def _walk(tar: tarfile.TarFile, path: str | Path, window: _Window) -> Iterator[_
             if info is None:
                 break
             member = _Member.parsed_by_tarfile(info, tar.offset)
+        if headers is not None:
+            headers.add(member.name, member.size, member.mtime)
         yield member
         offset = member.end
     _check_end(tar, path)
+
+
+def _next_member(tar: tarfile.TarFile, path: str | Path) -> tarfile.TarInfo | None:
+    """tarfile's next member from `tar.offset` (None at what it takes for the end), errors named."""
+    try:
+        return tar.next()
+    except (tarfile.TarError, EOFError) as e:
+        raise TarError(f"{path}: truncated or corrupt tar after member at offset {tar.offset} ({e})") from None
+
+
+def _check_end(tar: tarfile.TarFile, path: str | Path) -> None:
+    """Where tarfile saw the end, the archive must have its end-of-archive block (a zero block)."""
+    tar.fileobj.seek(tar.offset)
+    if tar.fileobj.read(BLOCK) != tarfile.NUL * BLOCK:
+        raise TarError(f"{path}: truncated or corrupt tar: no end-of-archive block at offset {tar.offset}")
+
+
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str | Path) -> bytes:
+    """The whole data of one (small, text) member."""
+    try:
+        data = tar.extractfile(info).read()
+    except (tarfile.TarError, EOFError) as e:
+        raise TarError(f"{path}: member {info.name!r}: truncated data ({e})") from None
+    if len(data) != info.size:
+        raise TarError(f"{path}: member {info.name!r}: truncated data ({len(data)} of {info.size} bytes)")
+    return data
 
 
 def _plain_member(block: bytes, offset: int, checked: set[bytes]) -> _Member | None:
