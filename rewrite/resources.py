@@ -9,11 +9,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from . import storage
+
 
 def resource(package: str, name: str) -> Path:
     """Path of a shipped file, e.g. resource("meta_pairs", "chatgpt.jsonl")."""
     path = Path(str(resources.files(f"rewrite.{package}").joinpath(name)))
-    if not path.is_file():
+    if not storage.is_file(path):
         raise FileNotFoundError(f"shipped file {package}/{name} is missing from the installed package")
     return path
 

@@ -59,6 +59,26 @@ def write_text(path: PathLike, text: str) -> None:
         f.write(text)
 
 
+def mode(path: PathLike) -> int:
+    """The permission bits of a file or folder."""
+    return stat_modes.S_IMODE(os.stat(path).st_mode)
+
+
+def set_mode(path: PathLike, bits: int) -> None:
+    os.chmod(path, bits)
+
+
+def link_target(path: PathLike) -> Path | None:
+    """Where a symlink points, or None when `path` is not one."""
+    return Path(os.readlink(path)) if os.path.islink(path) else None
+
+
+def arrow_file(path: PathLike):
+    """A pyarrow NativeFile for reading, for the readers that take one (random access, no Python layer)."""
+    import pyarrow as pa
+    return pa.OSFile(os.fspath(path))
+
+
 def info(path: PathLike) -> Info:
     """Size, modification time and kind; FileNotFoundError when there is nothing there."""
     st = os.stat(path)
@@ -91,6 +111,18 @@ def glob(folder: PathLike, pattern: str) -> list[Path]:
     return sorted(Path(folder).glob(pattern))
 
 
+def glob_pattern(pattern: str, recursive: bool = True) -> list[Path]:
+    """The paths matching a pattern a user gave (with `recursive`, `**` across folders), sorted; the
+    shell's rules: `*` matches no hidden name."""
+    import glob as globbing
+    return sorted(Path(p) for p in globbing.glob(pattern, recursive=recursive))
+
+
+def readable(path: PathLike) -> bool:
+    """Whether this process may read the file (an unreadable input is named at planning, not mid-run)."""
+    return os.access(path, os.R_OK)
+
+
 def walk_files(folder: PathLike) -> Iterator[Path]:
     """Every file under `folder`, at any depth, in sorted order."""
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -104,9 +136,14 @@ def make_dirs(path: PathLike) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def make_dir(path: PathLike) -> None:
-    """Make one folder that must not exist yet (FileExistsError otherwise): a claim no one else holds."""
-    os.mkdir(path)
+def make_dir(path: PathLike, exist_ok: bool = False) -> None:
+    """Make one folder, not its parents. Without `exist_ok` it must not exist yet (FileExistsError
+    otherwise): a claim no one else holds; with it, a folder already there is fine (a file is not)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not (exist_ok and os.path.isdir(path)):
+            raise
 
 
 def rename(src: PathLike, dst: PathLike) -> None:
@@ -132,11 +169,12 @@ def remove_dir(path: PathLike) -> None:
     os.rmdir(path)
 
 
-def remove_tree(path: PathLike, missing_ok: bool = True) -> None:
-    """Remove a folder and everything in it."""
+def remove_tree(path: PathLike, missing_ok: bool = True, ignore_errors: bool = False) -> None:
+    """Remove a folder and everything in it; with `ignore_errors`, as much of it as can go, silently (a
+    clean-up after a failure, whose own error is the one to report)."""
     if missing_ok and not os.path.lexists(path):
         return
-    shutil.rmtree(path)
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def sync(path: PathLike) -> None:
@@ -149,9 +187,10 @@ def sync(path: PathLike) -> None:
 
 
 def parquet_file(path: PathLike, **options):
-    """A pyarrow ParquetFile: its footer is read now, row groups when asked for."""
+    """A pyarrow ParquetFile (of a path, or of a file already open): its footer is read now, row groups
+    when asked for."""
     import pyarrow.parquet as pq
-    return pq.ParquetFile(os.fspath(path), **options)
+    return pq.ParquetFile(path if hasattr(path, "read") else os.fspath(path), **options)
 
 
 def read_parquet(path: PathLike, **options):

@@ -54,7 +54,7 @@ def test_a_replacement_cut_short_leaves_the_old_export_whole(tmp_path):
 def test_a_publish_cut_between_its_renames_is_finished_by_a_rerun(tmp_path, monkeypatch):
     out = tmp_path / "out"
     export(out, "one")
-    real = publish.os.replace
+    real = publish.storage.rename
     calls = []
 
     def crash_on_readme(src, dst):
@@ -63,10 +63,10 @@ def test_a_publish_cut_between_its_renames_is_finished_by_a_rerun(tmp_path, monk
             raise KeyboardInterrupt  # killed after data/ moved in, before the card
         return real(src, dst)
 
-    monkeypatch.setattr(publish.os, "replace", crash_on_readme)
+    monkeypatch.setattr(publish.storage, "rename", crash_on_readme)
     with pytest.raises(KeyboardInterrupt):
         export(out, "two", overwrite=True)
-    monkeypatch.setattr(publish.os, "replace", real)
+    monkeypatch.setattr(publish.storage, "rename", real)
     assert out / "data" in calls  # it was cut after the new data/ moved in
     assert visible(out)["data/a.parquet"] == "two:data/a.parquet" and visible(out)["README.md"] == "one:README.md"
     export(out, "two", overwrite=True)

@@ -170,14 +170,14 @@ class Intake:
     position (the Nones of "nothing yet" not counted)."""
 
     def __init__(self, requests: Iterable[Request | None]):
-        self.source, self.position, self.ended = iter(requests), 0, False
+        self.requests, self.position, self.ended = iter(requests), 0, False
 
     def take(self, room: int, holding: bool) -> list[tuple[int, Request]]:
         """Up to `room` requests. A None ends the take once there is work (held or taken); with none,
         the take asks again (a producer waits rather than give None to an engine holding nothing)."""
         taken: list[tuple[int, Request]] = []
         while not self.ended and len(taken) < room:
-            request = next(self.source, _END)
+            request = next(self.requests, _END)
             if request is _END:
                 self.ended = True
             elif request is None:

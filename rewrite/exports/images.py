@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import IO, Iterable
 
+from .. import storage
 from ..workdir import atomic, layout
 from .base import ExportError
 
@@ -32,7 +32,7 @@ COPY_BUFFER = 1 << 18
 def _read_marker(folder: Path) -> dict | None:
     path = folder / MARKER
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(storage.read_text(path))
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError):
@@ -43,13 +43,14 @@ def _read_marker(folder: Path) -> dict | None:
 
 
 def _shard_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _SHARD.fullmatch(p.name))
+    return [folder / name for name in storage.list_dir(folder)
+            if storage.is_dir(folder / name) and _SHARD.fullmatch(name)]
 
 
 def _check_ours(shard_folder: Path) -> None:
     """A shard folder holds only images this module wrote (else nothing in it is removed)."""
-    for entry in shard_folder.iterdir():
-        if not (entry.is_file() and _OURS.fullmatch(entry.name)):
+    for entry in (shard_folder / name for name in storage.list_dir(shard_folder)):
+        if not (storage.is_file(entry) and _OURS.fullmatch(entry.name)):
             raise ExportError(f"{entry} was not written by `rewrite export`: move it out of {shard_folder}, or "
                               "choose another --extract-images folder (nothing there is removed or replaced)")
 
@@ -58,11 +59,11 @@ def check(folder: Path, out: Path, overwrite: bool) -> dict | None:
     """Refuse `folder` as the image folder of the export in `out` (writes nothing): a file, a folder of
     someone else's files always, another export's images unless `overwrite`. Its record, if any."""
     folder, owner = Path(folder).resolve(), str(Path(out).resolve())
-    if folder.exists() and not folder.is_dir():
+    if storage.exists(folder) and not storage.is_dir(folder):
         raise ExportError(f"--extract-images {folder} is a file, not a folder")
-    record = _read_marker(folder) if folder.is_dir() else None
+    record = _read_marker(folder) if storage.is_dir(folder) else None
     if record is None:
-        others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        others = storage.list_dir(folder) if storage.is_dir(folder) else []
         if others:
             raise ExportError(f"--extract-images {folder} is not empty and was not written by `rewrite export` "
                               f"({', '.join(others[:5])}): choose a new or empty folder; nothing there is removed "
@@ -80,7 +81,7 @@ def claim(folder: Path, out: Path, overwrite: bool) -> None:
     folder, owner = Path(folder).resolve(), str(Path(out).resolve())
     record = check(folder, out, overwrite)
     if record is None:
-        folder.mkdir(parents=True, exist_ok=True)
+        storage.make_dirs(folder)
         if atomic.create_json(folder / MARKER, {"export": owner, "made_by": "rewrite export"}):
             return
         record = check(folder, out, overwrite)  # another task of the same export claimed it first
@@ -90,7 +91,7 @@ def claim(folder: Path, out: Path, overwrite: bool) -> None:
     for shard_folder in shards:
         _check_ours(shard_folder)
     for shard_folder in shards:
-        shutil.rmtree(shard_folder)
+        storage.remove_tree(shard_folder, missing_ok=False)
     atomic.write_json(folder / MARKER, {"export": owner, "made_by": "rewrite export"})
 
 
@@ -100,7 +101,7 @@ def shard_folder(folder: Path, shard: int) -> Path:
 
 def present(folder: Path, shard: int) -> bool:
     """Whether the shard's images were written (its folder is moved into place only when whole)."""
-    return shard_folder(folder, shard).is_dir()
+    return storage.is_dir(shard_folder(folder, shard))
 
 
 def write_shard(folder: Path, shard: int, images: Iterable[tuple[str, str, IO[bytes] | bytes] | None],
@@ -111,7 +112,7 @@ def write_shard(folder: Path, shard: int, images: Iterable[tuple[str, str, IO[by
     webp, which LaCLIP's path filter drops) is converted to PNG."""
     target = shard_folder(folder, shard)
     tmp = atomic.temp_beside(target)
-    os.mkdir(tmp, 0o777)
+    storage.make_dir(tmp)
     paths: list[str | None] = []
     written: list[Path] = []
     try:
@@ -126,24 +127,23 @@ def write_shard(folder: Path, shard: int, images: Iterable[tuple[str, str, IO[by
             _write(tmp / name, data)
             written.append(target / name)
             paths.append(str(target / name))
-        if target.exists():
+        if storage.exists(target):
             _check_ours(target)
             old = atomic.temp_beside(target)
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old)
+            storage.rename(target, old)
+            storage.rename(tmp, target)
+            storage.remove_tree(old, missing_ok=False)
         else:
-            os.rename(tmp, target)
+            storage.rename(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        storage.remove_tree(tmp, ignore_errors=True)  # the error that brought us here is the one to report
         raise
     atomic.record_unsynced(written + [target])
     return paths
 
 
 def _write(path: Path, data: IO[bytes] | bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    with open(fd, "wb") as f:
+    with storage.open_file(path, "xb") as f:
         if isinstance(data, (bytes, bytearray, memoryview)):
             f.write(data)
         else:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import IO, Iterator
 
+from .. import storage
 from ..workdir import atomic, layout
 from . import tables
 from .base import PARTS, ExportError, ExportFormat, ExportJob, Rows, rewrite_columns
@@ -44,7 +45,8 @@ class LaclipExport(ExportFormat):
         columns, parts = job.rewrite_columns(), self._parts(job, shard)
         lines: list[list[str]] = [[] for _ in columns]
         dropped = 0
-        with atomic.atomic_path(staged(parts["csv"])) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic.atomic_path(staged(parts["csv"])) as tmp, \
+                storage.open_file(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             for key, path, original, rewrites in tables.image_rows(job, shard, LACLIP_TYPES):
                 if not original or not original.strip() or not path:
@@ -66,12 +68,12 @@ class LaclipExport(ExportFormat):
 
     def finish(self, job, staged, summary):
         for name, part in [(CSV_FILE, "csv")] + [(f"{c}.txt", c) for c in job.rewrite_columns()]:
-            with atomic.atomic_path(staged(name)) as tmp, open(tmp, "wb") as out:
+            with atomic.atomic_path(staged(name)) as tmp, storage.open_file(tmp, "wb") as out:
                 for shard in range(job.manifest.num_shards):
-                    with open(staged(self._parts(job, shard)[part]), "rb") as f:
+                    with storage.open_file(staged(self._parts(job, shard)[part]), "rb") as f:
                         shutil.copyfileobj(f, out)
         summary["columns"] = ["image path", job.manifest.caption_column] + [f"{c}.txt" for c in job.rewrite_columns()]
-        summary["dropped_rows"] = sum(int(staged(self._parts(job, s)["dropped"]).read_text())
+        summary["dropped_rows"] = sum(int(storage.read_text(staged(self._parts(job, s)["dropped"])))
                                       for s in range(job.manifest.num_shards))
         summary["rows"] -= summary["dropped_rows"]
 
@@ -86,7 +88,8 @@ class LaclipReader:
 
     def rows(self, wanted: list[str]) -> Iterator[Rows]:
         with contextlib.ExitStack() as stack:
-            texts = {c: stack.enter_context(open(self.folder / f"{c}.txt", encoding="utf-8", newline="\n"))
+            texts = {c: stack.enter_context(storage.open_file(self.folder / f"{c}.txt", "r", encoding="utf-8",
+                                                              newline="\n"))
                      for c in wanted}
             for block in tables.csv_blocks(self.path, ",", ["path", "caption"], names=["path", "caption"]):
                 n = len(block["path"])

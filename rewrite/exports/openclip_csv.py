@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from .. import storage
 from ..workdir import atomic, layout
 from . import tables
 from .base import PARTS, ExportError, ExportFormat, ExportJob, Rows, rewrite_columns
@@ -47,7 +48,7 @@ class OpenClipCsvExport(ExportFormat):
         part, dropped_file = self.shard_files(job, shard)
         dropped = 0
         rows = _keyed_rows(job, shard) if job.options.captions_only else tables.image_rows(job, shard)
-        with atomic.atomic_path(staged(part)) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic.atomic_path(staged(part)) as tmp, storage.open_file(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, delimiter=job.options.separator, lineterminator="\n")
             for key, path, original, rewrites in rows:
                 if not tables.readable(original) or not path:
@@ -60,13 +61,15 @@ class OpenClipCsvExport(ExportFormat):
         return [self._file(job)]
 
     def finish(self, job, staged, summary):
-        with atomic.atomic_path(staged(self._file(job))) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
+        with atomic.atomic_path(staged(self._file(job))) as tmp, \
+                storage.open_file(tmp, "w", encoding="utf-8", newline="") as out:
             csv.writer(out, delimiter=job.options.separator, lineterminator="\n").writerow(self.header(job))
             for shard in range(job.manifest.num_shards):
-                with open(staged(self.shard_files(job, shard)[0]), encoding="utf-8", newline="") as part:
+                with storage.open_file(staged(self.shard_files(job, shard)[0]), "r", encoding="utf-8",
+                                       newline="") as part:
                     shutil.copyfileobj(part, out)
         summary["columns"] = self.header(job)
-        summary["dropped_rows"] = sum(int(staged(self.shard_files(job, s)[1]).read_text())
+        summary["dropped_rows"] = sum(int(storage.read_text(staged(self.shard_files(job, s)[1])))
                                       for s in range(job.manifest.num_shards))
         summary["rows"] -= summary["dropped_rows"]
 
@@ -87,7 +90,7 @@ class CsvReader:
 
     def __init__(self, folder: Path, files: list[str]) -> None:
         self.path, self.total = folder / next(f for f in files if f in ("train.tsv", "train.csv")), None
-        with open(self.path, encoding="utf-8", newline="") as f:
+        with storage.open_file(self.path, "r", encoding="utf-8", newline="") as f:
             line = f.readline()
         found = re.search(rf"(.){TITLE}\1{layout.EXPORT_PREFIX}", line)  # the separator around `title`
         if not found:

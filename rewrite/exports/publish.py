@@ -14,10 +14,10 @@ under a short exclusive lock on OUT/.rewrite-export.mutex.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
+from .. import storage
 from ..workdir import atomic
 from ..workdir.lock import FlockFile
 
@@ -42,12 +42,12 @@ def _remove_files(root: Path, names: Sequence[str]) -> None:
     folders = {root}
     for name in names:
         path = root / name
-        path.unlink(missing_ok=True)
+        storage.remove(path)
         folders.update(p for p in path.parents if p.is_relative_to(root))
     _remove_temps(root, names)
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
         try:
-            folder.rmdir()
+            storage.remove_dir(folder)
         except OSError:
             pass  # not empty (someone else's file) or gone
 
@@ -56,8 +56,8 @@ def _remove_temps(root: Path, names: Sequence[str]) -> None:
     """Our temporary files beside the listed files (a writer killed mid-file leaves one behind)."""
     for name in names:
         path = root / name
-        for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
-            tmp.unlink(missing_ok=True)
+        for tmp in storage.glob(path.parent, f".{path.name}.*.tmp") if storage.is_dir(path.parent) else ():
+            storage.remove(tmp)
 
 
 class OutputFolder:
@@ -71,10 +71,10 @@ class OutputFolder:
         self.out, self.export_id, self.files, self.scratch = Path(out), export_id, list(files), list(scratch)
         self.content = content
         self.staging = self.out / STAGING
-        if self.out.exists() and not self.out.is_dir():
+        if storage.exists(self.out) and not storage.is_dir(self.out):
             raise PublishError(f"--out {self.out} is a file, not a folder")
         self._refuse_foreign_folder()
-        self.out.mkdir(parents=True, exist_ok=True)
+        storage.make_dirs(self.out)
         self._lock, self._mutex = FlockFile(self.out / LOCK), FlockFile(self.out / MUTEX)
         self._mutex.hold()
         try:
@@ -98,9 +98,9 @@ class OutputFolder:
         self.close()
 
     def _refuse_foreign_folder(self) -> None:
-        if not self.out.is_dir() or (self.out / MARKER).exists():
+        if not storage.is_dir(self.out) or storage.exists(self.out / MARKER):
             return
-        others = sorted(p.name for p in self.out.iterdir() if p.name not in (LOCK, MUTEX))
+        others = [name for name in storage.list_dir(self.out) if name not in (LOCK, MUTEX)]
         if others:
             raise PublishError(f"{self.out} is not empty and was not written by `rewrite export` "
                                f"({', '.join(others[:5])}): choose a new or empty --out; nothing there is removed or replaced")
@@ -119,14 +119,14 @@ class OutputFolder:
     def _intact(self) -> bool:
         """The published files are still there with the sizes they were published with."""
         sizes = self.marker.get("sizes", {})
-        return all((self.out / f).is_file() and (self.out / f).stat().st_size == sizes.get(f) for f in self.files)
+        return all(storage.is_file(self.out / f) and storage.size(self.out / f) == sizes.get(f) for f in self.files)
 
     def _read_marker(self) -> dict:
         path = self.out / MARKER
-        if not path.exists():
+        if not storage.exists(path):
             return {}
         try:
-            marker = json.loads(path.read_text(encoding="utf-8"))
+            marker = json.loads(storage.read_text(path))
             if not isinstance(marker.get("files", []), list):
                 raise ValueError
         except (ValueError, UnicodeDecodeError):
@@ -138,10 +138,10 @@ class OutputFolder:
         ours = set(self.marker.get("files", [])) | set(self.marker.get("staging_files", []))
         for top in {Path(f).parts[0] for f in self.files if len(Path(f).parts) > 1}:
             folder = self.out / top
-            if not folder.is_dir():
+            if not storage.is_dir(folder):
                 continue
-            for path in folder.rglob("*"):
-                if path.is_file() and path.relative_to(self.out).as_posix() not in ours:
+            for path in storage.glob(folder, "**/*"):
+                if storage.is_file(path) and path.relative_to(self.out).as_posix() not in ours:
                     raise PublishError(f"{path} was not written by `rewrite export`: move it out of {folder}, "
                                        "or choose another --out (nothing there is removed or replaced)")
 
@@ -159,7 +159,7 @@ class OutputFolder:
             _remove_files(self.staging, self.marker.get("staging_files", [])
                           + [f"{REPLACED}/{f}" for f in self.marker.get("files", [])])
             self._write_marker(staging=self.export_id, staging_files=self.files + self.scratch, publishing=False)
-        self.staging.mkdir(exist_ok=True)
+        storage.make_dir(self.staging, exist_ok=True)
         self._lock.shared()  # from exclusive, or from none
         self._mutex.unlock()
 
@@ -185,10 +185,11 @@ class OutputFolder:
     def written(self, name: str) -> bool:
         """Whether this export has committed `name` already (a rerun keeps it): staged, or moved into
         place by a publish that was cut short."""
-        if self.path(name).is_file():
+        if storage.is_file(self.path(name)):
             return True
         top = Path(name).parts[0]
-        return bool(self.marker.get("publishing")) and not (self.staging / top).exists() and (self.out / name).is_file()
+        return (bool(self.marker.get("publishing")) and not storage.exists(self.staging / top)
+                and storage.is_file(self.out / name))
 
     def publish(self, record: dict | None = None) -> None:
         """Move the staged export into place; the previous export's files go, nothing else does.
@@ -202,14 +203,14 @@ class OutputFolder:
         replaced = self.staging / REPLACED
         for top in dict.fromkeys(Path(f).parts[0] for f in self.files):
             staged, target = self.staging / top, self.out / top
-            if not staged.exists():
+            if not storage.exists(staged):
                 continue  # moved in by an earlier publish that was cut short
-            if target.is_dir():
+            if storage.is_dir(target):
                 _remove_files(replaced / top, [f[len(top) + 1:] for f in old if Path(f).parts[0] == top])
-                replaced.mkdir(exist_ok=True)
-                os.rename(target, replaced / top)
-            os.replace(staged, target)
-        sizes = {f: (self.out / f).stat().st_size for f in self.files}
+                storage.make_dir(replaced, exist_ok=True)
+                storage.rename(target, replaced / top)
+            storage.rename(staged, target)
+        sizes = {f: storage.size(self.out / f) for f in self.files}
         self._write_marker(published=self.export_id, content=self.content, files=self.files, sizes=sizes,
                            staging=None, staging_files=[], publishing=False, **({"export": record} if record else {}))
         _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old] + self.scratch)

@@ -2,7 +2,6 @@
 rules that keep one text per cell that their readers read back as written."""
 from __future__ import annotations
 
-import os
 import tarfile
 from pathlib import Path
 from typing import Iterator
@@ -10,7 +9,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from .. import tars
+from .. import storage, tars
 from ..inputs import wds as wds_input
 from . import images
 from .base import ExportError, ExportJob
@@ -113,7 +112,7 @@ def _images_in_tars(job: ExportJob, shard: int) -> Iterator:
     changed since it was planned, as a read of its rows would refuse it."""
     for piece in job.manifest.shards[shard]:
         planned = job.manifest.planned(piece.file)
-        planned.check_size(os.stat(planned.data).st_size)
+        planned.check_size(storage.size(planned.data))
         yield from tars.sample_images(planned.data, IMAGE_EXTS, wds_input.headers_check(planned))
 
 
@@ -151,7 +150,7 @@ def sniff(data: bytes) -> str:
 def csv_blocks(path: Path, delimiter: str, columns: list[str], names: list[str] | None = None) -> Iterator[dict]:
     """`columns` of a CSV a block at a time, every cell the text written (none read as missing)."""
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=names),
+        reader = pacsv.open_csv(storage.arrow_file(path), read_options=pacsv.ReadOptions(column_names=names),
                                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
                                 convert_options=pacsv.ConvertOptions(include_columns=columns,
                                                                      column_types=dict.fromkeys(columns, pa.string())))

@@ -19,14 +19,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 
-from .. import tars
+from .. import storage, tars
 from ..inputs.wds import headers_check
 from ..workdir import atomic, layout
 from . import tables
@@ -86,11 +85,11 @@ class WebdatasetExport(ExportFormat):
             rows = rewrites[start:start + f.rows]  # in input order: the tar's samples in order
             start += f.rows
             samples = [(key, {c: v or "" for c, v in values.items()}) for key, values in rows]
-            planned.check_size(os.stat(f.path).st_size)
+            planned.check_size(storage.size(f.path))
             for folder in self._folders(job):
                 view = folder[len(VIEWS) + 1:-1] if folder else None
                 txts = [values[view] or None for _, values in rows] if view else None
-                with atomic.atomic_path(staged(folder + Path(f.path).name)) as tmp, open(tmp, "wb") as out:
+                with atomic.atomic_path(staged(folder + Path(f.path).name)) as tmp, storage.open_file(tmp, "wb") as out:
                     try:
                         tars.copy_with_fields(f.path, out, samples, txts, replace_fields=job.options.replace_json_fields,
                                               check_headers=headers_check(planned))
@@ -120,7 +119,7 @@ class WebdatasetExport(ExportFormat):
             writers = {}
             for folder in self._folders(job):  # each tar is closed before its file is committed
                 tmp = stack.enter_context(atomic.atomic_path(staged(folder + name)))
-                writers[folder] = stack.enter_context(tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT))
+                writers[folder] = stack.enter_context(storage.open_tar(tmp, "w", format=tarfile.PAX_FORMAT))
             for table in job.rows(shard):
                 for row in table.to_pylist():
                     key = row[job.key_column]
@@ -176,7 +175,7 @@ def _image(value, is_path: bool, key: str) -> tuple[bytes, str]:
     if is_path:
         path = Path(value["path"] if isinstance(value, dict) else value or "")
         try:
-            data = path.read_bytes()
+            data = storage.read_bytes(path)
         except OSError as e:
             raise ExportError(f"row {key}: cannot read its image {path} ({e.strerror})") from None
         return data, path.suffix.lstrip(".").lower() or tables.sniff(data)

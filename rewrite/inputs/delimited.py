@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from .. import storage
 from ..workdir import atomic
 from ..workdir.manifest import PlanError
 from .parquet import ConvertedInput, plan_file
 
 
 def _header(path: Path, delimiter: str) -> list[str]:
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         line = f.readline()
     if not line.strip():
         raise PlanError(f"input file {path} is empty (a CSV/TSV input needs a header row)")
@@ -27,7 +27,7 @@ def _header(path: Path, delimiter: str) -> list[str]:
 
 
 def _first_bad_utf8_line(path: Path) -> int | None:
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             try:
                 line.decode("utf-8")
@@ -47,12 +47,12 @@ class DelimitedInput(ConvertedInput):
         """Streamed: an empty cell is "" (not null), quoted line breaks stay inside their cell."""
         try:
             reader = pacsv.open_csv(
-                path,
+                storage.arrow_file(path),
                 read_options=pacsv.ReadOptions(block_size=1 << 22, column_names=schema.names, skip_rows=1),
                 parse_options=pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(column_types=schema, strings_can_be_null=False),
             )
-            with atomic.atomic_path(converted) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            with atomic.atomic_path(converted) as tmp, storage.parquet_writer(tmp, schema) as writer:
                 for batch in reader:
                     writer.write_batch(batch)
         except pa.ArrowInvalid as e:

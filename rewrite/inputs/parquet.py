@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import storage
 from .base import InputFormat
 from ..workdir.manifest import Planned, PlanError
 
@@ -17,38 +18,38 @@ CHANGED_FOOTER = "its parquet footer differs: its row groups, columns or their s
 _MAGIC = b"PAR1"
 
 
-def open_file(path: Path | str, source: pa.NativeFile | None = None) -> pq.ParquetFile:
-    """The parquet file at `path` (read through `source` when given: a file already open)."""
+def open_file(path: Path | str, opened: pa.NativeFile | None = None) -> pq.ParquetFile:
+    """The parquet file at `path` (read through `opened` when given: a file already open)."""
     try:
-        return pq.ParquetFile(path if source is None else source)
+        return storage.parquet_file(path if opened is None else opened)
     except (pa.ArrowException, OSError) as e:
         raise PlanError(f"input file {path} is not a readable parquet file ({e})") from None
 
 
-def _open_source(path: Path | str) -> pa.NativeFile:
+def _open_native(path: Path | str) -> pa.NativeFile:
     try:
-        return pa.OSFile(str(path))
+        return storage.arrow_file(path)
     except (pa.ArrowException, OSError) as e:
         raise PlanError(f"input file {path} is not a readable parquet file ({e})") from None
 
 
-def _footer_digest(source: pa.NativeFile, path: Path | str) -> str:
+def _footer_digest(opened: pa.NativeFile, path: Path | str) -> str:
     """sha256 of a parquet file's footer (its metadata: schema, row groups, each column chunk's offset,
     size and statistics; then its length and magic): it changes with any change of the rows' layout,
     and reading it costs two small reads."""
-    size = source.size()
-    tail = source.read_at(8, size - 8) if size >= 12 else b""
+    size = opened.size()
+    tail = opened.read_at(8, size - 8) if size >= 12 else b""
     length = int.from_bytes(tail[:4], "little")
     if tail[4:] != _MAGIC or length > size - 12:
         raise PlanError(f"input file {path} is not a readable parquet file (no parquet footer at its end)")
-    return hashlib.sha256(source.read_at(length + 8, size - 8 - length)).hexdigest()
+    return hashlib.sha256(opened.read_at(length + 8, size - 8 - length)).hexdigest()
 
 
 def plan_file(data: Path) -> Planned:
     """A parquet file as planned: its row count, size and footer digest, from one open of it."""
-    with _open_source(data) as source:
-        rows = open_file(data, source).metadata.num_rows
-        return Planned(data, rows, source.size(), _footer_digest(source, data))
+    with _open_native(data) as opened:
+        rows = open_file(data, opened).metadata.num_rows
+        return Planned(data, rows, opened.size(), _footer_digest(opened, data))
 
 
 def read_rows(planned: Planned, start: int, stop: int, batch_rows: int,
@@ -56,13 +57,13 @@ def read_rows(planned: Planned, start: int, stop: int, batch_rows: int,
     """Rows [start, stop) of a parquet file, reading only the row groups that overlap them, once its
     size and footer are found to be the planned ones (all from the one open file that is read)."""
     data, rows = planned.data, planned.rows
-    with _open_source(data) as source:
-        pf = open_file(data, source)
+    with _open_native(data) as opened:
+        pf = open_file(data, opened)
         if pf.metadata.num_rows != rows:
             raise PlanError(f"input file {data} changed since it was planned ({rows} rows then, "
                             f"{pf.metadata.num_rows} now): plan again into a new work dir")
-        planned.check_size(source.size())
-        planned.check_digest(_footer_digest(source, data), CHANGED_FOOTER)
+        planned.check_size(opened.size())
+        planned.check_digest(_footer_digest(opened, data), CHANGED_FOOTER)
         groups, offset, first_row = [], 0, None
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows

@@ -13,12 +13,12 @@ from __future__ import annotations
 import glob
 import itertools
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
+from .. import storage
 from ..workdir import layout, outputs
 from ..workdir.manifest import Captions, InputFile, Manifest, Piece, PlanError, first_read_record, load_manifest
 from . import SUFFIXES, InputFormat, for_path
@@ -41,22 +41,23 @@ def discover(inputs: Sequence[str]) -> list[Path]:
     for arg in inputs:
         for one in expand_braces(arg):
             path = Path(one)
-            if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and for_path(p) and not _beside_its_tar(p))
+            if storage.is_dir(path):
+                files = sorted(p for p in storage.glob(path, "**/*")
+                               if storage.is_file(p) and for_path(p) and not _beside_its_tar(p))
                 if not files:
                     raise PlanError(f"input folder {one} holds no {known} files")
-            elif path.is_file():
+            elif storage.is_file(path):
                 if not for_path(path):
                     raise PlanError(f"input {one}: unsupported file type {path.suffix!r} (use {known})")
                 files = [path]
             elif glob.has_magic(one):
-                files = sorted(Path(p) for p in glob.glob(one, recursive=True) if for_path(Path(p)))
+                files = [p for p in storage.glob_pattern(one) if for_path(p)]
                 if not files:
                     raise PlanError(f"input pattern {one} matches no {known} files")
             else:
                 raise PlanError(f"input path {one} does not exist" + (f" (from {arg})" if one != arg else ""))
             for f in files:
-                if not os.access(f, os.R_OK):
+                if not storage.readable(f):
                     raise PlanError(f"input file {f} is not readable")
             found += files
     unique: dict[Path, None] = dict.fromkeys(p.resolve() for p in found)
@@ -66,7 +67,7 @@ def discover(inputs: Sequence[str]) -> list[Path]:
 def _beside_its_tar(path: Path) -> bool:
     """img2dataset writes NNNNN.parquet (each sample's metadata, failures included) beside NNNNN.tar: a
     folder of tars is read from the tars, not from these too."""
-    return path.suffix.lower() == ".parquet" and path.with_suffix(".tar").is_file()
+    return path.suffix.lower() == ".parquet" and storage.is_file(path.with_suffix(".tar"))
 
 
 def _input_roots(inputs: Sequence[str]) -> list[Path]:
@@ -76,12 +77,12 @@ def _input_roots(inputs: Sequence[str]) -> list[Path]:
     roots = []
     for one in (one for arg in inputs for one in expand_braces(arg)):
         path = Path(one)
-        if path.exists() or not glob.has_magic(one):
+        if storage.exists(path) or not glob.has_magic(one):
             roots.append(path.resolve())
         elif "**" in one:
             roots.append(Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts)).resolve())
         else:
-            roots += [Path(p).resolve() for p in sorted(glob.glob(one))]
+            roots += [p.resolve() for p in storage.glob_pattern(one, recursive=False)]
     return roots
 
 
@@ -90,7 +91,7 @@ def _check_work_dir(root: Path, inputs: Sequence[Path]) -> None:
     for given in inputs:
         found = outputs.relation(root, given)
         if found == "is":
-            what = "is the input folder" if given.is_dir() else "is the input file"
+            what = "is the input folder" if storage.is_dir(given) else "is the input file"
         elif found == "lies inside":
             what = "lies inside the input folder"
         else:
@@ -122,16 +123,17 @@ def plan(
     work_dir = layout.Work(Path(work).resolve())
     roots = _input_roots(inputs)
     _check_work_dir(work_dir.root, roots)  # first: an --out that is an input is named as such
-    if work_dir.root.exists() and not work_dir.root.is_dir():
+    if storage.exists(work_dir.root) and not storage.is_dir(work_dir.root):
         raise PlanError(f"--out {work_dir.root} is a file, not a folder: the work dir is a folder of its own")
-    if work_dir.manifest.is_file():  # checked before anything is converted into it
+    if storage.is_file(work_dir.manifest):  # checked before anything is converted into it
         old = load_manifest(work_dir)
         raise PlanError(f"{work_dir.root} already holds a plan ({old.num_shards} shards over {old.total_rows} rows) "
                         "and the rewrites made from it: choose another --out, or delete that work dir to start over")
     paths = discover(inputs)
     # A work dir is the tool's own: a plan never writes among someone else's files (an `inputs/`
     # folder is what a plan cut short left, and is written over).
-    others = sorted(p.name for p in work_dir.root.iterdir() if p.name != "inputs") if work_dir.root.is_dir() else []
+    others = (sorted(name for name in storage.list_dir(work_dir.root) if name != "inputs")
+              if storage.is_dir(work_dir.root) else [])
     if others:
         raise PlanError(f"--out {work_dir.root} is not empty ({', '.join(others[:5])}) and holds no plan: "
                         "choose a new or empty folder for the work dir")
@@ -148,13 +150,13 @@ def plan(
 
     files: list[InputFile] = []
     prefixes: set[str] = set()
-    leftovers = work_dir.inputs.is_dir()  # from a plan cut short, or one whose manifest was deleted by hand
+    leftovers = storage.is_dir(work_dir.inputs)  # from a plan cut short, or one whose manifest was deleted by hand
     for i, path in enumerate(paths):
         prefix = path.stem if path.stem not in prefixes else f"{path.stem}.{i}"
         prefixes.add(prefix)
         converted = work_dir.inputs / f"{i:05d}-{path.stem}.parquet"
         if leftovers:  # a first read's record of another plan would be compared with
-            first_read_record(work_dir.root, i, str(path)).unlink(missing_ok=True)
+            storage.remove(first_read_record(work_dir.root, i, str(path)))
         prepared = formats[path].prepare(path, converted, schemas[path], captions)
         data = prepared.data
         recorded = data.relative_to(work_dir.root) if data.is_relative_to(work_dir.root) else data

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from .. import storage
 from ..workdir import atomic
 from ..workdir.manifest import PlanError
 from .parquet import ConvertedInput, plan_file
@@ -22,7 +22,8 @@ class TextInput(ConvertedInput):
     def prepare(self, path, converted, schema, captions):
         """Line breaks stripped; blank lines kept as rows, so row i is line i+1."""
         rows = 0
-        with atomic.atomic_path(converted) as tmp, pq.ParquetWriter(tmp, schema) as writer, open(path, "rb") as f:
+        with atomic.atomic_path(converted) as tmp, storage.parquet_writer(tmp, schema) as writer, \
+                storage.open_file(path, "rb") as f:
             batch: list[str] = []
             for lineno, raw in enumerate(f, 1):
                 try:

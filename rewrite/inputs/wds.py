@@ -15,13 +15,12 @@ text rows): a run never commits rows of a tar that changed.
 from __future__ import annotations
 
 import json
-import os
 from typing import Callable, Iterator
 
 import pyarrow as pa
 
 from ..workdir import layout
-from .. import tars
+from .. import storage, tars
 from .base import InputFormat
 from ..workdir.manifest import Planned, PlanError
 
@@ -54,7 +53,7 @@ class WebdatasetInput(InputFormat):
         return pa.schema([(layout.KEY, pa.string()), (captions.column, pa.string()), (JSON, pa.string())])
 
     def prepare(self, path, converted, schema, captions):
-        size = path.stat().st_size
+        size = storage.size(path)
         rows = tars.stats_count(path)
         if rows is not None:
             return Planned(path, rows, size)
@@ -67,7 +66,7 @@ class WebdatasetInput(InputFormat):
 
     def _read(self, planned: Planned, start: int, stop: int, batch_rows: int, columns, captions) -> Iterator[pa.Table]:
         data, rows = planned.data, planned.rows
-        planned.check_size(os.stat(data).st_size)
+        planned.check_size(storage.size(data))
         names = [layout.KEY, captions.column, JSON] if columns is None else list(dict.fromkeys(columns))
         batch: dict[str, list] = {n: [] for n in names}
         tables: list[pa.Table] = []  # given out once the tar is found to be the planned one

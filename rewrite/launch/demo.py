@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from .. import engines, report, resources
+from .. import engines, report, resources, storage
 from ..exports import export
 from ..workdir import layout
 from ..workdir.manifest import load_manifest
@@ -40,10 +38,10 @@ def run_demo(out: str | Path = "rewrite-demo", source: str = "chatgpt", num_shar
     config = RunConfig(source=source, chunk_rows=32, template=template, min_faithfulness=min_faithfulness or None)
     prompt.load_template(template)
     name = engines.check(engine_name, model, {})
-    if Path(out).exists() and not Path(out).is_dir():
+    if storage.exists(Path(out)) and not storage.is_dir(Path(out)):
         raise plan.PlanError(f"--out {out} is a file, not a folder")
     work = layout.Work(Path(out) / "work")
-    if work.manifest.is_file():
+    if storage.is_file(work.manifest):
         manifest = load_manifest(work)
     else:
         manifest = plan.plan([str(demo_captions())], work.root, num_shards=num_shards)
@@ -54,7 +52,8 @@ def run_demo(out: str | Path = "rewrite-demo", source: str = "chatgpt", num_shar
         with engines.opened(name, model) as engine:
             runner.run(work.root, config, shards, engine, overwrite=not same)
     summary = export.export(work.root, Path(out) / "dataset", [config.source], overwrite=True)
-    table = pq.read_table(Path(summary["out"]) / summary["files"][0], columns=["caption", f"caption_{config.source}"])
+    table = storage.read_parquet(Path(summary["out"]) / summary["files"][0],
+                                 columns=["caption", f"caption_{config.source}"])
     summary["examples"] = table.slice(0, show).to_pylist()
     summary["used"] = recorded_settings(work, config.source)
     summary["report"] = report.report(work.root, Path(out) / "report", [config.source], progress=False, overwrite=True)

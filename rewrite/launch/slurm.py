@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 from ..workdir import atomic, done, layout
 from ..workdir.manifest import format_shard_spec, load_manifest, parse_shard_spec
-from .. import defaults, exports, meta, stop
+from .. import defaults, exports, meta, stop, storage
 from ..exports.export import check_out_folder
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: task indices 0-1000
@@ -206,11 +206,11 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
               "resources": asdict(resources), "run_args": list(run_args)}
     if dry_run:
         return {**record, "job_id": None, "script_text": script}
-    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(folder / "logs")
     atomic.write_text(path, script)
     job_id = _sbatch([str(path)])
     record.update(job_id=job_id, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    with open(folder / "jobs.jsonl", "a", encoding="utf-8") as f:
+    with storage.open_file(folder / "jobs.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return record
 
@@ -218,10 +218,10 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
 def submissions(work: str | Path, source: str | None = None) -> list[dict]:
     """The submissions recorded in WORK/slurm/jobs.jsonl, oldest first."""
     path = layout.Work(work).root / "slurm" / "jobs.jsonl"
-    if not path.exists():
+    if not storage.exists(path):
         return []
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(storage.read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -284,7 +284,8 @@ def failed_shards(work: str | Path, source: str, lines: int = 20) -> list[dict]:
         if f"{record['job_id']}_{task}" in states:
             continue  # still pending or running
         log = log_file(w, record, task)
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:] if log.exists() else []
+        tail = (storage.read_bytes(log).decode("utf-8", errors="replace").splitlines()[-lines:]
+                if storage.exists(log) else [])
         out.append({"shard": shard, "job": f"{record['job_id']}_{task}", "log": str(log), "tail": tail})
     return out
 

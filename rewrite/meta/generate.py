@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__, meta
+from .. import __version__, meta, storage
 from ..rewriting import clip_tokens, prompt, seeds, validate
 from ..engines.base import Engine, EngineError, Request
 from .sets import MetaSetError
@@ -32,7 +32,7 @@ def read_captions(path: Path) -> list[str]:
     """Distinct captions of a text file (one per line), whitespace tidied, in file order: those usable as
     an example's source (meta.string_problems finds nothing), so a set made of them can be written."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = storage.read_text(Path(path))
     except FileNotFoundError:
         raise MetaSetError(f"{path}: no such caption file") from None
     except UnicodeDecodeError as e:
@@ -122,7 +122,7 @@ def generate(captions_file: Path, out: Path, engine: Engine, *, count: int = 16,
         "made_by": meta.GENERATE, "version": __version__,
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "from": {"path": str(Path(captions_file).resolve()),
-                 "sha256": hashlib.sha256(Path(captions_file).read_bytes()).hexdigest()},
+                 "sha256": hashlib.sha256(storage.read_bytes(Path(captions_file))).hexdigest()},
         "engine": engine.describe(), "instruction": instruction, "seed": seed, "sampling": sampling.to_dict(),
         "max_attempts": max_attempts, "counts": {"pairs": count, "requests": tried, "rejected": dict(rejected)},
     }

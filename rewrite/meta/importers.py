@@ -19,7 +19,7 @@ import random
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__, meta
+from .. import __version__, meta, storage
 from .sets import MetaSetError
 
 # The variables of LaCLIP's rewrite/utils.py: a pair set is two parallel lists of strings, coco a list of groups.
@@ -45,7 +45,7 @@ def import_laclip(utils_py: Path, out_dir: Path, overwrite: bool = False) -> dic
     (meta.check_target: an existing one only with `overwrite`, and only when this tool wrote it) are
     checked before any is written; nothing else in OUT_DIR is touched."""
     utils_py, out_dir = Path(utils_py).resolve(), Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
+    if storage.exists(out_dir) and not storage.is_dir(out_dir):
         raise MetaSetError(f"{out_dir}: exists and is not a folder; the four sets are written into a folder")
     targets = {name: meta.check_target(out_dir / f"{name}.jsonl", overwrite) for name in (*LACLIP_PAIRS, *LACLIP_GROUPS)}
     data = _read(utils_py, "LaCLIP's rewrite/utils.py")
@@ -161,11 +161,11 @@ def _tidy(text: str) -> str:
 
 
 def _read(path: Path, what: str) -> bytes:
-    if not path.exists():
+    if not storage.exists(path):
         raise MetaSetError(f"{path}: no such file (expected {what})")
-    if not path.is_file():
+    if not storage.is_file(path):
         raise MetaSetError(f"{path}: not a file (expected {what})")
-    return path.read_bytes()
+    return storage.read_bytes(path)
 
 
 _JSON_TYPE = {int: "integer", str: "string", list: "array"}

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from ..workdir import atomic
 from ..rewriting import clip_tokens, validate
-from .. import resources, defaults
+from .. import resources, defaults, storage
 
 Example = tuple[str, str]
 
@@ -53,7 +53,7 @@ class MetaSet:
     def digest(self) -> str:
         """sha256 of the file without its provenance line: the examples make a run's output, so a set
         imported again (at another time, from another path) keeps the digest a run's fingerprint holds."""
-        data = self.path.read_bytes()
+        data = storage.read_bytes(self.path)
         if self.provenance is not None:
             data = data.lstrip().partition(b"\n")[2]
         return hashlib.sha256(data).hexdigest()
@@ -120,7 +120,7 @@ def load(source: str) -> MetaSet:
     if not is_file_source(source):
         return parse(resources.resource("meta_pairs", f"{name}.jsonl"), name)
     path = Path(source)
-    if not path.is_file():
+    if not storage.is_file(path):
         raise MetaSetError(f"meta set file {path} does not exist")
     return parse(path, name)
 
@@ -147,7 +147,7 @@ def parse(path: Path, name: str) -> MetaSet:
     provenance = None
     first = True
     try:
-        text = path.read_text(encoding="utf-8")
+        text = storage.read_text(path)
     except UnicodeDecodeError as e:
         raise MetaSetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -234,12 +234,13 @@ def check_target(path: str | Path, overwrite: bool) -> Path:
         raise MetaSetError(f"{path}: a meta set file's name must end in .jsonl (that is how --source and "
                            "--meta-dir tell a file from a shipped set's name)")
     source_name(str(path))
-    if path.is_symlink():
-        raise MetaSetError(f"{path}: is a symlink (to {path.readlink()}); refusing to write through or "
+    target = storage.link_target(path)
+    if target is not None:
+        raise MetaSetError(f"{path}: is a symlink (to {target}); refusing to write through or "
                            "replace it: remove it or choose another place")
-    if not path.exists():
+    if not storage.exists(path):
         return path
-    if not path.is_file():
+    if not storage.is_file(path):
         raise MetaSetError(f"{path}: exists and is not a file; refusing to replace it")
     if not overwrite:
         raise MetaSetError(f"{path}: exists; refusing to replace it (--overwrite replaces a set that "
@@ -254,7 +255,7 @@ def check_target(path: str | Path, overwrite: bool) -> Path:
 def _made_by(path: Path) -> str | None:
     """The `made_by` of the provenance line a set file starts with (None without one), read from the
     first line alone: a hand-written file may hold anything."""
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         first = f.readline(1 << 20)
     try:
         row = json.loads(first)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from .. import exports
+from .. import exports, storage
 from ..exports import ExportError, hf, laclip, publish, wds
 from ..workdir import layout
 from .errors import ReportError
@@ -36,9 +36,9 @@ def kind(path: str | Path) -> str:
     """What `path` is: "export" (a folder `rewrite export` published into holds its record) or "work" (a
     work dir holds its plan)."""
     path = Path(path)
-    if (path / publish.MARKER).is_file():
+    if storage.is_file(path / publish.MARKER):
         return "export"
-    if layout.Work(path).manifest.is_file():
+    if storage.is_file(layout.Work(path).manifest):
         return "work"
     raise ReportError(f"{path} is neither a work dir (no {layout.Work(path).manifest.name}, which `rewrite shard` "
                       f"writes) nor an export (no {publish.MARKER}, which `rewrite export` writes)")
@@ -49,7 +49,7 @@ def exported(folder: Path) -> tuple[list[str], dict]:
     is (its format, sets and columns; {} for an export made before its record said so), from its record."""
     record = folder / publish.MARKER
     try:
-        marker = json.loads(record.read_text(encoding="utf-8"))
+        marker = json.loads(storage.read_text(record))
     except (OSError, ValueError) as e:
         raise ReportError(f"{record}: cannot read the export's record ({e})") from None
     if not marker.get("published"):
@@ -58,7 +58,7 @@ def exported(folder: Path) -> tuple[list[str], dict]:
     files = marker.get("files", [])
     for name in files:
         path = folder / name
-        if not path.is_file() or path.stat().st_size != marker.get("sizes", {}).get(name):
+        if not storage.is_file(path) or storage.size(path) != marker.get("sizes", {}).get(name):
             raise ReportError(f"{path} is missing or changed since it was exported: export again")
     return files, marker.get("export") or {}
 

@@ -9,10 +9,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .. import __version__, meta, defaults
+from .. import __version__, meta, defaults, storage
 from ..workdir import done, layout
 from ..workdir.manifest import Manifest, load_manifest
 from ..inputs import plan
@@ -84,7 +83,7 @@ def _sidecar(path: Path, num_rewrites: int, keys: list[str]) -> list[tuple[list,
     """(rewrites, statuses, reasons) per rewrite index of a done shard's file, checked to be the shard's rows."""
     groups = [[layout.rewrite_column(i, num_rewrites), layout.suffixed(layout.STATUS, i, num_rewrites),
                layout.suffixed(layout.REASON, i, num_rewrites)] for i in range(num_rewrites)]
-    table = pq.read_table(path, columns=[layout.KEY] + [c for group in groups for c in group])
+    table = storage.read_parquet(path, columns=[layout.KEY] + [c for group in groups for c in group])
     if table.column(layout.KEY).to_pylist() != keys:
         raise ReportError(f"{path} does not hold the rows of its shard in the plan (keys differ)")
     return [tuple(table.column(c).to_pylist() for c in group) for group in groups]
@@ -116,13 +115,13 @@ def _add_rows(tallies: dict[str, SetTally], agreement: Agreement, shard: int | N
     agreement.add({name: tallies[name].add_rows(shard, keys, captions, sidecar) for name, sidecar in sidecars.items()})
 
 
-def _summary(path: Path, rows: dict, sets: dict, agreement: Agreement, source: str, fmt: str | None,
+def _summary(path: Path, rows: dict, sets: dict, agreement: Agreement, read_from: str, fmt: str | None,
              note: str | None) -> dict:
     """The summary's frame, the same for a work dir and an export (so that `write` renders either)."""
     return {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "work": str(path.resolve()),  # the folder read: a work dir, or an export (see "source")
-        "source": source,  # "work" or "export"
+        "source": read_from,  # "work" or "export" (a key of summary.json, kept as it was)
         "format": fmt,  # an export's format
         "note": note,  # what the figures leave out
         "version": __version__,

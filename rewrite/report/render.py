@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .. import storage
 from ..workdir import atomic
 from .tallies import BINS, EXAMPLES, THRESHOLDS
 
@@ -74,8 +75,8 @@ def reasons_plot(sets: dict) -> Figure:
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)  # Agg: renders to a file, never to a window
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    with atomic.atomic_path(path) as tmp, storage.open_file(tmp, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     return path
 
 
@@ -124,7 +125,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 
 
 def _image(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    data = base64.b64encode(storage.read_bytes(path)).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from .. import storage
 from ..workdir import atomic, layout, outputs
 from .errors import ReportError
 from .from_work import _manifest, collect
@@ -18,18 +19,18 @@ from .render import plots, render_html
 MARKER = ".rewrite-report.json"  # in a report folder: the files the report wrote there
 
 
-def check_out(path: str | Path, out: str | Path, source: str = "work", overwrite: bool = False) -> Path:
+def check_out(path: str | Path, out: str | Path, read_from: str = "work", overwrite: bool = False) -> Path:
     """The report folder: a folder of its own (never the folder read, inside it or holding it, nor one
     of the work dir's inputs), new or empty, or holding an earlier report (replaced only with
     `overwrite`); a folder with anything a report did not write is refused."""
     out, path = Path(out).resolve(), Path(path).resolve()
-    read = outputs.read_by(layout.Work(path), _manifest(layout.Work(path))) if source == "work" else [("the export", path)]
+    read = outputs.read_by(layout.Work(path), _manifest(layout.Work(path))) if read_from == "work" else [("the export", path)]
     problem = outputs.overlap(out, read, "--out", "a report")
     if problem:
         raise ReportError(problem)
-    if out.exists() and not out.is_dir():
+    if storage.exists(out) and not storage.is_dir(out):
         raise ReportError(f"--out {out} is a file, not a folder")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    entries = storage.list_dir(out) if storage.is_dir(out) else []
     ours = _written_before(out)
     foreign = [name for name in entries if name != MARKER and name not in ours]
     if foreign:
@@ -43,7 +44,7 @@ def check_out(path: str | Path, out: str | Path, source: str = "work", overwrite
 def _written_before(out: Path) -> list[str]:
     """The files an earlier report wrote in `out` (its record), [] when there is none."""
     try:
-        record = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        record = json.loads(storage.read_text(out / MARKER))
         files = record["files"]
         if not (isinstance(files, list) and all(isinstance(f, str) and "/" not in f for f in files)):
             raise ValueError
@@ -59,7 +60,7 @@ def write(summary: dict, out_dir: str | Path, overwrite: bool = False) -> dict[s
     record of what it wrote; the files of an earlier report there that this one does not write go."""
     out = check_out(summary["work"], out_dir, summary["source"], overwrite)
     before = _written_before(out)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(out)
     paths = {"json": out / "report.json"}
     atomic.write_json(paths["json"], summary)
     paths.update(plots(summary, out))
@@ -68,7 +69,7 @@ def write(summary: dict, out_dir: str | Path, overwrite: bool = False) -> dict[s
     names = sorted(p.name for p in paths.values())
     atomic.write_json(out / MARKER, {"made_by": "rewrite report", "files": names})
     for name in set(before) - set(names):
-        (out / name).unlink(missing_ok=True)
+        storage.remove(out / name)
     return paths
 
 
@@ -76,13 +77,13 @@ def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = No
            embedding_model: str | Path | None = None, overwrite: bool = False) -> dict:
     """collect (`path` a work dir) or collect_export (an export), then write: {"summary": ..., "paths": ...}.
     The report folder is checked (and the embedding model loaded) before the reading."""
-    source = kind(path)
-    check_out(path, out, source, overwrite)
+    read_from = kind(path)
+    check_out(path, out, read_from, overwrite)
     embedder = None
     if embedding_model is not None:
         from ..rewriting.embedding import Embedder
 
         embedder = Embedder(embedding_model)
-    summary = (collect if source == "work" else collect_export)(path, sources, progress, embedder)
+    summary = (collect if read_from == "work" else collect_export)(path, sources, progress, embedder)
     summary["embedding_model"] = embedder.name if embedder else None
     return {"summary": summary, "paths": write(summary, out, overwrite)}

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from .. import storage
+
 BATCH = 64
 
 
@@ -20,7 +22,7 @@ class Embedder:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = Path(model_dir)
-        if not path.is_dir():
+        if not storage.is_dir(path):
             raise EmbeddingError(f"--embedding-model {model_dir}: not a local model folder (nothing is downloaded)")
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .. import resources
+from .. import resources, storage
 
 Example = tuple[str, str]
 Messages = list[dict]  # [{"role": ..., "content": ...}], as chat templates take them
@@ -115,9 +115,9 @@ def load_template(name_or_path: str = "laclip") -> Template:
         except FileNotFoundError:
             names = ", ".join(n[:-5] for n in resources.list_resources("prompts", ".toml"))
             raise TemplateError(f"unknown template {name_or_path!r}; shipped templates: {names}") from None
-    if not path.is_file():
+    if not storage.is_file(path):
         raise TemplateError(f"template file {path} does not exist")
-    raw = path.read_bytes()
+    raw = storage.read_bytes(path)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

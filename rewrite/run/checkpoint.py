@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .. import stop
+from .. import stop, storage
 from ..workdir import atomic, done, layout, record
 from ..workdir.manifest import format_shard_spec
 from ..workdir.lock import ShardLock, FlockFile
@@ -113,7 +112,7 @@ def _writers(w: layout.Work, source: str, num_shards: int) -> str:
     held = []
     for shard in range(num_shards):
         lock = ShardLock(w.lock_file(source, shard))
-        if w.lock_file(source, shard).exists() and not lock.acquire():
+        if storage.exists(w.lock_file(source, shard)) and not lock.acquire():
             held.append(f"shard {layout.shard_id(shard)} by {lock.holder()}")
         lock.release()
     return "; ".join(held[:5]) or "a run is starting"
@@ -164,8 +163,8 @@ def _reopen_done(job: PreparedSet, shard: int, stats: dict) -> None:
     shard is still done; after it, a rerun goes on with the round from the parts. Caller holds its lock."""
     w, config = job.w, job.config
     parts = w.parts(config.source, shard)
-    parts.mkdir(parents=True, exist_ok=True)
-    table = pq.read_table(w.rewrite_file(config.source, shard)).replace_schema_metadata(None)
+    storage.make_dirs(parts)
+    table = storage.read_parquet(w.rewrite_file(config.source, shard)).replace_schema_metadata(None)
     round_ = stats.get(done.ROUND_KEY, 0)
     for index, start in enumerate(range(0, table.num_rows, config.chunk_rows)):
         chunk = table.slice(start, config.chunk_rows)
@@ -173,22 +172,22 @@ def _reopen_done(job: PreparedSet, shard: int, stats: dict) -> None:
         chunk_stats = {**rows.chunk_stats(chunk.num_rows, 0), "captions_cut": 0, "seconds": 0.0, "rejected": {},
                        **counts, **({k: stats[k] for k in CARRIED if k in stats} if index == 0 else {})}
         write_part(parts / f"{index:05d}.parquet", chunk, done.Part(chunk_stats, round_, round_ + 1))
-    w.stats_file(config.source, shard).unlink()
+    storage.remove(w.stats_file(config.source, shard), missing_ok=False)
 
 
 def write_part(path: Path, table: pa.Table, part: done.Part) -> None:
     """Commit a chunk's rows with its record (done.Part)."""
     with atomic.atomic_path(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(part.metadata()), tmp)
+        storage.write_parquet(table.replace_schema_metadata(part.metadata()), tmp)
 
 
 def committed_part(part: Path, chunk: pa.Table) -> tuple[done.Part, pa.Table] | None:
     """The record and rows of a chunk an earlier run committed, or None when there is none; a damaged
     part, or one that does not hold these rows, is removed (and redone by the caller)."""
-    if not part.exists():
+    if not storage.exists(part):
         return None
     try:
-        committed = pq.read_table(part)
+        committed = storage.read_parquet(part)
         record = done.Part.of(committed.schema.metadata)
         problem = None if committed.num_rows == chunk.num_rows and committed.column(layout.KEY).equals(
             chunk.column(layout.KEY)) else "it does not hold this chunk's rows"
@@ -197,5 +196,5 @@ def committed_part(part: Path, chunk: pa.Table) -> tuple[done.Part, pa.Table] | 
     if problem is None:
         return record, committed.replace_schema_metadata(None)
     print(f"damaged chunk {part} ({problem}): rewriting it", file=sys.stderr)
-    part.unlink()
+    storage.remove(part, missing_ok=False)
     return None

@@ -12,9 +12,8 @@ from dataclasses import asdict
 from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .. import faults, meta, stop
+from .. import faults, meta, stop, storage
 from ..workdir import atomic, done, layout
 from ..rewriting import prompt
 from ..inputs import plan
@@ -53,15 +52,15 @@ class ShardWork:
 
         self.w, self.config, self.shard, self.engine = job.w, job.config, shard, engine
         self.parts = self.w.parts(self.config.source, shard)
-        self.parts.mkdir(parents=True, exist_ok=True)
+        storage.make_dirs(self.parts)
         # The retry round the shard is on its way to (rows.py): its parts' target, or the next with --retry-failed.
         self.round = max([part.target for part in done.parts(self.w, self.config.source, shard)] + [int(retry_failed)])
         self.attempts = (self.round + 1) * self.config.max_attempts  # what a rewrite may use, all rounds together
         self.waiting: dict[int, int] = {}  # chunk -> its rows waiting for the engine, as this run committed it
         # Temporary files of a writer killed half-way through a commit (never read: commits are renames).
-        for leftover in [*self.parts.glob(".*.tmp"),
-                         *self.w.rewrites(self.config.source).glob(f".{layout.shard_id(shard)}.*.tmp")]:
-            leftover.unlink(missing_ok=True)
+        for leftover in [*storage.glob(self.parts, ".*.tmp"),
+                         *storage.glob(self.w.rewrites(self.config.source), f".{layout.shard_id(shard)}.*.tmp")]:
+            storage.remove(leftover)
         self.bar = tqdm(total=job.manifest.shard_rows(shard), unit="caption",
                         desc=f"{self.config.source} {layout.shard_id(shard)}", disable=not progress,
                         dynamic_ncols=True, file=sys.stderr)
@@ -175,11 +174,12 @@ def _finish_shard(w: layout.Work, config: RunConfig, shard: int, engine: Engine,
     parts = w.parts(config.source, shard)
     with stop.deferred():
         final = w.rewrite_file(config.source, shard)
-        with atomic.atomic_path(final) as tmp, open(tmp, "wb") as raw:
+        with atomic.atomic_path(final) as tmp, storage.open_file(tmp, "wb") as raw:
             written = atomic.Digest(raw)  # the done marker records its sha256: taken as it is written
-            with pq.ParquetWriter(written, schema(config.num_rewrites)) as writer:
+            with storage.parquet_writer(written, schema(config.num_rewrites)) as writer:
                 # Row groups of a fixed size, so the file's bytes do not depend on the chunk size either.
-                tables = (committed[i] if i in committed else pq.read_table(parts / f"{i:05d}.parquet").replace_schema_metadata(None)
+                tables = (committed[i] if i in committed
+                          else storage.read_parquet(parts / f"{i:05d}.parquet").replace_schema_metadata(None)
                           for i in range(len(chunk_stats)))
                 rows = 0
                 for table in plan.rechunk(tables, ROW_GROUP_ROWS):

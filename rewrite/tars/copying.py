@@ -50,11 +50,11 @@ def copy_with_fields(src: str | Path, dst_fileobj: IO[bytes], samples: Sequence[
     _check_fields(src, samples)
     with storage.open_file(src, "rb", buffering=16 * BLOCK) as fileobj:  # tarfile reads the odd non-plain header through it
         tar_format = _tar_format(fileobj)
-        source = _open_tar(src, fileobj)
+        tar = _open_tar(src, fileobj)
         window = _Window(fileobj.fileno())
         out = _Output(dst_fileobj, window, src)
         try:
-            headers = _Copy(source, src, out, window, tar_format, samples, txts, replace_fields).run()
+            headers = _Copy(tar, src, out, window, tar_format, samples, txts, replace_fields).run()
             if check_headers is not None:
                 check_headers(headers.hexdigest())
             out.close()
@@ -97,9 +97,9 @@ class _Pending:
 class _Copy:
     """One copy_with_fields: walks the source's members, keeps or replaces each, creates the missing ones."""
 
-    def __init__(self, source: tarfile.TarFile, src: str | Path, out: "_Output", window: _Window, tar_format: int,
+    def __init__(self, tar: tarfile.TarFile, src: str | Path, out: "_Output", window: _Window, tar_format: int,
                  samples: Sequence[tuple[str, dict[str, str]]], txts: Sequence[str | None] | None, replace: bool):
-        self.source, self.src, self.out, self.window, self.format = source, src, out, window, tar_format
+        self.tar, self.src, self.out, self.window, self.format = tar, src, out, window, tar_format
         self.samples, self.txts, self.replace = samples, txts, replace
 
     def run(self) -> Headers:
@@ -108,7 +108,7 @@ class _Copy:
         headers = Headers()
         current: _Pending | None = None
         count = 0
-        for member, key, ext, starts in _place(_walk(self.source, self.src, self.window, headers), self.src):
+        for member, key, ext, starts in _place(_walk(self.tar, self.src, self.window, headers), self.src):
             if key is None:
                 self.out.keep(member.end)
                 continue
@@ -148,7 +148,7 @@ class _Copy:
     def _data(self, member: _Member) -> bytes:
         """The whole data of a (small, text) member."""
         if member.info is not None:
-            return _read_member(self.source, member.info, self.src)
+            return _read_member(self.tar, member.info, self.src)
         data = self.window.read(member.offset_data, member.size)
         if len(data) != member.size:
             raise TarError(f"{self.src}: member {member.name!r}: truncated data ({len(data)} of {member.size} bytes)")

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
-from .. import faults
+from .. import faults, storage
 
 _unsynced: ContextVar[list[Path] | None] = ContextVar("unsynced", default=None)  # see deferred_sync
 
@@ -29,18 +28,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path` (within
     deferred_sync: renamed, and listed for the caller to sync)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(path.parent)
     tmp_path = temp_beside(path)
-    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    storage.open_file(tmp_path, "xb").close()
     point = f"{path.parent.name}/{path.name}"  # fault-injection names, e.g. "commit:00003.parts/00001.parquet"
     try:
         yield tmp_path
         unsynced = _unsynced.get()
         if unsynced is None:
-            with open(tmp_path, "rb+") as f:
-                os.fsync(f.fileno())
+            storage.sync(tmp_path)
         faults.point(f"commit:{point}")
-        os.replace(tmp_path, path)
+        storage.rename(tmp_path, path)
         if unsynced is not None:
             unsynced.append(path)
         faults.point(f"committed:{point}")
@@ -49,8 +47,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if storage.exists(tmp_path):
+            storage.remove(tmp_path, missing_ok=False)
 
 
 class Digest:
@@ -109,42 +107,37 @@ def record_unsynced(paths: list[Path]) -> None:
 def sync_files(paths: list[str | Path]) -> None:
     """fsync each file (after deferred_sync)."""
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        storage.sync(path)
 
 
 def write_json(path: str | Path, data: dict) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        storage.write_text(tmp, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        storage.write_text(tmp, text)
 
 
 def create_json(path: str | Path, data: dict) -> bool:
     """Write `path` whole only if it does not exist yet; False when another writer made it first (then
     its file stays as it was). For records that the first of several racing writers sets."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(path.parent)
     tmp = temp_beside(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    f = storage.open_file(tmp, "x", encoding="utf-8")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with f:
             f.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        storage.sync(tmp)
         point = f"{path.parent.name}/{path.name}"  # the same fault-injection names as atomic_path's
         faults.point(f"commit:{point}")
         try:
-            os.link(tmp, path)  # unlike a rename, never replaces an existing file
+            storage.link(tmp, path)  # unlike a rename, never replaces an existing file
         except FileExistsError:
             return False
         faults.point(f"committed:{point}")
         return True
     finally:
-        tmp.unlink(missing_ok=True)
+        storage.remove(tmp)

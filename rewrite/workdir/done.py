@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from .. import storage
 from . import atomic, layout
 from .lock import ShardLock
 
@@ -63,9 +62,9 @@ def parts(w: layout.Work, source: str, shard: int) -> list[Part]:
     """The records of a shard's committed chunks (footers only). A part that cannot be read is left out:
     the next run names it and redoes its chunk."""
     found = []
-    for path in sorted(w.parts(source, shard).glob("*.parquet")):
+    for path in storage.glob(w.parts(source, shard), "*.parquet"):
         try:
-            found.append(Part.of(pq.read_schema(path).metadata))
+            found.append(Part.of(storage.read_parquet_schema(path).metadata))
         except (pa.ArrowException, OSError, KeyError, TypeError, ValueError):
             continue
     return found
@@ -80,7 +79,7 @@ class ShardCheck:
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -97,22 +96,23 @@ def mark_done(w: layout.Work, source: str, shard: int, stats: dict, facts: dict)
 def check(w: layout.Work, source: str, shard: int, *, checksum: bool = False) -> ShardCheck:
     """The shard's state; for a done shard, its stats; for a damaged one, what is wrong."""
     stats_path, path = w.stats_file(source, shard), w.rewrite_file(source, shard)
-    if not stats_path.exists():
+    if not storage.exists(stats_path):
         parts = w.parts(source, shard)
-        started = path.exists() or (parts.is_dir() and any(parts.glob("*.parquet")))
+        started = storage.exists(path) or (storage.is_dir(parts) and any(storage.glob(parts, "*.parquet")))
         return ShardCheck(PARTIAL if started else MISSING)
     try:
-        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        stats = json.loads(storage.read_text(stats_path))
         recorded = stats[FILE_KEY]
         size, rows = int(recorded["bytes"]), int(recorded["rows"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
         return ShardCheck(DAMAGED, problem=f"{stats_path} is not a complete stats file")
-    if not path.exists():
+    if not storage.exists(path):
         return ShardCheck(DAMAGED, problem=f"{path} is missing")
-    if path.stat().st_size != size:
-        return ShardCheck(DAMAGED, problem=f"{path} has {path.stat().st_size} bytes, {size} when it was committed")
+    found_size = storage.size(path)
+    if found_size != size:
+        return ShardCheck(DAMAGED, problem=f"{path} has {found_size} bytes, {size} when it was committed")
     try:
-        found_rows = pq.ParquetFile(path).metadata.num_rows
+        found_rows = storage.parquet_file(path).metadata.num_rows
     except (pa.ArrowException, OSError) as e:
         return ShardCheck(DAMAGED, problem=f"{path} is not a readable parquet file ({e})")
     if found_rows != rows:
@@ -124,16 +124,16 @@ def check(w: layout.Work, source: str, shard: int, *, checksum: bool = False) ->
 
 def clear(w: layout.Work, source: str, shard: int) -> None:
     """Remove a shard's outputs (the done marker first), keeping its lock file. Caller holds the shard lock."""
-    w.stats_file(source, shard).unlink(missing_ok=True)
-    w.rewrite_file(source, shard).unlink(missing_ok=True)
-    shutil.rmtree(w.parts(source, shard), ignore_errors=True)
+    storage.remove(w.stats_file(source, shard))
+    storage.remove(w.rewrite_file(source, shard))
+    _remove_parts(w, source, shard)
 
 
 def still(w: layout.Work, source: str, shard: int, found: ShardCheck) -> bool:
     """Whether a state found earlier still holds as far as the done marker shows (one stat, no read): a
     shard found done still has its stats file, one found not done has none yet. A caller that takes the
     shard's lock after `check` uses it to see whether another process finished or cleared it meanwhile."""
-    return w.stats_file(source, shard).exists() == (found.state not in (MISSING, PARTIAL))
+    return storage.exists(w.stats_file(source, shard)) == (found.state not in (MISSING, PARTIAL))
 
 
 def checks(w: layout.Work, source: str, shards: Sequence[int]) -> dict[int, ShardCheck]:
@@ -144,7 +144,12 @@ def checks(w: layout.Work, source: str, shards: Sequence[int]) -> dict[int, Shar
 def drop_parts(w: layout.Work, source: str, shard: int) -> None:
     """The chunk parts of a done shard go: the join holds their rows, so any left were left by a writer
     killed right after marking the shard done. Caller holds the shard's lock and found it done."""
-    shutil.rmtree(w.parts(source, shard), ignore_errors=True)
+    _remove_parts(w, source, shard)
+
+
+def _remove_parts(w: layout.Work, source: str, shard: int) -> None:
+    """Remove a shard's parts folder, if any; an error removing it is ignored."""
+    storage.remove_tree(w.parts(source, shard), ignore_errors=True)
 
 
 def tidy_done(w: layout.Work, source: str, found: dict[int, ShardCheck]) -> None:
@@ -152,7 +157,7 @@ def tidy_done(w: layout.Work, source: str, found: dict[int, ShardCheck]) -> None
     shard's lock (a shard another process holds is left alone). `found`: the shards' states."""
     for shard, state in found.items():
         parts = w.parts(source, shard)
-        if state.state != DONE or not parts.is_dir():
+        if state.state != DONE or not storage.is_dir(parts):
             continue
         lock = ShardLock(w.lock_file(source, shard))
         if lock.acquire():

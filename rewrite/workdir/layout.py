@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import storage
+
 KEY = "key"
 CAPTION = "caption"
 STATUS = "status"
@@ -91,12 +93,12 @@ class Work:
 
     def _rewrite_entries(self) -> list[Path]:
         base = self.root / "rewrites"
-        return sorted(base.iterdir()) if base.is_dir() else []
+        return [base / name for name in storage.list_dir(base)] if storage.is_dir(base) else []
 
     def sources_present(self) -> list[str]:
         """Sources that have been run: folders under rewrites/ holding a settings.json."""
-        return [p.name for p in self._rewrite_entries() if (p / "settings.json").is_file()]
+        return [p.name for p in self._rewrite_entries() if storage.is_file(p / "settings.json")]
 
     def strays(self) -> list[Path]:
         """Entries under rewrites/ that are not a source folder (ignored, and reported by `status`)."""
-        return [p for p in self._rewrite_entries() if not (p / "settings.json").is_file()]
+        return [p for p in self._rewrite_entries() if not storage.is_file(p / "settings.json")]

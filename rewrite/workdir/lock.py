@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from .. import storage
+
 
 class ShardLock:
     def __init__(self, path: Path):
@@ -26,9 +28,9 @@ class ShardLock:
 
     def acquire(self) -> bool:
         """Take the lock if no live process holds it; False when another one does."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        storage.make_dirs(self.path.parent)
         # 0o666 less the umask: every worker opens it read-write, and on a cluster they may be a group's users.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = storage.open_fd(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -47,7 +49,7 @@ class ShardLock:
     def holder(self) -> str:
         """Who holds the lock, as written by the holder."""
         try:
-            h = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+            h = json.loads(storage.read_text(self.path) or "{}")
         except (OSError, json.JSONDecodeError):
             return "another process"
         return f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')}" if h else "another process"
@@ -81,8 +83,8 @@ class FlockFile:
 
     def _open(self) -> int:
         if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            storage.make_dirs(self.path.parent)
+            self._fd = storage.open_fd(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         return self._fd
 
     def shared(self) -> None:

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
+from .. import storage
 from . import atomic, layout
 
 MANIFEST_VERSION = 2
@@ -82,7 +83,7 @@ class Planned:
 
     def _recorded(self) -> str:
         try:
-            return json.loads(self.first_read.read_text(encoding="utf-8"))["digest"]
+            return json.loads(storage.read_text(self.first_read))["digest"]
         except (ValueError, KeyError, TypeError) as e:
             raise PlanError(f"{self.first_read}: not a valid record of {self.data} ({e!r}): plan again into a new "
                             "work dir") from None
@@ -195,10 +196,10 @@ class Manifest:
 
 def load_manifest(work: str | Path | layout.Work) -> Manifest:
     work = layout.Work(work)
-    if not work.manifest.is_file():
+    if not storage.is_file(work.manifest):
         raise PlanError(f"{work.root} has no shard plan ({work.manifest.name}): run `rewrite shard ... --out {work.root}` first")
     try:
-        data = json.loads(work.manifest.read_text(encoding="utf-8"))
+        data = json.loads(storage.read_text(work.manifest))
     except json.JSONDecodeError as e:
         raise PlanError(f"{work.manifest}: not a valid shard plan ({e})") from None
     if data.get("version") != MANIFEST_VERSION:

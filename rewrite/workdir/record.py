@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-
+from .. import storage
 from . import layout
 
 
@@ -20,7 +20,7 @@ def recorded_settings(w: layout.Work, source: str) -> dict | None:
     """The source's recorded fingerprint (None before its first run); a damaged file is an error naming it."""
     path = w.settings_file(source)
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded = json.loads(storage.read_text(path))
         if not isinstance(recorded, dict):
             raise ValueError("not a JSON object")
         return recorded
@@ -45,7 +45,7 @@ def matches(w: layout.Work, source: str, fingerprint: dict) -> bool:
 
 def clean_leftovers(w: layout.Work, source: str) -> None:
     path = w.settings_file(source)
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+    for leftover in storage.glob(path.parent, f".{path.name}.*.tmp"):
         # A commit cut short by a kill; a young one may be another task's commit in progress.
-        if time.time() - leftover.stat().st_mtime > LEFTOVER_AGE:
-            leftover.unlink(missing_ok=True)
+        if time.time() - storage.info(leftover).mtime > LEFTOVER_AGE:
+            storage.remove(leftover)
