@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 
 from .. import meta as meta_lib
-from .. import defaults
+from .. import defaults, storage
+from . import engine_options as opt
 from .shared import USER_ERRORS, app, fail, reported
 
 
@@ -41,7 +42,7 @@ def meta_validate(
     bad = False
     with reported():  # an unreadable file, or no CLIP tokenizer to count with: one line, as in `run`
         for name in files or list(defaults.SOURCES):
-            if name.endswith(".jsonl") and not Path(name).is_file():
+            if name.endswith(".jsonl") and not storage.is_file(Path(name)):
                 raise meta_lib.MetaSetError(f"meta set file {name} does not exist")  # a bad argument, not a bad set
             try:
                 m = meta_lib.load(name)
@@ -104,17 +105,17 @@ def meta_generate(
     count: int = typer.Option(16, help="Pairs to make."),
     seed: int = typer.Option(defaults.SEED, help="Seed of the draw of sources and of sampling."),
     instruction: Optional[str] = typer.Option(None, help="What the model is asked, before each caption (default: the paper's chatbot instruction)."),
-    engine: str = typer.Option(defaults.ENGINE, help="transformers, vllm, openai, or auto."),
-    model: Optional[str] = typer.Option(None, help="Local model dir (the served name with openai); default: the embedded model."),
-    dtype: Optional[str] = typer.Option(None, help="As `rewrite run --dtype`."),
-    max_model_len: Optional[int] = typer.Option(None),
-    engine_arg: Optional[List[str]] = typer.Option(None, help="vllm: extra LLM(...) argument as key=value (repeatable)."),
-    base_url: Optional[str] = typer.Option(None, help="openai: server URL, e.g. http://127.0.0.1:8000/v1."),
-    api: str = typer.Option("chat", help="openai: chat (default here: the instruction is a user turn) or completions."),
-    concurrency: Optional[int] = typer.Option(None),
+    engine: opt.Engine = defaults.ENGINE,
+    model: opt.Model = None,
+    dtype: opt.Dtype = None,
+    max_model_len: opt.MaxModelLen = None,
+    engine_arg: opt.EngineArg = None,
+    base_url: opt.BaseUrl = None,
+    api: opt.Api = "chat",
+    concurrency: opt.Concurrency = None,
     max_attempts: int = typer.Option(defaults.MAX_ATTEMPTS, help="Tries per source before another caption is drawn."),
-    temperature: float = typer.Option(defaults.Sampling.temperature),
-    top_p: float = typer.Option(defaults.Sampling.top_p),
+    temperature: opt.Temperature = opt.DEFAULT_TEMPERATURE,
+    top_p: opt.TopP = opt.DEFAULT_TOP_P,
     overwrite: bool = typer.Option(False, help="Replace a set an earlier `rewrite meta` command wrote (never a set of your own)."),
 ):
     """A pair set made by an LLM from your captions (the paper made its chatgpt and bard sets this way)."""

@@ -18,6 +18,7 @@ from ..run.config import EngineUnavailable, set_configs
 from ..stop import STOP_WITHIN, StopRequested, EXIT_CODE as STOPPED
 from ..workdir import layout, status as status_lib
 from ..workdir.manifest import format_shard_spec, load_manifest, parse_shard_spec
+from . import engine_options as opt
 from .shared import EXIT_UNAVAILABLE, app, reported, report_export
 
 
@@ -51,21 +52,21 @@ def run(
     source: str = typer.Option(..., help="Meta set: chatgpt, bard, coco (mscoco), human, or a .jsonl file; a comma-separated list of them, or all (the four): one engine start, each set its own column."),
     meta_dir: Optional[Path] = typer.Option(None, help="Read the sets named chatgpt, bard, coco, human from DIR/<name>.jsonl (e.g. the paper's own, from `rewrite meta import-laclip`)."),
     shards: str = typer.Option("all", help="Shards to run: 0-127, 7, 0,3,9-12 or all."),
-    engine: str = typer.Option(defaults.ENGINE, help="transformers, vllm, openai, or auto (vllm on a GPU when installed)."),
-    model: Optional[str] = typer.Option(None, help="Local model dir (or hub id on your cluster; the served name with openai); default: the embedded SmolLM2-135M."),
+    engine: opt.Engine = defaults.ENGINE,
+    model: opt.Model = None,
     seed: int = typer.Option(defaults.SEED, help="Global seed: every random choice derives from it."),
     num_rewrites: int = typer.Option(defaults.NUM_REWRITES, help="Rewrites per caption."),
     num_examples: int = typer.Option(defaults.NUM_EXAMPLES, help="In-context examples per prompt (k)."),
     batch_size: Optional[int] = typer.Option(None, help=f"transformers: prompts per forward batch (default {defaults.BATCH_SIZE})."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 or auto (the checkpoint's own); default: on a CPU float32 (vllm: bfloat16 where the CPU has AVX-512 BF16 or AMX); on a GPU bfloat16 with transformers, the model's own with vllm."),
-    max_model_len: Optional[int] = typer.Option(None, help="Cap on prompt + completion tokens."),
+    dtype: opt.Dtype = None,
+    max_model_len: opt.MaxModelLen = None,
     tensor_parallel_size: Optional[int] = typer.Option(None, help="vllm: GPUs per model."),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vllm: share of GPU memory to use."),
     enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="vllm: skip CUDA graphs (default: on CPU only)."),
-    engine_arg: Optional[List[str]] = typer.Option(None, help="vllm: extra LLM(...) argument as key=value (repeatable)."),
-    base_url: Optional[str] = typer.Option(None, help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (key from $OPENAI_API_KEY)."),
-    api: Optional[str] = typer.Option(None, help="openai: completions (base models, default) or chat."),
-    concurrency: Optional[int] = typer.Option(None, help="openai: requests in flight (default 16)."),
+    engine_arg: opt.EngineArg = None,
+    base_url: opt.BaseUrl = None,
+    api: opt.Api = None,
+    concurrency: opt.Concurrency = None,
     timeout: Optional[float] = typer.Option(None, help="openai: seconds per request (default 60)."),
     request_retries: Optional[int] = typer.Option(None, help="openai: retries of a request the server could not serve (no connection, a timeout, 429, 5xx), with exponential backoff (default 5)."),
     unavailable_after: Optional[int] = typer.Option(None, help="openai: after this many requests in a row the server could not serve (after their retries), stop the run (exit 69; its rows wait for a rerun); default twice --concurrency."),
@@ -75,8 +76,8 @@ def run(
     open_chunks: int = typer.Option(defaults.OPEN_CHUNKS, help="stream: chunks in flight at once (each holds its rows in memory; a kill loses at most these)."),
     max_attempts: int = typer.Option(defaults.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
     min_faithfulness: Optional[float] = typer.Option(None, help="Reject (and retry) a rewrite whose faithfulness to its caption (content-word F1, 0-1; see `rewrite report`) is below this; e.g. 0.2."),
-    temperature: float = typer.Option(defaults.Sampling.temperature),
-    top_p: float = typer.Option(defaults.Sampling.top_p),
+    temperature: opt.Temperature = opt.DEFAULT_TEMPERATURE,
+    top_p: opt.TopP = opt.DEFAULT_TOP_P,
     max_new_tokens: int = typer.Option(defaults.Sampling.max_new_tokens),
     template: str = typer.Option(defaults.TEMPLATE, help="Prompt template name or .toml path."),
     dedup: bool = typer.Option(True, help="Rewrite identical captions once."),
