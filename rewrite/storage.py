@@ -12,16 +12,9 @@ import os
 import shutil
 import stat as stat_modes
 from pathlib import Path
-from typing import IO, Iterator, NamedTuple
+from typing import IO
 
 PathLike = str | os.PathLike
-
-
-class Info(NamedTuple):
-    """What the tool asks of a file besides its bytes."""
-    size: int
-    mtime: float  # seconds since the epoch
-    is_dir: bool
 
 
 def open_file(path: PathLike, mode: str = "rb", *, encoding: str | None = None,
@@ -47,11 +40,6 @@ def read_text(path: PathLike) -> str:
     with open_file(path, "r") as f:
         return f.read()
 
-
-def write_bytes(path: PathLike, data: bytes) -> None:
-    """Write a whole file in place: for files in a folder no reader sees yet (atomic.py commits others)."""
-    with open_file(path, "wb") as f:
-        f.write(data)
 
 
 def write_text(path: PathLike, text: str) -> None:
@@ -79,10 +67,9 @@ def arrow_file(path: PathLike):
     return pa.OSFile(os.fspath(path))
 
 
-def info(path: PathLike) -> Info:
-    """Size, modification time and kind; FileNotFoundError when there is nothing there."""
-    st = os.stat(path)
-    return Info(st.st_size, st.st_mtime, stat_modes.S_ISDIR(st.st_mode))
+def mtime(path: PathLike) -> float:
+    """When the file was last changed, in seconds since the epoch."""
+    return os.stat(path).st_mtime
 
 
 def size(path: PathLike) -> int:
@@ -122,13 +109,6 @@ def readable(path: PathLike) -> bool:
     """Whether this process may read the file (an unreadable input is named at planning, not mid-run)."""
     return os.access(path, os.R_OK)
 
-
-def walk_files(folder: PathLike) -> Iterator[Path]:
-    """Every file under `folder`, at any depth, in sorted order."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
 
 
 def make_dirs(path: PathLike) -> None:
@@ -213,16 +193,3 @@ def parquet_writer(path: PathLike, schema, **options):
 def write_parquet(table, path: PathLike, **options) -> None:
     import pyarrow.parquet as pq
     pq.write_table(table, path if hasattr(path, "write") else os.fspath(path), **options)
-
-
-def open_tar(path: PathLike, mode: str = "r:", **options):
-    """A tarfile.TarFile over a file opened here."""
-    import tarfile
-    fileobj = open_file(path, "wb" if mode.startswith(("w", "x")) else "rb")
-    try:
-        tar = tarfile.open(fileobj=fileobj, mode=mode, **options)
-    except BaseException:
-        fileobj.close()
-        raise
-    tar._extfileobj = False  # the TarFile owns the file it was given: closing it closes the file
-    return tar

@@ -119,7 +119,8 @@ class WebdatasetExport(ExportFormat):
             writers = {}
             for folder in self._folders(job):  # each tar is closed before its file is committed
                 tmp = stack.enter_context(atomic.atomic_path(staged(folder + name)))
-                writers[folder] = stack.enter_context(storage.open_tar(tmp, "w", format=tarfile.PAX_FORMAT))
+                out = stack.enter_context(storage.open_file(tmp, "wb"))
+                writers[folder] = stack.enter_context(tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT))
             for table in job.rows(shard):
                 for row in table.to_pylist():
                     key = row[job.key_column]

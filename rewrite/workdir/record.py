@@ -47,5 +47,5 @@ def clean_leftovers(w: layout.Work, source: str) -> None:
     path = w.settings_file(source)
     for leftover in storage.glob(path.parent, f".{path.name}.*.tmp"):
         # A commit cut short by a kill; a young one may be another task's commit in progress.
-        if time.time() - storage.info(leftover).mtime > LEFTOVER_AGE:
+        if time.time() - storage.mtime(leftover) > LEFTOVER_AGE:
             storage.remove(leftover)
