@@ -12,13 +12,13 @@ from ..workdir.manifest import load_manifest, parse_shard_spec
 from ..exports import publish
 from .. import stop
 from ..stop import StopRequested, EXIT_CODE as STOPPED
-from .shared import app, reported, report_export
+from .shared import StorageOptions, app, reported, report_export, use_storage_options
 
 
 @app.command()
 def export(
-    work: Path = typer.Option(..., "--work"),
-    out: Path = typer.Option(..., "--out", help="Folder to write (not inside the work dir or an input)."),
+    work: str = typer.Option(..., "--work"),
+    out: str = typer.Option(..., "--out", help="Folder to write (not inside the work dir or an input), or a URL of a remote store (s3://bucket/dataset)."),
     source: Optional[List[str]] = typer.Option(None, help="Sources to include (default: all that were run)."),
     fmt: str = typer.Option(exports.DEFAULT, "--format", help="hf (parquet + dataset card), wds (webdataset tars), csv (open_clip) or laclip (LaCLIP's CSV + one text file per rewrite)."),
     shards: str = typer.Option("all", help="Shards to export now (array tasks each export theirs; the last to finish publishes)."),
@@ -32,6 +32,7 @@ def export(
     allow_missing: bool = typer.Option(False, help="Export even when shards are unfinished (their rewrites are null)."),
     overwrite: bool = typer.Option(False, help="Replace an earlier export in --out (only files an export wrote are replaced)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    storage_option: StorageOptions = None,
 ):
     """Join the inputs with their rewrites in the form a CLIP trainer reads.
 
@@ -41,6 +42,7 @@ def export(
     published because another export holds OUT (run the same command again to finish)."""
     try:
         with reported(), stop.handling():
+            use_storage_options(storage_option)
             options = exports.ExportOptions(image_column=image_column, extract_images=extract_images,
                                             captions_only=captions_only, views=list(views or []),
                                             separator=_separator(separator), replace_json_fields=replace_json_fields)

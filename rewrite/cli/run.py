@@ -19,7 +19,7 @@ from ..stop import STOP_WITHIN, StopRequested, EXIT_CODE as STOPPED
 from ..workdir import layout, status as status_lib
 from ..workdir.manifest import format_shard_spec, load_manifest, parse_shard_spec
 from . import engine_options as opt
-from .shared import EXIT_UNAVAILABLE, app, reported, report_export
+from .shared import EXIT_UNAVAILABLE, StorageOptions, app, reported, report_export, use_storage_options
 
 
 def schedule_option(scheduler: str, open_chunks: int) -> defaults.Schedule:
@@ -32,15 +32,19 @@ def schedule_option(scheduler: str, open_chunks: int) -> defaults.Schedule:
 @app.command()
 def shard(
     inputs: List[str] = typer.Argument(..., help="Parquet/CSV/TSV/text files or webdataset .tar shards: files, folders, globs or brace ranges (shards/{00000..00127}.tar)."),
-    out: Path = typer.Option(..., "--out", help="Work dir to hold the plan and all outputs."),
+    out: str = typer.Option(..., "--out", help="Work dir to hold the plan and all outputs (a local or shared filesystem, not a bucket)."),
     num_shards: Optional[int] = typer.Option(None, help="Number of shards."),
     rows_per_shard: Optional[int] = typer.Option(None, help=f"Rows per shard (default {plan.DEFAULT_ROWS_PER_SHARD})."),
     caption_column: str = typer.Option("caption", help="Caption column of parquet/CSV/TSV inputs."),
     key_column: Optional[str] = typer.Option(None, help="Key column (default: `key` when present, else derived from file and row)."),
     caption_field: Optional[str] = typer.Option(None, help="Webdataset input: the KEY.json field holding the caption (default: KEY.txt)."),
+    storage_option: StorageOptions = None,
 ):
-    """Plan shards over the inputs and save the plan in the work dir."""
+    """Plan shards over the inputs and save the plan in the work dir. Inputs may be URLs of a remote
+    store (s3://bucket/shards/{00000..00127}.tar, https://...): planning reads only footers, stats and
+    tar headers there."""
     with reported():
+        use_storage_options(storage_option)
         m = plan.plan(inputs, out, num_shards=num_shards, rows_per_shard=rows_per_shard,
                       caption_column=caption_column, key_column=key_column, caption_field=caption_field)
     typer.echo(f"planned {m.num_shards} shards over {m.total_rows} rows from {len(m.files)} files in {out}")
@@ -48,7 +52,7 @@ def shard(
 
 @app.command()
 def run(
-    work: Path = typer.Option(..., "--work", help="Work dir made by `rewrite shard`."),
+    work: str = typer.Option(..., "--work", help="Work dir made by `rewrite shard`."),
     source: str = typer.Option(..., help="Meta set: chatgpt, bard, coco (mscoco), human, or a .jsonl file; a comma-separated list of them, or all (the four): one engine start, each set its own column."),
     meta_dir: Optional[Path] = typer.Option(None, help="Read the sets named chatgpt, bard, coco, human from DIR/<name>.jsonl (e.g. the paper's own, from `rewrite meta import-laclip`)."),
     shards: str = typer.Option("all", help="Shards to run: 0-127, 7, 0,3,9-12 or all."),
@@ -87,8 +91,9 @@ def run(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     requeue_on_warning: bool = typer.Option(False, help="In a Slurm job: after stopping on SIGUSR1 (the time-limit warning), requeue the job so it resumes (set by `rewrite slurm submit`)."),
     stop_within: float = typer.Option(STOP_WITHIN, help="After SIGTERM/SIGUSR1: seconds the chunk in flight gets to finish and commit before the run stops without it."),
-    then_export: Optional[Path] = typer.Option(None, "--then-export", help="Then export this run's shards of this source to this folder (array tasks: each its own; the last to finish publishes)."),
+    then_export: Optional[str] = typer.Option(None, "--then-export", help="Then export this run's shards of this source to this folder or bucket URL (array tasks: each its own; the last to finish publishes)."),
     export_format: str = typer.Option(exports.DEFAULT, help="Format of --then-export (see `rewrite export --format`)."),
+    storage_option: StorageOptions = None,
 ):
     """Rewrite the captions of some shards with one meta set, or several (one column each).
 
@@ -100,6 +105,7 @@ def run(
     result, names, unavailable = TaskResult([], []), [], None
     try:
         with reported(), stop.handling(stop_within):  # a signal while the model loads stops the run too
+            use_storage_options(storage_option)
             manifest = load_manifest(work)
             configs = set_configs(
                 defaults.source_list(source), meta_dir, seed=seed, num_rewrites=num_rewrites, num_examples=num_examples,

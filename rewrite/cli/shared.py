@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated, List, Optional
 
 import typer
+
+from .. import remote
 
 from ..exports import publish
 from .. import exports
@@ -33,6 +36,17 @@ EXIT_BAD_INPUT = 2  # bad input or options: the message names the file, row or o
 EXIT_IO = 1  # a file could not be read or written (read-only or full disk, permissions): the message names it
 EXIT_INTERRUPTED = 130
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the engine's server could not serve requests; their rows wait for a rerun
+
+
+StorageOptions = Annotated[Optional[List[str]], typer.Option(
+    "--storage-option", help="key=value for the remote store of URL inputs and exports (s3fs, gcsfs, ...), e.g. "
+    "endpoint_url=http://host:9000, anon=true, profile=NAME (repeatable; a JSON value is parsed). Credentials are "
+    "best left to the environment or ~/.aws: values given here are never written or printed.")]
+
+
+def use_storage_options(pairs: list[str] | None) -> None:
+    """Open remote stores with these options from now on (a bad pair is refused, naming its key)."""
+    remote.configure(remote.parse_options(list(pairs or [])))
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:

@@ -31,7 +31,8 @@ def check_out_folder(out: Path, w: layout.Work, manifest: Manifest, option: str 
                      others: Sequence[tuple[str, Path]] = ()) -> None:
     """Refuse an output folder that is, holds or lies inside the work dir, an input or `others`."""
     read = outputs.read_by(w, manifest) + [(name, p.resolve()) for name, p in others]
-    problem = outputs.overlap(out.resolve(), read, option, "an export")
+    out = storage.location(out) if isinstance(out, str) else out
+    problem = outputs.overlap(out if storage.is_remote(out) else out.resolve(), read, option, "an export")
     if problem:
         raise ExportError(problem)
 
@@ -65,15 +66,30 @@ def _images_present(job: ExportJob, shards: Sequence[int]) -> bool:
 
 
 def _written(folder: publish.OutputFolder, job: ExportJob, files: list[str], shard: int, made_from: dict) -> bool:
-    """The shard's files are staged (its images extracted, if asked), and made from the rewrites committed
-    now (a shard redone since, or done since it was exported with --allow-missing, is exported again)."""
+    """The shard's files are staged (its images extracted, if asked), made from the rewrites committed now
+    (a shard redone since, or done since it was exported with --allow-missing, is exported again), and
+    still the files its record lists: same size, and while staged the same checksum (an object's ETag)."""
     record = folder.path(_record(shard))
     if not (storage.is_file(record) and all(folder.written(f) for f in files) and _images_present(job, [shard])):
         return False
     try:
-        return json.loads(storage.read_text(record)) == made_from
+        kept = json.loads(storage.read_text(record))
     except ValueError:
         return False
+    listed = kept.get("files") if isinstance(kept, dict) else None
+    return (kept.get("made_from") == made_from and isinstance(listed, dict)
+            and all(_same(folder, f, listed.get(f)) for f in files))
+
+
+def _same(folder: publish.OutputFolder, name: str, recorded: dict | None) -> bool:
+    """Whether written file `name` is the one recorded: by fingerprint while staged; once moved into place
+    by a publish cut short, by size (a server-side copy may give an object another ETag)."""
+    if not isinstance(recorded, dict):
+        return False
+    staged = folder.path(name)
+    if storage.is_file(staged):
+        return storage.fingerprint(staged) == recorded
+    return storage.size(folder.out / name) == recorded.get("size")
 
 
 def export(
@@ -93,7 +109,7 @@ def export(
     """Write the export's files for `shards` (default: all), and publish it once every shard is written.
     Returns a summary (files, rows, columns, missing shards, whether it is published). `manifest`: the
     plan, when the caller has read it (it is read once per export)."""
-    w, out, options = layout.Work(work), Path(out), options or ExportOptions()
+    w, out, options = layout.Work(work), storage.location(str(out)), options or ExportOptions()
     export_format = exports.named(fmt)
     exports.check_options(export_format, options)
     if workers < 1:
@@ -102,6 +118,9 @@ def export(
     everything = list(range(manifest.num_shards))
     chosen = everything if shards is None else list(shards)
     check_out_folder(out, w, manifest)
+    if options.extract_images is not None and storage.is_remote(out):
+        raise ExportError("--extract-images writes image files beside an export on a filesystem: with --out a URL, "
+                          "export the images' tars with --format wds instead")
     if options.extract_images is not None:  # images land there: never among the inputs, nor another's files
         check_out_folder(options.extract_images, w, manifest, "--extract-images", [("the export folder --out", out)])
         images.check(options.extract_images, out, overwrite)
@@ -123,8 +142,9 @@ def export(
                "damaged": [problem for st in statuses for problem in st.damage.values()],
                "counts": {st.source: {"ok": st.ok, "failed": st.failed, "skipped": st.skipped} for st in statuses},
                "whole": chosen == everything}
+    locks = w.export_state(out) if storage.is_remote(out) else None
     with publish.OutputFolder(out, export_id(manifest, settings, fmt, options), published, content=_content(made_from),
-                              overwrite=overwrite, scratch=[f for f in files if f not in published]) as folder:
+                              overwrite=overwrite, scratch=[f for f in files if f not in published], locks=locks) as folder:
         if folder.up_to_date and _images_present(job, everything):
             return {**summary, "published": True, "up_to_date": True}
         if options.extract_images is not None:
@@ -132,7 +152,8 @@ def export(
         folder.begin()
         todo = [s for s in chosen if not _written(folder, job, per_shard[s], s, made_from[s])]
         for shard in _write_shards(export_format, job, todo, folder.staging, workers, progress):
-            atomic.write_json(folder.path(_record(shard)), made_from[shard])
+            atomic.write_json(folder.path(_record(shard)), {"made_from": made_from[shard], "files": {
+                f: storage.fingerprint(folder.path(f)) for f in per_shard[shard]}})
         summary["written"] = format_shard_spec(todo)
         if not folder.alone():
             return {**summary, "published": False, "waiting": "other exports still write shards of this folder"}

@@ -6,6 +6,12 @@ there, the published entries (say `data/` and `README.md`) are moved into place 
 OUT/.rewrite-export.json, records what the tool wrote there: only those files are ever replaced or
 removed, and a folder holding anything else is refused.
 
+In an object store (OUT a URL: s3://bucket/dataset) each staged object appears whole or not at all (its
+upload completes when it is closed), and "moved into place" is a server-side copy and a delete, not
+atomic: the marker, written last, is then the commit point. While a publish is under way it says
+`publishing` and names no published export; the README's load commands read the marker and the files
+it lists. The locks live in the work dir then (WORK/exports/<hash of OUT>/): a bucket has no flock.
+
 Several processes may stage the same export at once (array tasks exporting their own shards): each holds
 OUT/.rewrite-export.lock shared while it writes. Starting another export over the staged files, and
 publishing, need it exclusive, so neither happens while a writer is at work. Marker changes are made
@@ -36,9 +42,18 @@ class Busy(RuntimeError):
     """Another export is staging OUT now: not bad input, a moment to wait (the CLI exits 75)."""
 
 
+def _relative(path, root) -> str:
+    """`path` below `root` as a name relative to it (local paths and URLs alike)."""
+    return str(path)[len(str(root).rstrip("/")) + 1:]
+
+
 def _remove_files(root: Path, names: Sequence[str]) -> None:
     """Remove the listed files under root (and our temporary files beside them), then the folders this
-    leaves empty; anything else stays."""
+    leaves empty; anything else stays. (In an object store a folder goes with its last object.)"""
+    if storage.is_remote(root):
+        for name in names:
+            storage.remove(root / name)
+        return
     folders = {root}
     for name in names:
         path = root / name
@@ -53,7 +68,10 @@ def _remove_files(root: Path, names: Sequence[str]) -> None:
 
 
 def _remove_temps(root: Path, names: Sequence[str]) -> None:
-    """Our temporary files beside the listed files (a writer killed mid-file leaves one behind)."""
+    """Our temporary files beside the listed files (a writer killed mid-file leaves one behind; an upload
+    cut short leaves no object)."""
+    if storage.is_remote(root):
+        return
     for name in names:
         path = root / name
         for tmp in storage.glob(path.parent, f".{path.name}.*.tmp") if storage.is_dir(path.parent) else ():
@@ -64,18 +82,21 @@ class OutputFolder:
     """OUT, about to receive an export identified by `export_id` made of `files` (paths relative to OUT)."""
 
     def __init__(self, out: str | Path, export_id: str, files: Sequence[str], *, overwrite: bool,
-                 scratch: Sequence[str] = (), content: str | None = None):
+                 scratch: Sequence[str] = (), content: str | None = None, locks: Path | None = None):
         """`files` are published; `scratch` files are staged for the export's own use and removed once it
         is published. `content`: what the files are made from (an export already published with other
-        content is not up to date)."""
-        self.out, self.export_id, self.files, self.scratch = Path(out), export_id, list(files), list(scratch)
+        content is not up to date). `locks`: the folder of the locks, when not OUT (a remote OUT)."""
+        self.out = storage.location(out) if isinstance(out, str) else out
+        self.export_id, self.files, self.scratch = export_id, list(files), list(scratch)
         self.content = content
         self.staging = self.out / STAGING
         if storage.exists(self.out) and not storage.is_dir(self.out):
             raise PublishError(f"--out {self.out} is a file, not a folder")
         self._refuse_foreign_folder()
         storage.make_dirs(self.out)
-        self._lock, self._mutex = FlockFile(self.out / LOCK), FlockFile(self.out / MUTEX)
+        locks = self.out if locks is None else locks
+        storage.make_dirs(locks)
+        self._lock, self._mutex = FlockFile(locks / LOCK), FlockFile(locks / MUTEX)
         self._mutex.hold()
         try:
             self.marker = self._read_marker()
@@ -141,7 +162,7 @@ class OutputFolder:
             if not storage.is_dir(folder):
                 continue
             for path in storage.glob(folder, "**/*"):
-                if storage.is_file(path) and path.relative_to(self.out).as_posix() not in ours:
+                if _relative(path, self.out) not in ours and storage.is_file(path):
                     raise PublishError(f"{path} was not written by `rewrite export`: move it out of {folder}, "
                                        "or choose another --out (nothing there is removed or replaced)")
 

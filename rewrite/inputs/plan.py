@@ -33,35 +33,40 @@ DEFAULT_ROWS_PER_SHARD = 10_000
 
 def discover(inputs: Sequence[str]) -> list[Path]:
     """Files named by paths, folders (searched recursively), glob patterns or brace ranges
-    (`shards/{00000..00127}.tar`), in a stable order."""
+    (`shards/{00000..00127}.tar`), local or at a URL of a remote store (s3://, https://, ...), in a
+    stable order."""
     if not inputs:
         raise PlanError("no input given")
     known = ", ".join(SUFFIXES)
     found: list[Path] = []
     for arg in inputs:
         for one in expand_braces(arg):
-            path = Path(one)
-            if storage.is_dir(path):
-                files = sorted(p for p in storage.glob(path, "**/*")
-                               if storage.is_file(p) and for_path(p) and not _beside_its_tar(p))
+            path = storage.location(one)
+            if glob.has_magic(one) and storage.is_remote(one):  # a listing, not a lookup of a name with a `*`
+                files = [p for p in storage.glob_pattern(one) if for_path(p)]
                 if not files:
-                    raise PlanError(f"input folder {one} holds no {known} files")
+                    raise PlanError(f"input pattern {storage.redact(one)} matches no {known} files")
+            elif storage.is_dir(path):
+                files = sorted(p for p in storage.glob(path, "**/*")
+                               if for_path(p) and storage.is_file(p) and not _beside_its_tar(p))
+                if not files:
+                    raise PlanError(f"input folder {storage.redact(one)} holds no {known} files")
             elif storage.is_file(path):
                 if not for_path(path):
-                    raise PlanError(f"input {one}: unsupported file type {path.suffix!r} (use {known})")
+                    raise PlanError(f"input {storage.redact(one)}: unsupported file type {path.suffix!r} (use {known})")
                 files = [path]
             elif glob.has_magic(one):
                 files = [p for p in storage.glob_pattern(one) if for_path(p)]
                 if not files:
                     raise PlanError(f"input pattern {one} matches no {known} files")
             else:
-                raise PlanError(f"input path {one} does not exist" + (f" (from {arg})" if one != arg else ""))
+                raise PlanError(f"input path {storage.redact(one)} does not exist" + (f" (from {arg})" if one != arg else ""))
             for f in files:
                 if not storage.readable(f):
                     raise PlanError(f"input file {f} is not readable")
             found += files
-    unique: dict[Path, None] = dict.fromkeys(p.resolve() for p in found)
-    return list(unique)
+    unique = {str(p): p for p in (p if storage.is_remote(p) else p.resolve() for p in found)}
+    return list(unique.values())
 
 
 def _beside_its_tar(path: Path) -> bool:
@@ -76,6 +81,9 @@ def _input_roots(inputs: Sequence[str]) -> list[Path]:
     cannot: `rewrite shard "*.parquet" --out work` is fine)."""
     roots = []
     for one in (one for arg in inputs for one in expand_braces(arg)):
+        if storage.is_remote(one):  # its folder before the first wildcard
+            roots.append(storage.location(one if not glob.has_magic(one) else _before_magic(one)))
+            continue
         path = Path(one)
         if storage.exists(path) or not glob.has_magic(one):
             roots.append(path.resolve())
@@ -84,6 +92,12 @@ def _input_roots(inputs: Sequence[str]) -> list[Path]:
         else:
             roots += [p.resolve() for p in storage.glob_pattern(one, recursive=False)]
     return roots
+
+
+def _before_magic(pattern: str) -> str:
+    """The folder of a pattern before its first wildcard: `s3://b/shards/*.tar` -> `s3://b/shards`."""
+    first = min(i for i, c in enumerate(pattern) if c in "*?[")
+    return pattern[:first].rsplit("/", 1)[0]
 
 
 def _check_work_dir(root: Path, inputs: Sequence[Path]) -> None:
@@ -120,7 +134,7 @@ def plan(
         raise PlanError(f"--num-shards must be >= 1, got {num_shards}")
     if rows_per_shard is not None and rows_per_shard < 1:
         raise PlanError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
-    work_dir = layout.Work(Path(work).resolve())
+    work_dir = layout.Work(layout.local_work_dir(work, "--out").resolve())
     roots = _input_roots(inputs)
     _check_work_dir(work_dir.root, roots)  # first: an --out that is an input is named as such
     if storage.exists(work_dir.root) and not storage.is_dir(work_dir.root):
@@ -159,7 +173,8 @@ def plan(
             storage.remove(first_read_record(work_dir.root, i, str(path)))
         prepared = formats[path].prepare(path, converted, schemas[path], captions)
         data = prepared.data
-        recorded = data.relative_to(work_dir.root) if data.is_relative_to(work_dir.root) else data
+        inside = not storage.is_remote(data) and data.is_relative_to(work_dir.root)
+        recorded = data.relative_to(work_dir.root) if inside else data
         files.append(InputFile(path=str(path), data=str(recorded), format=formats[path].name, rows=prepared.rows,
                                key_prefix=prefix, size=prepared.size, digest=prepared.digest))
 

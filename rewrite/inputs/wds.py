@@ -6,6 +6,10 @@ only .txt/.json members are read (tars.py). Row counts come from img2dataset's N
 NNNNN.parquet beside the tar, else from one scan of its headers; a worker that finds another count
 refuses the tar. Samples keep their tar order.
 
+A remote tar (s3://...) with img2dataset's NNNNN.parquet beside it is not fetched by a run: its keys and
+captions come from that parquet's "success" rows, in order (only the tar's size is checked then; the
+wds export's copy, which reads the tar, checks its headers).
+
 A tar's identity is its size and the digest of its member headers (tars.Headers): taken by the plan's
 scan, or, when the plan took the count from img2dataset's stats (opening no tar), recorded by the first
 read of the whole tar; every later read (and the wds export's copy) compares with it. The digest is
@@ -62,7 +66,25 @@ class WebdatasetInput(InputFormat):
         return Planned(path, rows, size, headers.hexdigest())
 
     def read(self, planned, start, stop, batch_rows, columns, captions):
+        names = [layout.KEY, captions.column, JSON] if columns is None else list(dict.fromkeys(columns))
+        if storage.is_remote(planned.data) and captions.field is None and JSON not in names:
+            beside = _checked(tars.captions_beside, planned.data)
+            if beside is not None:
+                return self._read_beside(planned, beside, start, stop, batch_rows, names, captions)
         return self._read(planned, start, stop, batch_rows, columns, captions)
+
+    def _read_beside(self, planned: Planned, beside: pa.Table, start: int, stop: int, batch_rows: int,
+                     names: list[str], captions) -> Iterator[pa.Table]:
+        """Keys and captions of a remote tar from img2dataset's parquet beside it: the tar is not fetched
+        (its size is checked, and the parquet's count against the plan's)."""
+        planned.check_size(storage.size(planned.data))
+        if beside.num_rows != planned.rows:
+            raise PlanError(f"input file {storage.redact(planned.data)}: img2dataset's parquet beside it lists "
+                            f"{beside.num_rows} samples where the plan counted {planned.rows}: the tar or its "
+                            "files changed; plan again into a new work dir")
+        table = beside.slice(start, stop - start).rename_columns([layout.KEY, captions.column]).select(names)
+        for offset in range(0, table.num_rows, batch_rows):
+            yield table.slice(offset, batch_rows).cast(_schema(names))
 
     def _read(self, planned: Planned, start: int, stop: int, batch_rows: int, columns, captions) -> Iterator[pa.Table]:
         data, rows = planned.data, planned.rows

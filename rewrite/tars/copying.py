@@ -51,7 +51,7 @@ def copy_with_fields(src: str | Path, dst_fileobj: IO[bytes], samples: Sequence[
     with storage.open_file(src, "rb", buffering=16 * BLOCK) as fileobj:  # tarfile reads the odd non-plain header through it
         tar_format = _tar_format(fileobj)
         tar = _open_tar(src, fileobj)
-        window = _Window(fileobj.fileno())
+        window = _Window(fileobj)
         out = _Output(dst_fileobj, window, src)
         try:
             headers = _Copy(tar, src, out, window, tar_format, samples, txts, replace_fields).run()

@@ -81,7 +81,7 @@ class _Output:
 
     def _read_range(self, start: int, end: int) -> None:
         while start < end:
-            data = os.pread(self.window.fd, min(end - start, COPY_BUFFER), start)
+            data = self.window.pread(min(end - start, COPY_BUFFER), start)
             if not data:
                 raise TarError(f"{self.path}: truncated while being copied (no data at offset {start})")
             self._put(data)

@@ -82,7 +82,7 @@ _JSON_KINDS = {bool: "a boolean", list: "a list", dict: "an object"}  # what els
 def count_samples(path: str | Path, counter: object | None = None, headers: Headers | None = None) -> int:
     """Number of samples in a shard, from one pass over its headers (no member data is read); every
     member header is added to `headers`."""
-    fileobj = _CountingFile(path, counter)
+    fileobj = _CountingFile(path, counter, ranges=True)
     try:
         return sum(1 for _ in _groups(_open_tar(path, fileobj), path, read_exts=(), headers=headers))
     finally:
@@ -94,10 +94,35 @@ def stats_count(path: str | Path) -> int | None:
 
     `NNNNN_stats.json` field `successes`, else the rows of `NNNNN.parquet` whose `status` is "success"
     (only that column is read); None when neither is there or readable."""
-    path = Path(path)
+    count = _stats_json_count(_beside(path, "_stats.json"))
+    return count if count is not None else _parquet_count(_beside(path, ".parquet"))
+
+
+def _beside(path, suffix: str):
+    """img2dataset's file for shard NNNNN.tar: NNNNN<suffix> in the same folder (or prefix)."""
+    path = storage.location(path) if isinstance(path, str) else path
     stem = path.name[: -len(".tar")] if path.name.endswith(".tar") else path.stem
-    count = _stats_json_count(path.with_name(f"{stem}_stats.json"))
-    return count if count is not None else _parquet_count(path.with_name(f"{stem}.parquet"))
+    return path.with_name(f"{stem}{suffix}")
+
+
+def captions_beside(path) -> "pa.Table | None":
+    """The samples of shard `path` as img2dataset's NNNNN.parquet beside it lists them, without opening the
+    tar: its rows whose `status` is "success", in file order (img2dataset writes the tar's samples and
+    these rows in the same order), columns `key` and `caption`; None when that file is missing or lacks
+    those columns."""
+    import pyarrow.compute as pc
+    parquet = _beside(path, ".parquet")
+    if not storage.is_file(parquet):
+        return None
+    try:
+        names = storage.read_parquet_schema(parquet).names
+        if not {"key", "caption", "status"} <= set(names):
+            return None
+        table = storage.read_parquet(parquet, columns=["key", "caption", "status"])
+    except (OSError, ValueError) as e:
+        raise TarError(f"{parquet}: img2dataset's table beside {path} is not readable ({e})") from None
+    kept = table.filter(pc.equal(table.column("status"), "success"))
+    return kept.select(["key", "caption"])
 
 
 def _stats_json_count(stats: Path) -> int | None:

@@ -6,6 +6,7 @@ _plain_member), any other left to tarfile."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tarfile
@@ -63,8 +64,11 @@ class Headers:
 class _CountingFile:
     """An unbuffered file whose reads are added to a counter, so tests can see that images are skipped."""
 
-    def __init__(self, path: str | Path, counter: object | None):
-        self._raw = storage.open_file(path, "rb", buffering=0)
+    def __init__(self, path: str | Path, counter: object | None, ranges: bool = False):
+        """`ranges`: only headers are read, here and there; a remote tar is then read by one request per
+        header (else it is streamed in big requests)."""
+        remote_stream = storage.is_remote(path) and not ranges
+        self._raw = storage.open_file(path, "rb", buffering=-1 if remote_stream else 0)
         self._counter = counter
         self.name = str(path)
 
@@ -139,8 +143,9 @@ class _Window:
     (a read per member, and a new buffer per read, cost a fifth of a shard's copy). Before the buffer is
     refilled, `before_move` lets the output write out what it holds of it."""
 
-    def __init__(self, fd: int):
-        self.fd, self.buffer = fd, bytearray(WINDOW)
+    def __init__(self, fileobj: IO[bytes]):
+        self.fd = _descriptor(fileobj)  # None: a file without one (a remote object), read by seek and read
+        self.fileobj, self.buffer = fileobj, bytearray(WINDOW)
         self.view = memoryview(self.buffer)
         self.start = self.end = 0  # the source bytes [start, end) are in the buffer
         self.before_move = lambda: None
@@ -149,11 +154,32 @@ class _Window:
         """Bytes [offset, offset + size) of the source, fewer at its end."""
         if offset < self.start or offset + size > self.end:
             if size > WINDOW:
-                return os.pread(self.fd, size, offset)
+                return self.pread(size, offset)
             self.before_move()
             self.start = offset
-            self.end = offset + os.preadv(self.fd, [self.buffer], offset)
+            self.end = offset + self._fill(offset)
         return bytes(self.view[offset - self.start:min(offset + size, self.end) - self.start])
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Bytes [offset, offset + size) of the source, read past the window (fewer at its end)."""
+        if self.fd is not None:
+            return os.pread(self.fd, size, offset)
+        self.fileobj.seek(offset)
+        return self.fileobj.read(size)
+
+    def _fill(self, offset: int) -> int:
+        if self.fd is not None:
+            return os.preadv(self.fd, [self.buffer], offset)
+        data = self.pread(WINDOW, offset)
+        self.buffer[:len(data)] = data
+        return len(data)
+
+
+def _descriptor(fileobj: IO[bytes]) -> int | None:
+    try:
+        return fileobj.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
 
 
 def _walk(tar: tarfile.TarFile, path: str | Path, window: _Window | None = None,

@@ -26,7 +26,11 @@ def temp_beside(path: Path) -> Path:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path` (within
-    deferred_sync: renamed, and listed for the caller to sync)."""
+    deferred_sync: renamed, and listed for the caller to sync). For an object in a remote store, `path`
+    itself: its upload appears whole when the file written to it closes, or not at all (storage.py)."""
+    if storage.is_remote(path):
+        yield path
+        return
     path = Path(path)
     storage.make_dirs(path.parent)
     tmp_path = temp_beside(path)

@@ -10,11 +10,13 @@ A work dir holds the plan and everything the runs write:
     WORK/rewrites/<source>/<shard>.lock         held (flock) by the one process writing the shard
     WORK/rewrites/<source>/source.lock          held shared by every run of the source; exclusive to start it over
     WORK/rewrites/<source>/settings.json        the fingerprint every run of the source must match
+    WORK/exports/<hash of OUT>/                 the locks of exports to a remote OUT (a bucket has no flock)
 
 A source folder is one that holds a settings.json; anything else under rewrites/ is not ours to read.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from .. import storage
@@ -56,11 +58,23 @@ def export_data_file(shard: int, num_shards: int) -> str:
     return f"data/train-{shard:05d}-of-{num_shards:05d}.parquet"
 
 
+REMOTE_WORK_DIR = ("the work dir needs a filesystem: its runs take locks (flock) and commit by atomic renames, which "
+                   "object stores lack. Put it on a local disk or the cluster's shared filesystem, and keep the "
+                   "inputs and the export in the bucket (both may be URLs)")
+
+
+def local_work_dir(text: "str | Path", option: str = "--work") -> Path:
+    """A work dir as given, refused when it is a URL of a remote store."""
+    if storage.is_remote(text):
+        raise ValueError(f"{option} {storage.redact(text)}: {REMOTE_WORK_DIR}")
+    return Path(text)
+
+
 class Work:
     """Paths inside a work dir."""
 
     def __init__(self, root: "str | Path | Work"):
-        self.root = root.root if isinstance(root, Work) else Path(root)
+        self.root = root.root if isinstance(root, Work) else local_work_dir(root)
 
     @property
     def manifest(self) -> Path:
@@ -69,6 +83,10 @@ class Work:
     @property
     def inputs(self) -> Path:
         return self.root / "inputs"
+
+    def export_state(self, out) -> Path:
+        """Where exports to a remote OUT keep their locks (a bucket has no flock): one folder per OUT."""
+        return self.root / "exports" / hashlib.sha256(storage.redact(out).rstrip("/").encode()).hexdigest()[:16]
 
     def rewrites(self, source: str) -> Path:
         return self.root / "rewrites" / source

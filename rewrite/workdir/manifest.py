@@ -142,8 +142,9 @@ class Manifest:
         return self.schema.names + ([layout.KEY] if self.key_column is None else [])
 
     def data_path(self, f: InputFile) -> Path:
-        """The parquet file read for `f`: recorded relative to the work dir when it lies inside it, else absolute."""
-        return self.root / f.data
+        """The parquet file read for `f`: recorded relative to the work dir when it lies inside it, else absolute
+        (or a URL: a remote input is recorded by its URL, which holds no credential)."""
+        return storage.location(f.data) if storage.is_remote(f.data) else self.root / f.data
 
     def shard_rows(self, shard: int) -> int:
         return sum(p.stop - p.start for p in self.shards[shard])

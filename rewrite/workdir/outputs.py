@@ -6,12 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from .. import storage
 from . import layout
 from .manifest import Manifest
 
 
 def relation(out: Path, folder: Path) -> str | None:
-    """How `out` stands to `folder` (both resolved): "is", "lies inside", "holds", or None when apart."""
+    """How `out` stands to `folder` (both resolved): "is", "lies inside", "holds", or None when apart. A
+    remote location and a local one are always apart; two remote ones compare as URLs."""
+    if storage.is_remote(out) or storage.is_remote(folder):
+        a, b = str(out).rstrip("/"), str(folder).rstrip("/")
+        if not (storage.is_remote(out) and storage.is_remote(folder)):
+            return None
+        return "is" if a == b else "lies inside" if a.startswith(b + "/") else "holds" if b.startswith(a + "/") else None
     if out == folder:
         return "is"
     if out.is_relative_to(folder):
@@ -23,7 +30,7 @@ def relation(out: Path, folder: Path) -> str | None:
 
 def read_by(w: layout.Work, manifest: Manifest) -> list[tuple[str, Path]]:
     """The folders a command over this work dir reads: the work dir and the plan's inputs."""
-    return [("the work dir", w.root.resolve())] + [("the input", Path(p)) for p in manifest.inputs]
+    return [("the work dir", w.root.resolve())] + [("the input", storage.location(p)) for p in manifest.inputs]
 
 
 def overlap(out: Path, read: Sequence[tuple[str, Path]], option: str, what_goes: str) -> str | None:
