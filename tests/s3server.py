@@ -170,7 +170,8 @@ class S3Server:
 
     def reset(self) -> None:
         """Fresh server between tests: moto's buckets wiped, faults cleared, accepted_key None, counts 0."""
-        urllib.request.urlopen(urllib.request.Request(self.endpoint + "/moto-api/reset", method="POST"), timeout=30).read()
+        request = urllib.request.Request(self.endpoint + "/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=30).read()
         self.clear_faults()
         self.accepted_key = None
         self.zero_counts()
@@ -200,6 +201,11 @@ class S3Server:
         with self._lock:
             self._rules.clear()
         self._down = False
+
+    def faults_left(self) -> int:
+        """How many injected faults no request has met yet (0: every one was hit)."""
+        with self._lock:
+            return sum(rule.times for rule in self._rules)
 
     def _add(self, rule: _Rule) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""Input discovery, shard planning and shard reading.
+"""Shard planning and shard reading (discover.py finds the input files).
 
 Each input format (rewrite/inputs/) says how a file is planned and read: parquet from its footer alone,
 CSV/TSV and text converted once to parquet inside the work dir, webdataset tars counted from img2dataset's
@@ -10,7 +10,6 @@ refused before any rewriting, and every chunk read with all columns has the one 
 """
 from __future__ import annotations
 
-import glob
 import itertools
 import math
 from pathlib import Path
@@ -19,98 +18,13 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 
 from .. import storage
-from ..workdir import layout, outputs
+from ..workdir import layout
 from ..workdir.manifest import Captions, InputFile, Manifest, Piece, PlanError, first_read_record, load_manifest
-from . import SUFFIXES, InputFormat, for_path
+from . import InputFormat, for_path
 from . import named as format_named
-from ..tars import expand_braces
+from .discover import check_work_dir, discover, input_roots
 
 DEFAULT_ROWS_PER_SHARD = 10_000
-
-
-# ---------------------------------------------------------------- discovery
-
-
-def discover(inputs: Sequence[str]) -> list[Path]:
-    """Files named by paths, folders (searched recursively), glob patterns or brace ranges
-    (`shards/{00000..00127}.tar`), local or at a URL of a remote store (s3://, https://, ...), in a
-    stable order."""
-    if not inputs:
-        raise PlanError("no input given")
-    known = ", ".join(SUFFIXES)
-    found: list[Path] = []
-    for arg in inputs:
-        for one in expand_braces(arg):
-            path = storage.location(one)
-            if glob.has_magic(one) and storage.is_remote(one):  # a listing, not a lookup of a name with a `*`
-                files = [p for p in storage.glob_pattern(one) if for_path(p)]
-                if not files:
-                    raise PlanError(f"input pattern {storage.redact(one)} matches no {known} files")
-            elif storage.is_dir(path):
-                files = sorted(p for p in storage.glob(path, "**/*")
-                               if for_path(p) and storage.is_file(p) and not _beside_its_tar(p))
-                if not files:
-                    raise PlanError(f"input folder {storage.redact(one)} holds no {known} files")
-            elif storage.is_file(path):
-                if not for_path(path):
-                    raise PlanError(f"input {storage.redact(one)}: unsupported file type {path.suffix!r} (use {known})")
-                files = [path]
-            elif glob.has_magic(one):
-                files = [p for p in storage.glob_pattern(one) if for_path(p)]
-                if not files:
-                    raise PlanError(f"input pattern {one} matches no {known} files")
-            else:
-                raise PlanError(f"input path {storage.redact(one)} does not exist" + (f" (from {arg})" if one != arg else ""))
-            for f in files:
-                if not storage.readable(f):
-                    raise PlanError(f"input file {f} is not readable")
-            found += files
-    unique = {str(p): p for p in (p if storage.is_remote(p) else p.resolve() for p in found)}
-    return list(unique.values())
-
-
-def _beside_its_tar(path: Path) -> bool:
-    """img2dataset writes NNNNN.parquet (each sample's metadata, failures included) beside NNNNN.tar: a
-    folder of tars is read from the tars, not from these too."""
-    return path.suffix.lower() == ".parquet" and storage.is_file(path.with_suffix(".tar"))
-
-
-def _input_roots(inputs: Sequence[str]) -> list[Path]:
-    """Each input argument as absolute paths: a file, a folder; a recursive glob's folder before its first
-    wildcard (anything below it may match again), a plain glob's matched files (a folder beside them
-    cannot: `rewrite shard "*.parquet" --out work` is fine)."""
-    roots = []
-    for one in (one for arg in inputs for one in expand_braces(arg)):
-        if storage.is_remote(one):  # its folder before the first wildcard
-            roots.append(storage.location(one if not glob.has_magic(one) else _before_magic(one)))
-            continue
-        path = Path(one)
-        if storage.exists(path) or not glob.has_magic(one):
-            roots.append(path.resolve())
-        elif "**" in one:
-            roots.append(Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts)).resolve())
-        else:
-            roots += [p.resolve() for p in storage.glob_pattern(one, recursive=False)]
-    return roots
-
-
-def _before_magic(pattern: str) -> str:
-    """The folder of a pattern before its first wildcard: `s3://b/shards/*.tar` -> `s3://b/shards`."""
-    first = min(i for i, c in enumerate(pattern) if c in "*?[")
-    return pattern[:first].rsplit("/", 1)[0]
-
-
-def _check_work_dir(root: Path, inputs: Sequence[Path]) -> None:
-    """A work dir apart from its inputs: rewrites and conversions never land among the user's files."""
-    for given in inputs:
-        found = outputs.relation(root, given)
-        if found == "is":
-            what = "is the input folder" if storage.is_dir(given) else "is the input file"
-        elif found == "lies inside":
-            what = "lies inside the input folder"
-        else:
-            continue
-        raise PlanError(f"--out {root} {what} {given}: choose a work dir outside the inputs")
 
 
 # ---------------------------------------------------------------- planning
@@ -135,8 +49,8 @@ def plan(
     if rows_per_shard is not None and rows_per_shard < 1:
         raise PlanError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
     work_dir = layout.Work(layout.local_work_dir(work, "--out").resolve())
-    roots = _input_roots(inputs)
-    _check_work_dir(work_dir.root, roots)  # first: an --out that is an input is named as such
+    roots = input_roots(inputs)
+    check_work_dir(work_dir.root, roots)  # first: an --out that is an input is named as such
     if storage.exists(work_dir.root) and not storage.is_dir(work_dir.root):
         raise PlanError(f"--out {work_dir.root} is a file, not a folder: the work dir is a folder of its own")
     if storage.is_file(work_dir.manifest):  # checked before anything is converted into it

@@ -105,20 +105,22 @@ def _beside(path, suffix: str):
     return path.with_name(f"{stem}{suffix}")
 
 
-def captions_beside(path) -> "pa.Table | None":
+def captions_beside(path):
     """The samples of shard `path` as img2dataset's NNNNN.parquet beside it lists them, without opening the
     tar: its rows whose `status` is "success", in file order (img2dataset writes the tar's samples and
     these rows in the same order), columns `key` and `caption`; None when that file is missing or lacks
-    those columns."""
+    those columns. A pyarrow Table."""
     import pyarrow.compute as pc
     parquet = _beside(path, ".parquet")
     if not storage.is_file(parquet):
         return None
     try:
-        names = storage.read_parquet_schema(parquet).names
-        if not {"key", "caption", "status"} <= set(names):
+        opened = storage.parquet_file(parquet)  # one footer read for both
+        if not {"key", "caption", "status"} <= set(opened.schema_arrow.names):
             return None
-        table = storage.read_parquet(parquet, columns=["key", "caption", "status"])
+        table = opened.read(columns=["key", "caption", "status"])
+    except storage.RemoteError:
+        raise  # the store failed (after retries), not the file: named by its URL as such
     except (OSError, ValueError) as e:
         raise TarError(f"{parquet}: img2dataset's table beside {path} is not readable ({e})") from None
     kept = table.filter(pc.equal(table.column("status"), "success"))
