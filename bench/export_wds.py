@@ -337,8 +337,8 @@ def counting_tar_reads():
     counter, opened, original = tars.ByteCounter(), [0], samples._CountingFile
 
     class Counting(original):
-        def __init__(self, path, given=None):
-            super().__init__(path, given if given is not None else counter)
+        def __init__(self, path, given=None, ranges=False):
+            super().__init__(path, given if given is not None else counter, ranges)
             opened[0] += 1
 
     samples._CountingFile = Counting
