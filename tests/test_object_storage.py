@@ -210,6 +210,19 @@ def test_wrong_credentials_and_a_missing_bucket_are_one_line_naming_the_url(fres
     assert proc.returncode == 2 and "s3://no-such-bucket/shards/00000.tar" in line and "does not exist" in line, line
 
 
+def test_slurm_tasks_export_to_a_bucket_and_never_carry_a_secret(fresh, tmp_path, text_file):
+    work = tmp_path / "work"
+    run_cli("shard", text_file, "--out", work, "--num-shards", "2")
+    proc = run_cli("slurm", "submit", "--work", work, "--source", SOURCE, "--dry-run", "--then-export", "s3://dst/ds",
+                   "--", "--storage-option", "endpoint_url=" + fresh.endpoint)
+    assert "--then-export s3://dst/ds --export-format hf" in proc.stdout, proc.stdout
+    proc = run_cli("slurm", "submit", "--work", work, "--source", SOURCE, "--dry-run", "--",
+                   "--storage-option", "secret=" + SECRET, check=False)
+    line = _one_line_error(proc)
+    assert proc.returncode == 2 and "--storage-option secret" in line and "environment" in line, line
+    assert _secret_in(work) == []
+
+
 def test_throttled_reads_are_retried(fresh, tmp_path):
     _img2dataset_shards(fresh, "shards", tars=2, stats=False)
     fresh.throttle(2, "GET", "/src/shards/00001.tar")

@@ -33,6 +33,7 @@ BAD: dict[str, dict[str, list[list[str]]]] = {
         "--caption-column": [["{parquet}", "--out", "{new}", "--caption-column", "nope"]],
         "--key-column": [["{parquet}", "--out", "{new}", "--key-column", "nope"]],
         "--caption-field": [["{captions}", "--out", "{new}", "--caption-field", "caption"]],
+        "--storage-option": [["{captions}", "--out", "{new}", "--storage-option", "novalue"]],
     },
     "run": {
         "--work": [["--work", "{missing}", "--source", "chatgpt"]],
@@ -76,6 +77,7 @@ BAD: dict[str, dict[str, list[list[str]]]] = {
         "--stop-within": [["--stop-within", "-1"]],
         "--then-export": [["--then-export", "{work}"]],
         "--export-format": [["--then-export", "{new}", "--export-format", "zip"]],
+        "--storage-option": [["--source", "chatgpt", "--storage-option", "=x"]],
     },
     "status": {
         "--work": [["--work", "{missing}"]],
@@ -100,6 +102,7 @@ BAD: dict[str, dict[str, list[list[str]]]] = {
         "--allow-missing": [],
         "--overwrite": [],
         "--progress": [],
+        "--storage-option": [["--out", "{new}", "--storage-option", "novalue"]],
     },
     "report": {
         "--work": [["--work", "{missing}", "--out", "{new}"]],

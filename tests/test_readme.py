@@ -49,6 +49,12 @@ NOT_RUNNABLE = {
         "installs the test dependencies and runs the whole suite, this test included",
     "rewrite shard /data/laion-subset/ --out /scratch/work --rows-per-shard 200000":
         "a real Slurm cluster (partition gpu, GPUs) with its /data and /scratch, and /models/Llama-2-7b-hf",
+    "export AWS_ENDPOINT_URL=https://s3.example.com":
+        "a real bucket, a Slurm cluster with GPUs and a 7B model; tests/test_object_storage.py runs shard, run, "
+        "export --out s3://, the record and open_clip's `pipe:aws s3 cp` against a local S3 server",
+    "import json, datasets, fsspec":
+        "a real bucket; tests/test_object_storage.py::test_parquet_in_a_bucket_to_an_hf_export_read_by_datasets "
+        "loads an export this way from a local S3 server",
     'pip install "rewrite[vllm]" && pip install --no-deps open-clip-torch':
         "pip install lines, a GPU, and /models/Llama-2-7b-hf (a 7B model that does not exist here)",
 }

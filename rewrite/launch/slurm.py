@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 from ..workdir import atomic, done, layout
 from ..workdir.manifest import format_shard_spec, load_manifest, parse_shard_spec
-from .. import defaults, exports, meta, stop, storage
+from .. import defaults, exports, meta, remote, stop, storage
 from ..exports.export import check_out_folder
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: task indices 0-1000
@@ -173,6 +173,24 @@ def _sbatch(args: Sequence[str]) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
+def _refuse_secret_options(run_args: Sequence[str]) -> None:
+    """A `--storage-option` for the tasks would be kept in their script and in jobs.jsonl: only options
+    that hold no secret may go there (credentials reach the tasks through the environment)."""
+    for i, arg in enumerate(run_args):
+        if arg == "--storage-option":
+            pair = run_args[i + 1] if i + 1 < len(run_args) else ""
+        elif arg.startswith("--storage-option="):
+            pair = arg.split("=", 1)[1]
+        else:
+            continue
+        name = pair.split("=", 1)[0].strip()
+        if name not in remote.SAFE_OPTIONS:
+            raise SlurmError(f"--storage-option {name}: the job script and WORK/slurm/jobs.jsonl would keep its value; "
+                             "give credentials to the tasks through the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, "
+                             "...), which Slurm passes on (options that hold no secret: "
+                             f"{', '.join(remote.SAFE_OPTIONS)})")
+
+
 def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: int, resources: Resources,
            run_args: Sequence[str] = (), tasks: int | None = None, export_to: str | None = None,
            export_format: str = "hf", dry_run: bool = False, max_array: int | None = None) -> dict:
@@ -180,9 +198,10 @@ def submit(work: str | Path, source: str, shards: Sequence[int], *, parallel: in
     `export_to`, each task then exports its own shards there (the last to finish publishes)."""
     w = layout.Work(work)
     manifest = load_manifest(w)
+    _refuse_secret_options(run_args)
     if export_to:
-        export_to = str(Path(export_to).resolve())
-        check_out_folder(Path(export_to), w, manifest, "--then-export")  # refused now, not after every task ran
+        export_to = export_to if storage.is_remote(export_to) else str(Path(export_to).resolve())
+        check_out_folder(storage.location(export_to), w, manifest, "--then-export")  # refused now, not after every task ran
         exports.named(export_format, "--export-format")
         run_args = [*run_args, "--then-export", export_to, "--export-format", export_format]
     if parallel < 1:
