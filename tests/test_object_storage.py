@@ -205,6 +205,9 @@ def test_wrong_credentials_and_a_missing_bucket_are_one_line_naming_the_url(fres
     assert proc.returncode == 1 and "s3://src/shards/00000.tar" in line and "access denied" in line, line
     assert not (tmp_path / "w1").exists() or not (tmp_path / "w1" / "manifest.json").exists()
     fresh.accepted_key = None
+    proc = run_cli("shard", f"https://user:{SECRET}@example.com/00000.tar", "--out", tmp_path / "w3", check=False)
+    line = _one_line_error(proc)
+    assert proc.returncode == 2 and "https://example.com/00000.tar" in line and "credential" in line, line
     proc = run_cli("shard", "s3://no-such-bucket/shards/00000.tar", "--out", tmp_path / "w2", check=False)
     line = _one_line_error(proc)
     assert proc.returncode == 2 and "s3://no-such-bucket/shards/00000.tar" in line and "does not exist" in line, line

@@ -23,6 +23,10 @@ def discover(inputs: Sequence[str]) -> list[Path]:
     known = ", ".join(SUFFIXES)
     found: list[Path] = []
     for arg in inputs:
+        if storage.is_remote(arg) and storage.redact(arg) != arg:
+            raise PlanError(f"input {storage.redact(arg)}: the URL holds a credential (user:password@ or a signed "
+                            "query), which the plan would record: give it through the environment or "
+                            "--storage-option instead")
         for one in expand_braces(arg):
             path = storage.location(one)
             if glob.has_magic(one) and storage.is_remote(one):  # a listing, not a lookup of a name with a `*`
