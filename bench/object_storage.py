@@ -32,7 +32,8 @@ tar's order, and one failed download among them, as img2dataset lists failures t
    (its SimulatedEngine stands in for a model: no generation is measured) over a work dir planned on the
    prefix with stats and parquet. Then, interleaved in a rotated order each repeat, each into a fresh
    prefix of another bucket (removed, untimed, after each run):
-   - `rewrite export --work WORK --out s3://bench-dst/... --format wds --no-progress` (one worker);
+   - `rewrite export --work WORK --out s3://bench-dst/... --format wds --no-progress` (one worker), and
+     with `--workers N` (N: --workers, the machine's cores by default), as bench/export_wds.py does;
    - a client-side copy with plain s3fs in a child: for each tar, `fs.open(src, "rb")` streamed into
      `fs.open(dst, "wb")` by `shutil.copyfileobj` in 8 MiB reads, s3fs's default block sizes: every byte
      goes through the client, as through the export, which must parse each tar to change its KEY.json;
@@ -310,15 +311,16 @@ def check_export(prefix: str, names: list[str]) -> None:
                          f"expected {ew.simulated_rewrite(caption)!r}")
 
 
-def throughput(server, work: Path, names: list[str], tar_bytes: int, repeats: int) -> dict:
-    contenders = ["export", "copy_client", "copy_server"]
+def throughput(server, work: Path, names: list[str], tar_bytes: int, repeats: int, workers: int) -> dict:
+    contenders = ["export", "copy_client", "copy_server"] + ([f"export_workers{workers}"] if workers > 1 else [])
     runs: dict[str, list[dict]] = {k: [] for k in contenders}
     for r in range(repeats):
         for what in _rotated(contenders, r):
             prefix = f"{what}-{r}"
-            if what == "export":
+            if what.startswith("export"):
                 run = measured(server, cli("export", "--work", str(work), "--out", f"s3://{DST}/{prefix}",
-                                           "--format", "wds", "--no-progress"))
+                                           "--format", "wds", "--no-progress", "--workers",
+                                           str(workers if what != "export" else 1)))
                 if r == 0:
                     check_export(prefix, names)
             else:
@@ -336,11 +338,13 @@ def throughput(server, work: Path, names: list[str], tar_bytes: int, repeats: in
             print(f"  {what} {r + 1}/{repeats}: {tar_bytes / MB / run['seconds']:.1f} MB/s, {run['requests']} "
                   f"requests, {run['bytes_out']} out / {run['bytes_in']} in", file=sys.stderr)
     best = {k: min(x["seconds"] for x in v) for k, v in runs.items()}
-    best_inner = {k: min(x["inner_seconds"] for x in v) for k, v in runs.items() if k != "export"}
+    best_inner = {k: min(x["inner_seconds"] for x in v) for k, v in runs.items() if not k.startswith("export")}
     return {"tar_bytes": tar_bytes, "tars": len(names), "runs": runs, "best_seconds": best,
             "best_inner_seconds": best_inner, "mb_per_s": {k: tar_bytes / MB / v for k, v in best.items()},
             "export_over_copy_client": best["copy_client"] / best["export"],
             "export_over_copy_server": best["copy_server"] / best["export"],
+            **({"export_workers_over_copy_client": best["copy_client"] / best[f"export_workers{workers}"],
+                "workers": workers} if workers > 1 else {}),
             "requests": {k: v[-1]["requests"] for k, v in runs.items()},
             "by_method": {k: v[-1]["by_method"] for k, v in runs.items()},
             "bytes_out": {k: v[-1]["bytes_out"] for k, v in runs.items()},
@@ -441,6 +445,8 @@ def report(args, c: dict, made: dict, pl: dict, rd: dict, tp: dict, mem: dict) -
         f"fewer bytes, {rd['requests_ratio']:.2f} x the requests (streaming / parquet) | |",
         f"| **export / client-side copy** (speed, wall time of each child) | **{tp['export_over_copy_client']:.2f}** "
         f"| >= 0.5 |",
+        *([f"| **export --workers {tp['workers']} / client-side copy** | **{tp['export_workers_over_copy_client']:.2f}** "
+           "| >= 0.5 |"] if "workers" in tp else []),
         f"| export / client-side copy, after imports (export timed in the {args.tars}-tar memory child, one run) | "
         f"{tp['export_over_copy_client_after_imports']:.2f} | |",
         f"| export / server-side copy | {tp['export_over_copy_server']:.2f} | |",
@@ -473,6 +479,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000, help="samples per tar of those runs")
     ap.add_argument("--image-kb", type=float, default=50, help="images are 0.6-1.6 x this many KB")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats; the best counts")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="also time `rewrite export --workers N` (default: the machine's cores; 1: not)")
     ap.add_argument("--tmp-dir", help="where the local tars and work dirs go (default: the system's temp dir)")
     ap.add_argument("--out-json", help="the JSON result file (default bench/results/<time>-object_storage.json); "
                     "the markdown goes beside it")
@@ -524,7 +532,7 @@ def main() -> None:
             if made["rows"] != rows or made["ok"] + made["failed"] == 0:
                 raise SystemExit(f"the simulated run made {made}, expected {rows} rows")
             print("export bucket to bucket against s3fs copies", file=sys.stderr)
-            tp = throughput(server, tmp / "work", names, tar_bytes, args.repeats)
+            tp = throughput(server, tmp / "work", names, tar_bytes, args.repeats, args.workers)
 
             print("peak memory: export of 1 tar and of all in subprocesses", file=sys.stderr)
             ew.rewrite_all(f"s3://{SRC}/caps/{names[0]}", tmp / "work-1")

@@ -12,7 +12,7 @@ and aborted otherwise (fsspec's own files would complete a half-written upload o
 Throttling, timeouts and dropped connections are retried with backoff by botocore and s3fs; what still
 fails raises RemoteError naming the URL.
 
-One concern: what the tool does on a remote store (open, upload, list, move, name its errors), so that
+One concern: what the tool does on a remote store (open, upload, list, remove, name its errors), so that
 storage.py stays a dispatch and nothing else imports fsspec.
 """
 from __future__ import annotations
@@ -399,22 +399,6 @@ def remove_tree(url) -> None:
     with named(url, "remove it"):
         if fs.exists(str(url)):
             fs.rm(str(url), recursive=True)
-
-
-def move(src, dst) -> None:
-    """A server-side copy then a delete: an object store has no rename. For one object or everything under
-    a prefix; what was copied before a failure is copied again by a rerun."""
-    fs = filesystem(src)
-    with named(src, f"move it to {redact(dst)}"):
-        if fs.isfile(str(src)):
-            fs.copy(str(src), str(dst))
-            fs.rm_file(str(src))
-            return
-        base = str(src).rstrip("/")
-        for path in sorted(fs.find(base)):
-            name = _as_url(fs, path, src)
-            fs.copy(str(name), str(dst).rstrip("/") + str(name)[len(base):])
-        fs.rm(base, recursive=True)
 
 
 def fingerprint(url) -> dict:

@@ -191,11 +191,9 @@ def make_dir(path: PathLike, exist_ok: bool = False) -> None:
 
 
 def rename(src: PathLike, dst: PathLike) -> None:
-    """Rename atomically, replacing `dst` if it is a file (or an empty folder). In an object store, a
-    server-side copy then a delete: not atomic, so callers record what they move first (publish.py)."""
-    if remote.is_remote(src):
-        remote.move(src, dst)
-        return
+    """Rename atomically, replacing `dst` if it is a file (or an empty folder); local only (an object store
+    has none: an export publishes there by its record, see exports/publish.py)."""
+    _local_only(src, "a rename")
     os.replace(src, dst)
 
 

@@ -342,18 +342,19 @@ def test_a_read_only_http_input(tmp_path):
 @pytest.mark.slow
 def test_an_export_killed_mid_upload_keeps_what_is_finished_and_a_rerun_completes(rewritten, calm):
     work, _, _ = rewritten
-    calm.drop_upload(100, after_bytes=2048, method="PUT", path="/kept-dst/killed/.rewrite-staging/00001.tar")
+    calm.drop_upload(100, after_bytes=2048, method="PUT", path="/kept-dst/killed/00001.tar")
     proc = run_cli("export", "--work", work, "--out", "s3://kept-dst/killed", "--format", "wds", "--no-progress", check=False)
     line = _one_line_error(proc)
-    assert proc.returncode == 1 and "s3://kept-dst/killed/.rewrite-staging/00001.tar" in line, line
-    staged = _keys(calm, "kept-dst", "killed/")
-    assert "killed/.rewrite-staging/00000.tar" in staged and "killed/00000.tar" not in staged, staged
-    assert "killed/.rewrite-export.json" not in staged or not json.loads(_get(calm, "kept-dst", "killed/.rewrite-export.json")).get("published")
+    assert proc.returncode == 1 and "s3://kept-dst/killed/00001.tar" in line, line
+    there = _keys(calm, "kept-dst", "killed/")
+    assert "killed/00000.tar" in there and "killed/00001.tar" not in there, there  # whole, or not at all
+    record = json.loads(_get(calm, "kept-dst", "killed/.rewrite-export.json"))
+    assert not record.get("published") and record["publishing"]  # a reader of the record loads nothing yet
 
     calm.clear_faults()
     calm.zero_counts()
     run_cli("export", "--work", work, "--out", "s3://kept-dst/killed", "--format", "wds", "--no-progress")
-    uploads = [path for method, path in calm.requests() if method in ("PUT", "POST") and "staging/00000.tar" in path]
+    uploads = [path for method, path in calm.requests() if method in ("PUT", "POST") and "killed/00000.tar" in path]
     assert uploads == [], uploads  # the finished tar was kept (checked by size and ETag), not sent again
     assert json.loads(_get(calm, "kept-dst", "killed/.rewrite-export.json"))["published"]
     assert _keys(calm, "kept-dst", "killed/") == ["killed/.rewrite-export.json", "killed/00000.tar", "killed/00001.tar",

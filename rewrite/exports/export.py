@@ -151,7 +151,7 @@ def export(
             images.claim(options.extract_images, out, overwrite)
         folder.begin()
         todo = [s for s in chosen if not _written(folder, job, per_shard[s], s, made_from[s])]
-        for shard in _write_shards(export_format, job, todo, folder.staging, workers, progress):
+        for shard in _write_shards(export_format, job, todo, folder.placement, workers, progress):
             atomic.write_json(folder.path(_record(shard)), {"made_from": made_from[shard], "files": {
                 f: storage.fingerprint(folder.path(f)) for f in per_shard[shard]}})
         summary["written"] = format_shard_spec(todo)
@@ -184,21 +184,21 @@ def _missing(statuses: list, shards: list[int], allow_missing: bool) -> dict[str
     return missing
 
 
-def _staged(staging: Path, name: str) -> Path:
-    path = staging / name
+def _staged(placement: publish.Placement, name: str) -> Path:
+    path = placement(name)
     storage.make_dirs(path.parent)
     return path
 
 
-def _write_shards(export_format: exports.ExportFormat, job: ExportJob, shards: list[int], staging: Path,
-                  workers: int, progress: bool) -> Iterator[int]:
+def _write_shards(export_format: exports.ExportFormat, job: ExportJob, shards: list[int],
+                  placement: publish.Placement, workers: int, progress: bool) -> Iterator[int]:
     """Each shard's files, by `workers` processes at once; each file is committed as it is finished, and
     each shard is yielded once its files are on disk. Workers leave the fsyncs to this process (see
     atomic.deferred_sync), which makes each shard durable while they write the next ones. They die with
     this process, and a stop request (stop.py) drops the shards in flight: what is committed stays."""
     from tqdm import tqdm
 
-    staged = functools.partial(_staged, staging)
+    staged = functools.partial(_staged, placement)
     write = functools.partial(_write_unsynced, export_format, job, staged=staged)
     with tqdm(total=len(shards), unit="shard", desc="export", disable=not progress, file=sys.stderr) as bar, \
             contextlib.ExitStack() as stack:

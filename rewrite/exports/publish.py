@@ -6,11 +6,12 @@ there, the published entries (say `data/` and `README.md`) are moved into place 
 OUT/.rewrite-export.json, records what the tool wrote there: only those files are ever replaced or
 removed, and a folder holding anything else is refused.
 
-In an object store (OUT a URL: s3://bucket/dataset) each staged object appears whole or not at all (its
-upload completes when it is closed), and "moved into place" is a server-side copy and a delete, not
-atomic: the marker, written last, is then the commit point. While a publish is under way it says
-`publishing` and names no published export; the README's load commands read the marker and the files
-it lists. The locks live in the work dir then (WORK/exports/<hash of OUT>/): a bucket has no flock.
+In an object store (OUT a URL: s3://bucket/dataset) there is no rename to publish with: the published
+files are written at their own names (each object appears whole or not at all: its upload completes
+when it is closed), only the export's scratch goes to the staging prefix, and the marker, written last,
+is the commit point. From the moment an export starts writing until it is published, the marker names
+no published export; the README's load commands read the marker and the files it lists. The locks live
+in the work dir then (WORK/exports/<hash of OUT>/): a bucket has no flock.
 
 Several processes may stage the same export at once (array tasks exporting their own shards): each holds
 OUT/.rewrite-export.lock shared while it writes. Starting another export over the staged files, and
@@ -20,6 +21,7 @@ under a short exclusive lock on OUT/.rewrite-export.mutex.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -78,6 +80,18 @@ def _remove_temps(root: Path, names: Sequence[str]) -> None:
             storage.remove(tmp)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where each file of an export is written: under the staging folder, or, for the published files of
+    an export to a remote store, in place under OUT. A plain value, so export workers are handed it."""
+    staging: Path
+    out: Path
+    in_place: frozenset = frozenset()
+
+    def __call__(self, name: str) -> Path:
+        return (self.out if name in self.in_place else self.staging) / name
+
+
 class OutputFolder:
     """OUT, about to receive an export identified by `export_id` made of `files` (paths relative to OUT)."""
 
@@ -88,8 +102,10 @@ class OutputFolder:
         content is not up to date). `locks`: the folder of the locks, when not OUT (a remote OUT)."""
         self.out = storage.location(out) if isinstance(out, str) else out
         self.export_id, self.files, self.scratch = export_id, list(files), list(scratch)
+        self.direct = storage.is_remote(self.out)  # published files written in place (no rename to publish with)
         self.content = content
         self.staging = self.out / STAGING
+        self.placement = Placement(self.staging, self.out, frozenset(self.files) if self.direct else frozenset())
         if storage.exists(self.out) and not storage.is_dir(self.out):
             raise PublishError(f"--out {self.out} is a file, not a folder")
         self._refuse_foreign_folder()
@@ -155,8 +171,15 @@ class OutputFolder:
         return marker
 
     def _check_only_ours(self) -> None:
-        """The published folders we would replace hold only files an export wrote."""
+        """The published folders we would replace hold only files an export wrote (and, when files are
+        written in place, no name we would write is someone else's)."""
         ours = set(self.marker.get("files", [])) | set(self.marker.get("staging_files", []))
+        if self.direct:
+            there = {_relative(p, self.out) for p in storage.glob(self.out, "**/*")}
+            theirs = sorted(f for f in self.files if f in there and f not in ours)
+            if theirs:
+                raise PublishError(f"{self.out / theirs[0]} was not written by `rewrite export`: choose another "
+                                   "--out (nothing there is removed or replaced)")
         for top in {Path(f).parts[0] for f in self.files if len(Path(f).parts) > 1}:
             folder = self.out / top
             if not storage.is_dir(folder):
@@ -179,7 +202,10 @@ class OutputFolder:
                 raise Busy(f"another export is writing {self.out} now: wait for it, or choose another --out")
             _remove_files(self.staging, self.marker.get("staging_files", [])
                           + [f"{REPLACED}/{f}" for f in self.marker.get("files", [])])
-            self._write_marker(staging=self.export_id, staging_files=self.files + self.scratch, publishing=False)
+            # Written in place, the files replace the published ones as they go: from now on OUT holds no
+            # whole export, and the marker says so.
+            changes = {"published": None, "publishing": True} if self.direct else {"publishing": False}
+            self._write_marker(staging=self.export_id, staging_files=self.files + self.scratch, **changes)
         storage.make_dir(self.staging, exist_ok=True)
         self._lock.shared()  # from exclusive, or from none
         self._mutex.unlock()
@@ -200,14 +226,17 @@ class OutputFolder:
         return self.marker.get("published") == self.export_id and not self.marker.get("staging")
 
     def path(self, name: str) -> Path:
-        """Where file `name` is staged."""
-        return self.staging / name
+        """Where file `name` is staged (a published file written in place: at its own name)."""
+        return self.placement(name)
 
     def written(self, name: str) -> bool:
         """Whether this export has committed `name` already (a rerun keeps it): staged, or moved into
-        place by a publish that was cut short."""
+        place by a publish that was cut short. (Written in place, a file of the export it replaces may
+        have the name: the caller compares it with its record.)"""
         if storage.is_file(self.path(name)):
             return True
+        if self.direct:
+            return False
         top = Path(name).parts[0]
         return (bool(self.marker.get("publishing")) and not storage.exists(self.staging / top)
                 and storage.is_file(self.out / name))
@@ -219,6 +248,9 @@ class OutputFolder:
         if missing:
             raise PublishError(f"cannot publish {self.out}: {', '.join(missing[:3])} not written")
         old = self.marker.get("files", [])
+        if self.direct:
+            self._publish_in_place(old, record)
+            return
         _remove_temps(self.staging, self.files)  # left by writers killed mid-file: they must not be published
         self._write_marker(published=None, publishing=True)  # until the end, OUT holds no whole export
         replaced = self.staging / REPLACED
@@ -235,3 +267,12 @@ class OutputFolder:
         self._write_marker(published=self.export_id, content=self.content, files=self.files, sizes=sizes,
                            staging=None, staging_files=[], publishing=False, **({"export": record} if record else {}))
         _remove_files(self.staging, [f"{REPLACED}/{f}" for f in old] + self.scratch)
+
+    def _publish_in_place(self, old: Sequence[str], record: dict | None) -> None:
+        """The files are in place already: the previous export's files that this one has not replaced go,
+        then the marker names this export (the commit point), then the scratch goes."""
+        _remove_files(self.out, [f for f in old if f not in self.files])
+        sizes = {f: storage.size(self.out / f) for f in self.files}
+        self._write_marker(published=self.export_id, content=self.content, files=self.files, sizes=sizes,
+                           staging=None, staging_files=[], publishing=False, **({"export": record} if record else {}))
+        _remove_files(self.staging, self.scratch)
