@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "object_storage.py"
 def test_object_storage_benchmark_runs_end_to_end_at_small_size(tmp_path):
     out = tmp_path / "x.json"
     done = subprocess.run([sys.executable, str(BENCH), "--plan-tars", "5", "--tars", "2", "--samples", "4",
-                           "--image-kb", "2", "--repeats", "1", "--tmp-dir", str(tmp_path), "--out-json", str(out)],
+                           "--image-kb", "2", "--repeats", "1", "--workers", "2", "--tmp-dir", str(tmp_path), "--out-json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -39,7 +39,8 @@ def test_object_storage_benchmark_runs_end_to_end_at_small_size(tmp_path):
     tp = result["throughput"]
     for key in ("export_over_copy_client", "export_over_copy_server", "export_over_copy_client_after_imports"):
         assert tp[key] > 0, key
-    assert set(tp["mb_per_s"]) == {"export", "copy_client", "copy_server"}
+    assert set(tp["mb_per_s"]) == {"export", "copy_client", "copy_server", "export_workers2"}
+    assert tp["export_workers_over_copy_client"] > 0
     assert tp["bytes_out"]["copy_client"] >= tp["tar_bytes"] and tp["bytes_in"]["copy_client"] >= tp["tar_bytes"]
     assert tp["bytes_in"]["copy_server"] == 0  # CopyObject: no byte through the client
     assert tp["bytes_out"]["export"] >= tp["tar_bytes"] and tp["bytes_in"]["export"] >= tp["tar_bytes"]
