@@ -356,7 +356,7 @@ def is_dir(url) -> bool:
         return filesystem(url).isdir(str(url))
 
 
-def _as_url(fs, path: str, like) -> UPath:
+def _as_url(fs, path: str) -> UPath:
     """A path as a listing gives it (fsspec drops the protocol) as a location like `like`."""
     return UPath(path if _URL.match(path) else fs.unstrip_protocol(path))
 
@@ -374,14 +374,14 @@ def glob(url, pattern: str) -> list[UPath]:
             found = fs.find(str(url))
         else:
             found = fs.glob(str(url).rstrip("/") + "/" + pattern)
-    return sorted(_as_url(fs, p, url) for p in found)
+    return sorted(_as_url(fs, p) for p in found)
 
 
 def glob_pattern(pattern: str) -> list[UPath]:
     fs = filesystem(pattern)
     with named(pattern, "list what matches it"):
         found = fs.glob(pattern)
-    return sorted((_as_url(fs, p, pattern) for p in found), key=str)
+    return sorted((_as_url(fs, p) for p in found), key=str)
 
 
 def remove(url, missing_ok: bool = True) -> None:

@@ -160,10 +160,9 @@ def glob_pattern(pattern: str, recursive: bool = True) -> list[Path]:
 
 
 def readable(path: PathLike) -> bool:
-    """Whether this process may read the file (an unreadable input is named at planning, not mid-run;
-    a remote one is looked up, and a refusal raises RemoteError naming why)."""
+    """Whether this process may read the file (an unreadable input is named at planning, not mid-run). A
+    remote one is not looked up again: planning reads it next, and a refusal raises RemoteError there."""
     if remote.is_remote(path):
-        remote.info(path)
         return True
     return os.access(path, os.R_OK)
 

@@ -119,30 +119,16 @@ class _CountingBody:
             self.body.close()
 
 
-class S3Server:
-    """moto's S3 in server mode on 127.0.0.1 (a random free port), behind a counting, fault-injecting
-    middleware. Faults are rules consumed by the requests they match (method None = any; `path` is a
-    substring of the URL path, which for path-style S3 starts with /bucket/key). Requests to /moto-api/
-    are never counted nor faulted. `accepted_key`: when set, a request signed with another access key id
-    gets 403 InvalidAccessKeyId (and an unsigned one 403 AccessDenied), as real S3 does; None accepts all."""
+class _Served:
+    """A WSGI app served on 127.0.0.1 (a random free port) from a daemon thread: started, stopped, and a
+    context manager; what S3Server and RangeHTTPServer share."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self.accepted_key: str | None = None
-        self._rules: list[_Rule] = []
-        self._down = False
-        self.zero_counts()
+    _server = None
+    _thread: threading.Thread | None = None
 
-    # life cycle
-    def start(self) -> "S3Server":
-        """Bind 127.0.0.1:0 and serve in a daemon thread, as moto's ThreadedMotoServer does."""
-        from moto.server import DomainDispatcherApplication, create_backend_app
-
-        app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server("127.0.0.1", 0, self._middleware(app), threaded=True, request_handler=_Quiet)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="s3server", daemon=True)
+    def _serve(self, app, name: str):
+        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_Quiet)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
         self._thread.start()
         return self
 
@@ -153,7 +139,7 @@ class S3Server:
             self._thread.join(timeout=5)
             self._server = self._thread = None
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -163,6 +149,28 @@ class S3Server:
     def port(self) -> int:
         assert self._server is not None, "start() first"
         return self._server.server_port
+
+
+class S3Server(_Served):
+    """moto's S3 in server mode on 127.0.0.1 (a random free port), behind a counting, fault-injecting
+    middleware. Faults are rules consumed by the requests they match (method None = any; `path` is a
+    substring of the URL path, which for path-style S3 starts with /bucket/key). Requests to /moto-api/
+    are never counted nor faulted. `accepted_key`: when set, a request signed with another access key id
+    gets 403 InvalidAccessKeyId (and an unsigned one 403 AccessDenied), as real S3 does; None accepts all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.accepted_key: str | None = None
+        self._rules: list[_Rule] = []
+        self._down = False
+        self.zero_counts()
+
+    # life cycle
+    def start(self) -> "S3Server":
+        """Bind 127.0.0.1:0 and serve in a daemon thread, as moto's ThreadedMotoServer does."""
+        from moto.server import DomainDispatcherApplication, create_backend_app
+
+        return self._serve(self._middleware(DomainDispatcherApplication(create_backend_app)), "s3server")
 
     @property
     def endpoint(self) -> str:
@@ -353,7 +361,7 @@ def make_bucket(server: S3Server, name: str) -> None:
     ).create_bucket(Bucket=name)
 
 
-class RangeHTTPServer:
+class RangeHTTPServer(_Served):
     """Serves a local folder read-only over http://127.0.0.1:PORT/, as a stand-in for https:// inputs:
     GET answers Range with 206 (werkzeug's send_file with conditional=True), HEAD gives Content-Length,
     missing files and paths outside the folder are 404, other methods 405. `requests()` lists
@@ -361,8 +369,6 @@ class RangeHTTPServer:
 
     def __init__(self, folder) -> None:
         self.folder = str(folder)
-        self._server = None
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._requests: list[tuple[str, str, str]] = []
 
@@ -379,28 +385,11 @@ class RangeHTTPServer:
         return response(environ, start_response)
 
     def start(self) -> "RangeHTTPServer":
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_Quiet)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="rangehttp", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = self._thread = None
-
-    def __enter__(self) -> "RangeHTTPServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self._serve(self._app, "rangehttp")
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def requests(self) -> list[tuple[str, str, str]]:
         with self._lock:
