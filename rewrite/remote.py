@@ -128,14 +128,17 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, FileNotFoundError):
         return "no such object or bucket"
     if isinstance(e, PermissionError):
-        return f"access denied: wrong or missing credentials, or no permission ({_first_line(e)})"
+        return (f"access denied: wrong or missing credentials, or no permission ({_first_line(e)}; storage "
+                f"options: {described_options()})")
     name = type(e).__name__
     if name == "NoCredentialsError":
-        return "no credentials found (environment, ~/.aws, or --storage-option key=... secret=...)"
+        return ("no credentials found (environment, ~/.aws, or --storage-option key=... secret=...; storage "
+                f"options: {described_options()})")
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
                 "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ClientPayloadError",
                 "ResponseStreamingError", "IncompleteReadError"):
-        return f"the server could not be reached or dropped the connection, after retries ({name})"
+        return (f"the server could not be reached or dropped the connection, after retries ({name}; storage "
+                f"options: {described_options()})")
     return f"{name}: {_first_line(e)}"
 
 

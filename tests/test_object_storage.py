@@ -203,6 +203,7 @@ def test_wrong_credentials_and_a_missing_bucket_are_one_line_naming_the_url(fres
                    env={"AWS_ACCESS_KEY_ID": "wrong-key"})
     line = _one_line_error(proc)
     assert proc.returncode == 1 and "s3://src/shards/00000.tar" in line and "access denied" in line, line
+    assert "storage options: none" in line, line  # which options were in use (names only, never a value)
     assert not (tmp_path / "w1").exists() or not (tmp_path / "w1" / "manifest.json").exists()
     fresh.accepted_key = None
     proc = run_cli("shard", f"https://user:{SECRET}@example.com/00000.tar", "--out", tmp_path / "w3", check=False)
