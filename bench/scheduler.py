@@ -48,39 +48,44 @@ from typing import Iterable, Iterator, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from rewrite.engines.base import Completion, Engine, Intake, Request, in_order
+from rewrite.engines.base import Completion, Intake, Request, TokenizerEngine, in_order
 from rewrite.defaults import Sampling
-from rewrite.run.config import RunConfig, prepare
+from rewrite.run.config import prepare
 from rewrite.run.shardwork import ChunksToDo
 
 SOURCE = "coco"
+# A prompt token's prefill, as a share of a running sequence's part of a full-batch decode step (a model
+# setting, --prefill-ratio: prefill is compute-bound and batches far better than decode).
+PREFILL_RATIO = 0.1
+# vLLM's front end, the Python of its step loop in our process (holding our GIL): microseconds per
+# request added, and per running sequence per step (outputs taken in, detokenized, checked for the
+# stop). Measured on vLLM's CPU build (bench/vllm_overhead.py; see the module docstring).
+FRONT_END_US = (250.0, 15.0)
 
 
-class SimulatedGPU(Engine):
+class SimulatedGPU(TokenizerEngine):
     """A vLLM-like step loop that sleeps instead of computing (see the module docstring)."""
 
     name = "simulated-gpu"
 
-    def __init__(self, tokenizer, step_full: float, reject: float, max_running: int = 256, fixed_share: float = 0.4):
+    def __init__(self, tokenizer, step_full: float, reject: float, max_running: int = 256, fixed_share: float = 0.4,
+                 prefill_ratio: float = PREFILL_RATIO, front_end_us: tuple[float, float] = FRONT_END_US):
         self.tokenizer, self.reject, self.max_running = tokenizer, reject, max_running
         self.in_flight = max_running
         self.t0 = step_full * fixed_share
         self.t1 = step_full * (1 - fixed_share) / max_running
+        self.t_prompt = prefill_ratio * step_full / max_running  # a prompt token's prefill
+        self.per_request, self.per_sequence = (us / 1e6 for us in front_end_us)
         self.model = "simulated"
-        self.busy = 0.0
+        self.busy = 0.0  # modelled step time, summed: what the GPU computes
+        self.slept = 0.0  # measured step time: the modelled time, plus whatever kept the thread from its next step
+        self.prefill = 0.0  # of `busy`
+        self.own_cpu = 0.0  # this thread's CPU time in the simulator's own code (its front-end model included)
         self.first_step = self.last_step = None  # perf_counter at the first step's start, the last one's end
         self.steps = 0
         self.occupied = 0  # sequence-steps
 
-    @property
-    def context_length(self) -> int:
-        return 2048
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+    _context = 2048
 
     def _draw(self, request: Request) -> tuple[int, Completion]:
         """The request's output length and completion, from a hash of its seed (cheap: see the stream)."""
@@ -96,12 +101,11 @@ class SimulatedGPU(Engine):
         return in_order(self.stream(requests, sampling), len(requests))
 
     def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
-        """The step loop. Its own bookkeeping costs O(1) per request taken or finished (finishing steps
-        kept in a table, outputs drawn from a hash of the seed), and a request's output is drawn inside
-        the step that takes it in (a GPU computes it while the step runs), so that what falls between
-        steps is the scheduler's and the stream's Python: a pass over every running sequence per step
-        and a random.Random per request had taken 2% of the wall time, and the draws between steps
-        0.3%, counted against the scheduler."""
+        """The step loop. A step's modelled time is t0 + t1 x running + its joining prompts' prefill;
+        the thread sleeps what is left of it after the front end's Python (`_front_end`), which runs
+        while the GPU computes, as vLLM's engine core runs ahead of its front end. The simulator's own
+        bookkeeping is O(1) per request taken or finished (finishing steps kept in a table, outputs
+        drawn from a hash of the seed), so that what falls between steps is the scheduler's Python."""
         intake = Intake(requests)
         finishing: dict[int, list] = defaultdict(list)  # step at whose end they finish -> [(position, completion)]
         running = 0
@@ -112,19 +116,33 @@ class SimulatedGPU(Engine):
                 if intake.ended:
                     return
                 continue
-            started = time.perf_counter()
+            started, own = time.perf_counter(), time.thread_time()
+            prompt_tokens = 0
             for position, request in joining:  # what the GPU computes for them: drawn inside the step
                 length, completion = self._draw(request)
+                prompt_tokens += completion.prompt_tokens
                 finishing[self.steps + length].append((position, completion))
-            time.sleep(max(0.0, self.t0 + self.t1 * running - (time.perf_counter() - started)))
+            modelled = self.t0 + self.t1 * running + self.t_prompt * prompt_tokens
+            _spin(self.per_request * len(joining) + self.per_sequence * running)
+            self.own_cpu += time.thread_time() - own
+            time.sleep(max(0.0, modelled - (time.perf_counter() - started)))
             self.last_step = time.perf_counter()
             self.first_step = self.first_step or started
-            self.busy += self.last_step - started  # as slept: a sleep overruns by ~0.1-0.5 ms
+            self.busy += modelled
+            self.prefill += self.t_prompt * prompt_tokens
+            self.slept += self.last_step - started
             self.steps += 1
             self.occupied += running
             done = finishing.pop(self.steps, [])
             running -= len(done)
             yield from done
+
+
+def _spin(seconds: float) -> None:
+    """Hold the GIL for `seconds` of this thread's CPU time, as Python work does (a sleep would not)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 _MASK = (1 << 64) - 1
@@ -186,70 +204,89 @@ def one(args) -> dict:
     """One configuration, in this process: plan, run, measure."""
     from transformers import AutoTokenizer
 
+    from rewrite import defaults
     from rewrite.engines import model as model_lib
     from rewrite.inputs import plan
     from rewrite.run import runner
-    from rewrite.defaults import Schedule
+    from rewrite.run.config import set_configs
 
     tokenizer = AutoTokenizer.from_pretrained(model_lib.resolve(None))
-    engine = SimulatedGPU(tokenizer, args.step_ms / 1000, args.reject, args.max_running)
+    engine = SimulatedGPU(tokenizer, args.step_ms / 1000, args.reject, args.max_running,
+                          prefill_ratio=args.prefill_ratio, front_end_us=tuple(args.front_end_us))
+    sources = defaults.source_list(args.source)
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(captions(args.captions)) + "\n", encoding="utf-8")
         plan.plan([str(src)], Path(tmp) / "work", num_shards=args.shards)
-        config = RunConfig(source=SOURCE, chunk_rows=args.chunk)
+        configs = set_configs(sources, chunk_rows=args.chunk, min_faithfulness=args.min_faithfulness)
         shards = list(range(args.shards))
-        prepare(Path(tmp) / "work", config, shards)  # as `rewrite run` does before its engine loads
+        jobs = [prepare(Path(tmp) / "work", config, shards) for config in configs]  # as `rewrite run` does first
         latencies: dict[tuple[int, int], float] = {}
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with commit_latencies(latencies):
-            finished = runner.run(Path(tmp) / "work", config, shards, engine,
-                                  progress=False, schedule=Schedule(streaming=args.mode == "stream"))
+            finished = runner.run_prepared(jobs, shards, engine, progress=False,
+                                           schedule=defaults.Schedule(streaming=args.mode == "stream"))
         stats = {k: sum(shard[k] for shard in finished) for k in ("rows", "requests", "ok", "failed")}
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0 - engine.own_cpu
     full_step = engine.t0 + engine.t1 * engine.max_running
-    ideal = engine.occupied / engine.max_running * full_step
+    ideal = engine.occupied / engine.max_running * full_step + engine.prefill
     lat = sorted(latencies.values())
-    return {"mode": args.mode, "step_ms": args.step_ms, "reject": args.reject, "chunk": args.chunk, "shards": args.shards,
+    occupancy = engine.occupied / engine.steps / engine.max_running
+    return {"mode": args.mode, "source": args.source, "step_ms": args.step_ms, "reject": args.reject,
+            "chunk": args.chunk, "shards": args.shards, "min_faithfulness": args.min_faithfulness,
+            "prefill_ratio": args.prefill_ratio, "front_end_us": list(args.front_end_us),
             "captions": stats["rows"], "requests": stats["requests"], "ok": stats["ok"], "failed": stats["failed"],
-            "seconds": wall, "busy": engine.busy / wall,
-            "busy_steady": engine.busy / (engine.last_step - engine.first_step), "occupancy": engine.occupied / engine.steps / engine.max_running,
-            "useful": engine.busy / wall * engine.occupied / engine.steps / engine.max_running,
+            "seconds": wall, "busy": engine.busy / wall, "busy_measured": engine.slept / wall,
+            "prefill_share": engine.prefill / engine.busy,
+            "busy_steady": engine.busy / (engine.last_step - engine.first_step), "occupancy": occupancy,
+            "useful": engine.busy / wall * occupancy,
             "captions_per_s": stats["rows"] / wall, "ideal_share": ideal / wall,
             "commit_p50_s": statistics.median(lat) if lat else None,
             "commit_p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
             "chunks": len(lat), "cpu_ms_per_caption": cpu * 1000 / stats["rows"],
+            "engine_cpu_ms_per_caption": engine.own_cpu * 1000 / stats["rows"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+CONFIG_FLAGS = ("step_ms", "reject", "chunk", "captions", "max_running", "shards", "source", "min_faithfulness",
+                "prefill_ratio")
+
+
 def measure(mode: str, step_ms: float, reject: float, chunk: int, args) -> dict:
+    """One configuration in a subprocess of its own (its peak RSS is its own), with every other flag as given."""
+    settings = {**{k: getattr(args, k) for k in CONFIG_FLAGS}, "step_ms": step_ms, "reject": reject, "chunk": chunk}
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        cmd = [sys.executable, __file__, "--one", mode, "--step-ms", str(step_ms), "--reject", str(reject),
-               "--chunk", str(chunk), "--captions", str(args.captions), "--max-running", str(args.max_running),
-               "--shards", str(args.shards),
-               "--out-json", f.name]
+        cmd = [sys.executable, __file__, "--one", mode, "--out-json", f.name,
+               "--front-end-us", *map(str, args.front_end_us)]
+        for key, value in settings.items():
+            if value is not None:
+                cmd += [f"--{key.replace('_', '-')}", str(value)]
         subprocess.run(cmd, check=True)
         return json.loads(Path(f.name).read_text())
 
 
 def line(r: dict) -> str:
-    return (f"{r['mode']}: busy={r['busy']:.2f} busy_steady={r['busy_steady']:.2f} occupancy={r['occupancy']:.2f} useful={r['useful']:.2f} "
+    return (f"{r['mode']}: busy={r['busy']:.3f} busy_measured={r['busy_measured']:.3f} busy_steady={r['busy_steady']:.3f} "
+            f"occupancy={r['occupancy']:.2f} useful={r['useful']:.2f} "
             f"captions/s={r['captions_per_s']:.0f} ideal={r['ideal_share']:.2f} "
             f"commit_p50={r['commit_p50_s']:.2f}s commit_p99={r['commit_p99_s']:.2f}s "
-            f"cpu_ms/caption={r['cpu_ms_per_caption']:.2f} rss={r['peak_rss_mb']:.0f}MB")
+            f"cpu_ms/caption={r['cpu_ms_per_caption']:.3f} rss={r['peak_rss_mb']:.0f}MB")
 
 
 def table(results: list[dict], cpu: str) -> str:
-    rows = [f"CPU: {cpu}; simulated GPU: max 256 running, step = 40% fixed + 60% per running sequence at a "
-            "full batch; outputs 10-40 tokens", "",
-            "| step | rejects | chunk | mode | busy | busy, steady | occupancy | useful | captions/s | vs ideal | "
-            "commit p50 / p99 | CPU ms/caption | peak RSS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    first = results[0]
+    rows = [f"CPU: {cpu}; simulated GPU: max {first.get('max_running', 256)} running, step = 40% fixed + 60% per "
+            f"running sequence at a full batch, + prefill at {first['prefill_ratio']:g} of a sequence's share per "
+            f"prompt token; vLLM's front end {first['front_end_us'][0]:g} us per request + "
+            f"{first['front_end_us'][1]:g} us per running sequence per step; outputs 10-40 tokens", "",
+            "| step | rejects | chunk | sets | mode | busy (modelled) | busy (measured) | busy, steady | occupancy | "
+            "useful | captions/s | vs ideal | commit p50 / p99 | CPU ms/caption | peak RSS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r['step_ms']:g} ms | {r['reject']:.0%} | {r['chunk']} | {r['mode']} | {r['busy']:.2f} | "
-                    f"{r['busy_steady']:.2f} | "
+        rows.append(f"| {r['step_ms']:g} ms | {r['reject']:.0%} | {r['chunk']} | {r['source']} | {r['mode']} | "
+                    f"{r['busy']:.3f} | {r['busy_measured']:.3f} | {r['busy_steady']:.3f} | "
                     f"{r['occupancy']:.2f} | {r['useful']:.2f} | {r['captions_per_s']:,.0f} | {r['ideal_share']:.2f} | "
-                    f"{r['commit_p50_s']:.2f} / {r['commit_p99_s']:.2f} s | {r['cpu_ms_per_caption']:.2f} | "
+                    f"{r['commit_p50_s']:.2f} / {r['commit_p99_s']:.2f} s | {r['cpu_ms_per_caption']:.3f} | "
                     f"{r['peak_rss_mb']:,.0f} MB |")
     return "\n".join(rows)
 
@@ -268,11 +305,18 @@ def main() -> None:
     ap.add_argument("--max-running", type=int, default=256, help="the simulated GPU's max running sequences")
     ap.add_argument("--shards", type=int, default=1,
                     help="shards the captions are planned into, all run by one task (default 1)")
+    ap.add_argument("--step-ms", type=float, help="full-batch step time (default: the sweep's 2/10/20; --quick 10)")
+    ap.add_argument("--reject", type=float, help="share of rewrites rejected (default: the sweep's 0/0.03/0.2; --quick 0.03)")
+    ap.add_argument("--chunk", type=int, help="chunk rows (default: the sweep's 512/4096; --quick 512)")
+    ap.add_argument("--source", default=SOURCE,
+                    help=f"meta set, or `all` for the four in one stream (default {SOURCE})")
+    ap.add_argument("--min-faithfulness", type=float, help="the faithfulness gate (default off)")
+    ap.add_argument("--prefill-ratio", type=float, default=PREFILL_RATIO,
+                    help=f"a prompt token's prefill / a running sequence's share of a full step (default {PREFILL_RATIO})")
+    ap.add_argument("--front-end-us", type=float, nargs=2, default=list(FRONT_END_US), metavar=("PER_REQUEST", "PER_SEQUENCE_STEP"),
+                    help=f"vLLM's front-end Python, in us (default {FRONT_END_US[0]:g} {FRONT_END_US[1]:g}: measured)")
     ap.add_argument("--out-json", help="result file (default bench/results/<time>-scheduler.json)")
     ap.add_argument("--one", choices=("old", "stream"), help=argparse.SUPPRESS)
-    ap.add_argument("--step-ms", type=float, default=10, help=argparse.SUPPRESS)
-    ap.add_argument("--reject", type=float, default=0.03, help=argparse.SUPPRESS)
-    ap.add_argument("--chunk", type=int, default=512, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         args.mode = args.one
@@ -281,8 +325,13 @@ def main() -> None:
         return
     args.captions = args.captions or (2048 if args.quick else 8192)
     default = (10.0, 0.03, 512)
-    sweep = [default] if args.quick else [(s, r, c) for s in (2.0, 10.0, 20.0) for r in (0.0, 0.03, 0.2)
-                                          for c in (512, 4096) if (s, r, c) != default] + [default]
+    given = (args.step_ms, args.reject, args.chunk)
+    if args.quick:
+        sweep = [tuple(g if g is not None else d for g, d in zip(given, default))]
+    else:
+        axes = [[g] if g is not None else values for g, values in zip(given, ((2.0, 10.0, 20.0), (0.0, 0.03, 0.2), (512, 4096)))]
+        last = tuple(g if g is not None else d for g, d in zip(given, default))
+        sweep = [(s, r, c) for s in axes[0] for r in axes[1] for c in axes[2] if (s, r, c) != last] + [last]
     results = []
     for step_ms, reject, chunk in sweep:
         for mode in ("old", "stream"):
@@ -292,13 +341,13 @@ def main() -> None:
     cpu = cpu_model()
     md = table(results, cpu)
     old, new = results[-2], results[-1]
-    last = f"{line(old)} {line(new)}"
+    last_line = f"{line(old)} {line(new)}"
     print(md)
-    print(last)
+    print(last_line)
     out = Path(args.out_json) if args.out_json else HERE / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-scheduler.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpu": cpu, "args": vars(args), "results": results}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(md + "\n\n" + last + "\n")
+    out.with_suffix(".md").write_text(md + "\n\n" + last_line + "\n")
 
 
 if __name__ == "__main__":
