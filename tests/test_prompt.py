@@ -205,3 +205,65 @@ def test_a_run_with_the_chat_template_on_the_packaged_model(engine, text_file, t
     rows = pq.read_table(work / "rewrites" / "human" / "00000.parquet").to_pylist()
     assert stats["ok"] >= stats["rows"] - stats["skipped"] - 3
     assert all("<|im" not in r["rewrite"] and "\n" not in r["rewrite"] for r in rows if r["status"] == "ok")
+
+
+# -- prompt ids put together from pieces (prompt.PromptIds) -----------------------------------------------
+
+HARD_CAPTIONS = ["a dog", "Two  DOGS\tplay", "3 cats.", "'quoted'", '"double"', "(x)", "-dash", "café au lait",
+                 "東京 タワー", "🐶 emoji first", "ends with =", "a => b", "word " * 200, "x" * 3000, "it's fine!"]
+
+
+@pytest.mark.parametrize("source", ["chatgpt", "bard", "coco", "human"])
+def test_prompt_ids_from_pieces_equal_the_whole_prompt_tokenized(engine, source):
+    """With the packaged model's tokenizer, every set's requests are the same whether their ids are put
+    together from pieces or the prompt is tokenized whole: text, ids, seed, group, targets and cuts
+    (over-long captions, and a budget that cuts prompts, included)."""
+    import dataclasses
+
+    from rewrite import meta
+    from rewrite.run import shardwork
+    from rewrite.run.config import RunConfig
+
+    config = RunConfig(source=source)
+    meta_set, template = meta.load_usable(source), prompt.load_template()
+    pieces = shardwork.prompting(config, meta_set, template, engine)
+    assert pieces.ids is not None  # the packaged tokenizer agrees: the fast way is taken
+    whole = dataclasses.replace(pieces, ids=None, encode_many=None)
+    tight = dataclasses.replace(pieces, budget=200)  # some prompts no longer fit: the cut path
+    fitted = pieces.captions(HARD_CAPTIONS)
+    assert [(t, c) for t, _, c in fitted] == [prompt.cap_caption(c, engine.encode, engine.decode, config.max_caption_tokens)
+                                             for c in HARD_CAPTIONS]
+    assert all(ids == engine.encode(text) for text, ids, _ in fitted)
+    cuts = 0
+    for i, caption in enumerate(fitted):
+        for attempt in range(3):
+            request, targets, cut = pieces.request(str(i), caption, 0, attempt)
+            assert (request, targets, cut) == whole.request(str(i), caption, 0, attempt)
+            assert list(request.prompt_ids) == engine.encode(request.prompt)
+            assert tight.request(str(i), caption, 0, attempt) == dataclasses.replace(whole, budget=200).request(
+                str(i), caption, 0, attempt)
+            cuts += tight.request(str(i), caption, 0, attempt)[2]
+    assert cuts  # the tight budget did cut
+
+
+def test_a_tokenizer_that_joins_pieces_falls_back_to_whole_prompts():
+    """A SentencePiece-like tokenizer (a word-start mark put before each text it is given) tokenizes a
+    piece alone unlike the same piece inside a prompt: the check finds it, and prompts are tokenized whole."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    corpus = [prompt.load_template().render(EXAMPLES, c) for c in ("a bird", "two dogs", "a red car")] * 20
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text).ids
+
+    assert prompt.PromptIds(prompt.load_template(), encode).agrees(EXAMPLES, 3) is False
+    assert prompt.assemble(prompt.load_template(), encode, EXAMPLES, 3, "probe-set") is None
+
+
+def test_engine_encode_many_is_encode_of_each(engine):
+    texts = HARD_CAPTIONS + ["", " leading space", "trailing space ", "new\nline", "a" * 5000]
+    assert engine.encode_many(texts) == [engine.encode(t) for t in texts]
+    assert engine._batch_encoder() is not None  # the Rust batch path is the one taken

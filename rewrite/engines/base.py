@@ -101,6 +101,10 @@ class Engine(ABC):
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` of each text; an engine with a batch tokenizer does them in one call."""
+        return [self.encode(text) for text in texts]
+
     @abstractmethod
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         """One completion per request, in order; generation stops at the first line break."""
@@ -139,6 +143,26 @@ class TokenizerEngine(Engine):
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """In one call of the Rust tokenizer behind a fast Hugging Face tokenizer (no Python per text, and
+        the GIL released while it works), where that gives what `encode` gives: checked once on probes."""
+        batch = self._batch_encoder()
+        return batch(list(texts)) if batch is not None else super().encode_many(texts)
+
+    def _batch_encoder(self) -> Callable[[list[str]], list[list[int]]] | None:
+        if not hasattr(self, "_batch"):
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
+            self._batch = None
+            if encode is not None:
+                def batch(texts: list[str]) -> list[list[int]]:
+                    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+                probes = [*BATCH_PROBES, " ".join(BATCH_PROBES)]
+                if batch(probes) == [self.encode(p) for p in probes]:
+                    self._batch = batch
+        return self._batch
+
     def chat_prompt(self, messages: list[dict]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise EngineError(f"model {self.model} has no chat template: use a completion template (--template laclip)")
@@ -150,6 +174,10 @@ class TokenizerEngine(Engine):
             system, first, *rest = messages
             merged = {"role": "user", "content": system["content"] + "\n\n" + first["content"]}
             return self.chat_prompt([merged, *rest])
+
+
+# Texts a batch tokenizer is checked against `encode` with: spacing, case, digits, quotes, non-ASCII.
+BATCH_PROBES = ("a dog", "  Two  CATS,\tsleeping ", "3.5 mm", "it's \"quoted\"", "café 日本 🐶", "", "x\ny => z")
 
 
 def stream(engine, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:

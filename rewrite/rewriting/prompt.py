@@ -181,18 +181,34 @@ def parse_completion(completion: str) -> str:
 CHARS_PER_TOKEN_BOUND = 32  # no token of a usual vocabulary is longer: a huge caption is cut by characters first
 
 
+Fitted = tuple[str, list[int], bool]  # a caption as it goes into prompts, its token ids, whether it was cut
+
+
 def cap_caption(
     caption: str, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str], max_tokens: int,
 ) -> tuple[str, bool]:
     """The caption as it goes into a prompt (one line, no `=>`), cut at the token level to at most
     `max_tokens`. Returns (text, was_cut). Only the first max_tokens x 32 characters are ever
     tokenized, so a megabyte of text costs no more than a long caption."""
+    text, _, cut = cap_captions([caption], lambda texts: [encode(t) for t in texts], encode, decode, max_tokens)[0]
+    return text, cut
+
+
+def cap_captions(
+    captions: Sequence[str], encode_many: Callable[[list[str]], list[list[int]]], encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str], max_tokens: int,
+) -> list[Fitted]:
+    """`cap_caption` for many captions, tokenized in one call, each with its token ids."""
     bound = max_tokens * CHARS_PER_TOKEN_BOUND
-    text = normalise_caption(caption[:bound])
-    ids = encode(text)
-    if len(ids) <= max_tokens:
-        return text, len(caption) > bound
-    return decode(ids[:max_tokens]).strip(), True
+    texts = [normalise_caption(caption[:bound]) for caption in captions]
+    out = []
+    for caption, text, ids in zip(captions, texts, encode_many(texts)):
+        if len(ids) <= max_tokens:
+            out.append((text, ids, len(caption) > bound))
+        else:
+            cut = decode(ids[:max_tokens]).strip()
+            out.append((cut, encode(cut), True))
+    return out
 
 
 def fit_prompt(
@@ -220,3 +236,75 @@ def fit_prompt(
     cut = decode(encode(normalise_caption(caption))[:room]).strip()
     text = head + cut + tail
     return text, encode(text), True
+
+
+# Captions the assembly of prompt ids is checked with (after normalise_caption): how a caption starts and
+# ends is what could join it to the pieces around it in a tokenizer that merges across a boundary.
+PROBE_CAPTIONS = ("a dog", "A Dog RUNS fast", "3 cats on 2 mats", "'quoted' words", '"double quotes"', "(in brackets)",
+                  "-a dash first", "ends with a period.", "it's a dog's life", "#tag @user 100%", "http://x.org/a.jpg",
+                  "café au lait", "日本語のキャプション", "an emoji 🐶", "...", "x", "ends with =", "ends with -",
+                  "ÉCOLE", "tab\tand  spaces")
+
+
+class PromptIds:
+    """A completion template's prompt token ids, put together from ids of its pieces rather than by
+    tokenizing each prompt whole (most of a prompt is its instruction and examples, the same few
+    strings again and again): ids(instruction), then ids(separator + example) per example, then the
+    separator and the query's start as they tokenize before a caption, the caption's own ids, and
+    ids(the query's end). That equals tokenizing the prompt only where the tokenizer never merges
+    across those boundaries (byte-level BPE with a GPT-2 or LLaMA-3 split: a line break or space
+    starts a new piece); `assemble` checks it on every example and probe caption and gives None
+    where it does not hold (SentencePiece's leading "▁", say): prompts are then tokenized whole."""
+
+    def __init__(self, template: Template, encode: Callable[[str], list[int]]):
+        self.template, self.encode = template, encode
+        self.instruction = encode(template.instruction)
+        before, _, after = template.query.partition("{caption}")
+        lead, probe = encode(template.separator + before + "a"), encode("a")
+        self.lead = lead[:-len(probe)] if lead[-len(probe):] == probe else None
+        self.after = encode(after)
+        self.examples: dict[Example, list[int]] = {}
+
+    def ids(self, examples: Sequence[Example], caption_ids: Sequence[int]) -> list[int]:
+        out = list(self.instruction)
+        for example in examples:
+            piece = self.examples.get(example)
+            if piece is None:
+                text = self.template.example.format(source=example[0], target=example[1])
+                piece = self.examples[example] = self.encode(self.template.separator + text)
+            out += piece
+        out += self.lead
+        out += caption_ids
+        out += self.after
+        return out
+
+    def agrees(self, examples: Sequence[Example], k: int) -> bool:
+        """Whether assembled ids equal whole-prompt ids for every example (in a window of k, so each
+        follows another and the instruction) and every probe caption."""
+        if self.lead is None or not examples:
+            return False
+        windows = len(examples) + len(PROBE_CAPTIONS)
+        for j in range(windows):
+            shown = [examples[(j + m) % len(examples)] for m in range(k)]
+            caption = normalise_caption(PROBE_CAPTIONS[j % len(PROBE_CAPTIONS)])
+            if self.ids(shown, self.encode(caption)) != self.encode(self.template.render(shown, caption)):
+                return False
+        return True
+
+
+_ASSEMBLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encode's owner -> {key: PromptIds | None}
+
+
+def assemble(template: Template, encode: Callable[[str], list[int]], examples: Sequence[Example], k: int,
+             key: str) -> PromptIds | None:
+    """The checked PromptIds of `template` with the examples a meta set gives (`key` names the set: its
+    digest), kept with the tokenizer's owner (the engine) like chat frames; None for a chat template
+    or where assembly does not agree with tokenizing whole (see PromptIds)."""
+    if template.chat:
+        return None
+    owner = getattr(encode, "__self__", encode)
+    found = _ASSEMBLERS.setdefault(owner, {})
+    if (template, key) not in found:
+        assembler = PromptIds(template, encode)
+        found[template, key] = assembler if assembler.agrees(list(examples), k) else None
+    return found[template, key]

@@ -58,24 +58,36 @@ class Prompting:
     budget: int  # prompt tokens: the context less the longest completion
     chat: prompt.ChatRender | None  # the engine's chat template, for a chat prompt template
     min_faithfulness: float | None = None  # the judge's gate (validate.check)
+    encode_many: Callable[[list[str]], list[list[int]]] | None = None  # `encode` for many texts at once
+    ids: prompt.PromptIds | None = None  # prompt ids from pieces (prompt.assemble); None: tokenize each prompt whole
 
-    def caption(self, caption: str) -> tuple[str, bool]:
-        """The caption as it goes into prompts, and whether it was cut (its share of a prompt is capped, so
-        one huge caption costs what a caption costs)."""
-        return prompt.cap_caption(caption, self.encode, self.decode, self.max_caption_tokens)
+    def captions(self, captions: Sequence[str]) -> list[prompt.Fitted]:
+        """Each caption as it goes into prompts, its token ids and whether it was cut (its share of a
+        prompt is capped, so one huge caption costs what a caption costs); tokenized together."""
+        encode_many = self.encode_many or (lambda texts: [self.encode(t) for t in texts])
+        return prompt.cap_captions(captions, encode_many, self.encode, self.decode, self.max_caption_tokens)
 
-    def request(self, ident: str, caption: str, index: int, attempt: int) -> tuple[Request, list[str], bool]:
-        """The request for one attempt at rewrite `index` of `ident` (`caption` as `caption()` gave it),
+    def request(self, ident: str, caption: prompt.Fitted, index: int, attempt: int) -> tuple[Request, list[str], bool]:
+        """The request for one attempt at rewrite `index` of `ident` (`caption` as `captions()` gave it),
         the targets of its examples (a rewrite copying one is rejected) and whether the prompt cut it."""
         rng = seeds.example_rng(self.seed, self.source, ident, index, attempt, self.example_sets)
         examples = meta.sample_examples(self.meta_set, rng, self.num_examples)
-        text, ids, cut = prompt.fit_prompt(self.template, examples, caption, self.encode, self.decode, self.budget,
-                                           self.chat)
+        text, ids, cut = self._prompt(examples, caption)
         request = Request(text, seeds.generation_seed(self.seed, self.source, ident, index, attempt),
-                          group="\n".join(s for example in examples for s in example), prompt_ids=tuple(ids))
+                          group="\n".join([s for example in examples for s in example]), prompt_ids=tuple(ids))
         return request, [t for _, t in examples], cut
 
-    def cut_before(self, ident: str, caption: str, index: int, attempt: int) -> bool:
+    def _prompt(self, examples: Sequence[prompt.Example], caption: prompt.Fitted) -> tuple[str, list[int], bool]:
+        """prompt.fit_prompt's (text, ids, cut), with the ids put together from pieces where that is
+        checked to be the same (`ids`: for a caption of one word at least) and the prompt fits."""
+        text, caption_ids, _ = caption
+        if self.ids is not None and text:
+            ids = self.ids.ids(examples, caption_ids)
+            if len(ids) <= self.budget:
+                return self.template.render(examples, text), ids, False
+        return prompt.fit_prompt(self.template, examples, text, self.encode, self.decode, self.budget, self.chat)
+
+    def cut_before(self, ident: str, caption: prompt.Fitted, index: int, attempt: int) -> bool:
         """Whether the prompt of an attempt before `attempt` was cut. A rewrite is `caption_cut` when any of
         its prompts was, so one taken up again at `attempt` by a later run carries the cuts before it."""
         return any(self.request(ident, caption, index, a)[2] for a in range(attempt))
@@ -84,8 +96,15 @@ class Prompting:
 def judge(completion: Completion, caption: str, targets: Sequence[str],
           min_faithfulness: float | None = None) -> tuple[str, str | None]:
     """(the rewrite parsed from `completion`, the reason to reject it or None)."""
-    text = prompt.parse_completion(completion.text)
-    return text, validate.check(text, caption, completion, targets, clip_tokens.count, min_faithfulness)
+    return judge_many([(completion, caption, targets, min_faithfulness)])[0]
+
+
+def judge_many(judged: Sequence[tuple[Completion, str, Sequence[str], float | None]]) -> list[tuple[str, str | None]]:
+    """`judge` of each (completion, caption, targets, min_faithfulness), their CLIP tokens counted together."""
+    texts = [prompt.parse_completion(completion.text) for completion, *_ in judged]
+    counted = dict(zip(texts, clip_tokens.count_many(texts)))
+    return [(text, validate.check(text, caption, completion, targets, counted.__getitem__, gate))
+            for text, (completion, caption, targets, gate) in zip(texts, judged)]
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,9 @@ def prompting(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Templa
     return rows.Prompting(config.source, config.seed, config.example_sets, config.num_examples,
                           config.max_caption_tokens, meta_set, template, engine.encode, engine.decode,
                           engine.context_length - config.sampling.max_new_tokens,
-                          engine.chat_prompt if template.chat else None, config.min_faithfulness)
+                          engine.chat_prompt if template.chat else None, config.min_faithfulness,
+                          getattr(engine, "encode_many", None),  # a test's wrapper may lack it
+                          prompt.assemble(template, engine.encode, meta_set.examples(), config.num_examples, meta_set))
 
 
 def rewrite_chunk(
@@ -238,9 +240,10 @@ def rewrite_chunk(
     identity = rows.identities(keys, captions, config.dedup)
     unique = rows.unique_captions(identity, captions)
     pending = dict(reopened.redo) if reopened else {(ident, i): 0 for ident in unique for i in range(n)}  # -> attempt
-    fitted = {ident: ask.caption(unique[ident]) for ident, _ in pending}
+    needed = list(dict.fromkeys(ident for ident, _ in pending))
+    fitted = dict(zip(needed, ask.captions([unique[ident] for ident in needed])))
     cut_items = {(ident, i) for (ident, i), attempt in pending.items()
-                 if fitted[ident][1] or ask.cut_before(ident, fitted[ident][0], i, attempt)}
+                 if fitted[ident][2] or ask.cut_before(ident, fitted[ident], i, attempt)}
     results: dict[tuple[str, int], rows.Result] = {}
     waiting: dict[tuple[str, int], int] = {}  # -> the attempt a rewrite the engine could not serve resumes at
     stats = rows.chunk_stats(len(keys), len(unique))
@@ -251,7 +254,7 @@ def rewrite_chunk(
         cells = list(pending.items())
         requests, targets = [], []
         for (ident, i), attempt in cells:
-            request, tgts, cut = ask.request(ident, fitted[ident][0], i, attempt)
+            request, tgts, cut = ask.request(ident, fitted[ident], i, attempt)
             if cut:
                 cut_items.add((ident, i))
             requests.append(request)
