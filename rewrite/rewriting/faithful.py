@@ -11,6 +11,7 @@ length), so a good rewrite scores about 0.4-0.7, not 1.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # English function words: articles, pronouns, prepositions, conjunctions, auxiliaries, and the filler
 # words of captions ("image", "photo", ...) that say nothing about what is in the picture.
@@ -46,10 +47,13 @@ def stem(word: str) -> str:
     return word
 
 
-def content_words(text: str) -> set[str]:
+def content_words(text: str) -> frozenset[str]:
     """The stemmed content words of `text` (function words and numbers' punctuation dropped)."""
     words = (w.casefold() for w in _WORD.findall(text))
-    return {stem(w) for w in words if w not in STOPWORDS and not (len(w) == 1 and w.isalpha())}
+    return frozenset(stem(w) for w in words if w not in STOPWORDS and not (len(w) == 1 and w.isalpha()))
+
+
+_caption_words = lru_cache(maxsize=1 << 14)(content_words)  # a caption is judged against each of its rewrites
 
 
 def recall(caption: str, rewrite: str) -> float | None:
@@ -71,7 +75,7 @@ def novelty(caption: str, rewrite: str) -> float | None:
 def faithfulness(caption: str, rewrite: str) -> float | None:
     """F1 of content words between caption and rewrite (see the module docstring); None when either
     side has no content word (nothing to judge: a caption like "here it is!" holds none)."""
-    source, target = content_words(caption), content_words(rewrite)
+    source, target = _caption_words(caption), content_words(rewrite)
     if not source or not target:
         return None
     kept = len(source & target)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Callable, Sequence
 
 from . import faithful
@@ -42,6 +43,9 @@ def comparable(text: str) -> str:
     return _NOT_WORD.sub(" ", text.casefold()).strip()
 
 
+_comparable_seen = lru_cache(maxsize=1 << 14)(comparable)  # captions and example targets: judged again and again
+
+
 _CONTROL = ("Cc", "Cf", "Zl", "Zp")
 
 
@@ -49,6 +53,8 @@ def has_control_characters(text: str) -> bool:
     """Control or format characters (C0/C1 controls, zero-width and direction marks), tabs included, and
     the line and paragraph separators U+2028 and U+2029: with the controls, every character that
     str.splitlines() breaks at, so a rewrite never splits a line-per-row file (LaCLIP's caption lists)."""
+    if text.isprintable():  # none of those categories is printable: the usual text needs no look at each character
+        return False
     return any(unicodedata.category(ch) in _CONTROL for ch in text)
 
 
@@ -74,9 +80,9 @@ def check(rewrite: str, source: str, completion: Completion, example_targets: Se
     flat = comparable(rewrite)
     if not flat:
         return EMPTY
-    if flat == comparable(source):
+    if flat == _comparable_seen(source):
         return ECHO
-    if any(flat == comparable(t) for t in example_targets):
+    if any(flat == _comparable_seen(t) for t in example_targets):
         return COPIED_EXAMPLE
     if has_control_characters(rewrite):
         return CONTROL_CHARACTERS

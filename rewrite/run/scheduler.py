@@ -37,7 +37,7 @@ import pyarrow as pa
 from ..workdir import layout
 from . import rows
 from .. import stop
-from ..rewriting import validate
+from ..rewriting import prompt, validate
 from ..engines import base as engines
 from ..defaults import Sampling, Schedule
 
@@ -45,6 +45,7 @@ _END = object()
 SLICE = 256  # requests built, ordered and queued together: the engine gets a big chunk's first ones early
 FIRST_SLICE = 16  # the slice built while the engine has nothing at all (the run's start): it starts sooner,
 # and the slices after it double up to SLICE, so that the engine fills as fast as requests are built
+JUDGE_BATCH = 256  # completions judged together (their CLIP tokens counted in one call)
 ABORT_WAIT = 10.0  # seconds a stopped run waits for its threads (the engine's current step, a commit)
 
 
@@ -96,7 +97,7 @@ class _Item:
     ident: str
     index: int
     owner: _Chunk
-    caption: str = ""
+    caption: prompt.Fitted = ("", [], False)
     cut: bool = False  # the caption was cut (to its cap, or to fit a prompt)
     attempt: int = 0
     targets: list = field(default_factory=list)
@@ -133,8 +134,11 @@ class Stream:
         for thread in threads:
             thread.start()
         try:
-            while (got := self.completed.get()) is not _END:
-                self._judge(*got)
+            while batch := self._completions():
+                verdicts = rows.judge_many([(completion, item.caption[0], item.targets, item.owner.unit.ask.min_faithfulness)
+                                            for item, completion in batch])
+                for (item, completion), (text, reason) in zip(batch, verdicts):
+                    self._judge(item, completion, text, reason)
         except BaseException:
             self._abort()
             raise
@@ -225,18 +229,19 @@ class Stream:
                     chunk.waiting.add((ident, i))
             if not chunk.waiting:  # every row was answered by earlier chunks (or has no caption)
                 self._complete(chunk)
-        fitted: dict[str, tuple[str, bool]] = {}
+        fitted: dict[str, prompt.Fitted] = {}
         start = 0
         while start < len(new):  # outside the lock: tokenizing is the slow part
             if not (self.fresh or self.sent):
                 self.slice = FIRST_SLICE
             size, self.slice = self.slice, min(SLICE, 2 * self.slice)
+            items = new[start:start + size]
+            idents = list(dict.fromkeys(item.ident for item in items if item.ident not in fitted))
+            fitted.update(zip(idents, unit.ask.captions([unique[ident] for ident in idents])))
             built = []
-            for item in new[start:start + size]:
-                if item.ident not in fitted:
-                    fitted[item.ident] = unit.ask.caption(unique[item.ident])
-                item.caption, item.cut = fitted[item.ident]
-                item.cut = item.cut or unit.ask.cut_before(item.ident, item.caption, item.index, item.attempt)
+            for item in items:
+                item.caption = fitted[item.ident]
+                item.cut = item.caption[2] or unit.ask.cut_before(item.ident, item.caption, item.index, item.attempt)
                 built.append((item, self._request(item)))
             order = schedule_order(built, self.schedule)
             with self.ready:
@@ -301,11 +306,28 @@ class Stream:
 
     # -- the caller's thread: judging ------------------------------------------------------------------
 
-    def _judge(self, item: _Item, completion) -> None:
+    def _completions(self) -> list:
+        """The completions waiting for the judge, at least one (waiting for it) and at most JUDGE_BATCH;
+        empty once the stream has ended."""
+        batch = []
+        got = self.completed.get()
+        while got is not _END:
+            batch.append(got)
+            if len(batch) == JUDGE_BATCH:
+                return batch
+            try:
+                got = self.completed.get_nowait()
+            except queue.Empty:
+                return batch
+        if batch:
+            self.completed.put(_END)  # for the next call
+        return batch
+
+    def _judge(self, item: _Item, completion, text: str, reason: str | None) -> None:
+        """A judged completion (`text` parsed from it, `reason` to reject it or None): final, or its retry queued."""
         unit = item.owner.unit
         rows.count(item.owner.stats, completion)
         rows.note_error(item.owner.engine_errors, completion)
-        text, reason = rows.judge(completion, item.caption, item.targets, unit.ask.min_faithfulness)
         if reason is not None and completion.sent:
             item.owner.rejected[reason] += 1
         result = rows.final(text, reason, item.attempt, unit.attempts, item.cut)
