@@ -213,3 +213,18 @@ def test_rewrites_that_do_not_line_up_say_what_was_found(tmp_path):
     line = refused(export(work, tmp_path / "out", "hf"), "'k11'", "'new'", "the input changed after the run",
                    "shard 00000 (in.parquet)")
     assert "plan changed" not in line
+
+
+def test_sample_indices_draws_what_random_sample_draws():
+    """seeds.sample_indices is random.sample(range(n), k) without its checks: the same indices in the same
+    order and the generator left in the same state, for small populations (its pool) and large ones (its
+    set of picks). If a Python version changes random.sample, this fails: our draws stay as they were."""
+    import random
+
+    from rewrite.rewriting import seeds
+
+    for seed in range(300):
+        for n, k in ((2, 2), (5, 2), (16, 3), (21, 3), (22, 3), (40, 3), (100, 7), (1000, 30), (3, 0)):
+            ours, theirs = random.Random(seed), random.Random(seed)
+            assert seeds.sample_indices(ours, n, k) == theirs.sample(range(n), k)
+            assert ours.getrandbits(32) == theirs.getrandbits(32)

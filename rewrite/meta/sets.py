@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..workdir import atomic
-from ..rewriting import clip_tokens, validate
+from ..rewriting import clip_tokens, seeds, validate
 from .. import resources, defaults, storage
 
 Example = tuple[str, str]
@@ -269,12 +269,12 @@ def sample_examples(meta: MetaSet, rng: random.Random, k: int) -> list[Example]:
     """k examples drawn without replacement; for groups, two distinct captions of one group each."""
     if k > len(meta):
         raise MetaSetError(f"meta set {meta.name} has {len(meta)} entries, fewer than k={k}")
-    chosen = rng.sample(range(len(meta)), k)
+    chosen = seeds.sample_indices(rng, len(meta), k)
     if meta.pairs:
         return [meta.pairs[i] for i in chosen]
     out = []
     for i in chosen:
-        a, b = rng.sample(range(len(meta.groups[i])), 2)
+        a, b = seeds.sample_indices(rng, len(meta.groups[i]), 2)
         out.append((meta.groups[i][a], meta.groups[i][b]))
     return out
 
