@@ -159,11 +159,16 @@ class VLLMEngine(TokenizerEngine):
 
     def _params(self, request: Request, sampling: Sampling):
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
+        # Final outputs only: by default vLLM builds an output for every running sequence at every step,
+        # in this process (holding its GIL), and the stream reads only finished ones (bench/vllm_overhead.py:
+        # 25-40% of its step's Python per sequence).
         return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
                               max_tokens=sampling.max_new_tokens,
                               stop=["\n"] if self.stop_at_newline else None,
-                              seed=request.seed if self.per_request_seeds else None)
+                              seed=request.seed if self.per_request_seeds else None,
+                              output_kind=RequestOutputKind.FINAL_ONLY)
 
     @staticmethod
     def _completion(out) -> Completion:
