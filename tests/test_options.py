@@ -110,6 +110,8 @@ BAD: dict[str, dict[str, list[list[str]]]] = {
         "--out": [["--work", "{work}", "--out", "{work}"], ["--work", "{work}", "--out", "{file}"]],
         "--source": [["--work", "{work}", "--out", "{new}", "--source", "laion"]],
         "--embedding-model": [["--work", "{work}", "--out", "{new}", "--embedding-model", "{missing}"]],
+        "--sample-rows": [["--work", "{work}", "--out", "{new}", "--sample-rows", "-1"]],
+        "--seed": [],
         "--overwrite": [],
         "--progress": [],
     },

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import random
 import re
 import statistics
 from dataclasses import asdict
@@ -51,9 +53,11 @@ def record_settings(w: layout.Work, manifest: Manifest, config: RunConfig) -> No
 
 
 def commit(w: layout.Work, manifest: Manifest, config: RunConfig, shard: int, results: list[list[tuple]],
-           requests: int = 0, rejected: dict | None = None, failed_reasons: dict | None = None, finish: bool = True):
+           requests: int = 0, rejected: dict | None = None, failed_reasons: dict | None = None, finish: bool = True,
+           tokens: tuple[int, int, int] = (0, 0, 0)):
     """A shard's sidecar (`results`: per row, (rewrite, status, reason) per index) and, with `finish`, its
-    stats marking it done, as the runner writes them; without, the shard is left partial."""
+    stats marking it done, as the runner writes them (`tokens`: prompt, cached and generated); without,
+    the shard is left partial."""
     n = config.num_rewrites
     keys = pa.concat_tables(plan.iter_shard(manifest, shard, 100)).column(layout.KEY).to_pylist()
     assert len(keys) == len(results)
@@ -69,8 +73,8 @@ def commit(w: layout.Work, manifest: Manifest, config: RunConfig, shard: int, re
         return
     statuses = [status for row in results for _, status, _ in row]
     chunk = {"rows": len(keys), "unique_captions": len(keys), "requests": requests, "ok": statuses.count("ok"),
-             "failed": statuses.count("failed"), "skipped": statuses.count("skipped"), "prompt_tokens": 0,
-             "cached_prompt_tokens": 0, "generated_tokens": 0, "captions_cut": 0, "seconds": 1.0,
+             "failed": statuses.count("failed"), "skipped": statuses.count("skipped"), "prompt_tokens": tokens[0],
+             "cached_prompt_tokens": tokens[1], "generated_tokens": tokens[2], "captions_cut": 0, "seconds": 1.0,
              "rejected": rejected or {}, "failed_reasons": failed_reasons or {}}
     stats = merge_stats([chunk])
     stats.update(shard=shard, source=config.source, engine={"engine": "transformers"}, duplicate_keys=0,
@@ -184,7 +188,7 @@ def test_several_rewrites_a_row_and_agreement_across_sets(work):
     assert chatgpt["length"]["words"]["targets"]["n"] > 0  # the shipped set the fingerprint names
     # Rows with an ok rewrite in both sets: 0, 1, 2 and 5; "a dog" (row 0) and "a blue bus" (row 2) in both.
     assert summary["across_sets"] == {"sets": ["chatgpt", "mine"], "rows_compared": 4, "rows_identical": 2,
-                                      "identical_share": 0.5}
+                                      "identical_share": 0.5, "shards": 2, "of_shards": 2, "margin_95": 0.0}
 
 
 def test_sets_chosen_by_name_or_file(work):
@@ -285,7 +289,8 @@ def test_an_export_gives_the_figures_of_its_rows(work, tmp_path, fmt):
     assert (summary["source"], summary["format"]) == ("export", fmt)
     assert "no shard, request, retry or reject figures" in summary["note"]
     from_work = report.collect(work, progress=False)
-    assert summary["across_sets"] == from_work["across_sets"]
+    agreement = ("sets", "rows_compared", "rows_identical", "identical_share")  # the export's shards are its parts
+    assert {k: summary["across_sets"][k] for k in agreement} == {k: from_work["across_sets"][k] for k in agreement}
     mine, chatgpt = summary["sets"]["mine"], summary["sets"]["chatgpt"]
     check_mine_rewrites(mine)
     # The CSV-shaped formats leave out the row whose caption is empty (it would read as missing).
@@ -446,3 +451,199 @@ def test_embedding_similarity_with_a_local_model(work, tmp_path):
     assert "embedding_similarity" not in report.collect(work, ["mine"], progress=False)["sets"]["mine"]
     with pytest.raises(EmbeddingError, match="not a local model folder"):
         Embedder(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- counts from stats, per-row figures from a sample
+
+COLOURS, THINGS, PLACES = ("red", "blue", "green", "old", "small"), ("dog", "boat", "house"), ("beach", "hill", "lake", "field")
+ADDED = ("at dawn", "in the rain", "with people around")
+COUNTS = ("shards", "shards_left_out", "rows", "ok", "failed", "skipped", "valid_rate", "requests", "first_attempts",
+          "retries", "rejected", "failed_reasons", "tokens")
+
+
+def caption_of(row: int) -> str:
+    return f"a {COLOURS[row % 5]} {THINGS[row % 3]} by the {PLACES[row % 4]}"
+
+
+def rewritten(caption: str, shard: int) -> str:
+    """A rewrite whose faithfulness differs from shard to shard (it keeps more or fewer of the words)."""
+    return " ".join(caption.split()[:2 + shard % 4] + [ADDED[shard % 3]])
+
+
+@pytest.fixture
+def ten_shards(tmp_path: Path) -> Path:
+    """20 captions in 10 shards of 2, both sets done in every shard: chatgpt and bard (the same rewrite on
+    even rows, another on odd ones); row 3 of every 7 failed; each shard's stats its own requests,
+    rejects and tokens."""
+    captions = [caption_of(i) for i in range(20)]
+    path = write_parquet(tmp_path / "input" / "captions.parquet", captions)
+    w = layout.Work(tmp_path / "work")
+    manifest = plan.plan([str(path)], w.root, rows_per_shard=2)
+    for source in ("chatgpt", "bard"):
+        config = RunConfig(source=source)
+        record_settings(w, manifest, config)
+        for shard in range(10):
+            results = []
+            for i in (2 * shard, 2 * shard + 1):
+                text = rewritten(captions[i], shard) if source == "chatgpt" or i % 2 == 0 else "a picture of " + captions[i]
+                results.append([failed("echo") if i % 7 == 3 else ok(text)])
+            failures = sum(row[0][1] == "failed" for row in results)
+            commit(w, manifest, config, shard, results, requests=2 + shard, rejected={"echo": failures + shard % 2},
+                   failed_reasons={"echo": failures} if failures else None, tokens=(10 * shard, shard, 3 * shard))
+    return w.root
+
+
+def test_counts_come_whole_from_the_stats_at_any_sample(ten_shards, monkeypatch):
+    """The counts are every done shard's stats added up, the same with and without a sample, and taking
+    them reads no row: only the sampled shards' captions are read."""
+    read = []
+    captions = report.from_work._captions
+    monkeypatch.setattr(report.from_work, "_captions", lambda manifest, shard: read.append(shard) or captions(manifest, shard))
+    everything = report.collect(ten_shards, progress=False, sample_rows=0)
+    assert sorted(read) == list(range(10))
+    read.clear()
+    sampled = report.collect(ten_shards, progress=False, sample_rows=3)
+    assert len(read) == 2  # 2 rows a shard: 2 shards give 3 or more rows
+    for name in ("chatgpt", "bard"):
+        assert {k: sampled["sets"][name][k] for k in COUNTS} == {k: everything["sets"][name][k] for k in COUNTS}
+    stats = [json.loads(layout.Work(ten_shards).stats_file("chatgpt", shard).read_text()) for shard in range(10)]
+    chatgpt = sampled["sets"]["chatgpt"]
+    assert (chatgpt["rows"], chatgpt["ok"], chatgpt["failed"], chatgpt["skipped"]) == (20, 17, 3, 0)
+    assert chatgpt["requests"] == sum(s["requests"] for s in stats) == 65
+    assert chatgpt["rejected"] == {"echo": 3 + 5} and chatgpt["failed_reasons"] == {"echo": 3}
+    assert chatgpt["retries"] == 5 and chatgpt["first_attempts"] == 60
+    assert chatgpt["tokens"] == {"prompt": 450, "cached_prompt": 45, "generated": 135}
+    assert chatgpt["shards"]["done"] == 10
+
+
+def chosen_shards(summary_seed: int, sample_rows: int, rows_per_shard: int = 2, shards: int = 10) -> list[int]:
+    """The shards a sample of `sample_rows` reads with this seed, worked out here: the seeded order's first
+    shards until that many rows."""
+    order = random.Random(summary_seed).sample(range(shards), shards)
+    return sorted(order[:-(-sample_rows // rows_per_shard)])
+
+
+def test_per_row_figures_come_from_the_rows_and_shards_reported(ten_shards):
+    summary = report.collect(ten_shards, progress=False, sample_rows=5, seed=3)
+    assert summary["sampling"] == {"sample_rows": 5, "seed": 3}
+    chatgpt = summary["sets"]["chatgpt"]
+    sample = chatgpt["sample"]
+    assert (sample["rows"], sample["shards"], sample["of_rows"], sample["of_shards"], sample["exact"]) == (6, 3, 20, 10, False)
+    shards = chosen_shards(3, 5)
+    rows = [2 * s + r for s in shards for r in (0, 1)]
+    pairs = [(caption_of(i), rewritten(caption_of(i), i // 2)) for i in rows if i % 7 != 3]
+    scores = [faithful.faithfulness(c, r) for c, r in pairs]
+    assert chatgpt["faithfulness"]["n"] == len(pairs) and chatgpt["faithfulness"]["mean"] == pytest.approx(statistics.mean(scores))
+    assert chatgpt["length"]["words"]["rewrite"]["mean"] == pytest.approx(statistics.mean(len(r.split()) for _, r in pairs))
+    assert {e["shard"] for which in ("best", "worst") for e in chatgpt["examples"][which]} <= set(shards)
+    assert summary["across_sets"]["shards"] == 3 and summary["across_sets"]["of_shards"] == 10
+
+
+def test_the_same_seed_gives_the_same_report_another_may_differ(ten_shards):
+    def figures(seed):
+        summary = report.collect(ten_shards, progress=False, sample_rows=4, seed=seed)
+        return {k: v for k, v in summary.items() if k not in ("generated_at", "sampling")}
+
+    assert figures(0) == figures(0)
+    means = {figures(seed)["sets"]["chatgpt"]["faithfulness"]["mean"] for seed in range(6)}
+    assert len(means) > 1
+    assert len({tuple(chosen_shards(seed, 4)) for seed in range(6)}) > 1
+
+
+def test_a_sample_gives_each_figures_margin_of_error(ten_shards):
+    """Exact (0) when every shard is read, whether asked (0) or because there are no more rows; the ratio
+    estimator's, with the finite-population correction, over a sample of shards; none from one shard."""
+    for sample_rows in (0, 20, 10_000):
+        summary = report.collect(ten_shards, progress=False, sample_rows=sample_rows)
+        sample = summary["sets"]["chatgpt"]["sample"]
+        assert sample["exact"] and (sample["rows"], sample["shards"]) == (20, 10)
+        assert sample["margin_95"]["faithfulness.mean"] == 0.0 and set(sample["margin_95"].values()) == {0.0}
+        assert summary["across_sets"]["margin_95"] == 0.0
+        assert "exact" in report.render.sample_note(sample, 0)
+
+    sample = report.collect(ten_shards, progress=False, sample_rows=8, seed=1)["sets"]["chatgpt"]["sample"]
+    margins = sample["margin_95"]
+    assert {"faithfulness.mean", "faithfulness.below.0.3", "word_overlap.mean", "recall.mean", "novelty.mean",
+            "length.words.rewrite.mean", "length.clip_tokens.original.mean"} <= set(margins)
+    per_shard = []  # (ok rewrites, their faithfulness) of each sampled shard
+    for shard in chosen_shards(1, 8):
+        scores = [faithful.faithfulness(caption_of(i), rewritten(caption_of(i), shard))
+                  for i in (2 * shard, 2 * shard + 1) if i % 7 != 3]
+        per_shard.append((len(scores), sum(scores)))
+    ratio = sum(y for _, y in per_shard) / sum(x for x, _ in per_shard)
+    spread = sum((y - ratio * x) ** 2 for x, y in per_shard) / 3
+    expected = 1.959964 * math.sqrt((1 - 4 / 10) * spread / 4) / (sum(x for x, _ in per_shard) / 4)
+    assert margins["faithfulness.mean"] == pytest.approx(expected) and expected > 0
+    assert "margin of error" in report.render.sample_note(sample, 1)
+
+    one = report.collect(ten_shards, progress=False, sample_rows=1)["sets"]["chatgpt"]["sample"]
+    assert one["shards"] == 1 and not one["exact"] and set(one["margin_95"].values()) == {None}
+    assert "from one shard no margin of error can be estimated" in report.render.sample_note(one, 0)
+
+
+def test_margin_of_a_ratio_worked_by_hand():
+    # R = 3/6; residuals 0, 1, -1: s^2 = 2/2 = 1; se = sqrt((1 - 3/10) * 1 / 3) / (6/3).
+    assert report.tallies.margin_95([(2, 1), (2, 2), (2, 0)], 10) == pytest.approx(1.959964 * math.sqrt(0.7 / 3) / 2)
+    assert report.tallies.margin_95([(2, 1), (2, 2), (2, 0)], 3) == 0.0
+    assert report.tallies.margin_95([(2, 1)], 10) is None and report.tallies.margin_95([(0, 0), (0, 0)], 10) is None
+
+
+def test_each_set_is_sampled_from_its_own_done_shards():
+    """Shards done in one set only: each set reads its done shards in the one seeded order until it has the
+    rows asked for; a set with fewer rows than that has them all read."""
+    done_by = {s: ["a", "b"] if s % 3 == 0 else ["a"] for s in range(12)}  # b: shards 0, 3, 6, 9
+    chosen = report.from_work.sample(done_by, lambda shard: 2, 5, seed=7)
+    order = random.Random(7).sample(range(12), 12)
+    a = [s for s in order if s in chosen and "a" in chosen[s]]
+    b = [s for s in order if s in chosen and "b" in chosen[s]]
+    assert a == order[:3] and b == [s for s in order if s % 3 == 0][:3]
+    assert report.from_work.sample(done_by, lambda shard: 2, 100, seed=7) == done_by
+    assert report.from_work.sample(done_by, lambda shard: 2, 0, seed=7) == done_by
+
+
+def test_the_report_says_where_its_per_row_figures_come_from(ten_shards, tmp_path):
+    from conftest import run_cli
+
+    said = run_cli("report", "--work", ten_shards, "--out", tmp_path / "r", "--sample-rows", "8", "--seed", "1",
+                   "--no-progress").stdout
+    line = next(text for text in said.splitlines() if text.startswith("chatgpt:"))
+    assert re.search(r"faithfulness \d\.\d\d ± \d\.\d{3} \(below 0\.3", line), line
+    assert line.endswith("per-row figures from 8 rows, 4/10 shards")
+    written = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert written["sampling"] == {"sample_rows": 8, "seed": 1} and written["sets"]["chatgpt"]["sample"]["rows"] == 8
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    assert "from 8 of 20 rows: 4 of 10 done shards, each read whole, drawn at random (seed 1)" in page
+    assert "± (95%)" in page and "sample.margin_95.faithfulness.mean" in page
+
+    exact = run_cli("report", "--work", ten_shards, "--out", tmp_path / "all", "--sample-rows", "0").stdout
+    assert "(exact)" in next(text for text in exact.splitlines() if text.startswith("chatgpt:"))
+
+
+def test_a_bad_sample_size_is_refused_naming_the_option(ten_shards, tmp_path):
+    from conftest import run_cli
+
+    with pytest.raises(ReportError, match="--sample-rows -1: give a number of rows"):
+        report.collect(ten_shards, progress=False, sample_rows=-1)
+    bad = run_cli("report", "--work", ten_shards, "--out", tmp_path / "r", "--sample-rows", "-5", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --sample-rows -5: give a number of rows to read for the per-row figures, or 0 to read every row"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_scale_benchmark_runs_at_toy_size(tmp_path):
+    """bench/report_scale.py on 4 shards of 50 rows: it makes done shards the report accepts, times every
+    row against a sample of one shard, and writes its extrapolation."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "result.json"
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "report_scale.py"),
+                    "--shards", "4", "--rows-per-shard", "50", "--sample-rows", "50", "--out-json", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    every, sampled = result["results"]["all"], result["results"]["sample"]
+    assert every["sample"]["exact"] and (every["sample"]["rows"], every["sample"]["shards"]) == (200, 4)
+    assert not sampled["sample"]["exact"] and (sampled["sample"]["rows"], sampled["sample"]["shards"]) == (50, 1)
+    assert every["rows"] == sampled["rows"] == 200 and every["valid_rate"] == sampled["valid_rate"]
+    assert result["extrapolation"]["target_shards"] == 40_000 and result["extrapolation"]["first_rows_read_ms"] > 0
+    assert "Extrapolated (not measured)" in out.with_suffix(".md").read_text()

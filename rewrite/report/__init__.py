@@ -1,7 +1,8 @@
 """A quality report over a work dir's rewrites, per meta set: how many are valid and why the others were
-rejected, how long, faithful and diverse they are, and the best and worst of them; or over an export's
-rewrites (`collect_export`), with the figures only a run records (shard states, requests, retries, reject
-reasons, the set's example targets) left null or empty.
+rejected (counted from every done shard's stats), how long, faithful and diverse they are, and the best
+and worst of them (from every row, or a seeded sample of whole shards, with each figure's margin of
+error); or over an export's rewrites (`collect_export`), with the figures only a run records (shard
+states, requests, retries, reject reasons, the set's example targets) left null or empty.
 
 Its modules, one concern each: tallies (the running figures, in bounded memory), from_work (`collect`,
 over a work dir's done shards), from_export (`collect_export`, over an export's files), render (the plots

@@ -5,12 +5,15 @@ status: a rewrite it lacks counts as failed (it failed, or its shard was exporte
 EXPORT_NOTE), one whose caption is blank as skipped. What the export holds is read from its record
 (publish.MARKER: the files it published, its format, sets and columns; an export made before the record
 said so is known by its files and columns). The figures only a run records (shard states, requests,
-retries, reject reasons, the set's example targets) are left null or empty.
+retries, tokens, reject reasons, the set's example targets) are left null or empty. Every row is read: an
+export keeps no counts to take instead of its rows' (it is read in the order its reader gives, which
+cannot skip to a part drawn at random), so its per-row figures are exact.
 """
 from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +23,7 @@ from .. import exports, storage
 from ..exports import ExportError, hf, laclip, publish, wds
 from ..workdir import layout
 from .errors import ReportError
-from .tallies import Agreement, SetTally
+from .tallies import COUNTED, Agreement, SetTally
 from .from_work import _add_rows, _chosen, _summary
 
 EXPORT_NOTE = ("From an export: no shard, request, retry or reject figures and no example targets (only a work "
@@ -28,7 +31,7 @@ EXPORT_NOTE = ("From an export: no shard, request, retry or reject figures and n
                "it fills in) counts as failed: it failed, or its shard was exported without rewrites "
                "(--allow-missing). Rows a csv or laclip export leaves out (no caption, no image path) are not "
                "counted")
-RUN_ONLY = ("shards", "shards_left_out", "requests", "first_attempts", "retries")  # figures only a run's stats give: null from an export
+RUN_ONLY = ("shards", "shards_left_out", "requests", "first_attempts", "retries", "tokens")  # figures only a run's stats give: null from an export
 EXPORT_META_SET = {"digest": None, "file": None, "note": "an export does not record the set it was rewritten with"}
 
 
@@ -106,13 +109,19 @@ def export_sets(columns: list[str]) -> dict[str, list[str]]:
 
 
 
-def _export_sidecar(texts: list[str | None], captions: list[str | None]) -> tuple[list, list, None]:
-    """(rewrites, statuses, reasons) of a rewrite column, as a sidecar would hold them: no text is a skip
-    where the caption is blank (nothing was rewritten), else a failure; the reasons are unknown."""
+def _export_sidecar(texts: list[str | None], captions: list[str | None]) -> tuple[list, list]:
+    """(rewrites, statuses) of a rewrite column, as a sidecar would hold them: no text is a skip where the
+    caption is blank (nothing was rewritten), else a failure."""
     statuses = [layout.STATUS_OK if text is not None else
                 layout.STATUS_SKIPPED if caption is None or not caption.strip() else layout.STATUS_FAILED
                 for text, caption in zip(texts, captions)]
-    return texts, statuses, None
+    return texts, statuses
+
+
+def _counts(rows: int, sidecar: list[tuple[list, list]]) -> dict:
+    """A part's counts as a shard's stats hold them: its rows and its rewrites by status."""
+    statuses = Counter(status for _, column in sidecar for status in column)
+    return {"rows": rows, **{status: statuses[status] for status in COUNTED}}
 
 
 def collect_export(folder: str | Path, sources: Sequence[str] | None = None, progress: bool = True,
@@ -131,15 +140,19 @@ def collect_export(folder: str | Path, sources: Sequence[str] | None = None, pro
     sets = record.get("sets") or export_sets(reader.columns)
     names = _chosen(folder, list(sets), sources, "exported")
     tallies = {name: SetTally(name, len(sets[name]), embedder) for name in names}
-    agreement, rows = Agreement(), 0
+    agreement, rows, read = Agreement(), 0, 0
     parts = reader.rows([c for name in names for c in sets[name]])
     try:
         for part in tqdm(parts, total=reader.total, desc="report", unit="part", disable=not progress,
                          file=sys.stderr, dynamic_ncols=True):
-            rows += len(part.keys)
-            _add_rows(tallies, agreement, part.shard, part.keys, part.captions,
-                      {name: [_export_sidecar(part.rewrites[c], part.captions) for c in sets[name]] for name in names})
+            rows, read = rows + len(part.keys), read + 1
+            sidecars = {name: [_export_sidecar(part.rewrites[c], part.captions) for c in sets[name]] for name in names}
+            for name, sidecar in sidecars.items():
+                tallies[name].add_counts(_counts(len(part.keys), sidecar))
+            agreement.add(_add_rows(tallies, part.shard, part.keys, part.captions, sidecars))
     except ExportError as e:
         raise ReportError(str(e)) from None
-    figures = {name: {**t.summary(None, EXPORT_META_SET), **dict.fromkeys(RUN_ONLY)} for name, t in tallies.items()}
-    return _summary(folder, {"shards": None, "rows": rows}, figures, agreement, "export", fmt, EXPORT_NOTE)
+    figures = {name: {**t.summary(None, EXPORT_META_SET, read), **dict.fromkeys(RUN_ONLY)} for name, t in tallies.items()}
+    across_sets = agreement.summary(list(figures), read if len(names) > 1 else 0)
+    return _summary(folder, {"shards": None, "rows": rows}, figures, across_sets, "export", fmt, EXPORT_NOTE,
+                    {"sample_rows": 0, "seed": None})

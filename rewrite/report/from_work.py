@@ -1,13 +1,18 @@
-"""The report's figures over a work dir (`collect`): it reads the done shards one at a time (the inputs'
-key and caption columns, the sidecar's rewrite, status and reason columns) and keeps running sums and
-bounded samples only (the tallies), so its memory is that of one shard however large the work dir.
+"""The report's figures over a work dir (`collect`), in two passes. The counts come from every shard's
+state and, for a done shard, its stats (no row read). The per-row figures come from whole done shards read
+one at a time (the inputs' key and caption columns, the sidecar's rewrite and status columns): every one,
+or, with `sample_rows`, a seeded random sample of them (`sample`), since those figures cost Python per row
+(0.2-0.6 ms) and a sample of a few hundred thousand rows tells them within a small margin of error. The
+tallies keep running sums and bounded samples only, so the memory is that of one shard however large the
+work dir.
 """
 from __future__ import annotations
 
+import random
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm import tqdm
 
@@ -20,6 +25,11 @@ from ..run.config import RunError
 from ..workdir.record import recorded_settings
 from .errors import ReportError
 from .tallies import Agreement, SetTally
+
+# Rows read for the per-row figures by default: at 0.2-0.6 ms a row, one or two minutes of one core; at
+# 10,000 rows a shard, 20 shards, enough to estimate their margins of error (bench/report_scale.py). Counts
+# are exact at any sample size.
+SAMPLE_ROWS = 200_000
 
 
 def _manifest(w: layout.Work) -> Manifest:
@@ -79,44 +89,75 @@ def _captions(manifest: Manifest, shard: int) -> tuple[list[str], list[str | Non
     return keys, captions
 
 
-def _sidecar(path: Path, num_rewrites: int, keys: list[str]) -> list[tuple[list, list, list]]:
-    """(rewrites, statuses, reasons) per rewrite index of a done shard's file, checked to be the shard's rows."""
-    groups = [[layout.rewrite_column(i, num_rewrites), layout.suffixed(layout.STATUS, i, num_rewrites),
-               layout.suffixed(layout.REASON, i, num_rewrites)] for i in range(num_rewrites)]
+def _sidecar(path: Path, num_rewrites: int, keys: list[str]) -> list[tuple[list, list]]:
+    """(rewrites, statuses) per rewrite index of a done shard's file, checked to be the shard's rows."""
+    groups = [[layout.rewrite_column(i, num_rewrites), layout.suffixed(layout.STATUS, i, num_rewrites)]
+              for i in range(num_rewrites)]
     table = storage.read_parquet(path, columns=[layout.KEY] + [c for group in groups for c in group])
     if table.column(layout.KEY).to_pylist() != keys:
         raise ReportError(f"{path} does not hold the rows of its shard in the plan (keys differ)")
     return [tuple(table.column(c).to_pylist() for c in group) for group in groups]
 
 
-def _add_shard(w: layout.Work, manifest: Manifest, shard: int, tallies: dict[str, SetTally],
-               agreement: Agreement) -> None:
-    """Feed one shard to every set that has it done; its captions are read once for all of them."""
-    stats = {}
-    for name, tally in tallies.items():
-        found = done.check(w, name, shard)
-        tally.shards[found.state] += 1
-        if found.state == done.DONE:
-            stats[name] = found.stats
-        else:
-            tally.left_out[shard] = found.problem or found.state
-    if not stats:
-        return
+def checked_sample_rows(sample_rows: int) -> int:
+    """--sample-rows as given, refused unless it is 0 (every row) or a number of rows."""
+    if not isinstance(sample_rows, int) or sample_rows < 0:
+        raise ReportError(f"--sample-rows {sample_rows}: give a number of rows to read for the per-row figures, "
+                          "or 0 to read every row")
+    return sample_rows
+
+
+def _count(w: layout.Work, manifest: Manifest, tallies: dict[str, SetTally], progress: bool) -> dict[int, list[str]]:
+    """Every shard's state in every set, and each done shard's stats into its set's counts (no row read).
+    Returns the done shards, each with the sets that have it done."""
+    done_by: dict[int, list[str]] = {}
+    for shard in tqdm(range(manifest.num_shards), desc="report: counts", unit="shard", disable=not progress,
+                      file=sys.stderr, dynamic_ncols=True):
+        for name, tally in tallies.items():
+            found = done.check(w, name, shard)
+            tally.shards[found.state] += 1
+            if found.state == done.DONE:
+                tally.add_stats(found.stats)
+                done_by.setdefault(shard, []).append(name)
+            else:
+                tally.left_out[shard] = found.problem or found.state
+    return done_by
+
+
+def sample(done_by: dict[int, list[str]], rows: Callable[[int], int], sample_rows: int, seed: int) -> dict[int, list[str]]:
+    """The shards to read for the per-row figures, each with the sets read there: each set's done shards,
+    in an order drawn with `seed` (the same for every set), until it has at least `sample_rows` rows (0:
+    all of them). A shard is read whole, so each set's sample is a simple random sample of its done
+    shards (cluster sampling); a set with no more rows than that has all of them read."""
+    order = random.Random(seed).sample(sorted(done_by), len(done_by))
+    taken: dict[str, int] = {}
+    chosen: dict[int, list[str]] = {}
+    for shard in order:
+        names = [name for name in done_by[shard] if not sample_rows or taken.get(name, 0) < sample_rows]
+        if names:
+            chosen[shard] = names
+            taken.update({name: taken.get(name, 0) + rows(shard) for name in names})
+    return chosen
+
+
+def _read(w: layout.Work, manifest: Manifest, shard: int, names: list[str], tallies: dict[str, SetTally]
+          ) -> dict[str, list[set[str]]]:
+    """One shard's rows to the per-row figures of the sets `names`; its captions are read once for all
+    of them. Returns each set's ok rewrites of each row."""
     keys, captions = _captions(manifest, shard)
-    for name, shard_stats in stats.items():
-        tallies[name].add_stats(shard_stats)
-    _add_rows(tallies, agreement, shard, keys, captions,
-              {name: _sidecar(w.rewrite_file(name, shard), tallies[name].n, keys) for name in stats})
+    return _add_rows(tallies, shard, keys, captions,
+                     {name: _sidecar(w.rewrite_file(name, shard), tallies[name].n, keys) for name in names})
 
 
-def _add_rows(tallies: dict[str, SetTally], agreement: Agreement, shard: int | None, keys: list,
-              captions: list[str | None], sidecars: dict[str, list[tuple]]) -> None:
-    """Rows read together (a shard, a part of an export), to each set of `sidecars` and to the agreement."""
-    agreement.add({name: tallies[name].add_rows(shard, keys, captions, sidecar) for name, sidecar in sidecars.items()})
+def _add_rows(tallies: dict[str, SetTally], shard: int | None, keys: list, captions: list[str | None],
+              sidecars: dict[str, list[tuple]]) -> dict[str, list[set[str]]]:
+    """Rows read together (a shard, a part of an export), to each set of `sidecars`; returns each set's
+    ok rewrites of each row (for the agreement)."""
+    return {name: tallies[name].add_rows(shard, keys, captions, sidecar) for name, sidecar in sidecars.items()}
 
 
-def _summary(path: Path, rows: dict, sets: dict, agreement: Agreement, read_from: str, fmt: str | None,
-             note: str | None) -> dict:
+def _summary(path: Path, rows: dict, sets: dict, across_sets: dict, read_from: str, fmt: str | None,
+             note: str | None, sampling: dict) -> dict:
     """The summary's frame, the same for a work dir and an export (so that `write` renders either)."""
     return {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -126,26 +167,36 @@ def _summary(path: Path, rows: dict, sets: dict, agreement: Agreement, read_from
         "note": note,  # what the figures leave out
         "version": __version__,
         "plan": rows,
+        "sampling": sampling,  # sample_rows (0: every row) and seed of the per-row figures
         "sets": sets,
-        "across_sets": agreement.summary(list(sets)),
+        "across_sets": across_sets,
     }
 
 
-def collect(work: str | Path, sources: Sequence[str] | None = None, progress: bool = True, embedder=None) -> dict:
-    """The report's figures for each set run in `work` (or those of `sources`), over its done shards; with
-    an `embedder` (embedding.Embedder), the embedding similarity of each rewrite to its caption too."""
+def collect(work: str | Path, sources: Sequence[str] | None = None, progress: bool = True, embedder=None,
+            sample_rows: int = SAMPLE_ROWS, seed: int = defaults.SEED) -> dict:
+    """The report's figures for each set run in `work` (or those of `sources`), over its done shards: the
+    counts from every one's stats, the per-row figures from whole shards drawn with `seed` until at least
+    `sample_rows` rows (0: every shard), with their margins of error; with an `embedder`
+    (embedding.Embedder), the embedding similarity of each rewrite to its caption too."""
+    checked_sample_rows(sample_rows)
     w = layout.Work(work)
     manifest = _manifest(w)
     names = set_names(w, sources)
     recorded = {name: _settings(w, name) for name in names}
     tallies = {name: SetTally(name, recorded[name]["num_rewrites"], embedder) for name in names}
-    agreement = Agreement()
-    for shard in tqdm(range(manifest.num_shards), desc="report", unit="shard", disable=not progress,
-                      file=sys.stderr, dynamic_ncols=True):
-        _add_shard(w, manifest, shard, tallies, agreement)
-    if not any(t.shards[done.DONE] for t in tallies.values()):
+    done_by = _count(w, manifest, tallies, progress)
+    if not done_by:
         raise ReportError(f"{w.root}: no shard of {', '.join(names)} is done yet (see `rewrite status`)")
-    sets = {name: t.summary(*example_targets(name, t.meta_file, recorded[name]["meta_digest"]))
+    chosen = sample(done_by, manifest.shard_rows, sample_rows, seed)
+    agreement = Agreement()
+    for shard in tqdm(sorted(chosen), desc="report: rows", unit="shard", disable=not progress, file=sys.stderr,
+                      dynamic_ncols=True):
+        ok_texts = _read(w, manifest, shard, chosen[shard], tallies)
+        if len(chosen[shard]) == len(done_by[shard]):  # the agreement compares every set that has the shard
+            agreement.add(ok_texts)
+    sets = {name: t.summary(*example_targets(name, t.meta_file, recorded[name]["meta_digest"]), t.shards[done.DONE])
             for name, t in tallies.items()}
-    return _summary(w.root, {"shards": manifest.num_shards, "rows": manifest.total_rows}, sets, agreement,
-                    "work", None, None)
+    across_sets = agreement.summary(list(sets), sum(len(found) > 1 for found in done_by.values()))
+    return _summary(w.root, {"shards": manifest.num_shards, "rows": manifest.total_rows}, sets, across_sets,
+                    "work", None, None, {"sample_rows": sample_rows, "seed": seed})

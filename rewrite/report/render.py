@@ -1,20 +1,27 @@
 """The report's summary rendered: its plots as PNGs (matplotlib's Agg, never a window) and one
-self-contained HTML page, the plots embedded in it.
+self-contained HTML page, the plots embedded in it. matplotlib is imported when a plot is drawn, not with
+the package: the CLI imports the report's defaults at every start.
 """
 from __future__ import annotations
 
 import base64
 import html
 from pathlib import Path
-from typing import Iterable, Sequence
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .. import storage
 from ..workdir import atomic
 from .tallies import BINS, EXAMPLES, THRESHOLDS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure of this size in inches (matplotlib loaded here, on the first plot)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
 
 
 # ---------------------------------------------------------------- plots
@@ -22,7 +29,7 @@ from .tallies import BINS, EXAMPLES, THRESHOLDS
 
 def faithfulness_plot(name: str, figures: dict) -> Figure:
     """Where a set's rewrites fall between a paraphrase (1) and another picture (0); thresholds dotted."""
-    fig = Figure(figsize=(6, 3.2))
+    fig = _figure(6, 3.2)
     ax = fig.add_subplot()
     ax.bar([i / BINS for i in range(BINS)], figures["faithfulness"]["histogram"], width=1 / BINS, align="edge",
            edgecolor="white")
@@ -43,7 +50,7 @@ def _shares(histogram: list) -> tuple[list[int], list[float]]:
 
 def length_plot(name: str, figures: dict) -> Figure:
     """Rewrites against their captions (and the set's example targets): LaCLIP's rewrites run about twice as long."""
-    fig = Figure(figsize=(6, 3.2))
+    fig = _figure(6, 3.2)
     ax = fig.add_subplot()
     for label, dist in figures["length"]["words"].items():
         if dist and dist["n"]:
@@ -55,8 +62,10 @@ def length_plot(name: str, figures: dict) -> Figure:
 
 def reasons_plot(sets: dict) -> Figure:
     """Rejected attempts by reason and set: what the retries were spent on."""
+    from matplotlib.ticker import MaxNLocator
+
     reasons = sorted({r for figures in sets.values() for r in figures["rejected"]})
-    fig = Figure(figsize=(7, 1 + 0.45 * max(1, len(reasons)) * max(1, len(sets)) ** 0.5))
+    fig = _figure(7, 1 + 0.45 * max(1, len(reasons)) * max(1, len(sets)) ** 0.5)
     ax = fig.add_subplot()
     if not reasons:
         ax.text(0.5, 0.5, "no attempt was rejected", ha="center", va="center")
@@ -74,6 +83,8 @@ def reasons_plot(sets: dict) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)  # Agg: renders to a file, never to a window
     with atomic.atomic_path(path) as tmp, storage.open_file(tmp, "wb") as f:
         fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
@@ -130,17 +141,33 @@ def _image(path: Path, alt: str) -> str:
 
 
 OVERVIEW = (("rows", "rows"), ("ok", "ok"), ("failed", "failed"), ("skipped", "skipped"),
-            ("valid rate", "valid_rate"), ("retries", "retries"), ("words (rewrite)", "length.words.rewrite.mean"),
-            ("words (original)", "length.words.original.mean"), ("faithfulness", "faithfulness.mean"),
+            ("valid rate", "valid_rate"), ("retries", "retries"), ("rows read", "sample.rows"),
+            ("words (rewrite)", "length.words.rewrite.mean"), ("words (original)", "length.words.original.mean"),
+            ("faithfulness", "faithfulness.mean"), ("± (95%)", "sample.margin_95.faithfulness.mean"),
             ("distinct-1", "diversity.distinct_1"), ("distinct-2", "diversity.distinct_2"))
+PER_ROW = "lengths, scores, diversity, best and worst rows"  # the figures a sample of rows gives
 
 STYLE = """body{font-family:sans-serif;max-width:70em;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;
 vertical-align:top}th{background:#f3f3f3}img{max-width:100%;margin:.5em 1em .5em 0}"""
 
 
-def _set_section(name: str, figures: dict, paths: dict[str, Path]) -> str:
-    parts = [f"<h2>{html.escape(name)}</h2>"]
+def sample_note(sample: dict, seed: int | None) -> str:
+    """Where a set's per-row figures come from, and how far they can be off."""
+    if sample["exact"]:
+        return f"Per-row figures ({PER_ROW}) from every row counted ({sample['rows']}): exact."
+    drawn = (f"Per-row figures ({PER_ROW}) from {sample['rows']} of {sample['of_rows']} rows: {sample['shards']} of "
+             f"{sample['of_shards']} done shards, each read whole, drawn at random (seed {seed})")
+    if sample["shards"] < 2:
+        return f"{drawn}; from one shard no margin of error can be estimated."
+    return (f"{drawn}, a cluster sample: each mean and share is given ± its 95% margin of error (sample.margin_95: "
+            "the ratio estimator's over the sampled shards, with the finite-population correction). Medians, p90s "
+            "and distinct-n are those of the rows read. Counts (rows, ok, failed, skipped, reasons, requests, "
+            "retries, tokens) are exact, from every done shard's stats.")
+
+
+def _set_section(name: str, figures: dict, paths: dict[str, Path], seed: int | None) -> str:
+    parts = [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(sample_note(figures['sample'], seed))}</p>"]
     note = figures["meta_set"]["note"]
     if note:
         parts.append(f"<p>Example targets: {html.escape(note)}.</p>")
@@ -174,8 +201,10 @@ def render_html(summary: dict, paths: dict[str, Path]) -> str:
     if "reject_reasons" in paths:
         parts.append(_image(paths["reject_reasons"], "reject reasons"))
     if len(across["sets"]) > 1:
-        parts.insert(3, f"<p>Rows with identical rewrites in two or more sets: {_format(across['identical_share'])} "
-                     f"({across['rows_identical']} of the {across['rows_compared']} rows with an ok rewrite in two "
-                     "or more).</p>")
-    parts += [_set_section(name, f, paths) for name, f in summary["sets"].items()]
+        margin = "" if across["margin_95"] is None else f" ± {_format(across['margin_95'])}"
+        parts.insert(3, f"<p>Rows with identical rewrites in two or more sets: {_format(across['identical_share'])}"
+                     f"{margin} ({across['rows_identical']} of the {across['rows_compared']} rows with an ok rewrite "
+                     f"in two or more, in {across['shards']} of the {across['of_shards']} shards two or more sets "
+                     "have).</p>")
+    parts += [_set_section(name, f, paths, summary["sampling"]["seed"]) for name, f in summary["sets"].items()]
     return "".join(parts) + "</body></html>\n"

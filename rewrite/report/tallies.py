@@ -11,6 +11,13 @@ Quantiles interpolate linearly between order statistics (numpy's default). Words
 and lower-cased, as meta.word_overlap counts them; CLIP tokens include the start and end tokens
 (clip_tokens.count). With several rewrites per row each rewrite counts once (ok, failed and skipped too),
 paired with its row's caption.
+
+A work dir's counts (rows, ok/failed/skipped, reject and failure reasons, requests, retries, tokens) come
+from its done shards' stats (`SetTally.add_stats`), all of them, without a row read; the per-row figures
+(lengths, scores, diversity, best and worst rows, agreement) from the rows fed to `add_rows`, which may be
+a sample of whole shards. A mean or share over sampled shards is a ratio of sums (the rows' sum over
+their count), so each shard's part of both is kept (`Clusters`) and gives the figure's margin of error
+(`margin_95`): cluster sampling with the ratio estimator.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import hashlib
 import heapq
 import math
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
 from .. import meta
@@ -33,6 +40,46 @@ BINS = 20  # histogram bins over [0, 1]
 EXAMPLES = 5  # best and worst rows shown per set
 SHOWN_CHARS = 500  # an example's caption or rewrite is cut to this many characters
 STATES = (done.DONE, done.PARTIAL, done.MISSING, done.DAMAGED)
+COUNTED = (layout.STATUS_OK, layout.STATUS_FAILED, layout.STATUS_SKIPPED)  # rewrite statuses, as the stats count them
+TOKENS = ("prompt", "cached_prompt", "generated")  # the stats' <kind>_tokens
+Z95 = 1.959964  # the standard normal quantile of a two-sided 95% interval
+
+
+def margin_95(pairs: Sequence[tuple[float, float]], population: int) -> float | None:
+    """The 95% margin of error of the ratio sum(y) / sum(x) estimated from `pairs`, the (x, y) of each of
+    n clusters (shards) drawn at random from `population`: the ratio estimator's standard error,
+    sqrt((1 - n/N) / n * sum((y - R x)^2) / (n - 1)) / mean(x), with the finite-population correction
+    (Cochran, Sampling Techniques, 3rd ed., 6.9 and 9A.8). 0 when every cluster was read (the figure is
+    exact); None when it cannot be estimated (from one cluster of several, or no x at all)."""
+    n, total_x = len(pairs), sum(x for x, _ in pairs)
+    if not total_x:
+        return None
+    if n >= population:
+        return 0.0
+    if n < 2:
+        return None
+    ratio = sum(y for _, y in pairs) / total_x
+    spread = sum((y - ratio * x) ** 2 for x, y in pairs) / (n - 1)
+    return Z95 * math.sqrt((1 - n / population) * spread / n) / (total_x / n)
+
+
+class Clusters:
+    """The shards of a cluster sample: what each added to each ratio figure (name -> (count, sum)), so
+    that every figure's margin of error can be told (margin_95)."""
+
+    def __init__(self) -> None:
+        self.units = 0
+        self.pairs: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+    def add(self, before: dict[str, tuple], after: dict[str, tuple]) -> None:
+        """One shard, as the figures' (count, sum) before and after it."""
+        self.units += 1
+        for name, (x, y) in after.items():
+            x0, y0 = before[name]
+            self.pairs[name].append((x - x0, y - y0))
+
+    def margins(self, population: int) -> dict[str, float | None]:
+        return {name: margin_95(pairs, population) for name, pairs in self.pairs.items()}
 
 
 def quantile(counts: Counter, q: float) -> float | None:
@@ -68,6 +115,10 @@ class Lengths:
         self.counts.update(values)
         return self
 
+    def ratios(self) -> dict[str, tuple[int, int]]:
+        """The mean as (count, sum), for its margin of error."""
+        return {"mean": (sum(self.counts.values()), sum(v * c for v, c in self.counts.items()))}
+
     def summary(self) -> dict:
         n = sum(self.counts.values())
         return {"n": n, "mean": sum(v * c for v, c in self.counts.items()) / n if n else None,
@@ -95,6 +146,10 @@ class Scores:
             self.sample.append(score)
         elif (j := self.rng.randrange(self.n)) < RESERVOIR:
             self.sample[j] = score
+
+    def ratios(self) -> dict[str, tuple[int, float]]:
+        """The mean and the shares below THRESHOLDS as (count, sum), for their margins of error."""
+        return {"mean": (self.n, self.total), **{f"below.{t}": (self.n, self.below[t]) for t in THRESHOLDS}}
 
     def summary(self) -> dict:
         sample = Counter(self.sample)
@@ -168,23 +223,32 @@ class Extremes:
 
 
 class Agreement:
-    """Rows whose rewrites are identical in two or more sets (rows with an ok rewrite in at least two)."""
+    """Rows whose rewrites are identical in two or more sets (rows with an ok rewrite in at least two),
+    and each shard's part of them (a shard of two or more sets is a cluster of its sample)."""
 
     def __init__(self) -> None:
         self.compared = self.identical = 0
+        self.pairs: list[tuple[int, int]] = []  # per shard of two or more sets: (rows compared, rows identical)
 
     def add(self, ok_texts: dict[str, list[set[str]]]) -> None:
-        """One shard: each set's ok rewrites of each row (only sets that have the shard done)."""
+        """One shard: each set's ok rewrites of each row (every set that has the shard done)."""
+        if len(ok_texts) < 2:
+            return
+        compared = identical = 0
         for row in zip(*ok_texts.values()):
             present = [texts for texts in row if texts]
             if len(present) < 2:
                 continue
-            self.compared += 1
-            self.identical += any(n > 1 for n in Counter(t for texts in present for t in texts).values())
+            compared += 1
+            identical += any(n > 1 for n in Counter(t for texts in present for t in texts).values())
+        self.compared, self.identical = self.compared + compared, self.identical + identical
+        self.pairs.append((compared, identical))
 
-    def summary(self, names: list[str]) -> dict:
+    def summary(self, names: list[str], population: int) -> dict:
+        """`population`: the shards two or more of the sets have (done, or in an export)."""
         return {"sets": names, "rows_compared": self.compared, "rows_identical": self.identical,
-                "identical_share": self.identical / self.compared if self.compared else None}
+                "identical_share": self.identical / self.compared if self.compared else None,
+                "shards": len(self.pairs), "of_shards": population, "margin_95": margin_95(self.pairs, population)}
 
 
 def _clip(text: str) -> str:
@@ -192,7 +256,8 @@ def _clip(text: str) -> str:
 
 
 class SetTally:
-    """One meta set's running figures, fed a done shard at a time."""
+    """One meta set's running figures: its counts fed every done shard's stats (or an export's rows'
+    statuses), its per-row figures fed the rows of whole shards (all, or a sample of them)."""
 
     def __init__(self, name: str, num_rewrites: int, embedder=None) -> None:
         self.name, self.n, self.embedder = name, num_rewrites, embedder
@@ -202,6 +267,9 @@ class SetTally:
         self.statuses: Counter = Counter()  # ok / failed / skipped rewrites
         self.rejected: Counter = Counter()
         self.failed_reasons: Counter = Counter()
+        self.tokens_used: Counter = Counter()  # TOKENS -> the engine's tokens
+        self.rows_read = 0  # rows whose per-row figures were taken
+        self.clusters = Clusters()
         self.words = {"rewrite": Lengths(), "original": Lengths()}
         self.tokens = {"rewrite": Lengths(), "original": Lengths()}
         self.scores = {name: Scores() for name in ("faithfulness", "recall", "novelty", "word_overlap")}
@@ -212,26 +280,41 @@ class SetTally:
         self.examples = Extremes()
         self.meta_file: str | None = None  # the set's file as the run recorded it
 
+    def add_counts(self, counts: dict) -> None:
+        """Rows and their rewrites' statuses (`counts`: "rows" and COUNTED, as a shard's stats hold them)."""
+        self.rows += counts["rows"]
+        self.statuses.update({status: counts[status] for status in COUNTED})
+
     def add_stats(self, stats: dict) -> None:
-        """A done shard's stats. Every rejected attempt is either retried or was a failed rewrite's last
-        one, so retries = rejected attempts - failed rewrites (each failed (caption, index) once)."""
+        """A done shard's stats: its counts, whole, without reading its rows. Failure reasons count each
+        failed (caption, index) once, as the run judged them (rows of a caption repeated in a shard share
+        its rewrite). Every rejected attempt is either retried or was a failed rewrite's last one, so
+        retries = rejected attempts - failed rewrites."""
+        self.add_counts(stats)
         self.requests += stats["requests"]
         self.rejected.update(stats["rejected"])
+        self.failed_reasons.update(stats["failed_reasons"])
         self.retries += sum(stats["rejected"].values()) - sum(stats["failed_reasons"].values())
+        self.tokens_used.update({kind: stats.get(f"{kind}_tokens", 0) for kind in TOKENS})
         self.meta_file = self.meta_file or stats.get("settings", {}).get("meta_file")
 
+    def ratios(self) -> dict[str, tuple]:
+        """Every mean and share of the per-row figures as (count, sum), by its key in the summary."""
+        lengths = {f"length.{kind}.{side}.{name}": pair for kind, sides in (("words", self.words), ("clip_tokens", self.tokens))
+                   for side, dist in sides.items() for name, pair in dist.ratios().items()}
+        return {**lengths, **{f"{figure}.{name}": pair for figure, scores in self.scores.items()
+                              for name, pair in scores.ratios().items()}}
+
     def add_rows(self, shard: int | None, keys: list, captions: list[str | None], sidecar: list[tuple]) -> list[set[str]]:
-        """A done shard's rows (or an export's: their reasons None, unknown); returns each row's ok rewrites
-        (for Agreement)."""
-        self.rows += len(keys)
+        """A whole shard's rows (or an export's part) for the per-row figures (`sidecar`: (rewrites,
+        statuses) per rewrite index); returns each row's ok rewrites (for Agreement)."""
+        before = self.ratios()
+        self.rows_read += len(keys)
         ok_texts, words, pairs = [], [], []
         for row, (key, caption) in enumerate(zip(keys, captions)):
             texts: set[str] = set()
             original = None
-            for rewrites, statuses, reasons in sidecar:
-                self.statuses[statuses[row]] += 1
-                if statuses[row] == layout.STATUS_FAILED and reasons is not None:
-                    self.failed_reasons[reasons[row]] += 1
+            for rewrites, statuses in sidecar:
                 if statuses[row] != layout.STATUS_OK:
                     continue
                 original = original or (len(caption.split()), clip_tokens.count(caption))
@@ -245,6 +328,7 @@ class SetTally:
         if self.embedder is not None and pairs:
             for similarity in self.embedder.similarity(pairs):
                 self.scores["embedding_similarity"].add(min(1.0, max(0.0, similarity)))
+        self.clusters.add(before, self.ratios())
         return ok_texts
 
     def _add_rewrite(self, shard: int | None, key, caption: str, rewrite: str, original: tuple[int, int]) -> None:
@@ -264,7 +348,14 @@ class SetTally:
         self.scores["faithfulness"].add(score)
         self.examples.add(score, {"shard": shard, "key": key, "caption": _clip(caption), "rewrite": _clip(rewrite)})
 
-    def summary(self, targets: list[str] | None, meta_set: dict) -> dict:
+    def sample(self, population: int) -> dict:
+        """Where the per-row figures come from: rows and shards read of those counted (`population`: the
+        shards they were drawn from), and each mean's and share's 95% margin of error (0: exact)."""
+        return {"rows": self.rows_read, "of_rows": self.rows, "shards": self.clusters.units, "of_shards": population,
+                "exact": self.clusters.units >= population, "margin_95": self.clusters.margins(population)}
+
+    def summary(self, targets: list[str] | None, meta_set: dict, population: int) -> dict:
+        """The figures; `population`: the shards the rows were drawn from (see `sample`)."""
         ok, failed = self.statuses[layout.STATUS_OK], self.statuses[layout.STATUS_FAILED]
         scores = {name: s.summary() for name, s in self.scores.items()}
         return {
@@ -281,6 +372,7 @@ class SetTally:
             "retries": self.retries,
             "rejected": dict(sorted(self.rejected.items())),
             "failed_reasons": dict(sorted(self.failed_reasons.items())),
+            "tokens": {kind: self.tokens_used[kind] for kind in TOKENS},
             "length": {
                 "words": {**{k: v.summary() for k, v in self.words.items()},
                           "targets": Lengths().extend(len(t.split()) for t in targets).summary() if targets else None},
@@ -291,5 +383,6 @@ class SetTally:
             "diversity": {"distinct_1": self.distinct[1].ratio(), "distinct_2": self.distinct[2].ratio(),
                           "unigrams": self.distinct[1].total, "bigrams": self.distinct[2].total},
             "meta_set": meta_set,
+            "sample": self.sample(population),
             "examples": self.examples.summary(),
         }

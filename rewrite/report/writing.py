@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .. import storage
+from .. import defaults, storage
 from ..workdir import atomic, layout, outputs
 from .errors import ReportError
-from .from_work import _manifest, collect
+from .from_work import SAMPLE_ROWS, _manifest, checked_sample_rows, collect
 from .from_export import collect_export, kind
 from .render import plots, render_html
 
@@ -74,9 +74,12 @@ def write(summary: dict, out_dir: str | Path, overwrite: bool = False) -> dict[s
 
 
 def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = None, progress: bool = True,
-           embedding_model: str | Path | None = None, overwrite: bool = False) -> dict:
-    """collect (`path` a work dir) or collect_export (an export), then write: {"summary": ..., "paths": ...}.
-    The report folder is checked (and the embedding model loaded) before the reading."""
+           embedding_model: str | Path | None = None, overwrite: bool = False, sample_rows: int = SAMPLE_ROWS,
+           seed: int = defaults.SEED) -> dict:
+    """collect (`path` a work dir; its per-row figures from `sample_rows` rows drawn with `seed`, see
+    collect) or collect_export (an export, read whole), then write: {"summary": ..., "paths": ...}. The
+    options and the report folder are checked (and the embedding model loaded) before the reading."""
+    checked_sample_rows(sample_rows)
     read_from = kind(path)
     check_out(path, out, read_from, overwrite)
     embedder = None
@@ -84,6 +87,7 @@ def report(path: str | Path, out: str | Path, sources: Sequence[str] | None = No
         from ..rewriting.embedding import Embedder
 
         embedder = Embedder(embedding_model)
-    summary = (collect if read_from == "work" else collect_export)(path, sources, progress, embedder)
+    summary = (collect(path, sources, progress, embedder, sample_rows, seed) if read_from == "work" else
+               collect_export(path, sources, progress, embedder))
     summary["embedding_model"] = embedder.name if embedder else None
     return {"summary": summary, "paths": write(summary, out, overwrite)}
