@@ -225,7 +225,8 @@ def one(args) -> dict:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with commit_latencies(latencies):
             finished = runner.run_prepared(jobs, shards, engine, progress=False,
-                                           schedule=defaults.Schedule(streaming=args.mode == "stream"))
+                                           schedule=defaults.Schedule(streaming=args.mode == "stream",
+                                                                      builders=args.builders))
         stats = {k: sum(shard[k] for shard in finished) for k in ("rows", "requests", "ok", "failed")}
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0 - engine.own_cpu
     full_step = engine.t0 + engine.t1 * engine.max_running
@@ -234,6 +235,7 @@ def one(args) -> dict:
     occupancy = engine.occupied / engine.steps / engine.max_running
     return {"mode": args.mode, "source": args.source, "step_ms": args.step_ms, "reject": args.reject,
             "chunk": args.chunk, "shards": args.shards, "min_faithfulness": args.min_faithfulness,
+            "builders": args.builders,
             "prefill_ratio": args.prefill_ratio, "front_end_us": list(args.front_end_us),
             "captions": stats["rows"], "requests": stats["requests"], "ok": stats["ok"], "failed": stats["failed"],
             "seconds": wall, "busy": engine.busy / wall, "busy_measured": engine.slept / wall,
@@ -249,7 +251,7 @@ def one(args) -> dict:
 
 
 CONFIG_FLAGS = ("step_ms", "reject", "chunk", "captions", "max_running", "shards", "source", "min_faithfulness",
-                "prefill_ratio")
+                "prefill_ratio", "builders")
 
 
 def measure(mode: str, step_ms: float, reject: float, chunk: int, args) -> dict:
@@ -315,6 +317,8 @@ def main() -> None:
                     help=f"a prompt token's prefill / a running sequence's share of a full step (default {PREFILL_RATIO})")
     ap.add_argument("--front-end-us", type=float, nargs=2, default=list(FRONT_END_US), metavar=("PER_REQUEST", "PER_SEQUENCE_STEP"),
                     help=f"vLLM's front-end Python, in us (default {FRONT_END_US[0]:g} {FRONT_END_US[1]:g}: measured)")
+    ap.add_argument("--builders", type=int, help="stream: worker processes building requests and judging "
+                    "(rewrite run --builders; default: the run's, from the cores)")
     ap.add_argument("--out-json", help="result file (default bench/results/<time>-scheduler.json)")
     ap.add_argument("--one", choices=("old", "stream"), help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -63,7 +63,11 @@ class Schedule:
     # None: the engine's choice (Engine.streams_by_default).
     streaming: bool | None = None
     open_chunks: int = OPEN_CHUNKS  # chunks in flight at once while streaming (memory; work a kill loses)
+    # Streaming: worker processes that build requests and judge (run/builders.py); None: from the cores.
+    builders: int | None = None
 
     def __post_init__(self) -> None:
         if self.open_chunks < 1:
             raise ValueError(f"--open-chunks must be >= 1, got {self.open_chunks}")
+        if self.builders is not None and self.builders < 0:
+            raise ValueError(f"--builders must be >= 0, got {self.builders}")

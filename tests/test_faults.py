@@ -114,11 +114,15 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, scheduler)
             assert (a["ok"], a["failed"], a["rejected"]) == (b["ok"], b["failed"], b["rejected"])
 
 
-@pytest.mark.parametrize("open_chunks, signum", [(1, signal.SIGTERM), (4, signal.SIGTERM), (1, signal.SIGINT)])
-def test_a_stop_signal_commits_the_chunks_in_flight_and_exits_75(tmp_path, open_chunks, signum):
+@pytest.mark.parametrize("open_chunks, signum, builders", [(1, signal.SIGTERM, 0), (4, signal.SIGTERM, 0), (1, signal.SIGINT, 0),
+                                                       (4, signal.SIGTERM, 2)])
+def test_a_stop_signal_commits_the_chunks_in_flight_and_exits_75(tmp_path, open_chunks, signum, builders):
+    """With --builders 2 too: the workers (waited for, so they build and judge) end with the run."""
     work = planned(tmp_path, "w", shards=1)
     parts = work / "rewrites" / SOURCE / "00000.parts"
-    proc = start(work, "--stop-within", "120", "--scheduler", "stream", "--open-chunks", str(open_chunks))
+    marker = f"REWRITE_TEST_STOP_{os.getpid()}_{builders}"
+    proc = start(work, "--stop-within", "120", "--scheduler", "stream", "--open-chunks", str(open_chunks),
+                 "--builders", str(builders), env={"REWRITE_WAIT_FOR_BUILDERS": "1", marker: "1"})
     wait_for(lambda: any(parts.glob("*.parquet")))  # chunk 0 committed
     time.sleep(0.5)  # the next chunks in flight (a chunk takes seconds; a signal before one starts takes none)
     proc.send_signal(signum)
@@ -133,6 +137,7 @@ def test_a_stop_signal_commits_the_chunks_in_flight_and_exits_75(tmp_path, open_
         assert committed == [f"{i:05d}.parquet" for i in range(len(committed))], committed
         assert 2 <= len(committed) <= 1 + open_chunks < 8, committed
     assert not (work / "rewrites" / SOURCE / "00000.stats.json").exists()
+    assert ("worker processes" in err) == bool(builders) and processes_marked(marker) == []
     run_cli("run", "--work", work, *RUN)  # resumes
     assert pq.read_table(work / "rewrites" / SOURCE / "00000.parquet").num_rows == 36
 

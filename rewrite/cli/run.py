@@ -22,11 +22,11 @@ from . import engine_options as opt
 from .shared import EXIT_UNAVAILABLE, StorageOptions, app, reported, report_export, use_storage_options
 
 
-def schedule_option(scheduler: str, open_chunks: int) -> defaults.Schedule:
+def schedule_option(scheduler: str, open_chunks: int, builders: int | None = None) -> defaults.Schedule:
     choices = {"auto": None, "stream": True, "chunked": False}
     if scheduler not in choices:
         raise ValueError(f"--scheduler must be auto, stream or chunked, got {scheduler!r}")
-    return defaults.Schedule(streaming=choices[scheduler], open_chunks=open_chunks)
+    return defaults.Schedule(streaming=choices[scheduler], open_chunks=open_chunks, builders=builders)
 
 
 @app.command()
@@ -78,6 +78,7 @@ def run(
     chunk_rows: int = typer.Option(defaults.CHUNK_ROWS, help="Rows committed together."),
     scheduler: str = typer.Option("auto", help="stream: requests built ahead of the engine, a rejected rewrite retried at once, each chunk committed when its rows are final (keeps a GPU busy); chunked: a chunk at a time with retry rounds (reruns byte-identical with any engine); auto: stream with vllm and openai, chunked with transformers. Both send the same requests."),
     open_chunks: int = typer.Option(defaults.OPEN_CHUNKS, help="stream: chunks in flight at once (each holds its rows in memory; a kill loses at most these)."),
+    builders: Optional[int] = typer.Option(None, help="stream: worker processes that build requests and judge rewrites beside the engine's process, so its Python (vLLM's front end, the stream) has a core and a GIL to itself; 0: none (default: a quarter of the cores the task was given, none below 4). Output is the same."),
     max_attempts: int = typer.Option(defaults.MAX_ATTEMPTS, help="Tries per rewrite before it is stored as failed."),
     min_faithfulness: Optional[float] = typer.Option(None, help="Reject (and retry) a rewrite whose faithfulness to its caption (content-word F1, 0-1; see `rewrite report`) is below this; e.g. 0.2."),
     temperature: opt.Temperature = opt.DEFAULT_TEMPERATURE,
@@ -114,7 +115,7 @@ def run(
                 sampling=defaults.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
             )
             names = [c.source for c in configs]
-            schedule = schedule_option(scheduler, open_chunks)
+            schedule = schedule_option(scheduler, open_chunks, builders)
             if stop_within <= 0:
                 raise ValueError(f"--stop-within must be > 0 seconds, got {stop_within}")
             if then_export is not None:  # refused now, not after the rewriting

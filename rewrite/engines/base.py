@@ -1,6 +1,7 @@
 """The engine interface: prompts and per-request seeds in, completions and token counts out."""
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -105,6 +106,11 @@ class Engine(ABC):
         """`encode` of each text; an engine with a batch tokenizer does them in one call."""
         return [self.encode(text) for text in texts]
 
+    def tokenizer_folder(self) -> str | None:
+        """The local folder of a Hugging Face tokenizer that encodes and decodes as this engine does (a
+        worker process loads it: run/builders.py); None when there is none."""
+        return None
+
     @abstractmethod
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         """One completion per request, in order; generation stops at the first line break."""
@@ -143,6 +149,9 @@ class TokenizerEngine(Engine):
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def tokenizer_folder(self) -> str | None:
+        return hf_tokenizer_folder(self.tokenizer)
+
     def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
         """In one call of the Rust tokenizer behind a fast Hugging Face tokenizer (no Python per text, and
         the GIL released while it works), where that gives what `encode` gives: checked once on probes."""
@@ -174,6 +183,12 @@ class TokenizerEngine(Engine):
             system, first, *rest = messages
             merged = {"role": "user", "content": system["content"] + "\n\n" + first["content"]}
             return self.chat_prompt([merged, *rest])
+
+
+def hf_tokenizer_folder(tokenizer) -> str | None:
+    """The local folder a Hugging Face tokenizer was loaded from, or None."""
+    folder = getattr(tokenizer, "name_or_path", None)
+    return folder if isinstance(folder, str) and os.path.isdir(folder) else None
 
 
 # Texts a batch tokenizer is checked against `encode` with: spacing, case, digits, quotes, non-ASCII.

@@ -13,6 +13,7 @@ and the run stops.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 from .. import storage
 from . import model as model_lib
 from ..defaults import Sampling
-from .base import UNAVAILABLE, Completion, Engine, EngineError, Intake, Outage, Request, in_order
+from .base import UNAVAILABLE, Completion, Engine, EngineError, Intake, Outage, Request, hf_tokenizer_folder, in_order
 
 API_KEY_ENV = "OPENAI_API_KEY"
 REQUEST_RETRIES = 5  # the client's retries of a request it may retry, with exponential backoff
@@ -89,6 +90,7 @@ class OpenAIEngine(Engine):
         self.api, self.concurrency, self.base_url = api, concurrency, base_url
         self.outage = Outage(unavailable_after or default_unavailable_after(concurrency))
         self._key = os.environ.get(API_KEY_ENV)
+        self._first_lock, self._first_read = threading.Lock(), threading.Event()  # see _one
         self.client = openai.OpenAI(base_url=base_url, api_key=self._key or "EMPTY",
                                     max_retries=request_retries, timeout=timeout)
         self._tokenizer = self._load_tokenizer(tokenizer or self.model)
@@ -110,6 +112,9 @@ class OpenAIEngine(Engine):
     def context_length(self) -> int:
         return self._context
 
+    def tokenizer_folder(self) -> str | None:
+        return hf_tokenizer_folder(self._tokenizer) if self._tokenizer is not None else None
+
     def encode(self, text: str) -> list[int]:
         if self._tokenizer is None:
             return list(text.encode("utf-8"))  # a byte is never less than a token: cuts stay safe
@@ -121,6 +126,18 @@ class OpenAIEngine(Engine):
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def _one(self, request: Request, sampling: Sampling) -> Completion:
+        """A request; the first one alone: the client builds its response models (pydantic, deferred)
+        on first use, and two threads doing that at once fail ("BaseModel cannot be instantiated
+        directly"), seen once the stream's threads switched every 0.1 ms."""
+        if self._first_read.is_set():
+            return self._request(request, sampling)
+        with self._first_lock:
+            try:
+                return self._request(request, sampling)
+            finally:
+                self._first_read.set()
+
+    def _request(self, request: Request, sampling: Sampling) -> Completion:
         import openai
 
         common = dict(model=self.model, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,

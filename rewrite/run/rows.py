@@ -93,6 +93,28 @@ class Prompting:
         return any(self.request(ident, caption, index, a)[2] for a in range(attempt))
 
 
+Made = tuple  # (the request, the targets of its examples, whether its prompt cut the caption)
+
+
+def first_requests(ask: Prompting, jobs: Sequence[tuple[str, str, int, int]]) -> list[tuple[prompt.Fitted, bool, Made]]:
+    """For each (identity, caption, rewrite index, attempt): the caption fitted (each identity once, all
+    tokenized together), whether a prompt of an attempt before this one cut it (`cut_before`), and the
+    request. What the stream's builder makes of a chunk's new rows, in its process or a worker's."""
+    unique = dict(((ident, caption) for ident, caption, _, _ in jobs))
+    fitted = dict(zip(unique, ask.captions(list(unique.values()))))
+    out = []
+    for ident, _, index, attempt in jobs:
+        caption = fitted[ident]
+        out.append((caption, caption[2] or ask.cut_before(ident, caption, index, attempt),
+                    ask.request(ident, caption, index, attempt)))
+    return out
+
+
+def requests_again(ask: Prompting, jobs: Sequence[tuple[str, prompt.Fitted, int, int]]) -> list[Made]:
+    """The request of each (identity, fitted caption, rewrite index, attempt): a rejected rewrite's next try."""
+    return [ask.request(ident, caption, index, attempt) for ident, caption, index, attempt in jobs]
+
+
 def judge(completion: Completion, caption: str, targets: Sequence[str],
           min_faithfulness: float | None = None) -> tuple[str, str | None]:
     """(the rewrite parsed from `completion`, the reason to reject it or None)."""

@@ -18,6 +18,8 @@ the same way.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from pathlib import Path
 from typing import Mapping, Iterable, Iterator, Sequence
 
@@ -31,7 +33,8 @@ from ..inputs import plan
 from ..workdir import done, layout
 from ..workdir.lock import ShardLock
 from ..workdir.manifest import Manifest, load_manifest
-from . import checkpoint, scheduler
+from . import builders as builders_lib, checkpoint, scheduler
+from .builders import Builders, BuildersUnavailable
 from .config import EngineUnavailable, PreparedSet, RunConfig, RunError, prepare
 from .shardwork import ShardWork, prompting, run_chunked
 
@@ -138,18 +141,46 @@ def _run_streaming(jobs: Sequence[PreparedSet], shards: Sequence[int], engine: E
     Returns the stats of the shards finished."""
     finished: dict[int, dict] = {}  # by the (shard, set)'s place in the task, as the writer finishes them
     pairs = list(enumerate((shard, job) for shard in shards for job in jobs))
-    for sampling in dict.fromkeys(job.config.sampling for job in jobs):
-        sets = sum(job.config.sampling == sampling for job in jobs)
-        alike = [(place, (shard, job)) for place, (shard, job) in pairs if job.config.sampling == sampling]
-        with contextlib.ExitStack() as locks:  # the shard locks of units not finished (a stop, an error)
-            stream = scheduler.Stream(engine, sampling, schedule)
-            with stop.deferred():  # a stop request lets the open chunks finish and commit (none start after it)
-                stream.run(_units(alike, sets, engine, overwrite=overwrite, progress=progress, locks=locks,
-                                  finished=finished, retry_failed=retry_failed, touched=touched, states=states))
-        stop.check()  # asked to stop: the chunks not started stay for a rerun
-        if engine_base.gave_up(engine):
-            break
+    with _builders(engine, schedule) as builders:
+        for sampling in dict.fromkeys(job.config.sampling for job in jobs):
+            sets = sum(job.config.sampling == sampling for job in jobs)
+            alike = [(place, (shard, job)) for place, (shard, job) in pairs if job.config.sampling == sampling]
+            with contextlib.ExitStack() as locks:  # the shard locks of units not finished (a stop, an error)
+                stream = scheduler.Stream(engine, sampling, schedule, builders)
+                with stop.deferred():  # a stop request lets the open chunks finish and commit (none start after it)
+                    stream.run(_units(alike, sets, engine, overwrite=overwrite, progress=progress, locks=locks,
+                                      finished=finished, retry_failed=retry_failed, touched=touched, states=states))
+            stop.check()  # asked to stop: the chunks not started stay for a rerun
+            if engine_base.gave_up(engine):
+                break
     return [finished[place] for place in sorted(finished)]
+
+
+# Set: the stream waits for its builders to start rather than work without them meanwhile (tests that
+# must see the workers do the work, and the benchmark's steady state).
+WAIT_FOR_BUILDERS = "REWRITE_WAIT_FOR_BUILDERS"
+
+
+@contextlib.contextmanager
+def _builders(engine: Engine, schedule: Schedule) -> Iterator[Builders | None]:
+    """The stream's worker processes (`schedule.builders`; None: a quarter of the task's cores), ended
+    with it; none where there are to be none, or where the engine's tokenizer cannot go to a worker (said once)."""
+    count = builders_lib.default_count() if schedule.builders is None else schedule.builders
+    if not count:
+        yield None
+        return
+    try:
+        builders = Builders(count, engine)
+    except BuildersUnavailable as e:
+        print(f"--builders {count}: {e}; requests are built in the engine's process", file=sys.stderr)
+        yield None
+        return
+    if os.environ.get(WAIT_FOR_BUILDERS):
+        builders.wait_ready()
+    try:
+        yield builders
+    finally:
+        builders.close()
 
 
 def _units(pairs: Iterable[tuple[int, tuple[int, PreparedSet]]], sets: int, engine: Engine, *, overwrite: bool, progress: bool,

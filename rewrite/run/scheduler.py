@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -38,6 +39,7 @@ from ..workdir import layout
 from . import rows
 from .. import stop
 from ..rewriting import prompt, validate
+from .builders import Builders
 from ..engines import base as engines
 from ..defaults import Sampling, Schedule
 
@@ -45,6 +47,9 @@ _END = object()
 SLICE = 256  # requests built, ordered and queued together: the engine gets a big chunk's first ones early
 FIRST_SLICE = 16  # the slice built while the engine has nothing at all (the run's start): it starts sooner,
 # and the slices after it double up to SLICE, so that the engine fills as fast as requests are built
+# Seconds a thread holds the GIL while another waits for it (Python's default is 5 ms): the engine's
+# thread, back from a step, would wait up to that long for the builder or the judge (a GPU step is 2-20 ms).
+SWITCH_INTERVAL = 0.0001
 JUDGE_BATCH = 256  # completions judged together (their CLIP tokens counted in one call)
 ABORT_WAIT = 10.0  # seconds a stopped run waits for its threads (the engine's current step, a commit)
 
@@ -110,8 +115,9 @@ class Stream:
     chunks are committed first, and a unit is finished only if the builder had seen its chunks end
     (else the next run joins it from its committed chunks)."""
 
-    def __init__(self, engine, sampling: Sampling, schedule: Schedule):
+    def __init__(self, engine, sampling: Sampling, schedule: Schedule, builders: Builders | None = None):
         self.engine, self.sampling, self.schedule = engine, sampling, schedule
+        self.builders = builders  # worker processes that build requests and judge (builders.py); None: in here
         self.lock = threading.Lock()
         self.ready = threading.Condition(self.lock)  # notified when work for the engine comes, or is judged
         self.fresh: deque = deque()  # (item, request) of first attempts, in the builder's order
@@ -128,6 +134,14 @@ class Stream:
         self.last_done = time.perf_counter()
 
     def run(self, units: Iterable[Unit]) -> None:
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            self._run(units)
+        finally:
+            sys.setswitchinterval(switch)
+
+    def _run(self, units: Iterable[Unit]) -> None:
         threads = [threading.Thread(target=self._build, args=(iter(units),), name="rewrite-builder", daemon=True),
                    threading.Thread(target=self._drive, name="rewrite-engine", daemon=True),
                    threading.Thread(target=self._write, name="rewrite-writer", daemon=True)]
@@ -135,10 +149,13 @@ class Stream:
             thread.start()
         try:
             while batch := self._completions():
-                verdicts = rows.judge_many([(completion, item.caption[0], item.targets, item.owner.unit.ask.min_faithfulness)
-                                            for item, completion in batch])
-                for (item, completion), (text, reason) in zip(batch, verdicts):
-                    self._judge(item, completion, text, reason)
+                judged = [(completion, item.caption[0], item.targets, item.owner.unit.ask.min_faithfulness)
+                          for item, completion in batch]
+                verdicts = self.builders.judge(judged).result() if self._workers() else rows.judge_many(judged)
+                again = [item for (item, completion), (text, reason) in zip(batch, verdicts)
+                         if self._judge(item, completion, text, reason)]
+                if again:
+                    self._retry(again)
         except BaseException:
             self._abort()
             raise
@@ -152,6 +169,10 @@ class Stream:
                 raise
         if self.failure is not None:
             raise self.failure
+
+    def _workers(self) -> bool:
+        """Whether the builders' worker processes take the work now (they start while the stream runs)."""
+        return self.builders is not None and self.builders.ready()
 
     def _abort(self) -> None:
         self.aborted.set()
@@ -229,20 +250,19 @@ class Stream:
                     chunk.waiting.add((ident, i))
             if not chunk.waiting:  # every row was answered by earlier chunks (or has no caption)
                 self._complete(chunk)
-        fitted: dict[str, prompt.Fitted] = {}
         start = 0
         while start < len(new):  # outside the lock: tokenizing is the slow part
             if not (self.fresh or self.sent):
                 self.slice = FIRST_SLICE
             size, self.slice = self.slice, min(SLICE, 2 * self.slice)
             items = new[start:start + size]
-            idents = list(dict.fromkeys(item.ident for item in items if item.ident not in fitted))
-            fitted.update(zip(idents, unit.ask.captions([unique[ident] for ident in idents])))
+            jobs = [(item.ident, unique[item.ident], item.index, item.attempt) for item in items]
+            made = (self.builders.first_requests(unit.ask, jobs).result() if self._workers()
+                    else rows.first_requests(unit.ask, jobs))
             built = []
-            for item in items:
-                item.caption = fitted[item.ident]
-                item.cut = item.caption[2] or unit.ask.cut_before(item.ident, item.caption, item.index, item.attempt)
-                built.append((item, self._request(item)))
+            for item, (caption, cut_before, request) in zip(items, made):
+                item.caption, item.cut = caption, cut_before
+                built.append((item, self._made(item, request)))
             order = schedule_order(built, self.schedule)
             with self.ready:
                 self.fresh.extend(built[j] for j in order)
@@ -250,12 +270,12 @@ class Stream:
             start += size
 
     @staticmethod
-    def _request(item: _Item):
-        unit = item.owner.unit
-        request, item.targets, cut = unit.ask.request(item.ident, item.caption, item.index, item.attempt)
+    def _made(item: _Item, made: rows.Made):
+        """The request of `made` (rows.Made) for `item`, its targets and cut noted on the item."""
+        request, item.targets, cut = made
         item.cut = item.cut or cut
         if item.cut:
-            unit.cut_idents.add(item.ident)
+            item.owner.unit.cut_idents.add(item.ident)
         return request
 
     # -- engine thread: the stream, fed from the queues; completions go to the judge ---------------------
@@ -323,8 +343,9 @@ class Stream:
             self.completed.put(_END)  # for the next call
         return batch
 
-    def _judge(self, item: _Item, completion, text: str, reason: str | None) -> None:
-        """A judged completion (`text` parsed from it, `reason` to reject it or None): final, or its retry queued."""
+    def _judge(self, item: _Item, completion, text: str, reason: str | None) -> bool:
+        """A judged completion (`text` parsed from it, `reason` to reject it or None): its result, final,
+        or True when it is to be tried again (`_retry`: it stays unjudged until its retry is queued)."""
         unit = item.owner.unit
         rows.count(item.owner.stats, completion)
         rows.note_error(item.owner.engine_errors, completion)
@@ -333,12 +354,7 @@ class Stream:
         result = rows.final(text, reason, item.attempt, unit.attempts, item.cut)
         if result is None:
             item.attempt += 1
-            retry = (item, self._request(item))
-            with self.ready:
-                self.retries.append(retry)
-                self.unjudged -= 1
-                self.ready.notify_all()
-            return
+            return True
         if reason is not None:
             item.owner.failed_reasons[reason] += 1
         with self.ready:
@@ -353,6 +369,21 @@ class Stream:
                 chunk.waiting.discard(key)
                 if not chunk.waiting:
                     self._complete(chunk)
+        return False
+
+    def _retry(self, items: list[_Item]) -> None:
+        """Queue the next attempt of each of `items` (rejected, not final), ahead of new work."""
+        retries = []
+        for unit in dict.fromkeys(item.owner.unit for item in items):
+            mine = [item for item in items if item.owner.unit is unit]
+            jobs = [(item.ident, item.caption, item.index, item.attempt) for item in mine]
+            made = (self.builders.requests_again(unit.ask, jobs).result() if self._workers()
+                    else rows.requests_again(unit.ask, jobs))
+            retries += [(item, self._made(item, m)) for item, m in zip(mine, made)]
+        with self.ready:
+            self.retries.extend(retries)
+            self.unjudged -= len(items)
+            self.ready.notify_all()
 
     def _complete(self, chunk: _Chunk) -> None:
         """Hand a chunk whose rows are all final to the writer (under the lock)."""
