@@ -214,6 +214,7 @@ def one(args) -> dict:
     engine = SimulatedGPU(tokenizer, args.step_ms / 1000, args.reject, args.max_running,
                           prefill_ratio=args.prefill_ratio, front_end_us=tuple(args.front_end_us))
     sources = defaults.source_list(args.source)
+    builders = {} if args.builders is None else {"builders": args.builders}  # (code before --builders: none)
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(captions(args.captions)) + "\n", encoding="utf-8")
@@ -225,8 +226,7 @@ def one(args) -> dict:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with commit_latencies(latencies):
             finished = runner.run_prepared(jobs, shards, engine, progress=False,
-                                           schedule=defaults.Schedule(streaming=args.mode == "stream",
-                                                                      builders=args.builders))
+                                           schedule=defaults.Schedule(streaming=args.mode == "stream", **builders))
         stats = {k: sum(shard[k] for shard in finished) for k in ("rows", "requests", "ok", "failed")}
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0 - engine.own_cpu
     full_step = engine.t0 + engine.t1 * engine.max_running
@@ -248,6 +248,64 @@ def one(args) -> dict:
             "chunks": len(lat), "cpu_ms_per_caption": cpu * 1000 / stats["rows"],
             "engine_cpu_ms_per_caption": engine.own_cpu * 1000 / stats["rows"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def profile(args) -> list[tuple[str, float]]:
+    """The stream's CPU work per caption by stage, each timed alone in one thread over the bench's
+    captions with the real functions the stream calls (first attempts; one completion each, judged)."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from rewrite import meta
+    from rewrite.engines import model as model_lib
+    from rewrite.rewriting import clip_tokens, faithful, prompt, seeds, validate
+    from rewrite.run import rows, shardwork
+    from rewrite.run.config import RunConfig
+
+    engine = SimulatedGPU(AutoTokenizer.from_pretrained(model_lib.resolve(None)), 0.01, 0.0)
+    config = RunConfig(source=args.source if args.source != "all" else SOURCE, chunk_rows=args.chunk)
+    meta_set = meta.load_usable(config.source)
+    ask = shardwork.prompting(config, meta_set, prompt.load_template(config.template), engine)
+    texts = captions(args.captions)
+    n, out = len(texts), []
+
+    def timed(stage: str, work):
+        started = time.thread_time()
+        result = work()
+        out.append((stage, (time.thread_time() - started) * 1e6 / n))
+        return result
+
+    keys = [f"k{i}" for i in range(n)]
+    ids = timed("identity (dedup)", lambda: rows.identities(keys, texts, True))
+    fitted = timed("caption fitting (tokenized in batches)",
+                   lambda: [f for i in range(0, n, 256) for f in ask.captions(texts[i:i + 256])])
+    drawn = timed("example draw", lambda: [meta.sample_examples(meta_set, seeds.example_rng(
+        config.seed, config.source, ident, 0, 0, config.example_sets), config.num_examples) for ident in ids])
+    timed("prompt text", lambda: [ask.template.render(e, f[0]) for e, f in zip(drawn, fitted)])
+    timed("prompt ids (from pieces)" if ask.ids else "prompt ids (tokenized whole)",
+          lambda: [ask._prompt(e, f)[1] for e, f in zip(drawn, fitted)])
+    made = timed("request (all of the above but fitting, and its seed)",
+                 lambda: [ask.request(ident, f, 0, 0) for ident, f in zip(ids, fitted)])
+    completions = [SimulatedGPU._draw(engine, request)[1] for request, _, _ in made]
+    parsed = timed("parse", lambda: [prompt.parse_completion(c.text) for c in completions])
+    timed("checks (echo, copy, arrow, characters)", lambda: [validate.check(t, f[0], c, targets) for t, f, c, (_, targets, _)
+                                                          in zip(parsed, fitted, completions, made)])
+    timed("CLIP token count (in batches)", lambda: [c for i in range(0, n, 256) for c in clip_tokens.count_many(parsed[i:i + 256])])
+    timed("faithfulness (the gate, when on)", lambda: [faithful.faithfulness(f[0], t) for f, t in zip(fitted, parsed)])
+    judged = [(c, f[0], targets, None) for c, f, (_, targets, _) in zip(completions, fitted, made)]
+    verdicts = timed("judging in all (parse, checks, CLIP count)",
+                     lambda: [v for i in range(0, n, 256) for v in rows.judge_many(judged[i:i + 256])])
+    results = {(ident, 0): rows.final(t, r, 0, 1, False) for ident, (t, r) in zip(ids, verdicts)}
+    schema = shardwork.schema(1)
+
+    def commit():
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(0, n, args.chunk):
+                table, _, _ = rows.columns(keys[i:i + args.chunk], ids[i:i + args.chunk], results, 1, schema, {})
+                pq.write_table(table, f"{tmp}/{i}.parquet")
+
+    timed("bookkeeping and commit (columns, parquet part)", commit)
+    return out
 
 
 CONFIG_FLAGS = ("step_ms", "reject", "chunk", "captions", "max_running", "shards", "source", "min_faithfulness",
@@ -319,9 +377,20 @@ def main() -> None:
                     help=f"vLLM's front-end Python, in us (default {FRONT_END_US[0]:g} {FRONT_END_US[1]:g}: measured)")
     ap.add_argument("--builders", type=int, help="stream: worker processes building requests and judging "
                     "(rewrite run --builders; default: the run's, from the cores)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: the stream's CPU work per caption by stage (each timed alone, one thread)")
     ap.add_argument("--out-json", help="result file (default bench/results/<time>-scheduler.json)")
     ap.add_argument("--one", choices=("old", "stream"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.profile:
+        args.captions = args.captions or 8192
+        args.chunk = args.chunk or 512
+        stages = profile(args)
+        print(f"CPU: {cpu_model()}; {args.captions} captions, set {args.source}; microseconds per caption, each stage alone")
+        print("| stage | us/caption |\n|---|---|")
+        for stage, us in stages:
+            print(f"| {stage} | {us:.1f} |")
+        return
     if args.one:
         args.mode = args.one
         args.captions = args.captions or 8192
