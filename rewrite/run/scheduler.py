@@ -152,8 +152,12 @@ class Stream:
                 judged = [(completion, item.caption[0], item.targets, item.owner.unit.ask.min_faithfulness)
                           for item, completion in batch]
                 verdicts = self.builders.judge(judged).result() if self._workers() else rows.judge_many(judged)
-                again = [item for (item, completion), (text, reason) in zip(batch, verdicts)
-                         if self._judge(item, completion, text, reason)]
+                again, final = [], []
+                for (item, completion), (text, reason) in zip(batch, verdicts):
+                    result = self._judge(item, completion, text, reason)
+                    again.append(item) if result is None else final.append((item, result, reason))
+                if final:
+                    self._settle(final)
                 if again:
                     self._retry(again)
         except BaseException:
@@ -343,9 +347,10 @@ class Stream:
             self.completed.put(_END)  # for the next call
         return batch
 
-    def _judge(self, item: _Item, completion, text: str, reason: str | None) -> bool:
-        """A judged completion (`text` parsed from it, `reason` to reject it or None): its result, final,
-        or True when it is to be tried again (`_retry`: it stays unjudged until its retry is queued)."""
+    def _judge(self, item: _Item, completion, text: str, reason: str | None) -> rows.Result | None:
+        """A judged completion (`text` parsed from it, `reason` to reject it or None) in its chunk's
+        stats: its final result, or None when it is to be tried again (its attempt counted on; it stays
+        unjudged until `_retry` queues it)."""
         unit = item.owner.unit
         rows.count(item.owner.stats, completion)
         rows.note_error(item.owner.engine_errors, completion)
@@ -354,22 +359,26 @@ class Stream:
         result = rows.final(text, reason, item.attempt, unit.attempts, item.cut)
         if result is None:
             item.attempt += 1
-            return True
-        if reason is not None:
+        elif reason is not None:
             item.owner.failed_reasons[reason] += 1
+        return result
+
+    def _settle(self, final: list[tuple[_Item, rows.Result, str | None]]) -> None:
+        """Final results into their units, and the chunks they complete to the writer: under one hold of
+        the lock for a batch (a thread switched out while holding it would hold up the engine's)."""
         with self.ready:
-            self.unjudged -= 1
+            for item, result, reason in final:
+                unit, key = item.owner.unit, (item.ident, item.index)
+                unit.results[key] = result
+                if reason == validate.ENGINE_UNAVAILABLE:
+                    unit.waiting[key] = item.attempt
+                del unit.items[key]
+                for chunk in item.waiters:
+                    chunk.waiting.discard(key)
+                    if not chunk.waiting:
+                        self._complete(chunk)
+            self.unjudged -= len(final)
             self.ready.notify_all()
-            key = (item.ident, item.index)
-            unit.results[key] = result
-            if reason == validate.ENGINE_UNAVAILABLE:
-                unit.waiting[key] = item.attempt
-            del unit.items[key]
-            for chunk in item.waiters:
-                chunk.waiting.discard(key)
-                if not chunk.waiting:
-                    self._complete(chunk)
-        return False
 
     def _retry(self, items: list[_Item]) -> None:
         """Queue the next attempt of each of `items` (rejected, not final), ahead of new work."""
