@@ -62,6 +62,7 @@ BAD: dict[str, dict[str, list[list[str]]]] = {
         "--chunk-rows": [["--chunk-rows", "0"]],
         "--scheduler": [["--scheduler", "fast"]],
         "--open-chunks": [["--open-chunks", "0"]],
+        "--builders": [["--builders", "-1"]],
         "--max-attempts": [["--max-attempts", "0"]],
         "--min-faithfulness": [["--min-faithfulness", "1.5"]],
         "--temperature": [["--temperature", "0"]],

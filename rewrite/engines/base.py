@@ -1,11 +1,12 @@
 """The engine interface: prompts and per-request seeds in, completions and token counts out."""
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from .. import storage
 from ..defaults import Sampling
 
 
@@ -188,7 +189,7 @@ class TokenizerEngine(Engine):
 def hf_tokenizer_folder(tokenizer) -> str | None:
     """The local folder a Hugging Face tokenizer was loaded from, or None."""
     folder = getattr(tokenizer, "name_or_path", None)
-    return folder if isinstance(folder, str) and os.path.isdir(folder) else None
+    return folder if isinstance(folder, str) and storage.is_dir(Path(folder)) else None
 
 
 # Texts a batch tokenizer is checked against `encode` with: spacing, case, digits, quotes, non-ASCII.

@@ -21,6 +21,10 @@ identity, index, attempt), as with a chunk at a time, so the output does not dep
 A request the engine could not serve is final for this run (its rows wait for the next: rows.reopen);
 once the engine gives up on its server (engines.base.Outage), the builder opens no new chunk, the
 requests queued are answered unsent by the engine, and the open chunks are committed.
+
+One concern: the four threads' hand-offs around one engine stream (what each waits for, what it hands
+on, how a stop or an error ends them all); what a request, a verdict or a chunk's columns are is
+rows.py's, and where they are made (here or in builders' processes) builders.py's.
 """
 from __future__ import annotations
 
