@@ -260,13 +260,6 @@ def table(build_: dict, results: dict, x: dict, args, cpu: str) -> str:
     return "\n".join(rows)
 
 
-def cpu_model() -> str:
-    for text in Path("/proc/cpuinfo").read_text().splitlines():
-        if text.startswith("model name"):
-            return text.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main() -> None:
     from rewrite.report.from_work import SAMPLE_ROWS
 
@@ -306,6 +299,8 @@ def main() -> None:
             results[mode] = measure(mode, args)
             print(f"{mode}: {results[mode]['seconds']:.2f} s", file=sys.stderr)
     x = extrapolate(results["all"], results["sample"], args)
+    from scheduler import cpu_model  # (bench/scheduler.py: the benches' one reading of /proc/cpuinfo for it)
+
     cpu = cpu_model()
     md = table(made, results, x, args, cpu)
     print(md)
