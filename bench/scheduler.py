@@ -5,24 +5,39 @@ against the streaming scheduler, both driving a simulated GPU through the real r
 
 The simulated GPU (`SimulatedGPU`, defined here; never a default, never used by a test of the pipeline)
 is a step loop like vLLM's: each step every running sequence makes one token and takes
-`t0 + t1 * running` seconds of sleep (t0 the step's fixed share: at a full batch 40% of it), with at most
+`t0 + t1 * running` seconds of sleep (t0 the step's fixed share: at a full batch 40% of it), plus each
+joining prompt's prefill (--prefill-ratio of a sequence's share per prompt token), with at most
 --max-running sequences (vLLM's max_num_seqs, 256); new requests join at any step. Each request's output
 length (10-40 tokens) and whether its rewrite is rejected (an empty completion) are drawn from a hash
-of its own seed, so both schedulers see the same work. The simulator's own bookkeeping is O(1) per
-request taken or finished, and a request's output is drawn inside the step that takes it in (as a GPU
-computes while the step runs), so the time between steps is the scheduler's. (A first version drew
-with a random.Random per request and passed over every running sequence each step: 0.2 ms a step, 2%
-of the wall time, counted as the engine waiting; drawing between steps cost 0.3% more.) Which rows of the last batch are rejected, and so how long
-the run's end takes, depends on the seeds: over run seeds 0-3 the default configuration's occupancy
-ranged 0.916-0.936. Everything else is the real runner: plan, chunks, prompts
-tokenized with the packaged model's tokenizer, validation with CLIP's tokenizer, commits, stats.
+of its own seed, so both schedulers see the same work.
 
-Per configuration (in a subprocess of its own, for its peak RSS): engine-busy share (time in steps, as
-slept, / wall time of `runner.run`), mean batch occupancy (running / max per step), useful share (their product),
-captions/s and its ratio to the ideal (the steps the run needed, each full: total sequence-steps /
-max-running x the full-batch step time), busy share in steady state (from the first step's start to
-the last one's end: without the run's start-up and final assembly), chunk commit latency p50/p99 (from the chunk's rows being
-read to its part being committed), CPU ms per caption (process CPU time, sleeping excluded) and peak RSS.
+Where the step loop runs (--core):
+- `process` (the default): in a process of its own, as vLLM V1 runs its engine core
+  (EngineCoreProc, VLLM_ENABLE_V1_MULTIPROCESSING=1, its default). The core takes requests as they are
+  sent, keeps the ones it cannot run yet waiting (our engine keeps twice max_num_seqs in flight, as
+  VLLMEngine does), and sends each step's outputs; its clock never waits for our process. Our
+  process does what vLLM's front end does in it, holding our GIL: --front-end-us per request added,
+  per running sequence per step, and per step (measured on vLLM's CPU build: bench/vllm_overhead.py).
+  The core's own loop between steps (taking messages, sending outputs) is counted inside the next
+  step's modelled time, and its sleeps are shortened by the timer's slack, measured in it first.
+- `thread`: in the stream's engine thread, under our GIL (the transformers engine's way, or vLLM with
+  VLLM_ENABLE_V1_MULTIPROCESSING=0): the front end's Python runs in the step, and a step ends late
+  when the thread waits for the GIL after its sleep.
+The simulator's own bookkeeping is O(1) per request taken or finished, and its CPU time in our
+process (the front end's modelled Python included) is not counted in CPU ms per caption. Which rows of
+the last batch are rejected, and so how long the run's end takes, depends on the seeds: over run seeds
+0-3 the default configuration's occupancy ranged 0.916-0.936. Everything else is the real runner: plan,
+chunks, prompts tokenized with the packaged model's tokenizer, validation with CLIP's tokenizer,
+commits, stats.
+
+Per configuration (in a subprocess of its own, for its peak RSS): engine-busy share (modelled step time
+/ wall time of `runner.run`; the measured step time beside it), mean batch occupancy (running / max per
+step), useful share (their product), captions/s and its ratio to the ideal (the steps the run needed,
+each full: total sequence-steps / max-running x the full-batch step time, plus prefill), busy share in
+steady state (from the first step's start to the last one's end: without the run's start-up and final
+assembly, both also given in seconds), the core's idle time between its first and last step, chunk
+commit latency p50/p99 (from the chunk's rows being read to its part being committed), CPU ms per
+caption (process CPU time, sleeping and the simulator excluded) and peak RSS.
 
 Sweep: full-batch step time 2 / 10 / 20 ms x rejects 0 / 3 / 20% x chunk 512 / 4,096 (--quick: 10 ms,
 3%, chunk 512 and a smaller input). --shards N plans the captions into N shards run by one task (as an
@@ -34,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import random
 import resource
 import statistics
@@ -41,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -57,58 +73,121 @@ SOURCE = "coco"
 # A prompt token's prefill, as a share of a running sequence's part of a full-batch decode step (a model
 # setting, --prefill-ratio: prefill is compute-bound and batches far better than decode).
 PREFILL_RATIO = 0.1
-# vLLM's front end, the Python of its step loop in our process (holding our GIL): microseconds per
-# request added, and per running sequence per step (outputs taken in, detokenized, checked for the
-# stop). Measured on vLLM's CPU build (bench/vllm_overhead.py; see the module docstring).
-FRONT_END_US = (250.0, 15.0)
+# vLLM's front end, the Python of its engine in our process (holding our GIL), in microseconds: per request
+# added, per running sequence per step (its output taken in, detokenized, checked for the stop), and per
+# step (the step call's fixed part, 156-225 us, and vLLM's thread that receives and decodes the core's
+# outputs, 290-400 us). Measured on vLLM's CPU build (bench/vllm_overhead.py; see the module docstring).
+FRONT_END_US = (250.0, 15.0, 450.0)
+CORES = ("process", "thread")
+ADD_GROUP = 8  # requests sent to the simulated core together (vLLM sends each as it is added; this is cheaper)  # where the simulated engine core's step loop runs (--core)
+
+
+def _length(seed: int) -> int:
+    """A request's output tokens, 10-40, from a hash of its seed."""
+    return 10 + _mix(seed) % 31
 
 
 class SimulatedGPU(TokenizerEngine):
-    """A vLLM-like step loop that sleeps instead of computing (see the module docstring)."""
+    """A vLLM-like engine that sleeps instead of computing (see the module docstring).
+
+    core "process": the step loop runs in a process of its own (`run_core`), as vLLM V1's engine core
+    does, and this process does the front end's part: add requests, take each step's outputs. core
+    "thread": the step loop runs in the stream's own thread, under our GIL (the transformers engine's
+    way, or vLLM with VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
 
     name = "simulated-gpu"
 
     def __init__(self, tokenizer, step_full: float, reject: float, max_running: int = 256, fixed_share: float = 0.4,
-                 prefill_ratio: float = PREFILL_RATIO, front_end_us: tuple[float, float] = FRONT_END_US):
-        self.tokenizer, self.reject, self.max_running = tokenizer, reject, max_running
-        self.in_flight = max_running
+                 prefill_ratio: float = PREFILL_RATIO, front_end_us: tuple[float, float, float] = FRONT_END_US,
+                 core: str = "process"):
+        self.tokenizer, self.reject, self.max_running, self.core = tokenizer, reject, max_running, core
         self.t0 = step_full * fixed_share
         self.t1 = step_full * (1 - fixed_share) / max_running
         self.t_prompt = prefill_ratio * step_full / max_running  # a prompt token's prefill
-        self.per_request, self.per_sequence = (us / 1e6 for us in front_end_us)
+        self.per_request, self.per_sequence, self.per_step = (us / 1e6 for us in front_end_us)
         self.model = "simulated"
-        self.slack = timer_slack(step_full)  # what a sleep overruns on this machine: the simulator's, not the code's
-        self.busy = 0.0  # modelled step time, summed: what the GPU computes
-        self.slept = 0.0  # measured step time: the modelled time, plus whatever kept the thread from its next step
-        self.prefill = 0.0  # of `busy`
-        self.own_cpu = 0.0  # this thread's CPU time in the simulator's own code (its front-end model included)
-        self.first_step = self.last_step = None  # perf_counter at the first step's start, the last one's end
-        self.steps = 0
-        self.occupied = 0  # sequence-steps
+        self.totals = {"busy": 0.0,  # modelled step time, summed: what the GPU computes
+                       "slept": 0.0,  # measured step time: the modelled time, plus whatever kept the loop from its next step
+                       "prefill": 0.0,  # of `busy`
+                       "steps": 0, "occupied": 0,  # steps; sequence-steps
+                       "first_step": None, "last_step": None}  # perf_counter at the first step's start, the last one's end
+        self.own_cpu = 0.0  # the stream thread's CPU time in the simulator's own code (its front-end model included)
+        if core == "process":
+            # vLLM keeps twice its max_num_seqs in flight (VLLMEngine), so its core has the next ones waiting
+            self.in_flight = 2 * max_running
+            context = multiprocessing.get_context("spawn")
+            self._conn, theirs = context.Pipe()
+            self._core = context.Process(target=run_core, daemon=True,
+                                         args=(theirs, self.t0, self.t1, self.t_prompt, max_running, step_full))
+            self._core.start()
+            self.slack = self._conn.recv()
+        else:
+            self.in_flight = max_running
+            self.slack = timer_slack(step_full)  # what a sleep overruns on this machine: the simulator's, not the code's
 
     _context = 2048
 
-    def _draw(self, request: Request) -> tuple[int, Completion]:
-        """The request's output length and completion, from a hash of its seed (cheap: see the stream)."""
+    def _prompt_tokens(self, request: Request) -> int:
+        return len(request.prompt_ids) if request.prompt_ids is not None else len(self.encode(request.prompt))
+
+    def _completion(self, request: Request) -> Completion:
+        """The request's completion, from a hash of its seed (cheap: see the stream)."""
         h = _mix(request.seed)
-        length = 10 + h % 31
+        length = _length(request.seed)
         start = (h >> 32) % (len(_OUTPUT_WORDS) - 20)
         rejected = (h >> 8) % 1_000_000 < self.reject * 1_000_000
         text = "" if rejected else " ".join(_OUTPUT_WORDS[start:start + length // 2])
-        prompt_tokens = len(request.prompt_ids) if request.prompt_ids is not None else len(self.encode(request.prompt))
-        return length, Completion(text=text, prompt_tokens=prompt_tokens, generated_tokens=length, finish_reason="stop")
+        return Completion(text=text, prompt_tokens=self._prompt_tokens(request), generated_tokens=length,
+                          finish_reason="stop")
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
         return in_order(self.stream(requests, sampling), len(requests))
 
     def stream(self, requests: Iterable[Request | None], sampling: Sampling) -> Iterator[tuple[int, Completion]]:
-        """The step loop. A step's modelled time is t0 + t1 x running + its joining prompts' prefill;
-        the thread sleeps what is left of it after the front end's Python (`_front_end`), which runs
-        while the GPU computes, as vLLM's engine core runs ahead of its front end. The simulator's own
-        bookkeeping is O(1) per request taken or finished (finishing steps kept in a table, outputs
-        drawn from a hash of the seed), so that what falls between steps is the scheduler's Python."""
+        return self._stream_to_core(requests) if self.core == "process" else self._stream_in_thread(requests)
+
+    def _stream_to_core(self, requests: Iterable[Request | None]) -> Iterator[tuple[int, Completion]]:
+        """vLLM V1's front end (`LLMEngine.add_request` / `step`, as VLLMEngine drives it): requests go to
+        the core while it holds fewer than `in_flight`, and each step's outputs are taken in as they come.
+        The front end's Python is charged here, in the stream's thread, holding our GIL (`_spin`); the
+        core's clock does not wait for it."""
+        intake = Intake(requests)
+        held: dict[int, Request] = {}
+        try:
+            while True:
+                joining = intake.take(self.in_flight - len(held), holding=bool(held))
+                own = time.thread_time()
+                for at in range(0, len(joining), ADD_GROUP):  # the core takes each request as it is added
+                    group = joining[at:at + ADD_GROUP]
+                    _spin(self.per_request * len(group))
+                    self._conn.send([(position, request.seed, self._prompt_tokens(request)) for position, request in group])
+                held.update(joining)
+                self.own_cpu += time.thread_time() - own
+                if not held:
+                    if intake.ended:
+                        return
+                    continue
+                running, done = self._conn.recv()  # the next step's outputs (waiting for them releases the GIL)
+                own = time.thread_time()
+                _spin(self.per_step + self.per_sequence * running)
+                finished = [(position, self._completion(held.pop(position))) for position in done]
+                self.own_cpu += time.thread_time() - own
+                yield from finished
+        finally:
+            self._conn.send(None)  # the stream's end: the core drops what it holds and sends its totals
+            while not isinstance(message := self._conn.recv(), dict):
+                pass
+            self.totals = message
+
+    def _stream_in_thread(self, requests: Iterable[Request | None]) -> Iterator[tuple[int, Completion]]:
+        """The step loop in this thread. A step's modelled time is t0 + t1 x running + its joining prompts'
+        prefill; the thread sleeps what is left of it after the front end's Python (`_spin`), which runs
+        while the GPU computes. The simulator's own bookkeeping is O(1) per request taken or finished
+        (finishing steps kept in a table, outputs drawn from a hash of the seed), so that what falls
+        between steps is the scheduler's Python."""
         intake = Intake(requests)
         finishing: dict[int, list] = defaultdict(list)  # step at whose end they finish -> [(position, completion)]
+        totals = self.totals
         running = 0
         while True:
             joining = intake.take(self.max_running - running, holding=bool(running))  # at any step
@@ -120,23 +199,82 @@ class SimulatedGPU(TokenizerEngine):
             started, own = time.perf_counter(), time.thread_time()
             prompt_tokens = 0
             for position, request in joining:  # what the GPU computes for them: drawn inside the step
-                length, completion = self._draw(request)
+                completion = self._completion(request)
                 prompt_tokens += completion.prompt_tokens
-                finishing[self.steps + length].append((position, completion))
+                finishing[totals["steps"] + completion.generated_tokens].append((position, completion))
             modelled = self.t0 + self.t1 * running + self.t_prompt * prompt_tokens
-            _spin(self.per_request * len(joining) + self.per_sequence * running)
+            _spin(self.per_step + self.per_request * len(joining) + self.per_sequence * running)
             self.own_cpu += time.thread_time() - own
             time.sleep(max(0.0, modelled - (time.perf_counter() - started) - self.slack))
-            self.last_step = time.perf_counter()
-            self.first_step = self.first_step or started
-            self.busy += modelled
-            self.prefill += self.t_prompt * prompt_tokens
-            self.slept += self.last_step - started
-            self.steps += 1
-            self.occupied += running
-            done = finishing.pop(self.steps, [])
+            totals["last_step"] = time.perf_counter()
+            totals["first_step"] = totals["first_step"] or started
+            totals["busy"] += modelled
+            totals["prefill"] += self.t_prompt * prompt_tokens
+            totals["slept"] += totals["last_step"] - started
+            totals["steps"] += 1
+            totals["occupied"] += running
+            done = finishing.pop(totals["steps"], [])
             running -= len(done)
             yield from done
+
+    def close(self) -> None:
+        if self.core == "process" and self._core.is_alive():
+            self._conn.send("exit")
+            self._core.join(10)
+
+
+def run_core(conn, t0: float, t1: float, t_prompt: float, max_running: int, step_full: float) -> None:
+    """The simulated engine core, in a process of its own, as vLLM V1's (`EngineCoreProc.run_busy_loop`):
+    it takes the requests sent while it has work, steps while it holds any (up to `max_running` running,
+    the rest waiting), and sends each step's running count and finished positions. Its steps sleep
+    t0 + t1 x running + the joining prompts' prefill, less the timer's slack, measured here first. A None
+    ends a stream: it drops what it holds and sends its totals so far; "exit" ends it."""
+    slack = timer_slack(step_full)
+    conn.send(slack)
+    waiting: deque = deque()  # (position, seed, prompt tokens)
+    finishing: dict[int, list[int]] = defaultdict(list)  # step at whose end they finish -> positions
+    totals = {"busy": 0.0, "slept": 0.0, "prefill": 0.0, "steps": 0, "occupied": 0, "first_step": None, "last_step": None,
+              "idle": 0.0, "short_steps": 0}
+    running, started = 0, None  # started: when the next step began (the last one's end, unless idle since)
+    idle = 0.0  # since the last step, with nothing to run: counted once a step follows
+    while True:
+        while not (running or waiting) or conn.poll(0):
+            started = started if running or waiting else None
+            waited = time.perf_counter()
+            message = conn.recv()
+            if totals["first_step"] is not None and not (running or waiting):
+                idle += time.perf_counter() - waited
+            if message == "exit":
+                return
+            if message is None:
+                waiting.clear()
+                finishing.clear()
+                running, idle = 0, 0.0
+                conn.send(dict(totals))
+            else:
+                waiting.extend(message)
+        started = started or time.perf_counter()
+        totals["idle"], idle = totals["idle"] + idle, 0.0
+        prompt_tokens = 0
+        while waiting and running < max_running:
+            position, seed, tokens = waiting.popleft()
+            finishing[totals["steps"] + _length(seed)].append(position)
+            prompt_tokens += tokens
+            running += 1
+        totals["short_steps"] += running < max_running
+        modelled = t0 + t1 * running + t_prompt * prompt_tokens
+        time.sleep(max(0.0, modelled - (time.perf_counter() - started) - slack))
+        totals["last_step"] = time.perf_counter()
+        totals["first_step"] = totals["first_step"] or started
+        totals["busy"] += modelled
+        totals["prefill"] += t_prompt * prompt_tokens
+        totals["slept"] += totals["last_step"] - started
+        totals["steps"] += 1
+        totals["occupied"] += running
+        done = finishing.pop(totals["steps"], [])
+        conn.send((running, done))
+        running -= len(done)
+        started = totals["last_step"]  # this loop's own work between steps falls in the next step's time
 
 
 def timer_slack(seconds: float, times: int = 25) -> float:
@@ -224,7 +362,7 @@ def one(args) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(model_lib.resolve(None))
     engine = SimulatedGPU(tokenizer, args.step_ms / 1000, args.reject, args.max_running,
-                          prefill_ratio=args.prefill_ratio, front_end_us=tuple(args.front_end_us))
+                          prefill_ratio=args.prefill_ratio, front_end_us=tuple(args.front_end_us), core=args.core)
     sources = defaults.source_list(args.source)
     builders = {} if args.builders is None else {"builders": args.builders}  # (code before --builders: none)
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
@@ -241,19 +379,23 @@ def one(args) -> dict:
                                            schedule=defaults.Schedule(streaming=args.mode == "stream", **builders))
         stats = {k: sum(shard[k] for shard in finished) for k in ("rows", "requests", "ok", "failed")}
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0 - engine.own_cpu
+    engine.close()
+    gpu = engine.totals
     full_step = engine.t0 + engine.t1 * engine.max_running
-    ideal = engine.occupied / engine.max_running * full_step + engine.prefill
+    ideal = gpu["occupied"] / engine.max_running * full_step + gpu["prefill"]
     lat = sorted(latencies.values())
-    occupancy = engine.occupied / engine.steps / engine.max_running
+    occupancy = gpu["occupied"] / gpu["steps"] / engine.max_running
     return {"mode": args.mode, "source": args.source, "step_ms": args.step_ms, "reject": args.reject,
             "chunk": args.chunk, "shards": args.shards, "min_faithfulness": args.min_faithfulness,
-            "builders": args.builders,
+            "builders": args.builders, "core": args.core,
             "prefill_ratio": args.prefill_ratio, "front_end_us": list(args.front_end_us), "timer_slack_ms": engine.slack * 1000,
             "captions": stats["rows"], "requests": stats["requests"], "ok": stats["ok"], "failed": stats["failed"],
-            "seconds": wall, "busy": engine.busy / wall, "busy_measured": engine.slept / wall,
-            "prefill_share": engine.prefill / engine.busy,
-            "busy_steady": engine.busy / (engine.last_step - engine.first_step), "occupancy": occupancy,
-            "useful": engine.busy / wall * occupancy,
+            "seconds": wall, "busy": gpu["busy"] / wall, "busy_measured": gpu["slept"] / wall,
+            "prefill_share": gpu["prefill"] / gpu["busy"],
+            "busy_steady": gpu["busy"] / (gpu["last_step"] - gpu["first_step"]), "occupancy": occupancy,
+            "useful": gpu["busy"] / wall * occupancy, "idle_s": gpu.get("idle"), "short_steps": gpu.get("short_steps"),
+            "steps": gpu["steps"], "before_first_step_s": gpu["first_step"] - wall0,
+            "after_last_step_s": wall0 + wall - gpu["last_step"],
             "captions_per_s": stats["rows"] / wall, "ideal_share": ideal / wall,
             "commit_p50_s": statistics.median(lat) if lat else None,
             "commit_p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
@@ -274,7 +416,7 @@ def profile(args) -> list[tuple[str, float]]:
     from rewrite.run import rows, shardwork
     from rewrite.run.config import RunConfig
 
-    engine = SimulatedGPU(AutoTokenizer.from_pretrained(model_lib.resolve(None)), 0.01, 0.0)
+    engine = SimulatedGPU(AutoTokenizer.from_pretrained(model_lib.resolve(None)), 0.01, 0.0, core="thread")
     config = RunConfig(source=args.source if args.source != "all" else SOURCE, chunk_rows=args.chunk)
     meta_set = meta.load_usable(config.source)
     ask = shardwork.prompting(config, meta_set, prompt.load_template(config.template), engine)
@@ -298,7 +440,7 @@ def profile(args) -> list[tuple[str, float]]:
           lambda: [ask._prompt(e, f)[1] for e, f in zip(drawn, fitted)])
     made = timed("request (all of the above but fitting, and its seed)",
                  lambda: [ask.request(ident, f, 0, 0) for ident, f in zip(ids, fitted)])
-    completions = [SimulatedGPU._draw(engine, request)[1] for request, _, _ in made]
+    completions = [engine._completion(request) for request, _, _ in made]
     parsed = timed("parse", lambda: [prompt.parse_completion(c.text) for c in completions])
     timed("checks (echo, copy, arrow, characters)", lambda: [validate.check(t, f[0], c, targets) for t, f, c, (_, targets, _)
                                                           in zip(parsed, fitted, completions, made)])
@@ -321,7 +463,7 @@ def profile(args) -> list[tuple[str, float]]:
 
 
 CONFIG_FLAGS = ("step_ms", "reject", "chunk", "captions", "max_running", "shards", "source", "min_faithfulness",
-                "prefill_ratio", "builders")
+                "prefill_ratio", "builders", "core")
 
 
 def measure(mode: str, step_ms: float, reject: float, chunk: int, args) -> dict:
@@ -349,8 +491,9 @@ def table(results: list[dict], cpu: str) -> str:
     first = results[0]
     rows = [f"CPU: {cpu}; simulated GPU: max {first.get('max_running', 256)} running, step = 40% fixed + 60% per "
             f"running sequence at a full batch, + prefill at {first['prefill_ratio']:g} of a sequence's share per "
-            f"prompt token; vLLM's front end {first['front_end_us'][0]:g} us per request + "
-            f"{first['front_end_us'][1]:g} us per running sequence per step; outputs 10-40 tokens", "",
+            f"prompt token; engine core in {'a process of its own' if first.get('core', 'thread') == 'process' else 'the stream thread'}; "
+            "vLLM's front end in our process {:g} us per request + {:g} us per running sequence per step + "
+            "{:g} us per step; outputs 10-40 tokens".format(*first['front_end_us'], *[0.0] * (3 - len(first['front_end_us']))), "",
             "| step | rejects | chunk | sets | mode | busy (modelled) | busy (measured) | busy, steady | occupancy | "
             "useful | captions/s | vs ideal | commit p50 / p99 | CPU ms/caption | peak RSS |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -385,8 +528,12 @@ def main() -> None:
     ap.add_argument("--min-faithfulness", type=float, help="the faithfulness gate (default off)")
     ap.add_argument("--prefill-ratio", type=float, default=PREFILL_RATIO,
                     help=f"a prompt token's prefill / a running sequence's share of a full step (default {PREFILL_RATIO})")
-    ap.add_argument("--front-end-us", type=float, nargs=2, default=list(FRONT_END_US), metavar=("PER_REQUEST", "PER_SEQUENCE_STEP"),
-                    help=f"vLLM's front-end Python, in us (default {FRONT_END_US[0]:g} {FRONT_END_US[1]:g}: measured)")
+    ap.add_argument("--front-end-us", type=float, nargs=3, default=list(FRONT_END_US),
+                    metavar=("PER_REQUEST", "PER_SEQUENCE_STEP", "PER_STEP"),
+                    help="vLLM's front-end Python in our process, in us (default {:g} {:g} {:g}: measured)".format(*FRONT_END_US))
+    ap.add_argument("--core", choices=CORES, default=CORES[0],
+                    help="where the simulated engine core steps: a process of its own, as vLLM V1's (default), "
+                         "or the stream's thread, under our GIL")
     ap.add_argument("--builders", type=int, help="stream: worker processes building requests and judging "
                     "(rewrite run --builders; default: the run's, from the cores)")
     ap.add_argument("--profile", action="store_true",

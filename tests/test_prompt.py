@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from rewrite.rewriting import prompt
@@ -259,8 +261,29 @@ def test_a_tokenizer_that_joins_pieces_falls_back_to_whole_prompts():
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text).ids
 
+    def encode_many(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in tokenizer.encode_batch(texts)]
+
     assert prompt.PromptIds(prompt.load_template(), encode).agrees(EXAMPLES, 3) is False
+    assert prompt.PromptIds(prompt.load_template(), encode).agrees(EXAMPLES, 3, encode_many) is False
     assert prompt.assemble(prompt.load_template(), encode, EXAMPLES, 3, "probe-set") is None
+    assert prompt.assemble(prompt.load_template(), encode, EXAMPLES, 3, "probe-set-2", encode_many) is None
+
+
+def test_the_pieces_check_in_batches_decides_as_one_at_a_time(engine):
+    """`agrees` with the engine's batch tokenizer gives the verdict of one call per text, for every set,
+    and for a template whose pieces a tokenizer would join (no separator: an example runs into the next)."""
+    from rewrite import meta
+
+    template = prompt.load_template()
+    joined = dataclasses.replace(template, separator="")
+    for source in ("coco", "chatgpt", "bard", "human"):
+        examples = list(meta.load(source).examples())
+        for t in (template, joined):
+            alone = prompt.PromptIds(t, engine.encode).agrees(examples, 3)
+            batched = prompt.PromptIds(t, engine.encode).agrees(examples, 3, engine.encode_many)
+            assert alone == batched
+            assert alone is (t is template)  # the packaged tokenizer agrees, but not across joined pieces
 
 
 def test_engine_encode_many_is_encode_of_each(engine):

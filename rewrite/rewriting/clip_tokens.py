@@ -145,4 +145,7 @@ def count(text: str) -> int:
 
 
 def check_available() -> None:
+    """Load CLIP's tokenizer and build the fast path now, before a run's first rewrite is judged: in a
+    stream, their ~0.1-2 s would otherwise hold the GIL while the engine waits for requests."""
     _tokenizer()
+    _rust_tokenizer()

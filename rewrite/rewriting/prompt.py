@@ -265,38 +265,46 @@ class PromptIds:
         self.after = encode(after)
         self.examples: dict[Example, list[int]] = {}
 
+    def _piece(self, example: Example) -> str:
+        return self.template.separator + self.template.example.format(source=example[0], target=example[1])
+
     def ids(self, examples: Sequence[Example], caption_ids: Sequence[int]) -> list[int]:
         out = list(self.instruction)
         for example in examples:
             piece = self.examples.get(example)
             if piece is None:
-                text = self.template.example.format(source=example[0], target=example[1])
-                piece = self.examples[example] = self.encode(self.template.separator + text)
+                piece = self.examples[example] = self.encode(self._piece(example))
             out += piece
         out += self.lead
         out += caption_ids
         out += self.after
         return out
 
-    def agrees(self, examples: Sequence[Example], k: int) -> bool:
+    def agrees(self, examples: Sequence[Example], k: int,
+               encode_many: Callable[[list[str]], list[list[int]]] | None = None) -> bool:
         """Whether assembled ids equal whole-prompt ids for every example (in a window of k, so each
-        follows another and the instruction) and every probe caption."""
+        follows another and the instruction) and every probe caption. `encode_many` (`encode` of many
+        texts in one call) makes the check's hundreds of tokenizations one call each: it runs as a
+        run starts, while the engine waits for its first requests."""
         if self.lead is None or not examples:
             return False
-        windows = len(examples) + len(PROBE_CAPTIONS)
-        for j in range(windows):
-            shown = [examples[(j + m) % len(examples)] for m in range(k)]
-            caption = normalise_caption(PROBE_CAPTIONS[j % len(PROBE_CAPTIONS)])
-            if self.ids(shown, self.encode(caption)) != self.encode(self.template.render(shown, caption)):
-                return False
-        return True
+        many = encode_many or (lambda texts: [self.encode(t) for t in texts])
+        fresh = [e for e in dict.fromkeys(examples) if e not in self.examples]
+        self.examples.update(zip(fresh, many([self._piece(e) for e in fresh])))
+        windows = [([examples[(j + m) % len(examples)] for m in range(k)],
+                    normalise_caption(PROBE_CAPTIONS[j % len(PROBE_CAPTIONS)]))
+                   for j in range(len(examples) + len(PROBE_CAPTIONS))]
+        captions = list(dict.fromkeys(caption for _, caption in windows))
+        caption_ids = dict(zip(captions, many(captions)))
+        wholes = many([self.template.render(shown, caption) for shown, caption in windows])
+        return all(self.ids(shown, caption_ids[caption]) == whole for (shown, caption), whole in zip(windows, wholes))
 
 
 _ASSEMBLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encode's owner -> {key: PromptIds | None}
 
 
 def assemble(template: Template, encode: Callable[[str], list[int]], examples: Sequence[Example], k: int,
-             key: str) -> PromptIds | None:
+             key: str, encode_many: Callable[[list[str]], list[list[int]]] | None = None) -> PromptIds | None:
     """The checked PromptIds of `template` with the examples a meta set gives (`key` names the set: its
     digest), kept with the tokenizer's owner (the engine) like chat frames; None for a chat template
     or where assembly does not agree with tokenizing whole (see PromptIds)."""
@@ -306,5 +314,5 @@ def assemble(template: Template, encode: Callable[[str], list[int]], examples: S
     found = _ASSEMBLERS.setdefault(owner, {})
     if (template, key) not in found:
         assembler = PromptIds(template, encode)
-        found[template, key] = assembler if assembler.agrees(list(examples), k) else None
+        found[template, key] = assembler if assembler.agrees(list(examples), k, encode_many) else None
     return found[template, key]

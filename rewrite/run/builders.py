@@ -197,7 +197,8 @@ def _rebuilt(sent: tuple[rows.Prompting, bool]) -> rows.Prompting:
         ask = _ASKS[sent] = dataclasses.replace(
             portable, encode=t.encode, decode=t.decode, encode_many=t.encode_many,
             chat=t.chat_prompt if chat else None,
-            ids=prompt.assemble(portable.template, t.encode, meta_set.examples(), portable.num_examples, meta_set))
+            ids=prompt.assemble(portable.template, t.encode, meta_set.examples(), portable.num_examples, meta_set,
+                                t.encode_many))
     return ask
 
 
