@@ -50,12 +50,14 @@ import argparse
 import contextlib
 import json
 import multiprocessing
+import queue
 import random
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
@@ -231,6 +233,8 @@ def run_core(conn, t0: float, t1: float, t_prompt: float, max_running: int, step
     ends a stream: it drops what it holds and sends its totals so far; "exit" ends it."""
     slack = timer_slack(step_full)
     conn.send(slack)
+    outputs: queue.SimpleQueue = queue.SimpleQueue()  # sent by a thread, so a step never waits for a slow reader
+    threading.Thread(target=lambda: [conn.send(o) for o in iter(outputs.get, "exit")], daemon=True).start()
     waiting: deque = deque()  # (position, seed, prompt tokens)
     finishing: dict[int, list[int]] = defaultdict(list)  # step at whose end they finish -> positions
     totals = {"busy": 0.0, "slept": 0.0, "prefill": 0.0, "steps": 0, "occupied": 0, "first_step": None, "last_step": None,
@@ -245,12 +249,13 @@ def run_core(conn, t0: float, t1: float, t_prompt: float, max_running: int, step
             if totals["first_step"] is not None and not (running or waiting):
                 idle += time.perf_counter() - waited
             if message == "exit":
+                outputs.put("exit")
                 return
             if message is None:
                 waiting.clear()
                 finishing.clear()
                 running, idle = 0, 0.0
-                conn.send(dict(totals))
+                outputs.put(dict(totals))
             else:
                 waiting.extend(message)
         started = started or time.perf_counter()
@@ -272,7 +277,7 @@ def run_core(conn, t0: float, t1: float, t_prompt: float, max_running: int, step
         totals["steps"] += 1
         totals["occupied"] += running
         done = finishing.pop(totals["steps"], [])
-        conn.send((running, done))
+        outputs.put((running, done))
         running -= len(done)
         started = totals["last_step"]  # this loop's own work between steps falls in the next step's time
 

@@ -153,6 +153,24 @@ def test_the_next_shard_joins_the_stream_before_the_one_before_is_done(tmp_path)
         assert pq.read_table(layout.Work(work).rewrite_file("human", s)).num_rows == 3
 
 
+def test_a_stream_leaves_the_objects_it_started_with_out_of_gc_and_restores_both_settings(tmp_path):
+    """While a stream runs, what existed before it is frozen out of Python's collections (a full one
+    would hold the GIL for ~0.3 s with the engine waiting) and threads switch every SWITCH_INTERVAL;
+    after it ends, both are as they were."""
+    import gc
+    import sys
+
+    work = planned_shards(tmp_path, 1)
+    seen = []
+    engine = Watching(work, "human", 1, on_take=lambda request: seen.append((gc.get_freeze_count(), sys.getswitchinterval())))
+    before = (gc.get_freeze_count(), sys.getswitchinterval())
+    runner.run(work, RunConfig(source="human", chunk_rows=3), [0], engine, progress=False,
+               schedule=Schedule(streaming=True))
+    assert len(seen) == 3
+    assert all(frozen > 10_000 and switch == pytest.approx(scheduler.SWITCH_INTERVAL) for frozen, switch in seen)
+    assert (gc.get_freeze_count(), sys.getswitchinterval()) == before
+
+
 def test_sets_share_a_stream_unless_their_sampling_differs(tmp_path):
     work = planned_shards(tmp_path, 2)
     same = Watching(work, "human", 2)
