@@ -444,14 +444,16 @@ def _threads_kept_moving() -> Iterator[None]:
     starts (the engine's, the tokenizers', every module's: ~380,000 with the packaged model, millions
     with vLLM) are left out of Python's garbage collection (`gc.freeze`). A full collection scans them
     all holding the GIL, 0.2-0.3 s here, during which the engine gets no request; the stream's own
-    objects are collected as before. Both are as they were once it ends."""
-    switch = sys.getswitchinterval()
+    objects are collected as before (vLLM's engine core does the same in its process). Both are as
+    they were once it ends, unless something had frozen objects before: then what is frozen stays so."""
+    switch, frozen_before = sys.getswitchinterval(), gc.get_freeze_count()
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_before:
+            gc.unfreeze()
         sys.setswitchinterval(switch)
 
 
