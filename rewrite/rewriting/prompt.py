@@ -282,18 +282,22 @@ class PromptIds:
 
     def agrees(self, examples: Sequence[Example], k: int,
                encode_many: Callable[[list[str]], list[list[int]]] | None = None) -> bool:
-        """Whether assembled ids equal whole-prompt ids for every example (in a window of k, so each
-        follows another and the instruction) and every probe caption. `encode_many` (`encode` of many
-        texts in one call) makes the check's hundreds of tokenizations one call each: it runs as a
-        run starts, while the engine waits for its first requests."""
+        """Whether assembled ids equal whole-prompt ids for every example and every probe caption: in
+        windows of k examples that overlap by one (k > 1), so that each example follows the one before
+        it and is followed by the next, after the instruction or an example and before an example or
+        the query. `encode_many` (`encode` of many texts in one call) makes the check's hundreds of
+        tokenizations one call each: it runs as a run starts, while the engine waits for its first
+        requests."""
         if self.lead is None or not examples:
             return False
         many = encode_many or (lambda texts: [self.encode(t) for t in texts])
         fresh = [e for e in dict.fromkeys(examples) if e not in self.examples]
         self.examples.update(zip(fresh, many([self._piece(e) for e in fresh])))
+        stride = max(1, k - 1)
+        starts = list(range(0, len(examples), stride)) + list(range(len(PROBE_CAPTIONS)))
         windows = [([examples[(j + m) % len(examples)] for m in range(k)],
-                    normalise_caption(PROBE_CAPTIONS[j % len(PROBE_CAPTIONS)]))
-                   for j in range(len(examples) + len(PROBE_CAPTIONS))]
+                    normalise_caption(PROBE_CAPTIONS[n % len(PROBE_CAPTIONS)]))
+                   for n, j in enumerate(starts)]
         captions = list(dict.fromkeys(caption for _, caption in windows))
         caption_ids = dict(zip(captions, many(captions)))
         wholes = many([self.template.render(shown, caption) for shown, caption in windows])

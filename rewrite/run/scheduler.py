@@ -231,8 +231,14 @@ class Stream:
             self._open(unit, *chunk)
 
     def _open(self, unit: Unit, index: int, table: pa.Table) -> None:
-        """Register a chunk's rows, then queue the first attempt of each (identity, index) new to the unit
-        (of a reopened chunk, those it redoes, each at the attempt it resumes at)."""
+        """Register a chunk's rows, then queue the first attempts it needs."""
+        new, unique = self._register(unit, index, table)
+        self._queue_first(unit, new, unique)
+
+    def _register(self, unit: Unit, index: int, table: pa.Table) -> tuple[list[_Item], dict[str, str]]:
+        """A chunk's rows in its unit: each (identity, index) new to the unit becomes an item (of a
+        reopened chunk, those it redoes, each at the attempt it resumes at), and the chunk waits for
+        each of its own. The new items, and the chunk's captions by identity."""
         keys = table.column(layout.KEY).to_pylist()
         captions = table.column(layout.CAPTION).to_pylist()
         identity = rows.identities(keys, captions, unit.dedup)
@@ -255,8 +261,13 @@ class Stream:
                     chunk.waiting.add((ident, i))
             if not chunk.waiting:  # every row was answered by earlier chunks (or has no caption)
                 self._complete(chunk)
+        return new, unique
+
+    def _queue_first(self, unit: Unit, new: list[_Item], unique: dict[str, str]) -> None:
+        """Build the first requests of `new` in slices (see FIRST_SLICE), outside the lock: tokenizing
+        is the slow part; each slice is queued in schedule order as it is built."""
         start = 0
-        while start < len(new):  # outside the lock: tokenizing is the slow part
+        while start < len(new):
             if not (self.fresh or self.sent):
                 self.slice = FIRST_SLICE
             size, self.slice = self.slice, min(SLICE, 2 * self.slice)
