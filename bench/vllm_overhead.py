@@ -15,7 +15,9 @@ made a token that step, counted from the core's outputs), and split by a least-s
 time on that count into a fixed part and a part per sequence; our other threads (process minus main thread
 CPU time) per step; the wall time per step, and its wait for the core (in get_output).
 A run adds N requests at once (all run together: max_num_seqs is 256) and steps until all finish; N:final
-asks for final outputs only (FINAL_ONLY; our engine uses vLLM's default, CUMULATIVE). Runs share one engine
+asks for final outputs only (FINAL_ONLY, as our engine now does; N alone: vLLM's default, CUMULATIVE).
+bench/scheduler.py's front-end model takes its figures from here: per request, add_request; per running
+sequence per step, the fit's per-sequence part; per step, the fit's fixed part plus our other threads. Runs share one engine
 and take the first N of one prompt list, so later runs hit the prefix cache (the core's work, not the front
 end's). --profile N: one more run of N under cProfile timed by thread CPU time (add_request and step only;
 it inflates their CPU time ~7x: read it for shares).
