@@ -26,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from machine import cpu_model
 from rewrite import engines
 from rewrite.rewriting import faithful, validate
 from rewrite.inputs import plan
@@ -153,7 +154,7 @@ def main() -> None:
                 for result in measure(captions, engine, source, template, bars):
                     results.append(result)
                     print(json.dumps({k: result[k] for k in ("template", "source", "bar", "ungated", "gated")}), flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = cpu_model()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out_json or HERE / "results" / f"{stamp}-faithfulness.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,18 +24,17 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from machine import cpu_flags, cpu_model
 
 SOURCE = "chatgpt"
 
 
 def cpu_name() -> str:
     """The CPU's model name and its widest SIMD flags, as figures from this bench are quoted with."""
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown CPU")
-    flags = set(next((line for line in info if line.startswith("flags")), "").split())
+    flags = cpu_flags()
     simd = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, {'/'.join(simd) or 'no AVX2'}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {'/'.join(simd) or 'no AVX2'}"
 
 
 def build(engine, n: int, long_tokens: int, example_sets: int):

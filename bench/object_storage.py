@@ -75,9 +75,10 @@ for folder in (ROOT, TESTS):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-_spec = importlib.util.spec_from_file_location("bench_export_wds", HERE / "export_wds.py")
+_spec = importlib.util.spec_from_file_location("bench_export_wds", HERE / "export_wds.py")  # (it puts bench/ on the path)
 ew = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ew)
+from machine import cpu_flags  # noqa: E402
 
 SRC, DST = "bench-src", "bench-dst"
 MB = 1e6
@@ -392,10 +393,7 @@ def memory(server, one_work: Path, many_work: Path, names: list[str]) -> dict:
 # report
 
 def cpu() -> dict:
-    found = ew.cpu()
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return {**found, "avx512": any(f.startswith("avx512") for f in flags)}
+    return {**ew.cpu(), "avx512": any(f.startswith("avx512") for f in cpu_flags())}
 
 
 def _size(n: float) -> str:

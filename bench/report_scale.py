@@ -299,7 +299,7 @@ def main() -> None:
             results[mode] = measure(mode, args)
             print(f"{mode}: {results[mode]['seconds']:.2f} s", file=sys.stderr)
     x = extrapolate(results["all"], results["sample"], args)
-    from scheduler import cpu_model  # (bench/scheduler.py: the benches' one reading of /proc/cpuinfo for it)
+    from machine import cpu_model
 
     cpu = cpu_model()
     md = table(made, results, x, args, cpu)

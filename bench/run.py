@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # machine.py, also when a test loads this file by its path
+    sys.path.insert(0, str(HERE))
 BATCH = 32  # the reference code's max_batch_size
 
 
@@ -185,9 +187,9 @@ def _params(eng) -> int:
 
 def cpu_peak_flops() -> tuple[float, str]:
     """Cores x clock x fp32 FLOPs per cycle per core (2 FMA units x SIMD lanes x 2)."""
-    info = Path("/proc/cpuinfo").read_text()
-    mhz = max(float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz"))
-    flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
+    from machine import cpu_flags, cpu_mhz
+
+    mhz, flags = cpu_mhz(), cpu_flags()
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     per_cycle = 2 * lanes * 2
     cores = os.cpu_count() or 1

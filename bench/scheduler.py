@@ -66,6 +66,7 @@ from typing import Iterable, Iterator, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from machine import cpu_model
 from rewrite.engines.base import Completion, Intake, Request, TokenizerEngine, in_order
 from rewrite.defaults import Sampling
 from rewrite.run.config import prepare
@@ -509,13 +510,6 @@ def table(results: list[dict], cpu: str) -> str:
                     f"{r['commit_p50_s']:.2f} / {r['commit_p99_s']:.2f} s | {r['cpu_ms_per_caption']:.3f} | "
                     f"{r['peak_rss_mb']:,.0f} MB |")
     return "\n".join(rows)
-
-
-def cpu_model() -> str:
-    for text in Path("/proc/cpuinfo").read_text().splitlines():
-        if text.startswith("model name"):
-            return text.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:

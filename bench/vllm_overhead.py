@@ -43,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 SOURCE = "chatgpt"
 
+from machine import cpu_model  # noqa: E402 - bench/, this script's folder
+
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds of each Python thread but the main one, by name (vLLM's output thread among them)."""
@@ -157,8 +159,7 @@ def main() -> None:
             top = text.getvalue().strip().splitlines()
     finally:
         e.close()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") + f", {os.cpu_count()} cores"
+    cpu = f"{cpu_model()}, {os.cpu_count()} cores"
     out = {"cpu": cpu, "vllm": vllm.__version__, "engine": e.describe(), "sampling": sampling.to_dict(),
            "load_s": round(loaded, 1), "script_s": round(time.perf_counter() - t0, 1), "runs": results,
            "profile_top_tottime": top}
