@@ -5,27 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _field(name: str) -> str | None:
-    """The first /proc/cpuinfo line named `name`, its value; None where there is none."""
+def _values(name: str) -> list[str]:
+    """The values of the /proc/cpuinfo lines named `name`, one per CPU (none where it cannot be read)."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), None)
+        return []
+    return [line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name]
 
 
 def cpu_model() -> str:
-    return _field("model name") or "unknown CPU"
+    return next(iter(_values("model name")), "unknown CPU")
 
 
 def cpu_flags() -> set[str]:
-    return set((_field("flags") or "").split())
+    return set(next(iter(_values("flags")), "").split())
 
 
 def cpu_mhz() -> float:
-    """The clock /proc/cpuinfo gives the CPUs, the highest of them (MHz)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return 0.0
-    return max((float(line.split(":", 1)[1]) for line in lines if line.startswith("cpu MHz")), default=0.0)
+    """The highest clock /proc/cpuinfo gives a CPU, in MHz (0 where it gives none)."""
+    return max(map(float, _values("cpu MHz")), default=0.0)
