@@ -1,7 +1,7 @@
 """vLLM front-end overhead: the CPU time vLLM spends in OUR process per request added and per running
 sequence per step, as figures for a simulated GPU (bench/scheduler.py).
 
-    python bench/vllm_overhead.py [--runs 64,64:final,128] [--profile 64] [--kv-gb 4]
+    python bench/vllm_overhead.py [--runs 64,64:final,64:tokens,128:final] [--profile 64] [--kv-gb 4]
 
 Our engine (`VLLMEngine.stream`) drives vLLM's `LLMEngine` from one thread: `add_request` per request,
 `step()` per step. In vLLM V1 the model runs in an engine-core process, but input processing and output
@@ -14,8 +14,11 @@ add_request per call (making the SamplingParams apart); step() per sequence outp
 made a token that step, counted from the core's outputs), and split by a least-squares fit of a step's CPU
 time on that count into a fixed part and a part per sequence; our other threads (process minus main thread
 CPU time) per step; the wall time per step, and its wait for the core (in get_output).
-A run adds N requests at once (all run together: max_num_seqs is 256) and steps until all finish; N:final
-asks for final outputs only (FINAL_ONLY, as our engine now does; N alone: vLLM's default, CUMULATIVE).
+A run adds N requests at once (all run together: max_num_seqs is 256) and steps until all finish. N alone
+asks for vLLM's default outputs (CUMULATIVE: one per running sequence per step); N:final for final
+outputs only (FINAL_ONLY, as our engine does); N:tokens for final outputs without detokenizing, stopping
+at the tokens whose text holds a line break (`stop_token_ids`, checked by the core) instead of the stop
+string "\n" (checked by the front end): what that lever would save, not what the engine does.
 bench/scheduler.py's front-end model takes its figures from here: per request, add_request; per running
 sequence per step, the fit's per-sequence part; per step, the fit's fixed part plus our other threads. Runs share one engine
 and take the first N of one prompt list, so later runs hit the prefix cache (the core's work, not the front
@@ -71,8 +74,22 @@ def build(engine, n: int) -> list:
     return requests
 
 
-def run(e, requests, sampling, final_only: bool, tag: str, prof: cProfile.Profile | None = None) -> dict:
+def params_for(e, request, sampling, mode: str, newline_ids: list[int]):
+    """The engine's SamplingParams for `request`, in a run's output mode (see the module docstring)."""
+    from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
+
+    if mode == "tokens":
+        return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_new_tokens, seed=request.seed, stop_token_ids=newline_ids,
+                              detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
+    params = e._params(request, sampling)
+    params.output_kind = RequestOutputKind.FINAL_ONLY if mode == "final" else RequestOutputKind.CUMULATIVE
+    return params
+
+
+def run(e, requests, sampling, mode: str, tag: str, newline_ids: list[int],
+        prof: cProfile.Profile | None = None) -> dict:
 
     engine, p, cpu = e.llm.llm_engine, time.perf_counter, time.thread_time
     core, get_output, waits = engine.engine_core, engine.engine_core.get_output, []
@@ -89,9 +106,7 @@ def run(e, requests, sampling, final_only: bool, tag: str, prof: cProfile.Profil
         params_cpu, add, steps = [], [], []
         for i, r in enumerate(requests):
             c = cpu()
-            params = e._params(r, sampling)
-            if final_only:
-                params.output_kind = RequestOutputKind.FINAL_ONLY
+            params = params_for(e, r, sampling, mode, newline_ids)
             params_cpu.append(cpu() - c)
             c = cpu()
             with prof:
@@ -110,7 +125,7 @@ def run(e, requests, sampling, final_only: bool, tag: str, prof: cProfile.Profil
     slope = sum((n - mean_n) * (c - mean_c) for n, c in zip(seq, step_cpu)) / sum((n - mean_n) ** 2 for n in seq)
     us, ms = 1e6, 1e3
     return {
-        "run": tag, "requests": len(requests), "output_kind": "final_only" if final_only else "cumulative",
+        "run": tag, "requests": len(requests), "output_kind": {"": "cumulative", "final": "final_only", "tokens": "final_only, tokens"}[mode],
         "prompt_tokens_mean": round(statistics.mean(len(r.prompt_ids) for r in requests), 1),
         "steps": len(steps), "sequence_outputs": total, "running_max": max(seq), "running_mean": round(mean_n, 1),
         "wall_s": round(wall, 2), "params_cpu_us": round(statistics.mean(params_cpu) * us, 1),
@@ -129,14 +144,17 @@ def run(e, requests, sampling, final_only: bool, tag: str, prof: cProfile.Profil
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="64,64:final,128", help="comma-separated N or N:final (see above)")
+    ap.add_argument("--runs", default="64,64:final,64:tokens,128:final",
+                    help="comma-separated N, N:final or N:tokens (see above)")
     ap.add_argument("--profile", type=int, default=64, help="requests of a last run under cProfile (0: none)")
     ap.add_argument("--warmup", type=int, default=8, help="requests run first, not measured")
     ap.add_argument("--kv-gb", type=float, default=None, help="KV cache GiB (default: the engine's own)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out-json", help="the JSON result file (default bench/results/<time>-vllm_overhead.json)")
     args = ap.parse_args()
-    runs = [(int(r.split(":")[0]), r.endswith(":final")) for r in args.runs.split(",")]
+    runs = [(int(n), mode) for n, _, mode in (r.partition(":") for r in args.runs.split(","))]
+    if any(mode not in ("", "final", "tokens") for _, mode in runs):
+        ap.error(f"--runs {args.runs!r}: each is N, N:final or N:tokens")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     t0 = time.perf_counter()
 
@@ -150,10 +168,12 @@ def main() -> None:
     try:
         loaded = time.perf_counter() - t0
         requests, sampling = build(e, max([n for n, _ in runs] + [args.profile]) + args.warmup), Sampling()
-        run(e, requests[-args.warmup:], sampling, False, "warmup")
-        results = [run(e, requests[:n], sampling, final, f"{n}{':final' if final else ''}") for n, final in runs]
+        newline_ids = [i for i in range(len(e.tokenizer)) if "\n" in e.tokenizer.decode([i])]
+        run(e, requests[-args.warmup:], sampling, "", "warmup", newline_ids)
+        results = [run(e, requests[:n], sampling, mode, f"{n}{':' + mode if mode else ''}", newline_ids)
+                   for n, mode in runs]
         if args.profile:
-            results.append(run(e, requests[:args.profile], sampling, False, f"{args.profile}:cProfile", prof))
+            results.append(run(e, requests[:args.profile], sampling, "", f"{args.profile}:cProfile", newline_ids, prof))
             text = io.StringIO()
             pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(15)
             top = text.getvalue().strip().splitlines()

@@ -163,7 +163,7 @@ class VLLMEngine(TokenizerEngine):
 
         # Final outputs only: by default vLLM builds an output for every running sequence at every step,
         # in this process (holding its GIL), and the stream reads only finished ones (bench/vllm_overhead.py:
-        # 25-40% of its step's Python per sequence).
+        # 6-40% of its step's Python per sequence, over runs of two sessions).
         return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
                               max_tokens=sampling.max_new_tokens,
                               stop=["\n"] if self.stop_at_newline else None,
