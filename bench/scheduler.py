@@ -109,11 +109,7 @@ class SimulatedGPU(TokenizerEngine):
         self.t_prompt = prefill_ratio * step_full / max_running  # a prompt token's prefill
         self.per_request, self.per_sequence, self.per_step = (us / 1e6 for us in front_end_us)
         self.model = "simulated"
-        self.totals = {"busy": 0.0,  # modelled step time, summed: what the GPU computes
-                       "slept": 0.0,  # measured step time: the modelled time, plus whatever kept the loop from its next step
-                       "prefill": 0.0,  # of `busy`
-                       "steps": 0, "occupied": 0,  # steps; sequence-steps
-                       "first_step": None, "last_step": None}  # perf_counter at the first step's start, the last one's end
+        self.totals = _new_totals()  # of the thread core; the process core's come back at a stream's end
         self.own_cpu = 0.0  # the stream thread's CPU time in the simulator's own code (its front-end model included)
         if core == "process":
             # vLLM keeps twice its max_num_seqs in flight (VLLMEngine), so its core has the next ones waiting
@@ -208,14 +204,7 @@ class SimulatedGPU(TokenizerEngine):
             modelled = self.t0 + self.t1 * running + self.t_prompt * prompt_tokens
             _spin(self.per_step + self.per_request * len(joining) + self.per_sequence * running)
             self.own_cpu += time.thread_time() - own
-            time.sleep(max(0.0, modelled - (time.perf_counter() - started) - self.slack))
-            totals["last_step"] = time.perf_counter()
-            totals["first_step"] = totals["first_step"] or started
-            totals["busy"] += modelled
-            totals["prefill"] += self.t_prompt * prompt_tokens
-            totals["slept"] += totals["last_step"] - started
-            totals["steps"] += 1
-            totals["occupied"] += running
+            _sleep_step(totals, started, modelled, self.t_prompt * prompt_tokens, running, self.max_running, self.slack)
             done = finishing.pop(totals["steps"], [])
             running -= len(done)
             yield from done
@@ -238,8 +227,7 @@ def run_core(conn, t0: float, t1: float, t_prompt: float, max_running: int, step
     threading.Thread(target=lambda: [conn.send(o) for o in iter(outputs.get, "exit")], daemon=True).start()
     waiting: deque = deque()  # (position, seed, prompt tokens)
     finishing: dict[int, list[int]] = defaultdict(list)  # step at whose end they finish -> positions
-    totals = {"busy": 0.0, "slept": 0.0, "prefill": 0.0, "steps": 0, "occupied": 0, "first_step": None, "last_step": None,
-              "idle": 0.0, "short_steps": 0}
+    totals = _new_totals()
     running, started = 0, None  # started: when the next step began (the last one's end, unless idle since)
     idle = 0.0  # since the last step, with nothing to run: counted once a step follows
     while True:
@@ -267,20 +255,37 @@ def run_core(conn, t0: float, t1: float, t_prompt: float, max_running: int, step
             finishing[totals["steps"] + _length(seed)].append(position)
             prompt_tokens += tokens
             running += 1
-        totals["short_steps"] += running < max_running
         modelled = t0 + t1 * running + t_prompt * prompt_tokens
-        time.sleep(max(0.0, modelled - (time.perf_counter() - started) - slack))
-        totals["last_step"] = time.perf_counter()
-        totals["first_step"] = totals["first_step"] or started
-        totals["busy"] += modelled
-        totals["prefill"] += t_prompt * prompt_tokens
-        totals["slept"] += totals["last_step"] - started
-        totals["steps"] += 1
-        totals["occupied"] += running
+        _sleep_step(totals, started, modelled, t_prompt * prompt_tokens, running, max_running, slack)
         done = finishing.pop(totals["steps"], [])
         outputs.put((running, done))
         running -= len(done)
         started = totals["last_step"]  # this loop's own work between steps falls in the next step's time
+
+
+def _new_totals() -> dict:
+    return {"busy": 0.0,  # modelled step time, summed: what the GPU computes
+            "slept": 0.0,  # measured step time: the modelled time, plus whatever kept the loop from its next step
+            "prefill": 0.0,  # of `busy`
+            "steps": 0, "occupied": 0,  # steps; sequence-steps
+            "first_step": None, "last_step": None,  # perf_counter at the first step's start, the last one's end
+            "idle": 0.0,  # the process core's time with nothing to run, between its first and last step
+            "short_steps": 0}  # steps with fewer than max-running sequences
+
+
+def _sleep_step(totals: dict, started: float, modelled: float, prefill: float, running: int, max_running: int,
+                slack: float) -> None:
+    """Sleep out what is left of a step begun at `started` (its modelled time, less the timer's slack) and
+    count it in `totals`."""
+    time.sleep(max(0.0, modelled - (time.perf_counter() - started) - slack))
+    totals["last_step"] = time.perf_counter()
+    totals["first_step"] = totals["first_step"] or started
+    totals["busy"] += modelled
+    totals["prefill"] += prefill
+    totals["slept"] += totals["last_step"] - started
+    totals["steps"] += 1
+    totals["occupied"] += running
+    totals["short_steps"] += running < max_running
 
 
 def timer_slack(seconds: float, times: int = 25) -> float:
@@ -399,7 +404,8 @@ def one(args) -> dict:
             "seconds": wall, "busy": gpu["busy"] / wall, "busy_measured": gpu["slept"] / wall,
             "prefill_share": gpu["prefill"] / gpu["busy"],
             "busy_steady": gpu["busy"] / (gpu["last_step"] - gpu["first_step"]), "occupancy": occupancy,
-            "useful": gpu["busy"] / wall * occupancy, "idle_s": gpu.get("idle"), "short_steps": gpu.get("short_steps"),
+            "useful": gpu["busy"] / wall * occupancy, "idle_s": gpu["idle"] if args.core == "process" else None,
+            "short_steps": gpu["short_steps"],
             "steps": gpu["steps"], "before_first_step_s": gpu["first_step"] - wall0,
             "after_last_step_s": wall0 + wall - gpu["last_step"],
             "captions_per_s": stats["rows"] / wall, "ideal_share": ideal / wall,
