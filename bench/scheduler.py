@@ -68,6 +68,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from machine import cpu_model
 from rewrite.engines.base import Completion, Intake, Request, TokenizerEngine, in_order
+from rewrite.engines.vllm import IN_FLIGHT_BATCHES
 from rewrite.defaults import Sampling
 from rewrite.run.config import prepare
 from rewrite.run.shardwork import ChunksToDo
@@ -81,8 +82,8 @@ PREFILL_RATIO = 0.1
 # step (the step call's fixed part, 156-225 us, and vLLM's thread that receives and decodes the core's
 # outputs, 290-400 us). Measured on vLLM's CPU build (bench/vllm_overhead.py; see the module docstring).
 FRONT_END_US = (250.0, 15.0, 450.0)
-CORES = ("process", "thread")
-ADD_GROUP = 8  # requests sent to the simulated core together (vLLM sends each as it is added; this is cheaper)  # where the simulated engine core's step loop runs (--core)
+CORES = ("process", "thread")  # where the simulated engine core's step loop runs (--core)
+ADD_GROUP = 8  # requests sent to the simulated core together (vLLM sends each as it is added; this is cheaper)
 
 
 def _length(seed: int) -> int:
@@ -112,8 +113,7 @@ class SimulatedGPU(TokenizerEngine):
         self.totals = _new_totals()  # of the thread core; the process core's come back at a stream's end
         self.own_cpu = 0.0  # the stream thread's CPU time in the simulator's own code (its front-end model included)
         if core == "process":
-            # vLLM keeps twice its max_num_seqs in flight (VLLMEngine), so its core has the next ones waiting
-            self.in_flight = 2 * max_running
+            self.in_flight = IN_FLIGHT_BATCHES * max_running  # as VLLMEngine: the core has the next ones waiting
             context = multiprocessing.get_context("spawn")
             self._conn, theirs = context.Pipe()
             self._core = context.Process(target=run_core, daemon=True,

@@ -26,6 +26,9 @@ SMALL_CPU = 4  # cores; at most this many, vLLM's CPU build reserves none for it
 # 128 tokens is longer than a LaCLIP prompt's shared head of ~80-120 tokens, so prefix caching never hit).
 CPU_KV_CACHE_BYTES = 2 << 30
 CPU_BLOCK_SIZE = 32
+# Requests the stream holds, in vLLM batches (max_num_seqs): the running batch, and as many again waiting in
+# vLLM's scheduler, so that a freed slot is filled at the next step without waiting for our process.
+IN_FLIGHT_BATCHES = 2
 TCMALLOC = ("tcmalloc_minimal", "tcmalloc")  # Debian: libtcmalloc-minimal4
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float", "half")  # what vLLM's `dtype` takes
 
@@ -155,7 +158,7 @@ class VLLMEngine(TokenizerEngine):
         self._guard = children.Guard(children.descendants(os.getpid()))  # vLLM's processes end with this one
         self.tokenizer = self.llm.get_tokenizer()
         self._context = self.llm.llm_engine.model_config.max_model_len
-        self.in_flight = 2 * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        self.in_flight = IN_FLIGHT_BATCHES * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
 
     def _params(self, request: Request, sampling: Sampling):
         from vllm import SamplingParams
