@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import pyarrow as pa
@@ -169,6 +170,32 @@ def test_a_stream_leaves_the_objects_it_started_with_out_of_gc_and_restores_both
     assert len(seen) == 3
     assert all(frozen > 10_000 and switch == pytest.approx(scheduler.SWITCH_INTERVAL) for frozen, switch in seen)
     assert (gc.get_freeze_count(), sys.getswitchinterval()) == before
+
+
+def test_a_units_prompt_pieces_are_checked_while_its_first_chunk_is_read(tmp_path, monkeypatch):
+    """The check that prompt ids from pieces equal whole prompts (prompt.assemble: hundreds of prompts
+    tokenized, ~0.03 s a set) runs beside the builder's read of the unit's first chunk, not before it:
+    here the check's tokenizer calls wait for that read (they would wait in vain before it)."""
+    work = planned_shards(tmp_path, 1)
+    chunk_read, read_first = threading.Event(), []
+    iter_shard = plan.iter_shard
+
+    def reading(*args, **kwargs):
+        for table in iter_shard(*args, **kwargs):
+            chunk_read.set()
+            yield table
+
+    class Checking(Scripted):
+        def encode_many(self, texts):
+            read_first.append(chunk_read.wait(5))
+            return [self.encode(t) for t in texts]
+
+    monkeypatch.setattr(plan, "iter_shard", reading)
+    engine = Checking(reject=set())
+    stats = runner.run(work, RunConfig(source="human", chunk_rows=3), [0], engine, progress=False,
+                       schedule=Schedule(streaming=True))
+    assert len(read_first) >= 3 and all(read_first), read_first  # the check's pieces, captions, prompts
+    assert stats[0]["ok"] == 3 and len(engine.sent) == 3
 
 
 def test_sets_share_a_stream_unless_their_sampling_differs(tmp_path):
