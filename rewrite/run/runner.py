@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Iterable, Iterator, Sequence
 
@@ -191,15 +191,19 @@ def _units(pairs: Iterable[tuple[int, tuple[int, PreparedSet]]], sets: int, engi
     skipped); a unit's `finish` joins its shard, puts its stats in `finished` (unless rows of it wait
     for the engine: it is not done then) and releases its lock."""
     read, read_shard = plan.iter_shard, None
+    asking: dict[str, Future] = {}  # by set: how its requests are made, the same for each of its shards
     with ThreadPoolExecutor(1, thread_name_prefix="rewrite-prompting") as beside:  # see scheduler.Unit.ask
         for place, (shard, job) in pairs:
             if shard != read_shard:
                 read, read_shard = _ReadOnce() if sets > 1 else plan.iter_shard, shard
-            lock = checkpoint.claim(job, shard, overwrite, retry_failed, states.get((job.config.source, shard)))
+            config = job.config
+            if config.source not in asking:  # made from the set's first unit on, its claim and read beside it
+                asking[config.source] = beside.submit(prompting, config, job.meta_set, job.template, engine)
+            lock = checkpoint.claim(job, shard, overwrite, retry_failed, states.get((config.source, shard)))
             if lock is None:
                 continue
             locks.callback(lock.release)
-            touched.append((job.config.source, shard))
+            touched.append((config.source, shard))
             work = ShardWork(job, shard, engine, progress, read, retry_failed)
 
             def finish(work: ShardWork = work, lock: ShardLock = lock, place: int = place) -> None:
@@ -208,10 +212,9 @@ def _units(pairs: Iterable[tuple[int, tuple[int, PreparedSet]]], sets: int, engi
                     finished[place] = stats
                 lock.release()
 
-            config = job.config
-            yield scheduler.Unit(beside.submit(prompting, config, job.meta_set, job.template, engine), work.todo,
-                                 work.commit, finish, num_rewrites=config.num_rewrites, attempts=work.attempts,
-                                 dedup=config.dedup, schema=work.schema, reopened=work.todo.reopened)
+            yield scheduler.Unit(asking[config.source], work.todo, work.commit, finish,
+                                 num_rewrites=config.num_rewrites, attempts=work.attempts, dedup=config.dedup,
+                                 schema=work.schema, reopened=work.todo.reopened)
 
 
 class _ReadOnce:
