@@ -69,7 +69,7 @@ class Unit:
     own. A chunk an earlier run committed and this one takes up again has its `rows.Reopened` in
     `reopened` by the time `chunks` yields it."""
 
-    asking: Future  # its rows.Prompting, being made while the builder reads its first chunk (see `ask`)
+    asking: Future  # its set's rows.Prompting (shared by the set's units), made beside the builder's work (see `ask`)
     chunks: Iterable[tuple[int, pa.Table]]
     commit: Callable[[int, pa.Table, dict, list], None]
     finish: Callable[[], None]
