@@ -286,6 +286,33 @@ def test_the_pieces_check_in_batches_decides_as_one_at_a_time(engine):
             assert alone is (t is template)  # the packaged tokenizer agrees, but not across joined pieces
 
 
+def test_first_requests_made_while_the_pieces_check_runs_are_those_made_after_it(engine):
+    """While a set's pieces check runs, the stream makes first requests that are the same whichever way
+    it goes: with the packaged tokenizer every first attempt's (over-long captions and their cuts
+    included) equals the checked Prompting's, and a later attempt waits. With a template whose pieces the
+    tokenizer joins (the check says no), the requests whose assembled ids differ from the whole prompt's
+    wait, and those made are the whole-prompt ones the checked Prompting makes."""
+    from rewrite import meta
+    from rewrite.run import rows, shardwork
+
+    jobs = [(str(i), caption, 0, 0) for i, caption in enumerate(HARD_CAPTIONS)] + [("again", "a dog", 1, 1)]
+    for source in ("coco", "human"):
+        config, meta_set = RunConfig(source=source), meta.load_usable(source)
+        for template in (prompt.load_template(), dataclasses.replace(prompt.load_template(), separator="")):
+            ask = shardwork.unchecked(config, meta_set, template, engine)
+            assert ask.ids is None
+            checked = ask.checked()
+            early = rows.first_requests_either_way(rows.Unchecked.of(ask), jobs)
+            assert early[-1] is None  # a later attempt waits for the check
+            made = [(e, r) for e, r in zip(early, rows.first_requests(checked, jobs)) if e is not None]
+            assert all(e == r for e, r in made)
+            if template.separator:
+                assert checked.ids is not None and len(made) == len(jobs) - 1
+                assert any(e[1] for e, _ in made)  # some captions were cut
+            else:
+                assert checked.ids is None and 0 < len(made) < len(jobs) - 1  # assembled ids differed: those wait
+
+
 def test_engine_encode_many_is_encode_of_each(engine):
     texts = HARD_CAPTIONS + ["", " leading space", "trailing space ", "new\nline", "a" * 5000]
     assert engine.encode_many(texts) == [engine.encode(t) for t in texts]

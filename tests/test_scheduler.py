@@ -16,7 +16,7 @@ from rewrite.workdir import done, layout
 from rewrite.inputs import plan
 from rewrite.run import runner, scheduler
 from rewrite import stop
-from rewrite.engines.base import Completion, Engine, Intake
+from rewrite.engines.base import Completion, Engine, Intake, in_order
 from rewrite.defaults import Sampling, Schedule
 from rewrite.run.config import EngineUnavailable, RunConfig
 
@@ -196,6 +196,45 @@ def test_a_units_prompt_pieces_are_checked_while_its_first_chunk_is_read(tmp_pat
                        schedule=Schedule(streaming=True))
     assert len(read_first) >= 3 and all(read_first), read_first  # the check's pieces, captions, prompts
     assert stats[0]["ok"] == 3 and len(engine.sent) == 3
+
+
+def test_the_first_requests_go_to_the_engine_while_the_pieces_check_runs(tmp_path):
+    """The run's first requests do not wait for the pieces check where they are the same whichever way it
+    goes (rows.first_requests_either_way): here the check's tokenizer calls wait for the engine's first
+    request (they would wait in vain if the requests waited for the check), and the requests are those
+    of a run whose check was done before it started."""
+    first_taken, check_waited = threading.Event(), []
+
+    class CheckingLate(Scripted):
+        def encode_many(self, texts):
+            if threading.current_thread().name.startswith("rewrite-prompting"):  # the check, not the builder
+                check_waited.append(first_taken.wait(5))
+            return [self.encode(t) for t in texts]
+
+        def stream(self, requests, sampling):
+            def taken():
+                for request in requests:
+                    if request is not None:
+                        self.requests.append(request)
+                        first_taken.set()
+                    yield request
+            return super().stream(taken(), sampling)
+
+        def generate(self, requests, sampling):  # a chunk at a time: its requests made after the check
+            return in_order(self.stream(requests, sampling), len(requests))
+
+    config = RunConfig(source="human", chunk_rows=3)
+    runs = []
+    for streaming in (True, False):
+        engine = CheckingLate(reject=set())
+        engine.requests = []
+        (tmp_path / str(streaming)).mkdir()
+        stats = runner.run(planned_shards(tmp_path / str(streaming), 1), config, [0], engine, progress=False,
+                           schedule=Schedule(streaming=streaming))
+        assert stats[0]["ok"] == 3
+        runs.append(sorted(engine.requests, key=lambda r: r.seed))
+    assert len(check_waited) >= 3 and all(check_waited), check_waited  # the check went on after the first request
+    assert runs[0] == runs[1] and all(r.prompt_ids == tuple(r.prompt.encode()) for r in runs[0])
 
 
 def test_sets_share_a_stream_unless_their_sampling_differs(tmp_path):

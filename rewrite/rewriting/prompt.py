@@ -280,6 +280,12 @@ class PromptIds:
         out += self.after
         return out
 
+    def learn(self, examples: Sequence[Example], encode_many: Callable[[list[str]], list[list[int]]]) -> None:
+        """The ids of the pieces of `examples` not known yet, in one call of `encode_many`."""
+        fresh = [e for e in dict.fromkeys(examples) if e not in self.examples]
+        if fresh:
+            self.examples.update(zip(fresh, encode_many([self._piece(e) for e in fresh])))
+
     def agrees(self, examples: Sequence[Example], k: int,
                encode_many: Callable[[list[str]], list[list[int]]] | None = None) -> bool:
         """Whether assembled ids equal whole-prompt ids for every example and every probe caption: in
@@ -291,8 +297,7 @@ class PromptIds:
         if self.lead is None or not examples:
             return False
         many = encode_many or (lambda texts: [self.encode(t) for t in texts])
-        fresh = [e for e in dict.fromkeys(examples) if e not in self.examples]
-        self.examples.update(zip(fresh, many([self._piece(e) for e in fresh])))
+        self.learn(examples, many)
         stride = max(1, k - 1)
         starts = list(range(0, len(examples), stride)) + list(range(len(PROBE_CAPTIONS)))
         windows = [([examples[(j + m) % len(examples)] for m in range(k)],
@@ -317,6 +322,15 @@ def assemble(template: Template, encode: Callable[[str], list[int]], examples: S
     owner = getattr(encode, "__self__", encode)
     found = _ASSEMBLERS.setdefault(owner, {})
     if (template, key) not in found:
-        assembler = PromptIds(template, encode)
-        found[template, key] = assembler if assembler.agrees(list(examples), k, encode_many) else None
+        assembler = to_check(template, encode)
+        found[template, key] = assembler if assembler is not None and assembler.agrees(list(examples), k, encode_many) else None
     return found[template, key]
+
+
+def to_check(template: Template, encode: Callable[[str], list[int]]) -> PromptIds | None:
+    """The PromptIds that `assemble` checks, unchecked; None where it can only find them wrong (a chat
+    template; a query whose start does not tokenize as a piece of its own)."""
+    if template.chat:
+        return None
+    assembler = PromptIds(template, encode)
+    return assembler if assembler.lead is not None else None

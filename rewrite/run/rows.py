@@ -14,7 +14,7 @@ uninterrupted run would have left it.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 import pyarrow as pa
@@ -61,31 +61,66 @@ class Prompting:
     encode_many: Callable[[list[str]], list[list[int]]] | None = None  # `encode` for many texts at once
     ids: prompt.PromptIds | None = None  # prompt ids from pieces (prompt.assemble); None: tokenize each prompt whole
 
+    def checked(self) -> Prompting:
+        """This Prompting with its prompt ids put together from pieces where the pieces check
+        (prompt.assemble: hundreds of prompts tokenized, ~0.03 s a set) finds that the same as tokenizing
+        each prompt whole."""
+        return replace(self, ids=prompt.assemble(self.template, self.encode, self.meta_set.examples(), self.num_examples,
+                                                 self.meta_set, self.encode_many))
+
     def captions(self, captions: Sequence[str]) -> list[prompt.Fitted]:
         """Each caption as it goes into prompts, its token ids and whether it was cut (its share of a
         prompt is capped, so one huge caption costs what a caption costs); tokenized together."""
-        encode_many = self.encode_many or (lambda texts: [self.encode(t) for t in texts])
-        return prompt.cap_captions(captions, encode_many, self.encode, self.decode, self.max_caption_tokens)
+        return prompt.cap_captions(captions, self.tokenized, self.encode, self.decode, self.max_caption_tokens)
+
+    def tokenized(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each of `texts`, in one call where the engine has a batch tokenizer."""
+        return self.encode_many(texts) if self.encode_many is not None else [self.encode(t) for t in texts]
 
     def request(self, ident: str, caption: prompt.Fitted, index: int, attempt: int) -> tuple[Request, list[str], bool]:
         """The request for one attempt at rewrite `index` of `ident` (`caption` as `captions()` gave it),
         the targets of its examples (a rewrite copying one is rejected) and whether the prompt cut it."""
+        examples = self.examples(ident, index, attempt)
+        return self._made(ident, index, attempt, examples, self._prompt(examples, caption))
+
+    def first_request_either_way(self, ident: str, caption: prompt.Fitted, index: int, examples: Sequence[prompt.Example],
+                                 to_check: prompt.PromptIds | None) -> tuple[Request, list[str], bool] | None:
+        """For a Prompting made before its pieces check (`ids` None) while the check runs: the first
+        attempt's request (`examples` its draw) as the checked Prompting will make it, whichever way the
+        check goes (with `to_check`, the PromptIds the check decides on, or with whole prompts), or None
+        where the two ways differ: that request waits for the check, so that no request depends on timing."""
+        whole = self._prompt(examples, caption)
+        if self._from_pieces(to_check, examples, caption) not in (None, whole):
+            return None
+        return self._made(ident, index, 0, examples, whole)
+
+    def examples(self, ident: str, index: int, attempt: int) -> list[prompt.Example]:
+        """The examples an attempt's prompt shows."""
         rng = seeds.example_rng(self.seed, self.source, ident, index, attempt, self.example_sets)
-        examples = meta.sample_examples(self.meta_set, rng, self.num_examples)
-        text, ids, cut = self._prompt(examples, caption)
+        return meta.sample_examples(self.meta_set, rng, self.num_examples)
+
+    def _made(self, ident: str, index: int, attempt: int, examples: Sequence[prompt.Example],
+              prompted: tuple[str, list[int], bool]) -> tuple[Request, list[str], bool]:
+        text, ids, cut = prompted
         request = Request(text, seeds.generation_seed(self.seed, self.source, ident, index, attempt),
                           group="\n".join([s for example in examples for s in example]), prompt_ids=tuple(ids))
         return request, [t for _, t in examples], cut
 
     def _prompt(self, examples: Sequence[prompt.Example], caption: prompt.Fitted) -> tuple[str, list[int], bool]:
         """prompt.fit_prompt's (text, ids, cut), with the ids put together from pieces where that is
-        checked to be the same (`ids`: for a caption of one word at least) and the prompt fits."""
+        checked to be the same (`ids`) and the prompt fits."""
+        return (self._from_pieces(self.ids, examples, caption)
+                or prompt.fit_prompt(self.template, examples, caption[0], self.encode, self.decode, self.budget, self.chat))
+
+    def _from_pieces(self, ids: prompt.PromptIds | None, examples: Sequence[prompt.Example],
+                     caption: prompt.Fitted) -> tuple[str, list[int], bool] | None:
+        """The prompt with its ids put together by `ids` (for a caption of one word at least), if it fits."""
         text, caption_ids, _ = caption
-        if self.ids is not None and text:
-            ids = self.ids.ids(examples, caption_ids)
-            if len(ids) <= self.budget:
-                return self.template.render(examples, text), ids, False
-        return prompt.fit_prompt(self.template, examples, text, self.encode, self.decode, self.budget, self.chat)
+        if ids is not None and text:
+            assembled = ids.ids(examples, caption_ids)
+            if len(assembled) <= self.budget:
+                return self.template.render(examples, text), assembled, False
+        return None
 
     def cut_before(self, ident: str, caption: prompt.Fitted, index: int, attempt: int) -> bool:
         """Whether the prompt of an attempt before `attempt` was cut. A rewrite is `caption_cut` when any of
@@ -107,6 +142,36 @@ def first_requests(ask: Prompting, jobs: Sequence[tuple[str, str, int, int]]) ->
         caption = fitted[ident]
         out.append((caption, caption[2] or ask.cut_before(ident, caption, index, attempt),
                     ask.request(ident, caption, index, attempt)))
+    return out
+
+
+@dataclass(frozen=True)
+class Unchecked:
+    """A set's Prompting before its pieces check (`Prompting.checked`), and the PromptIds the check
+    decides on (prompt.to_check): what its first requests are made with while the check runs."""
+
+    ask: Prompting
+    to_check: prompt.PromptIds | None
+
+    @classmethod
+    def of(cls, ask: Prompting) -> Unchecked:
+        return cls(ask, prompt.to_check(ask.template, ask.encode))
+
+
+def first_requests_either_way(unchecked: Unchecked,
+                              jobs: Sequence[tuple[str, str, int, int]]) -> list[tuple[prompt.Fitted, bool, Made] | None]:
+    """`first_requests` made while the set's pieces check runs: None for a job whose request depends on
+    the check's verdict (see `Prompting.first_request_either_way`), and for a later attempt."""
+    ask, to_check = unchecked.ask, unchecked.to_check
+    unique = dict(((ident, caption) for ident, caption, _, attempt in jobs if not attempt))
+    fitted = dict(zip(unique, ask.captions(list(unique.values()))))
+    drawn = {(ident, index): ask.examples(ident, index, 0) for ident, _, index, attempt in jobs if not attempt}
+    if to_check is not None:
+        to_check.learn([example for examples in drawn.values() for example in examples], ask.tokenized)
+    out = []
+    for ident, _, index, attempt in jobs:
+        made = None if attempt else ask.first_request_either_way(ident, fitted[ident], index, drawn[ident, index], to_check)
+        out.append(None if made is None else (fitted[ident], fitted[ident][2], made))
     return out
 
 

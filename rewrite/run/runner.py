@@ -34,10 +34,10 @@ from ..inputs import plan
 from ..workdir import done, layout
 from ..workdir.lock import ShardLock
 from ..workdir.manifest import Manifest, load_manifest
-from . import builders as builders_lib, checkpoint, scheduler
+from . import builders as builders_lib, checkpoint, rows, scheduler
 from .builders import Builders, BuildersUnavailable
 from .config import EngineUnavailable, PreparedSet, RunConfig, RunError, prepare
-from .shardwork import ShardWork, prompting, run_chunked
+from .shardwork import ShardWork, run_chunked, unchecked
 
 
 def run(work: str | Path, config: RunConfig, shards: Sequence[int], engine: Engine, **options) -> list[dict]:
@@ -191,14 +191,16 @@ def _units(pairs: Iterable[tuple[int, tuple[int, PreparedSet]]], sets: int, engi
     skipped); a unit's `finish` joins its shard, puts its stats in `finished` (unless rows of it wait
     for the engine: it is not done then) and releases its lock."""
     read, read_shard = plan.iter_shard, None
-    asking: dict[str, Future] = {}  # by set: how its requests are made, the same for each of its shards
+    # By set: how its requests are made (checked, and before the check), the same for each of its shards.
+    asking: dict[str, tuple[Future, rows.Unchecked]] = {}
     with ThreadPoolExecutor(1, thread_name_prefix="rewrite-prompting") as beside:  # see scheduler.Unit.ask
         for place, (shard, job) in pairs:
             if shard != read_shard:
                 read, read_shard = _ReadOnce() if sets > 1 else plan.iter_shard, shard
             config = job.config
-            if config.source not in asking:  # made from the set's first unit on, its claim and read beside it
-                asking[config.source] = beside.submit(prompting, config, job.meta_set, job.template, engine)
+            if config.source not in asking:  # checked from the set's first unit on, its claim and read beside it
+                ask = unchecked(config, job.meta_set, job.template, engine)
+                asking[config.source] = beside.submit(ask.checked), rows.Unchecked.of(ask)
             lock = checkpoint.claim(job, shard, overwrite, retry_failed, states.get((config.source, shard)))
             if lock is None:
                 continue
@@ -212,7 +214,7 @@ def _units(pairs: Iterable[tuple[int, tuple[int, PreparedSet]]], sets: int, engi
                     finished[place] = stats
                 lock.release()
 
-            yield scheduler.Unit(asking[config.source], work.todo, work.commit, finish,
+            yield scheduler.Unit(*asking[config.source], work.todo, work.commit, finish,
                                  num_rewrites=config.num_rewrites, attempts=work.attempts, dedup=config.dedup,
                                  schema=work.schema, reopened=work.todo.reopened)
 

@@ -214,14 +214,16 @@ def merge_stats(chunks: Iterable[dict]) -> dict:
 
 
 def prompting(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> rows.Prompting:
+    return unchecked(config, meta_set, template, engine).checked()
+
+
+def unchecked(config: RunConfig, meta_set: meta.MetaSet, template: prompt.Template, engine: Engine) -> rows.Prompting:
+    """The set's Prompting before the pieces check (`Prompting.checked`): each prompt tokenized whole."""
     encode_many = getattr(engine, "encode_many", None)  # a test's wrapper may lack it
     return rows.Prompting(config.source, config.seed, config.example_sets, config.num_examples,
                           config.max_caption_tokens, meta_set, template, engine.encode, engine.decode,
                           engine.context_length - config.sampling.max_new_tokens,
-                          engine.chat_prompt if template.chat else None, config.min_faithfulness,
-                          encode_many,
-                          prompt.assemble(template, engine.encode, meta_set.examples(), config.num_examples, meta_set,
-                                          encode_many))
+                          engine.chat_prompt if template.chat else None, config.min_faithfulness, encode_many)
 
 
 def rewrite_chunk(
