@@ -83,7 +83,8 @@ PREFILL_RATIO = 0.1
 # outputs, 290-400 us). Measured on vLLM's CPU build (bench/vllm_overhead.py; see the module docstring).
 FRONT_END_US = (250.0, 15.0, 450.0)
 CORES = ("process", "thread")  # where the simulated engine core's step loop runs (--core)
-ADD_GROUP = 8  # requests sent to the simulated core together (vLLM sends each as it is added; this is cheaper)
+ADD_GROUP = 8  # requests sent to the simulated core together (vLLM sends each as it is added; this is cheaper),
+# but for the first one while the core is idle: it starts stepping on it, as vLLM's would
 
 
 def _length(seed: int) -> int:
@@ -156,8 +157,10 @@ class SimulatedGPU(TokenizerEngine):
             while True:
                 joining = intake.take(self.in_flight - len(held), holding=bool(held))
                 own = time.thread_time()
-                for at in range(0, len(joining), ADD_GROUP):  # the core takes each request as it is added
-                    group = joining[at:at + ADD_GROUP]
+                first = 0 if held else 1  # the core takes each request as it is added: an idle one starts on the first
+                bounds = sorted({0, *range(first, len(joining), ADD_GROUP), len(joining)})
+                for at, end in zip(bounds, bounds[1:]):
+                    group = joining[at:end]
                     _spin(self.per_request * len(group))
                     self._conn.send([(position, request.seed, self._prompt_tokens(request)) for position, request in group])
                 held.update(joining)
