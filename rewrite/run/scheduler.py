@@ -140,7 +140,7 @@ class Stream:
         self.fresh_ended = False  # the builder will add no more
         self.retries: deque = deque()  # (item, request) of later attempts: they go first
         self.unjudged = 0  # completions out of the engine, not judged yet (each may become a retry)
-        self.completed: queue.Queue = queue.Queue()  # (item, completion) for the judge; _END when the stream ends
+        self.completed: queue.SimpleQueue = queue.SimpleQueue()  # (item, completion) for the judge; _END at the end
         self.writes: queue.Queue = queue.Queue()  # completed chunks and complete units; _END to end the writer
         self.slots = threading.BoundedSemaphore(schedule.open_chunks)
         self.sent: dict[int, _Item] = {}  # in the engine, by stream position
