@@ -281,7 +281,9 @@ class Stream:
         while start < len(new):
             if not (self.fresh or self.sent):
                 self.slice = FIRST_SLICE
-            size, self.slice = self.slice, min(SLICE, 2 * self.slice)
+            size = self.slice
+            if unit.asking.done():  # (while the pieces check runs, requests are made slower: their slices stay small)
+                self.slice = min(SLICE, 2 * self.slice)
             items = new[start:start + size]
             made = self._first_requests(unit, [(item.ident, unique[item.ident], item.index, item.attempt) for item in items])
             built = []
