@@ -364,28 +364,38 @@ def commit_latencies(out: dict):
         ChunksToDo.__iter__, atomic.atomic_path = walk, commit
 
 
+def plan_apart(src: Path, work: Path, shards: int) -> None:
+    """`rewrite shard`, in a process of its own as a user runs it: what planning does the first time in
+    a process (pyarrow's first conversion of a list imports pandas, 0.3 s) is not done for the run."""
+    subprocess.run([sys.executable, "-m", "rewrite.cli", "shard", str(src), "--out", str(work),
+                    "--num-shards", str(shards)], check=True, cwd=HERE.parent, stdout=subprocess.DEVNULL)
+
+
 def one(args) -> dict:
     """One configuration, in this process: plan, run, measure."""
     from transformers import AutoTokenizer
 
     from rewrite import defaults
     from rewrite.engines import model as model_lib
-    from rewrite.inputs import plan
     from rewrite.run import runner
     from rewrite.run.config import set_configs
 
-    tokenizer = AutoTokenizer.from_pretrained(model_lib.resolve(None))
-    engine = SimulatedGPU(tokenizer, args.step_ms / 1000, args.reject, args.max_running,
-                          prefill_ratio=args.prefill_ratio, front_end_us=tuple(args.front_end_us), core=args.core)
     sources = defaults.source_list(args.source)
     builders = {} if args.builders is None else {"builders": args.builders}  # (code before --builders: none)
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(captions(args.captions)) + "\n", encoding="utf-8")
-        plan.plan([str(src)], Path(tmp) / "work", num_shards=args.shards)
+        plan_apart(src, Path(tmp) / "work", args.shards)
+        warming = getattr(runner, "warming", None)  # (code before it: none)
+        warming = warming() if warming else None
+        tokenizer = AutoTokenizer.from_pretrained(model_lib.resolve(None))
+        engine = SimulatedGPU(tokenizer, args.step_ms / 1000, args.reject, args.max_running,
+                              prefill_ratio=args.prefill_ratio, front_end_us=tuple(args.front_end_us), core=args.core)
         configs = set_configs(sources, chunk_rows=args.chunk, min_faithfulness=args.min_faithfulness)
         shards = list(range(args.shards))
         jobs = [prepare(Path(tmp) / "work", config, shards) for config in configs]  # as `rewrite run` does first
+        if warming:
+            warming.join()
         latencies: dict[tuple[int, int], float] = {}
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with commit_latencies(latencies):

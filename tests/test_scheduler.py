@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -19,6 +21,9 @@ from rewrite import stop
 from rewrite.engines.base import Completion, Engine, Intake, in_order
 from rewrite.defaults import Sampling, Schedule
 from rewrite.run.config import EngineUnavailable, RunConfig
+
+from conftest import run_cli
+from fake_openai import FakeOpenAI
 
 STEP = 0.05  # seconds
 CAPTIONS = ["a red kite over a green field", "two dogs asleep on a sofa", "a bowl of soup with bread",
@@ -446,3 +451,36 @@ def test_a_retry_round_stopped_half_way_and_run_again_ends_as_one_run(tmp_path, 
     assert [done.check(layout.Work(cut), "human", s).state for s in range(2)] == ["done", "partial"]
     runner.run(cut, config, [0, 1], Flaky(), progress=False, schedule=schedule, retry_failed=True)
     assert shard_bytes(cut) == shard_bytes(whole)
+
+
+# Run as `rewrite run`, it says which thread imported pandas first.
+_WATCHED_RUN = """
+import sys, threading
+def hook(event, args):
+    if event == "import" and args[0] == "pandas" and not hasattr(hook, "by"):
+        hook.by = threading.current_thread().name
+        print("pandas imported by", hook.by, file=sys.stderr)
+sys.addaudithook(hook)
+from rewrite.cli import main
+sys.argv = ["rewrite", *sys.argv[1:]]
+main()
+"""
+
+
+def test_the_streams_first_chunk_read_imports_nothing_on_the_engines_path(tmp_path, text_file):
+    """pyarrow's first conversion of a Python list imports pandas (0.3 s of CPU here): `rewrite run` has
+    it done beside the engine's load (runner.warming), not in the stream's first chunk read, where the
+    engine's first request would wait for it. Seen in a real `rewrite run` on a real server."""
+    work = tmp_path / "work"
+    run_cli("shard", text_file, "--out", work, "--num-shards", "1")
+    server = FakeOpenAI().start()
+    try:
+        ran = subprocess.run([sys.executable, "-c", _WATCHED_RUN, "run", "--work", str(work), "--source", "coco",
+                              "--engine", "openai", "--base-url", server.url, "--model", "served-model",
+                              "--scheduler", "stream", "--no-progress"],
+                             capture_output=True, text=True, timeout=600, env={**os.environ, "OPENAI_API_KEY": "sk-x"})
+    finally:
+        server.stop()
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert done.check(layout.Work(work), "coco", 0).state == done.DONE
+    assert "pandas imported by rewrite-warming" in ran.stderr, ran.stderr[-3000:]
