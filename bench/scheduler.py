@@ -26,9 +26,10 @@ Where the step loop runs (--core):
 The simulator's own bookkeeping is O(1) per request taken or finished, and its CPU time in our
 process (the front end's modelled Python included) is not counted in CPU ms per caption. Which rows of
 the last batch are rejected, and so how long the run's end takes, depends on the seeds: over run seeds
-0-3 the default configuration's occupancy ranged 0.916-0.936. Everything else is the real runner: plan,
-chunks, prompts tokenized with the packaged model's tokenizer, validation with CLIP's tokenizer,
-commits, stats.
+0-3 the default configuration's occupancy ranged 0.916-0.936. Everything else is the real runner: plan
+(`rewrite shard`, in a process of its own as a user runs it), chunks, prompts tokenized with the
+packaged model's tokenizer, validation with CLIP's tokenizer, commits, stats. The rewrites are plain
+English words of the demo captions, ~3/4 of a word a token.
 
 Per configuration (in a subprocess of its own, for its peak RSS): engine-busy share (modelled step time
 / wall time of `runner.run`; the measured step time beside it), mean batch occupancy (running / max per
