@@ -394,16 +394,13 @@ def one(args) -> dict:
         src = Path(tmp) / "captions.txt"
         src.write_text("\n".join(captions(args.captions)) + "\n", encoding="utf-8")
         plan_apart(src, Path(tmp) / "work", args.shards)
-        warming = getattr(runner, "warming", None)  # (code before it: none)
-        warming = warming() if warming else None
+        getattr(runner, "warm_up", lambda: None)()  # as `rewrite run` does before its engine loads (code before it: none)
         tokenizer = AutoTokenizer.from_pretrained(model_lib.resolve(None))
         engine = SimulatedGPU(tokenizer, args.step_ms / 1000, args.reject, args.max_running,
                               prefill_ratio=args.prefill_ratio, front_end_us=tuple(args.front_end_us), core=args.core)
         configs = set_configs(sources, chunk_rows=args.chunk, min_faithfulness=args.min_faithfulness)
         shards = list(range(args.shards))
         jobs = [prepare(Path(tmp) / "work", config, shards) for config in configs]  # as `rewrite run` does first
-        if warming:
-            warming.join()
         latencies: dict[tuple[int, int], float] = {}
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with commit_latencies(latencies):
@@ -449,7 +446,7 @@ def profile(args) -> list[tuple[str, float]]:
     from rewrite.run import rows, runner, shardwork
     from rewrite.run.config import RunConfig
 
-    runner.warming().join()  # as `rewrite run` before its stream: else the first commit pays pandas' import
+    runner.warm_up()  # as `rewrite run` before its stream: else the first commit pays pandas' import
     engine = SimulatedGPU(AutoTokenizer.from_pretrained(model_lib.resolve(None)), 0.01, 0.0, core="thread")
     config = RunConfig(source=args.source if args.source != "all" else SOURCE, chunk_rows=args.chunk)
     meta_set = meta.load_usable(config.source)

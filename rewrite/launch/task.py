@@ -63,10 +63,9 @@ def run_task(work: str | Path, configs: Sequence[RunConfig], named: Sequence[int
     if not todo:
         return TaskResult(shards, [], done_already=True)
     jobs = [job for job in jobs if todo_by_set[job.config.source]]
+    runner.warm_up()
     say(f"loading the {name} engine on {model or 'the embedded model'}")
-    warming = runner.warming()
     with engines.opened(name, model, **(engine_options or {})) as engine:
-        warming.join()
         finished = runner.run_prepared(jobs, todo, engine, overwrite=overwrite, progress=progress, stop_within=stop_within,
                                    schedule=schedule, retry_failed=retry_failed, states=states)
     return TaskResult(shards, finished)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Iterable, Iterator, Sequence
@@ -220,14 +219,14 @@ def _units(pairs: Iterable[tuple[int, tuple[int, PreparedSet]]], sets: int, engi
                                  schema=work.schema, reopened=work.todo.reopened)
 
 
-def warming() -> threading.Thread:
-    """Started beside the engine's load (`rewrite run` does; the benchmark does as it does) and joined
-    before the run: what the run's first chunk read would otherwise do on the engine's path, once per
-    process. pyarrow's first conversion of a Python list imports pandas where it is installed (to ask
-    whether the list is one of pandas' arrays): 0.3 s of CPU here, before the engine's first request."""
-    thread = threading.Thread(target=pa.array, args=([], pa.string()), name="rewrite-warming", daemon=True)
-    thread.start()
-    return thread
+def warm_up() -> None:
+    """Done before the engine loads (`rewrite run` does; the benchmark does as it does): what the run's
+    first chunk read would otherwise do on the engine's path, once per process. pyarrow's first
+    conversion of a Python list imports pandas where it is installed (to ask whether the list is one
+    of pandas' arrays): 0.3 s of CPU here, before the engine's first request. Not in a thread beside
+    the load: vLLM forks its engine core then, and a fork in the middle of an import leaves the
+    child that import's lock, held for good."""
+    pa.array([], pa.string())
 
 
 class _ReadOnce:
