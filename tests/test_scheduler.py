@@ -467,7 +467,7 @@ main()
 """
 
 
-def test_the_streams_first_chunk_read_imports_nothing_on_the_engines_path(tmp_path, text_file):
+def test_the_streams_first_chunk_read_does_not_import_pandas(tmp_path, text_file):
     """pyarrow's first conversion of a Python list imports pandas (0.3 s of CPU here): `rewrite run` has
     it done before the engine loads (runner.warm_up), not in the stream's first chunk read, where the
     engine's first request would wait for it. Seen in a real `rewrite run` on a real server."""
