@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import multiprocessing
 import queue
@@ -443,7 +442,7 @@ def profile(args) -> list[tuple[str, float]]:
     from rewrite import meta
     from rewrite.engines import model as model_lib
     from rewrite.rewriting import clip_tokens, faithful, prompt, seeds, validate
-    from rewrite.run import rows, runner, shardwork
+    from rewrite.run import rows, runner, scheduler, shardwork
     from rewrite.run.config import RunConfig
 
     runner.warm_up()  # as `rewrite run` before its stream: else the first commit pays pandas' import
@@ -453,12 +452,12 @@ def profile(args) -> list[tuple[str, float]]:
     ask = shardwork.prompting(config, meta_set, prompt.load_template(config.template), engine)
     texts = captions(args.captions)
     n, out = len(texts), []
-    gc.freeze()  # as the stream does (scheduler._threads_kept_moving): else a full collection lands in a stage
 
     def timed(stage: str, work):
-        started = time.process_time()
-        result = work()
-        out.append((stage, (time.process_time() - started) * 1e6 / n))
+        with scheduler._threads_kept_moving():  # as in the stream: else a full collection lands in a stage
+            started = time.process_time()
+            result = work()
+            out.append((stage, (time.process_time() - started) * 1e6 / n))
         return result
 
     keys = [f"k{i}" for i in range(n)]
@@ -491,7 +490,6 @@ def profile(args) -> list[tuple[str, float]]:
                 pq.write_table(table, f"{tmp}/{i}.parquet")
 
     timed("bookkeeping and commit (columns, parquet part)", commit)
-    gc.unfreeze()
     return out
 
 
