@@ -24,7 +24,8 @@ Where the step loop runs (--core):
   VLLM_ENABLE_V1_MULTIPROCESSING=0): the front end's Python runs in the step, and a step ends late
   when the thread waits for the GIL after its sleep.
 The simulator's own bookkeeping is O(1) per request taken or finished, and its CPU time in our
-process (the front end's modelled Python included) is not counted in CPU ms per caption. Which rows of
+process (the front end's modelled Python, and the pipe to and from the core, whose real counterpart the
+modelled per-step cost includes) is not counted in CPU ms per caption. Which rows of
 the last batch are rejected, and so how long the run's end takes, depends on the seeds: over run seeds
 0-3 the default configuration's occupancy ranged 0.916-0.936. Everything else is the real runner: plan
 (`rewrite shard`, in a process of its own as a user runs it), chunks, prompts tokenized with the
@@ -170,8 +171,8 @@ class SimulatedGPU(TokenizerEngine):
                     if intake.ended:
                         return
                     continue
+                own = time.thread_time()  # (the transport's CPU is the simulator's: vLLM's is in its modelled step cost)
                 running, done = self._conn.recv()  # the next step's outputs (waiting for them releases the GIL)
-                own = time.thread_time()
                 _spin(self.per_step + self.per_sequence * running)
                 finished = [(position, self._completion(held.pop(position))) for position in done]
                 self.own_cpu += time.thread_time() - own
