@@ -317,3 +317,28 @@ def test_engine_encode_many_is_encode_of_each(engine):
     texts = HARD_CAPTIONS + ["", " leading space", "trailing space ", "new\nline", "a" * 5000]
     assert engine.encode_many(texts) == [engine.encode(t) for t in texts]
     assert engine._batch_encoder() is not None  # the Rust batch path is the one taken
+
+
+@pytest.mark.parametrize("template_name", ["laclip", "chat"])
+def test_requests_made_together_are_those_made_one_at_a_time(engine, template_name):
+    """`Prompting.requests` tokenizes the whole prompts (chat templates, tokenizers that fail the pieces
+    check, empty captions) in one batch: every set's requests equal `request`'s one at a time, over-long
+    captions and a budget that cuts prompts included, and `encode` is left only the cuts."""
+    from rewrite import meta
+    from rewrite.run import shardwork
+
+    for source in ("chatgpt", "bard", "coco", "human"):
+        config, meta_set = RunConfig(source=source, template=template_name), meta.load_usable(source)
+        checked = shardwork.prompting(config, meta_set, prompt.load_template(template_name), engine)
+        assert (checked.ids is None) == (template_name == "chat")
+        fitted = checked.captions(HARD_CAPTIONS + [""])
+        jobs = [(str(i), caption, i % 2, attempt) for i, caption in enumerate(fitted) for attempt in range(2)]
+        longest = max(len(request.prompt_ids) for request, _, _ in map(checked.request, *zip(*jobs)))
+        tight = dataclasses.replace(checked, ids=None, budget=longest - 10)  # the longest prompts are cut
+        for ask in (dataclasses.replace(checked, ids=None), tight, checked):
+            one_at_a_time = [ask.request(*job) for job in jobs]
+            encoded = []
+            counting = dataclasses.replace(ask, encode=lambda text: encoded.append(text) or engine.encode(text))
+            assert counting.requests(jobs) == one_at_a_time
+            assert len(encoded) == 4 * sum(cut for _, _, cut in one_at_a_time)  # a cut prompt: head, tail, caption, prompt
+        assert any(cut for _, _, cut in map(tight.request, *zip(*jobs)))

@@ -211,6 +211,12 @@ def cap_captions(
     return out
 
 
+def prompt_text(template: Template, examples: Sequence[Example], caption: str, chat: ChatRender | None = None) -> str:
+    """The whole prompt's text, uncut: what `fit_prompt` tokenizes first."""
+    head, tail = template.frame(examples, chat)
+    return head + normalise_caption(caption) + tail
+
+
 def fit_prompt(
     template: Template,
     examples: Sequence[Example],
@@ -223,11 +229,11 @@ def fit_prompt(
     """The prompt, cut at the token level when longer than `max_tokens`; the cut falls in the caption,
     so the prompt still ends with the query's tail (` =>`). Returns (prompt, its token ids, was_cut):
     the engine takes the ids as they are, so a prompt is tokenized once."""
-    head, tail = template.frame(examples, chat)
-    prompt = head + normalise_caption(caption) + tail
+    prompt = prompt_text(template, examples, caption, chat)
     ids = encode(prompt)
     if len(ids) <= max_tokens:
         return prompt, ids, False
+    head, tail = template.frame(examples, chat)
     room = max_tokens - len(encode(head)) - len(encode(tail)) - 1
     if room < 1:
         raise TemplateError(

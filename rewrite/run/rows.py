@@ -83,6 +83,26 @@ class Prompting:
         examples = self.examples(ident, index, attempt)
         return self._made(ident, index, attempt, examples, self._prompt(examples, caption))
 
+    def requests(self, jobs: Sequence[tuple[str, prompt.Fitted, int, int]]) -> list[tuple[Request, list[str], bool]]:
+        """`request` of each (identity, fitted caption, rewrite index, attempt), the prompts it would
+        tokenize whole one at a time tokenized in one batch (`whole_tokenized`)."""
+        drawn = [self.examples(ident, index, attempt) for ident, _, index, attempt in jobs]
+        ask = self.whole_tokenized([(examples, caption) for examples, (_, caption, _, _) in zip(drawn, jobs)])
+        return [ask._made(ident, index, attempt, examples, ask._prompt(examples, caption))
+                for (ident, caption, index, attempt), examples in zip(jobs, drawn)]
+
+    def whole_tokenized(self, prompts: Sequence[tuple[Sequence[prompt.Example], prompt.Fitted]]) -> Prompting:
+        """This Prompting with the whole prompts of `prompts` (examples, fitted caption) that its pieces do not
+        put together tokenized beforehand in one batch: a fast tokenizer's batch call costs about what one
+        prompt costs through `encode` (chat templates and tokenizers that fail the pieces check take this
+        way for every prompt). The same ids: `encode_many` is `encode` of each."""
+        texts = [prompt.prompt_text(self.template, examples, caption[0], self.chat)
+                 for examples, caption in prompts if self.ids is None or not caption[0]]
+        if len(texts) < 2:
+            return self
+        known, encode = dict(zip(texts, self.tokenized(texts))), self.encode
+        return replace(self, encode=lambda text: known[text] if text in known else encode(text))
+
     def first_request_either_way(self, ident: str, caption: prompt.Fitted, index: int, examples: Sequence[prompt.Example],
                                  to_check: prompt.PromptIds | None) -> tuple[Request, list[str], bool] | None:
         """For a Prompting made before its pieces check (`ids` None) while the check runs: the first
@@ -137,12 +157,9 @@ def first_requests(ask: Prompting, jobs: Sequence[tuple[str, str, int, int]]) ->
     request. What the stream's builder makes of a chunk's new rows, in its process or a worker's."""
     unique = dict(((ident, caption) for ident, caption, _, _ in jobs))
     fitted = dict(zip(unique, ask.captions(list(unique.values()))))
-    out = []
-    for ident, _, index, attempt in jobs:
-        caption = fitted[ident]
-        out.append((caption, caption[2] or ask.cut_before(ident, caption, index, attempt),
-                    ask.request(ident, caption, index, attempt)))
-    return out
+    made = ask.requests([(ident, fitted[ident], index, attempt) for ident, _, index, attempt in jobs])
+    return [(fitted[ident], fitted[ident][2] or ask.cut_before(ident, fitted[ident], index, attempt), request)
+            for (ident, _, index, attempt), request in zip(jobs, made)]
 
 
 @dataclass(frozen=True)
@@ -168,6 +185,7 @@ def first_requests_either_way(unchecked: Unchecked,
     drawn = {(ident, index): ask.examples(ident, index, 0) for ident, _, index, attempt in jobs if not attempt}
     if to_check is not None:
         to_check.learn([example for examples in drawn.values() for example in examples], ask.tokenized)
+    ask = ask.whole_tokenized([(drawn[ident, index], fitted[ident]) for ident, _, index, attempt in jobs if not attempt])
     out = []
     for ident, _, index, attempt in jobs:
         made = None if attempt else ask.first_request_either_way(ident, fitted[ident], index, drawn[ident, index], to_check)
@@ -177,7 +195,7 @@ def first_requests_either_way(unchecked: Unchecked,
 
 def requests_again(ask: Prompting, jobs: Sequence[tuple[str, prompt.Fitted, int, int]]) -> list[Made]:
     """The request of each (identity, fitted caption, rewrite index, attempt): a rejected rewrite's next try."""
-    return [ask.request(ident, caption, index, attempt) for ident, caption, index, attempt in jobs]
+    return ask.requests(jobs)
 
 
 def judge(completion: Completion, caption: str, targets: Sequence[str],

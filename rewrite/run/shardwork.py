@@ -257,8 +257,8 @@ def rewrite_chunk(
     while pending:
         cells = list(pending.items())
         requests, targets = [], []
-        for (ident, i), attempt in cells:
-            request, tgts, cut = ask.request(ident, fitted[ident], i, attempt)
+        made = ask.requests([(ident, fitted[ident], i, attempt) for (ident, i), attempt in cells])
+        for ((ident, i), _), (request, tgts, cut) in zip(cells, made):
             if cut:
                 cut_items.add((ident, i))
             requests.append(request)
