@@ -84,8 +84,8 @@ class Prompting:
         return self._made(ident, index, attempt, examples, self._prompt(examples, caption))
 
     def requests(self, jobs: Sequence[tuple[str, prompt.Fitted, int, int]]) -> list[tuple[Request, list[str], bool]]:
-        """`request` of each (identity, fitted caption, rewrite index, attempt), the prompts it would
-        tokenize whole one at a time tokenized in one batch (`whole_tokenized`)."""
+        """`request` of each (identity, fitted caption, rewrite index, attempt), with the prompts tokenized
+        whole among them tokenized in one batch (`whole_tokenized`) rather than one at a time."""
         drawn = [self.examples(ident, index, attempt) for ident, _, index, attempt in jobs]
         ask = self.whole_tokenized([(examples, caption) for examples, (_, caption, _, _) in zip(drawn, jobs)])
         return [ask._made(ident, index, attempt, examples, ask._prompt(examples, caption))
