@@ -97,7 +97,7 @@ class Prompting:
         prompt costs through `encode` (chat templates and tokenizers that fail the pieces check take this
         way for every prompt). The same ids: `encode_many` is `encode` of each."""
         texts = [prompt.prompt_text(self.template, examples, caption[0], self.chat)
-                 for examples, caption in prompts if self.ids is None or not caption[0]]
+                 for examples, caption in prompts if not _pieces_apply(self.ids, caption)]
         if len(texts) < 2:
             return self
         known, encode = dict(zip(texts, self.tokenized(texts))), self.encode
@@ -136,7 +136,7 @@ class Prompting:
                      caption: prompt.Fitted) -> tuple[str, list[int], bool] | None:
         """The prompt with its ids put together by `ids` (for a caption of one word at least), if it fits."""
         text, caption_ids, _ = caption
-        if ids is not None and text:
+        if _pieces_apply(ids, caption):
             assembled = ids.ids(examples, caption_ids)
             if len(assembled) <= self.budget:
                 return self.template.render(examples, text), assembled, False
@@ -146,6 +146,11 @@ class Prompting:
         """Whether the prompt of an attempt before `attempt` was cut. A rewrite is `caption_cut` when any of
         its prompts was, so one taken up again at `attempt` by a later run carries the cuts before it."""
         return any(self.request(ident, caption, index, a)[2] for a in range(attempt))
+
+
+def _pieces_apply(ids: prompt.PromptIds | None, caption: prompt.Fitted) -> bool:
+    """Whether a prompt's ids may be put together from pieces: checked pieces, and a caption of one word at least."""
+    return ids is not None and bool(caption[0])
 
 
 Made = tuple  # (the request, the targets of its examples, whether its prompt cut the caption)
