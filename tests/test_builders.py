@@ -75,6 +75,18 @@ def test_workers_make_what_the_engines_process_makes(engine):
     assert builder_pids(os.getpid()) == []
 
 
+def test_workers_still_starting_when_the_stream_ends_are_killed_not_waited_for(engine):
+    """A stream shorter than its workers' start (loading transformers and the tokenizer: seconds) ends
+    without waiting for it: `close` kills the workers that have answered nothing, the check call fails, and
+    no worker is left."""
+    pool = builders_lib.Builders(2, engine)
+    pool.close()  # at once: both workers are still loading
+    assert [worker.process.returncode for worker in pool.workers] == [-signal.SIGKILL] * 2
+    with pytest.raises(builders_lib.BuildersUnavailable):
+        pool.checked.result()
+    assert builder_pids(os.getpid()) == []
+
+
 def test_workers_die_with_a_killed_parent(tmp_path):
     """SIGKILL of the process that started them ends the workers (the kernel's parent-death signal)."""
     script = tmp_path / "parent.py"

@@ -100,9 +100,14 @@ class Builders:
         return self._call("judge", judged)
 
     def close(self) -> None:
-        """End the workers: a call under way finishes (a slice: milliseconds), calls not started fail."""
+        """End the workers: a call under way finishes (a slice: milliseconds), calls not started fail. A
+        worker that has answered nothing yet is killed: it is still loading transformers and the tokenizer
+        (seconds), or was never used; a stream shorter than that start would otherwise end only with it."""
         for _ in self.workers:
             self.calls.put(None)
+        for worker in self.workers:
+            if not worker.answered:
+                worker.process.kill()
         for worker in self.workers:
             worker.close()
         while True:
@@ -120,6 +125,7 @@ class _Worker:
     def __init__(self, folder: str, calls: queue.Queue):
         self.process = subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid()), folder],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.answered = False  # whether it has answered a call: started, tokenizer loaded
         self.thread = threading.Thread(target=self._serve, args=(calls,), name="rewrite-builder-call", daemon=True)
         self.thread.start()
 
@@ -131,6 +137,7 @@ class _Worker:
             try:
                 _send(self.process.stdin, (name, args))
                 ok, answer = _receive(self.process.stdout)
+                self.answered = True
             except (OSError, EOFError, struct.error) as e:  # the worker died
                 future.set_exception(BuildersUnavailable(f"a builder process ended ({e or 'no answer'})"))
                 return
