@@ -100,14 +100,10 @@ class Builders:
         return self._call("judge", judged)
 
     def close(self) -> None:
-        """End the workers: a call under way finishes (a slice: milliseconds), calls not started fail. A
-        worker that has answered nothing yet is killed: it is still loading transformers and the tokenizer
-        (seconds), or was never used; a stream shorter than that start would otherwise end only with it."""
+        """End the workers: a call under way finishes (a slice: milliseconds), calls not started fail, and
+        workers still starting are killed (`_Worker.close`)."""
         for _ in self.workers:
             self.calls.put(None)
-        for worker in self.workers:
-            if not worker.answered:
-                worker.process.kill()
         for worker in self.workers:
             worker.close()
         while True:
@@ -144,6 +140,11 @@ class _Worker:
             future.set_result(answer) if ok else future.set_exception(answer)
 
     def close(self) -> None:
+        """After the caller queued its None. A worker that has answered nothing yet is killed: it is still
+        loading transformers and the tokenizer (seconds), or was never used; a stream shorter than that
+        start would otherwise end only with it."""
+        if not self.answered:
+            self.process.kill()
         self.thread.join()
         if self.process.stdin:
             self.process.stdin.close()
