@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .. import storage
+from . import piece_cache
 from ..defaults import Sampling
 
 
@@ -168,9 +169,11 @@ class TokenizerEngine(Engine):
                 def batch(texts: list[str]) -> list[list[int]]:
                     return [e.ids for e in encode(texts, add_special_tokens=False)]
 
-                probes = [*BATCH_PROBES, " ".join(BATCH_PROBES)]
-                if batch(probes) == [self.encode(p) for p in probes]:
-                    self._batch = batch
+                cached = piece_cache.PieceCache.of(backend, batch)
+                probes = [*BATCH_PROBES, " ".join(BATCH_PROBES), *piece_cache.probes(backend)]
+                expected = [self.encode(p) for p in probes]
+                if batch(probes) == expected:
+                    self._batch = cached.encode_many if cached is not None and cached.encode_many(probes) == expected else batch
         return self._batch
 
     def chat_prompt(self, messages: list[dict]) -> str:
