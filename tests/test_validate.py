@@ -48,3 +48,15 @@ def test_clip_token_count_matches_clips_context():
 def test_mojibake_already_in_the_source_is_not_held_against_the_rewrite():
     comp = Completion(" The cafÃ© by the sea at night.\n", 1, 1, "stop")
     assert validate.check(prompt.parse_completion(comp.text), "cafÃ© at night", comp, []) is None
+
+
+def test_comparable_of_ascii_text_is_what_the_regex_gives():
+    """comparable's byte table for ASCII text (the usual rewrite) against its regex, which any other text takes."""
+    import random
+
+    rng = random.Random(3)
+    chars = [chr(i) for i in range(128)]
+    texts = ["".join(rng.choice(chars) for _ in range(rng.randint(0, 40))) for _ in range(20_000)]
+    texts += ["Dog, on the BEACH.", "  _under_score_ ", "a\tb\nc\x00d", "3rd-floor's 'balcony' -- !", ""]
+    assert [validate.comparable(t) for t in texts] == [validate._NOT_WORD.sub(" ", t.casefold()).strip() for t in texts]
+    assert validate.comparable("Café, ÉCOLE!") == "café école"  # not ASCII: the regex way

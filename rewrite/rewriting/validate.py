@@ -38,8 +38,14 @@ _MOJIBAKE = re.compile("[ÃÂ][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d
                        "\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]|â€|\ufffd")
 
 
+# For ASCII text, _NOT_WORD's work as one byte table: letters lower-cased, digits kept, all else a space.
+_ASCII_COMPARABLE = bytes(ord(chr(b).lower()) if chr(b).isascii() and chr(b).isalnum() else 32 for b in range(256))
+
+
 def comparable(text: str) -> str:
     """Lower case, punctuation and spacing removed: what 'the same caption' means for echo checks."""
+    if text.isascii():  # the same string, ~5x sooner (a rewrite is judged with this)
+        return " ".join(text.encode().translate(_ASCII_COMPARABLE).decode().split())
     return _NOT_WORD.sub(" ", text.casefold()).strip()
 
 
@@ -59,7 +65,7 @@ def has_control_characters(text: str) -> bool:
 
 
 def looks_like_mojibake(text: str) -> bool:
-    return bool(_MOJIBAKE.search(text))
+    return not text.isascii() and bool(_MOJIBAKE.search(text))  # (every pattern of it is non-ASCII)
 
 
 def check(rewrite: str, source: str, completion: Completion, example_targets: Sequence[str],
