@@ -342,3 +342,20 @@ def test_requests_made_together_are_those_made_one_at_a_time(engine, template_na
             assert counting.requests(jobs) == one_at_a_time
             assert len(encoded) == 4 * sum(cut for _, _, cut in one_at_a_time)  # a cut prompt: head, tail, caption, prompt
         assert any(cut for _, _, cut in map(tight.request, *zip(*jobs)))
+
+
+def test_normalise_caption_is_every_run_of_whitespace_as_one_space():
+    """normalise_caption's split and join against the regex it stands for (`\\s+` to one space, then
+    strip), over every character Python's regex counts as whitespace and random strings of them."""
+    import random
+    import re
+    import sys
+
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if re.fullmatch(r"\s", chr(c))]
+    assert "\u3000" in spaces and "\x1c" in spaces and "\u200b" not in spaces
+    rng = random.Random(5)
+    pool = spaces + list("ab=>é日\u200b") * 4
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 16))) for _ in range(20_000)]
+    texts += [f"a{s}{s}b{s}" for s in spaces] + ["x => y", " a=>b ", "=>"]
+    expected = [re.sub(r"\s+", " ", t.replace(prompt.ARROW, prompt.ARROW_REPLACEMENT)).strip() for t in texts]
+    assert [prompt.normalise_caption(t) for t in texts] == expected

@@ -15,7 +15,6 @@ longest possible prefix (an engine's prefix cache computes it once).
 from __future__ import annotations
 
 import hashlib
-import re
 import tomllib
 import weakref
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ ChatRender = Callable[[Messages], str]  # an engine's chat template: messages ->
 ARROW = "=>"
 ARROW_REPLACEMENT = "->"
 COMPLETION, CHAT = "completion", "chat"
-_SPACE = re.compile(r"\s+")
 _CAPTION_MARK = "\ue000"  # stands in for the caption while a chat template renders the frame around it
 
 
@@ -162,7 +160,7 @@ def _chat_template(path: Path, data: dict, raw: bytes) -> Template:
 
 def normalise_caption(caption: str) -> str:
     """One line, no `=>`: the caption as it may appear in a prompt without breaking its format."""
-    return _SPACE.sub(" ", caption.replace(ARROW, ARROW_REPLACEMENT)).strip()
+    return " ".join(caption.replace(ARROW, ARROW_REPLACEMENT).split())  # (runs of any whitespace as one space)
 
 
 _QUOTES = {'"': '"', "\u201c": "\u201d", "'": "'"}
