@@ -94,11 +94,12 @@ def test_count_many_matches_simple_tokenizer_on_hard_cases(simple):
 
 def test_count_many_matches_simple_tokenizer_on_random_ascii(simple, monkeypatch):
     monkeypatch.setattr(clip_tokens, "_piece_tokens", {})  # every piece counted by encode_batch afresh
+    monkeypatch.setattr(clip_tokens, "_word_tokens", {})
     texts = random_ascii(random.Random(1234), 1500)
     counts, fast = clip_tokens.count_many_routed(texts)
     assert counts == reference(simple, texts)
     assert sum(fast) > 700  # the rest hold "&"
-    assert clip_tokens.count_many(texts) == counts  # now from the piece cache
+    assert clip_tokens.count_many(texts) == counts  # now from the word and piece caches
 
 
 def test_rust_tokenizer_gives_simple_tokenizer_ids_on_whole_texts(simple):
