@@ -22,14 +22,19 @@ def packaged():
     return AutoTokenizer.from_pretrained(model.resolve(None))
 
 
+# The same split with letters as two properties that ascii_pattern does not read: the `regex` module splits.
+CASED_SPLIT = LLAMA3_SPLIT.replace(r"\p{L}+", r"[\p{Lu}\p{Ll}\p{Lt}\p{Lm}\p{Lo}]+")
+SPLITS = {"llama3": LLAMA3_SPLIT, "cased": CASED_SPLIT}
+
+
 def backend_of(packaged, split: str):
     backend = packaged.backend_tokenizer
-    if split == "llama3":
+    if split in SPLITS:
         from tokenizers import Tokenizer
 
         backend = Tokenizer.from_str(backend.to_str())
         backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(SPLITS[split]), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     return backend
 
@@ -44,7 +49,7 @@ def texts_to_try() -> list[str]:
     return crafted + made
 
 
-@pytest.mark.parametrize("split", ["gpt2", "llama3"])
+@pytest.mark.parametrize("split", ["gpt2", "llama3", "cased"])
 def test_pieces_give_the_tokenizers_own_ids(packaged, split):
     backend = backend_of(packaged, split)
     given_to_tokenizer = []
@@ -55,6 +60,7 @@ def test_pieces_give_the_tokenizers_own_ids(packaged, split):
 
     cache = PieceCache.of(backend, batch)
     assert cache is not None
+    assert (cache._split.__self__.__class__.__module__ == "re") == (split != "cased")  # which engine splits
     texts = texts_to_try()
     expected = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     assert cache.encode_many(texts) == expected
@@ -91,3 +97,10 @@ def test_the_engines_batch_encoder_is_the_piece_cache_for_the_packaged_model(eng
     assert isinstance(getattr(encode_many, "__self__", None), PieceCache)
     texts = texts_to_try()[:300]
     assert engine.encode_many(texts) == [engine.encode(t) for t in texts]
+
+
+def test_ascii_pattern_reads_letters_and_digits_only():
+    assert piece_cache.ascii_pattern(r" ?\p{L}+|[^\s\p{L}\p{N}]+") == r" ?[A-Za-z]+|[^\sA-Za-z0-9]+"
+    assert piece_cache.ascii_pattern(r"\\p{L}") == r"\\p{L}"  # an escaped backslash, then "p{L}" as text
+    for unread in (r"\p{Lu}+", r"\P{L}", r"[]a]", r"[^]a]", r"[[a]b]", r"(unclosed"):
+        assert piece_cache.ascii_pattern(unread) is None, unread
