@@ -1,4 +1,6 @@
 """The faithfulness measure and its gate: pure functions, checked against values worked out by hand."""
+from pathlib import Path
+
 import pytest
 
 from rewrite.rewriting import faithful, validate
@@ -14,6 +16,20 @@ def test_content_words_drop_function_words_and_meet_across_word_forms():
     assert faithful.content_words("the glass on a bus") == {"glass", "bus"}  # no "-s" stripped from -ss / short words
     assert faithful.content_words("IMG of it") == {"img"}
     assert faithful.content_words("a of the") == set()
+
+
+def test_content_words_through_the_word_cache_are_the_uncached_ones(monkeypatch):
+    """content_words keeps each word's verdict in a dict (replaced when full); the words are those of its
+    definition: the words found, case-folded, less function words and single letters, stemmed."""
+    def uncached(text):
+        words = (w.casefold() for w in faithful._WORD.findall(text))
+        return frozenset(faithful.stem(w) for w in words if w not in faithful.STOPWORDS and not (len(w) == 1 and w.isalpha()))
+
+    texts = [line for line in (Path(__file__).parents[1] / "demo" / "captions.txt").read_text(encoding="utf-8").splitlines()]
+    texts += ["The DOGS' toys, a dog's toy", "x y z 3 4", "Ça va? ÉCOLE écoles", "it's IT'S its", ""]
+    monkeypatch.setattr(faithful, "_WORD_CACHE_MAX", 50)  # replaced again and again on the way
+    for _ in range(2):
+        assert [faithful.content_words(t) for t in texts] == [uncached(t) for t in texts]
 
 
 def test_recall_novelty_and_faithfulness_by_hand():

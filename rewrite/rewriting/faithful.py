@@ -47,10 +47,29 @@ def stem(word: str) -> str:
     return word
 
 
+def _content_word(word: str) -> str | None:
+    """A word as `_WORD` finds it, stemmed; None for a function word or a single letter."""
+    word = word.casefold()
+    return None if word in STOPWORDS or (len(word) == 1 and word.isalpha()) else stem(word)
+
+
+_WORD_CACHE_MAX = 200_000
+_content: dict[str, str | None] = {}  # word -> _content_word(word): rewrites repeat their words; replaced when full
+
+
 def content_words(text: str) -> frozenset[str]:
     """The stemmed content words of `text` (function words and numbers' punctuation dropped)."""
-    words = (w.casefold() for w in _WORD.findall(text))
-    return frozenset(stem(w) for w in words if w not in STOPWORDS and not (len(w) == 1 and w.isalpha()))
+    global _content
+    known, out = _content, set()
+    for word in _WORD.findall(text):
+        got = known.get(word, False)
+        if got is False:
+            got = known[word] = _content_word(word)
+        if got is not None:
+            out.add(got)
+    if len(known) > _WORD_CACHE_MAX:
+        _content = {}
+    return frozenset(out)
 
 
 _caption_words = lru_cache(maxsize=1 << 14)(content_words)  # a caption is judged against each of its rewrites
