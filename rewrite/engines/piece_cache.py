@@ -7,10 +7,12 @@ ids are a regex split and a dict lookup a piece, ~4 us against ~14 us a 40-chara
 Rust tokenizer's batch call (most of that its per-text objects; measured on set coco's captions).
 
 The split is taken for the tokenizer's own only where they provably agree: printable-ASCII text (there
-the regex's Unicode classes such as \\p{L} mean the same in the `regex` module as in the tokenizer's
-regex engine), holding no added token (the tokenizer cuts those out first), under a normalizer that
-leaves ASCII as it is, and with the regex's matches covering the whole text. Every other text goes to
-the tokenizer. A tokenizer of any other kind gets no cache (`PieceCache.of` gives None).
+the regex's Unicode classes mean the same in Python as in the tokenizer's regex engine: \\p{L} is
+[A-Za-z], so the usual splits run in `re`, others in the `regex` module), holding no added token (the
+tokenizer cuts those out first), under a normalizer that leaves ASCII as it is, and with the regex's
+matches covering the whole text. Every other text goes to the tokenizer. A tokenizer of any other kind
+gets no cache (`PieceCache.of` gives None), and an engine takes the cache only once it gives the
+tokenizer's ids on probes (engines.base.TokenizerEngine).
 """
 from __future__ import annotations
 
