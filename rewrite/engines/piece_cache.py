@@ -55,12 +55,17 @@ PROBES = ("Dogs' toys aren't HERE; it's a dog's; they'RE gone, I'M sure we'LL se
           "a  b   c    d", " leading and trailing ", "don't 'quote' \"me\" -- ok", "CamelCase snake_case kebab-case")
 
 
+def _added_contents(backend) -> tuple[str, ...]:
+    """The texts of `backend`'s added tokens (the tokenizer cuts them out before its split)."""
+    return tuple(t.content for t in backend.get_added_tokens_decoder().values() if t.content)
+
+
 def probes(backend) -> list[str]:
     """PROBES, and a text around each added token of `backend` (the cache must leave those to it)."""
     try:
-        added = [t.content for t in backend.get_added_tokens_decoder().values() if t.content]
+        added = _added_contents(backend)
     except AttributeError:
-        added = []
+        added = ()
     return [*PROBES, *(f"a {content} b{content}c" for content in added)]
 
 
@@ -121,7 +126,7 @@ class PieceCache:
 
         plain = ascii_pattern(pattern)
         self._split = re.compile(plain).findall if plain is not None else regex.compile(pattern).findall
-        self._added = tuple(t.content for t in backend.get_added_tokens_decoder().values() if t.content)
+        self._added = _added_contents(backend)
         self._added_first = frozenset(content[0] for content in self._added)
         self._byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str
         self._model, self._batch = backend.model, batch
