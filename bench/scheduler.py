@@ -39,7 +39,11 @@ each full: total sequence-steps / max-running x the full-batch step time, plus p
 steady state (from the first step's start to the last one's end: without the run's start-up and final
 assembly, both also given in seconds), the core's idle time between its first and last step, chunk
 commit latency p50/p99 (from the chunk's rows being read to its part being committed), CPU ms per
-caption (process CPU time, sleeping and the simulator excluded) and peak RSS.
+caption (process CPU time, sleeping and the simulator excluded) and peak RSS. Beside them, the zero-CPU
+bound (`zero_cpu_bound`): the same simulated GPU given the run's own requests (each rewrite's attempts, as
+the run asked for them) with a CPU side that costs nothing: its occupancy and captions/s, the run's share of
+its throughput, and the load the front end's modelled Python would put on one thread at its pace (above 1,
+vLLM's front end alone could not keep up in one process).
 
 Sweep: full-batch step time 2 / 10 / 20 ms x rejects 0 / 3 / 20% x chunk 512 / 4,096 (--quick: 10 ms,
 3%, chunk 512 and a smaller input). --shards N plans the captions into N shards run by one task (as an
@@ -67,6 +71,8 @@ from typing import Iterable, Iterator, Sequence
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+if str(HERE) not in sys.path:  # machine.py, also when a test loads this file by its path
+    sys.path.insert(0, str(HERE))
 
 from machine import cpu_model
 from rewrite.engines.base import Completion, Intake, Request, TokenizerEngine, in_order
@@ -115,6 +121,7 @@ class SimulatedGPU(TokenizerEngine):
         self.model = "simulated"
         self.totals = _new_totals()  # of the thread core; the process core's come back at a stream's end
         self.own_cpu = 0.0  # the stream thread's CPU time in the simulator's own code (its front-end model included)
+        self.taken: dict[int, int] = {}  # seed -> prompt tokens of each request taken: the run's work, for `zero_cpu_bound`
         if core == "process":
             self.in_flight = IN_FLIGHT_BATCHES * max_running  # as VLLMEngine: the core has the next ones waiting
             context = multiprocessing.get_context("spawn")
@@ -164,7 +171,9 @@ class SimulatedGPU(TokenizerEngine):
                 for at, end in zip(bounds, bounds[1:]):
                     group = joining[at:end]
                     _spin(self.per_request * len(group))
-                    self._conn.send([(position, request.seed, self._prompt_tokens(request)) for position, request in group])
+                    sent = [(position, request.seed, self._prompt_tokens(request)) for position, request in group]
+                    self.taken.update((seed, tokens) for _, seed, tokens in sent)
+                    self._conn.send(sent)
                 held.update(joining)
                 self.own_cpu += time.thread_time() - own
                 if not held:
@@ -205,6 +214,7 @@ class SimulatedGPU(TokenizerEngine):
             for position, request in joining:  # what the GPU computes for them: drawn inside the step
                 completion = self._completion(request)
                 prompt_tokens += completion.prompt_tokens
+                self.taken[request.seed] = completion.prompt_tokens
                 finishing[totals["steps"] + completion.generated_tokens].append((position, completion))
             modelled = self.t0 + self.t1 * running + self.t_prompt * prompt_tokens
             _spin(self.per_step + self.per_request * len(joining) + self.per_sequence * running)
@@ -291,6 +301,55 @@ def _sleep_step(totals: dict, started: float, modelled: float, prefill: float, r
     totals["steps"] += 1
     totals["occupied"] += running
     totals["short_steps"] += running < max_running
+
+
+def zero_cpu_bound(chains: Sequence[Sequence[tuple[int, int]]], max_running: int, t0: float, t1: float,
+                   t_prompt: float) -> dict:
+    """What the simulated GPU does with a run's work when the CPU side costs nothing: each rewrite's first
+    attempt waiting from the start, in order, and each later attempt waiting from the step its predecessor
+    ends, ahead of the rest (the stream sends retries first). `chains`: per rewrite, its attempts'
+    (output tokens, prompt tokens). Steps as the core models them. What no scheduler of ours can pass
+    without knowing output lengths beforehand: the share the run's end (its last batch draining, the
+    retries of its last rows) costs at a given size."""
+    waiting = deque((chain, 0) for chain in chains if chain)
+    finishing: dict[int, list] = defaultdict(list)
+    steps = occupied = running = 0
+    seconds = 0.0
+    while waiting or running:
+        prompt_tokens = 0
+        while waiting and running < max_running:
+            chain, attempt = waiting.popleft()
+            length, tokens = chain[attempt]
+            finishing[steps + length].append((chain, attempt))
+            prompt_tokens += tokens
+            running += 1
+        seconds += t0 + t1 * running + t_prompt * prompt_tokens
+        occupied += running
+        steps += 1
+        for chain, attempt in finishing.pop(steps, ()):
+            running -= 1
+            if attempt + 1 < len(chain):
+                waiting.appendleft((chain, attempt + 1))
+    return {"steps": steps, "occupied": occupied, "seconds": seconds,
+            "occupancy": occupied / steps / max_running if steps else 0.0}
+
+
+def run_chains(engine: SimulatedGPU, configs, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+    """The run's work as `zero_cpu_bound` takes it: per rewrite (set, caption, index), the attempts the
+    engine was asked for (their seeds are the runner's, so a chain ends where no request came)."""
+    from rewrite.rewriting import prompt, seeds
+
+    identities = list(dict.fromkeys(prompt.normalise_caption(t) for t in texts))  # the run deduplicates
+    chains = []
+    for config in configs:
+        for ident in identities:
+            for index in range(config.num_rewrites):
+                chain, attempt = [], 0
+                while (seed := seeds.generation_seed(config.seed, config.source, ident, index, attempt)) in engine.taken:
+                    chain.append((_length(seed), engine.taken[seed]))
+                    attempt += 1
+                chains.append(chain)
+    return chains
 
 
 def timer_slack(seconds: float, times: int = 25) -> float:
@@ -390,9 +449,10 @@ def one(args) -> dict:
 
     sources = defaults.source_list(args.source)
     builders = {} if args.builders is None else {"builders": args.builders}  # (code before --builders: none)
+    texts = captions(args.captions)
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         src = Path(tmp) / "captions.txt"
-        src.write_text("\n".join(captions(args.captions)) + "\n", encoding="utf-8")
+        src.write_text("\n".join(texts) + "\n", encoding="utf-8")
         plan_apart(src, Path(tmp) / "work", args.shards)
         getattr(runner, "warm_up", lambda: None)()  # as `rewrite run` does before its engine loads (code before it: none)
         tokenizer = AutoTokenizer.from_pretrained(model_lib.resolve(None))
@@ -414,6 +474,10 @@ def one(args) -> dict:
     ideal = gpu["occupied"] / engine.max_running * full_step + gpu["prefill"]
     lat = sorted(latencies.values())
     occupancy = gpu["occupied"] / gpu["steps"] / engine.max_running
+    chains = run_chains(engine, configs, texts)
+    bound = zero_cpu_bound(chains, engine.max_running, engine.t0, engine.t1, engine.t_prompt)
+    front_end = (engine.per_request * stats["requests"] + engine.per_sequence * bound["occupied"]
+                 + engine.per_step * bound["steps"])  # its Python at the bound's pace, in one thread
     return {"mode": args.mode, "source": args.source, "step_ms": args.step_ms, "reject": args.reject,
             "chunk": args.chunk, "shards": args.shards, "min_faithfulness": args.min_faithfulness,
             "builders": args.builders, "core": args.core,
@@ -427,6 +491,8 @@ def one(args) -> dict:
             "steps": gpu["steps"], "before_first_step_s": gpu["first_step"] - wall0,
             "after_last_step_s": wall0 + wall - gpu["last_step"],
             "captions_per_s": stats["rows"] / wall, "ideal_share": ideal / wall,
+            "bound_requests": sum(map(len, chains)), "bound_occupancy": bound["occupancy"], "bound_captions_per_s": stats["rows"] / bound["seconds"],
+            "bound_share": bound["seconds"] / wall, "bound_front_end_load": front_end / bound["seconds"],
             "commit_p50_s": statistics.median(lat) if lat else None,
             "commit_p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
             "chunks": len(lat), "cpu_ms_per_caption": cpu * 1000 / stats["rows"],
@@ -515,6 +581,8 @@ def line(r: dict) -> str:
     return (f"{r['mode']}: busy={r['busy']:.3f} busy_measured={r['busy_measured']:.3f} busy_steady={r['busy_steady']:.3f} "
             f"occupancy={r['occupancy']:.2f} useful={r['useful']:.2f} "
             f"captions/s={r['captions_per_s']:.0f} ideal={r['ideal_share']:.2f} "
+            f"bound: occupancy={r['bound_occupancy']:.2f} captions/s={r['bound_captions_per_s']:.0f} "
+            f"share={r['bound_share']:.2f} front_end_load={r['bound_front_end_load']:.2f} "
             f"commit_p50={r['commit_p50_s']:.2f}s commit_p99={r['commit_p99_s']:.2f}s "
             f"cpu_ms/caption={r['cpu_ms_per_caption']:.3f} rss={r['peak_rss_mb']:.0f}MB")
 
@@ -527,12 +595,15 @@ def table(results: list[dict], cpu: str) -> str:
             "vLLM's front end in our process {:g} us per request + {:g} us per running sequence per step + "
             "{:g} us per step; outputs 10-40 tokens".format(*first['front_end_us'], *[0.0] * (3 - len(first['front_end_us']))), "",
             "| step | rejects | chunk | sets | mode | busy (modelled) | busy (measured) | busy, steady | occupancy | "
-            "useful | captions/s | vs ideal | commit p50 / p99 | CPU ms/caption | peak RSS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "useful | captions/s | vs ideal | zero-CPU bound: occupancy | captions/s | run's share | front-end load | "
+            "commit p50 / p99 | CPU ms/caption | peak RSS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r['step_ms']:g} ms | {r['reject']:.0%} | {r['chunk']} | {r['source']} | {r['mode']} | "
                     f"{r['busy']:.3f} | {r['busy_measured']:.3f} | {r['busy_steady']:.3f} | "
                     f"{r['occupancy']:.2f} | {r['useful']:.2f} | {r['captions_per_s']:,.0f} | {r['ideal_share']:.2f} | "
+                    f"{r['bound_occupancy']:.2f} | {r['bound_captions_per_s']:,.0f} | {r['bound_share']:.2f} | "
+                    f"{r['bound_front_end_load']:.2f} | "
                     f"{r['commit_p50_s']:.2f} / {r['commit_p99_s']:.2f} s | {r['cpu_ms_per_caption']:.3f} | "
                     f"{r['peak_rss_mb']:,.0f} MB |")
     return "\n".join(rows)

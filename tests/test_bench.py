@@ -65,5 +65,21 @@ def test_scheduler_benchmark_runs_both_schedulers_at_small_size(tmp_path):
     assert [r["mode"] for r in results] == ["old", "stream"]
     for r in results:
         assert r["captions"] == 300 and r["ok"] + r["failed"] == 300 and 0 < r["busy"] <= 1 and 0 < r["occupancy"] <= 1
+        assert r["bound_requests"] == r["requests"] and 0 < r["bound_occupancy"] <= 1  # the bound ran the run's work
     last = done.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"old: busy=[01]\.\d{3} .*occupancy=[01]\.\d\d .* stream: busy=[01]\.\d{3} .*occupancy=[01]\.\d\d .*", last), last
+
+
+def test_the_zero_cpu_bound_steps_the_runs_work_as_the_simulated_core_does():
+    """bench/scheduler.py's bound: full batches while work waits, each later attempt joining at the step
+    its predecessor ends, and steps of t0 + t1 x running + the joining prompts' prefill."""
+    spec = importlib.util.spec_from_file_location("bench_scheduler", Path(__file__).resolve().parents[1] / "bench" / "scheduler.py")
+    scheduler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scheduler)
+    full = scheduler.zero_cpu_bound([[(10, 0)]] * 512, 256, 0.004, 0.001, 0.0)
+    assert (full["steps"], full["occupancy"]) == (20, 1.0) and full["seconds"] == pytest.approx(20 * (0.004 + 0.256))
+    # one rewrite rejected once: its second attempt (5 tokens) runs alone after the first wave of 10 steps
+    tail = scheduler.zero_cpu_bound([[(10, 3), (5, 4)]] + [[(10, 0)]] * 255, 256, 0.004, 0.001, 0.5)
+    assert (tail["steps"], tail["occupied"]) == (15, 10 * 256 + 5)
+    assert tail["seconds"] == pytest.approx(15 * 0.004 + (10 * 256 + 5) * 0.001 + (3 + 4) * 0.5)
+    assert tail["occupancy"] == pytest.approx((10 * 256 + 5) / 15 / 256)
