@@ -581,8 +581,8 @@ def line(r: dict) -> str:
     return (f"{r['mode']}: busy={r['busy']:.3f} busy_measured={r['busy_measured']:.3f} busy_steady={r['busy_steady']:.3f} "
             f"occupancy={r['occupancy']:.2f} useful={r['useful']:.2f} "
             f"captions/s={r['captions_per_s']:.0f} ideal={r['ideal_share']:.2f} "
-            f"bound: occupancy={r['bound_occupancy']:.2f} captions/s={r['bound_captions_per_s']:.0f} "
-            f"share={r['bound_share']:.2f} front_end_load={r['bound_front_end_load']:.2f} "
+            f"bound_occupancy={r['bound_occupancy']:.2f} bound_captions/s={r['bound_captions_per_s']:.0f} "
+            f"bound_share={r['bound_share']:.2f} bound_front_end_load={r['bound_front_end_load']:.2f} "
             f"commit_p50={r['commit_p50_s']:.2f}s commit_p99={r['commit_p99_s']:.2f}s "
             f"cpu_ms/caption={r['cpu_ms_per_caption']:.3f} rss={r['peak_rss_mb']:.0f}MB")
 
