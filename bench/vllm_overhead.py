@@ -82,7 +82,7 @@ def params_for(e, request, sampling, mode: str, newline_ids: list[int]):
     if mode == "tokens":
         return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
                               max_tokens=sampling.max_new_tokens, seed=request.seed, stop_token_ids=newline_ids,
-                              detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
+                              detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY, skip_clone=True)
     params = e._params(request, sampling)
     params.output_kind = RequestOutputKind.FINAL_ONLY if mode == "final" else RequestOutputKind.CUMULATIVE
     return params

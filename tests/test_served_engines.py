@@ -129,6 +129,17 @@ def test_vllm_output_does_not_depend_on_the_batch(vllm_engine):
     assert all(c.finish_reason in ("stop", "length") for c in together)
 
 
+def test_vllm_is_given_each_requests_own_params_and_told_not_to_deep_copy_them(vllm_engine):
+    """`skip_clone` (vLLM 0.14 on) is safe only for params made for one request: two requests never share
+    one, and vLLM's `clone` (what `add_request` calls) then copies none of their lists."""
+    from vllm import SamplingParams
+
+    first, second = (vllm_engine._params(engines.Request("a", seed), Sampling()) for seed in (1, 2))
+    assert first is not second and (first.seed, second.seed) == (1, 2)
+    if "skip_clone" in SamplingParams.__struct_fields__:
+        assert first.clone().stop is first.stop == ["\n"]
+
+
 def test_vllm_takes_a_batch_larger_than_one_scheduler_step(vllm_engine):
     # Regression: seeded requests whose prefill vLLM's CPU build would split across steps crashed it.
     t, ex = prompt.load_template(), meta.load("chatgpt").pairs[:3]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import functools
 import os
 import sys
 from pathlib import Path
@@ -171,7 +172,7 @@ class VLLMEngine(TokenizerEngine):
                               max_tokens=sampling.max_new_tokens,
                               stop=["\n"] if self.stop_at_newline else None,
                               seed=request.seed if self.per_request_seeds else None,
-                              output_kind=RequestOutputKind.FINAL_ONLY)
+                              output_kind=RequestOutputKind.FINAL_ONLY, **_made_for_one_request())
 
     @staticmethod
     def _completion(out) -> Completion:
@@ -225,6 +226,16 @@ class VLLMEngine(TokenizerEngine):
         guard = getattr(self, "_guard", None)
         if guard is not None:
             guard.close()
+
+
+@functools.cache
+def _made_for_one_request() -> dict:
+    """SamplingParams' `skip_clone` where vLLM has it (0.14 on): the engine makes each request's params for it
+    alone, so vLLM's `add_request` need not deep-copy them (bench/vllm_overhead.py: 113-140 us a request
+    added against 159-178, in our process, holding its GIL)."""
+    from vllm import SamplingParams
+
+    return {"skip_clone": True} if "skip_clone" in getattr(SamplingParams, "__struct_fields__", ()) else {}
 
 
 def create(model: str | None, **options) -> VLLMEngine:
