@@ -231,8 +231,8 @@ class VLLMEngine(TokenizerEngine):
 @functools.cache
 def _made_for_one_request() -> dict:
     """SamplingParams' `skip_clone` where vLLM has it (0.14 on): the engine makes each request's params for it
-    alone, so vLLM's `add_request` need not deep-copy them (bench/vllm_overhead.py: 113-140 us a request
-    added against 159-178, in our process, holding its GIL)."""
+    alone, so vLLM's `add_request` need not deep-copy them (bench/vllm_overhead.py: ~120 us a request added
+    against ~170, in our process, holding its GIL)."""
     from vllm import SamplingParams
 
     return {"skip_clone": True} if "skip_clone" in getattr(SamplingParams, "__struct_fields__", ()) else {}
