@@ -1,7 +1,7 @@
 """vLLM front-end overhead: the CPU time vLLM spends in OUR process per request added and per running
 sequence per step, as figures for a simulated GPU (bench/scheduler.py).
 
-    python bench/vllm_overhead.py [--runs 64,64:final,64:tokens,128:final] [--profile 64] [--kv-gb 4]
+    python bench/vllm_overhead.py [--runs 64,64:string,64:final,128:final] [--profile 64] [--kv-gb 4]
 
 Our engine (`VLLMEngine.stream`) drives vLLM's `LLMEngine` from one thread: `add_request` per request,
 `step()` per step. In vLLM V1 the model runs in an engine-core process, but input processing and output
@@ -13,12 +13,15 @@ thread CPU time (`time.thread_time`: no waiting for the core, whose compute runs
 add_request per call (making the SamplingParams apart); step() per sequence output (one per sequence that
 made a token that step, counted from the core's outputs), and split by a least-squares fit of a step's CPU
 time on that count into a fixed part and a part per sequence; our other threads (process minus main thread
-CPU time) per step; the wall time per step, and its wait for the core (in get_output).
+CPU time) per step; the wall time per step, and its wait for the core (in get_output); the engine's own
+making of each finished request's Completion (its text, where the engine detokenizes it).
 A run adds N requests at once (all run together: max_num_seqs is 256) and steps until all finish. N alone
-asks for vLLM's default outputs (CUMULATIVE: one per running sequence per step); N:final for final
-outputs only (FINAL_ONLY, as our engine does); N:tokens for final outputs without detokenizing, stopping
-at the tokens whose text holds a line break (`stop_token_ids`, checked by the core) instead of the stop
-string "\n" (checked by the front end): what that lever would save, not what the engine does.
+asks for vLLM's default outputs (CUMULATIVE: one per running sequence per step) with the stop string "\n"
+(checked by the front end, which detokenizes every sequence at every step); N:string for final outputs
+only (FINAL_ONLY) with the stop string: the engine's way where the tokenizer does not allow the next;
+N:final for the engine's own params: final outputs only, stopping at the tokens whose text holds a line
+break (`stop_token_ids`, checked by the core: `vllm.CoreNewlineStop`), each finished request's text made
+once by vLLM's detokenizer.
 bench/scheduler.py's front-end model takes its figures from here: per request, add_request; per running
 sequence per step, the fit's per-sequence part; per step, the fit's fixed part plus our other threads. Runs share one engine
 and take the first N of one prompt list, so later runs hit the prefix cache (the core's work, not the front
@@ -74,22 +77,18 @@ def build(engine, n: int) -> list:
     return requests
 
 
-def params_for(e, request, sampling, mode: str, newline_ids: list[int]):
-    """The engine's SamplingParams for `request`, in a run's output mode (see the module docstring)."""
-    from vllm import SamplingParams
+def params_for(e, request, sampling, mode: str):
+    """The engine's SamplingParams for `request`, in a run's output mode (see the module docstring; for the
+    stop string's modes, `run` has taken the engine's CoreNewlineStop away)."""
     from vllm.sampling_params import RequestOutputKind
 
-    if mode == "tokens":
-        return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                              max_tokens=sampling.max_new_tokens, seed=request.seed, stop_token_ids=newline_ids,
-                              detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY, skip_clone=True)
     params = e._params(request, sampling)
-    params.output_kind = RequestOutputKind.FINAL_ONLY if mode == "final" else RequestOutputKind.CUMULATIVE
+    if mode != "final":
+        params.output_kind = RequestOutputKind.FINAL_ONLY if mode == "string" else RequestOutputKind.CUMULATIVE
     return params
 
 
-def run(e, requests, sampling, mode: str, tag: str, newline_ids: list[int],
-        prof: cProfile.Profile | None = None) -> dict:
+def run(e, requests, sampling, mode: str, tag: str, prof: cProfile.Profile | None = None) -> dict:
 
     engine, p, cpu = e.llm.llm_engine, time.perf_counter, time.thread_time
     core, get_output, waits = engine.engine_core, engine.engine_core.get_output, []
@@ -101,12 +100,13 @@ def run(e, requests, sampling, mode: str, tag: str, newline_ids: list[int],
         return out
 
     core.get_output, prof = timed_get_output, prof or contextlib.nullcontext()
+    newline, e._newline = e._newline, e._newline if mode == "final" else None
     try:
         before, start, main0, process0 = thread_cpu(), p(), cpu(), time.process_time()
-        params_cpu, add, steps = [], [], []
+        params_cpu, add, steps, completions = [], [], [], []
         for i, r in enumerate(requests):
             c = cpu()
-            params = params_for(e, r, sampling, mode, newline_ids)
+            params = params_for(e, r, sampling, mode)
             params_cpu.append(cpu() - c)
             c = cpu()
             with prof:
@@ -115,17 +115,26 @@ def run(e, requests, sampling, mode: str, tag: str, newline_ids: list[int],
         while engine.has_unfinished_requests():
             w, c = p(), cpu()
             with prof:
-                engine.step()
+                outputs = engine.step()
             steps.append((p() - w, cpu() - c))
+            c = cpu()
+            for out in outputs:
+                if out.finished:
+                    e._completion(out)
+            completions.append(cpu() - c)
         wall, after, main, process = p() - start, thread_cpu(), cpu() - main0, time.process_time() - process0
     finally:
         del core.get_output
+        e._newline = newline
     seq, step_cpu = [n for _, n in waits], [c for _, c in steps]
     total, mean_n, mean_c = sum(seq), statistics.mean(seq), statistics.mean(step_cpu)
     slope = sum((n - mean_n) * (c - mean_c) for n, c in zip(seq, step_cpu)) / sum((n - mean_n) ** 2 for n in seq)
     us, ms = 1e6, 1e3
     return {
-        "run": tag, "requests": len(requests), "output_kind": {"": "cumulative", "final": "final_only", "tokens": "final_only, tokens"}[mode],
+        "run": tag, "requests": len(requests),
+        "output_kind": {"": "cumulative, stop string", "string": "final_only, stop string",
+                        "final": "final_only, the engine's own stop"}[mode],
+        "completion_cpu_us_per_request": round(sum(completions) / len(requests) * 1e6, 1),
         "prompt_tokens_mean": round(statistics.mean(len(r.prompt_ids) for r in requests), 1),
         "steps": len(steps), "sequence_outputs": total, "running_max": max(seq), "running_mean": round(mean_n, 1),
         "wall_s": round(wall, 2), "params_cpu_us": round(statistics.mean(params_cpu) * us, 1),
@@ -144,8 +153,8 @@ def run(e, requests, sampling, mode: str, tag: str, newline_ids: list[int],
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="64,64:final,64:tokens,128:final",
-                    help="comma-separated N, N:final or N:tokens (see above)")
+    ap.add_argument("--runs", default="64,64:string,64:final,128:string,128:final",
+                    help="comma-separated N, N:string or N:final (see above)")
     ap.add_argument("--profile", type=int, default=64, help="requests of a last run under cProfile (0: none)")
     ap.add_argument("--warmup", type=int, default=8, help="requests run first, not measured")
     ap.add_argument("--kv-gb", type=float, default=None, help="KV cache GiB (default: the engine's own)")
@@ -153,8 +162,8 @@ def main() -> None:
     ap.add_argument("--out-json", help="the JSON result file (default bench/results/<time>-vllm_overhead.json)")
     args = ap.parse_args()
     runs = [(int(n), mode) for n, _, mode in (r.partition(":") for r in args.runs.split(","))]
-    if any(mode not in ("", "final", "tokens") for _, mode in runs):
-        ap.error(f"--runs {args.runs!r}: each is N, N:final or N:tokens")
+    if any(mode not in ("", "string", "final") for _, mode in runs):
+        ap.error(f"--runs {args.runs!r}: each is N, N:string or N:final")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     t0 = time.perf_counter()
 
@@ -168,12 +177,10 @@ def main() -> None:
     try:
         loaded = time.perf_counter() - t0
         requests, sampling = build(e, max([n for n, _ in runs] + [args.profile]) + args.warmup), Sampling()
-        newline_ids = [i for i in range(len(e.tokenizer)) if "\n" in e.tokenizer.decode([i])]
-        run(e, requests[-args.warmup:], sampling, "", "warmup", newline_ids)
-        results = [run(e, requests[:n], sampling, mode, f"{n}{':' + mode if mode else ''}", newline_ids)
-                   for n, mode in runs]
+        run(e, requests[-args.warmup:], sampling, "", "warmup")
+        results = [run(e, requests[:n], sampling, mode, f"{n}{':' + mode if mode else ''}") for n, mode in runs]
         if args.profile:
-            results.append(run(e, requests[:args.profile], sampling, "", f"{args.profile}:cProfile", newline_ids, prof))
+            results.append(run(e, requests[:args.profile], sampling, "final", f"{args.profile}:cProfile", prof))
             text = io.StringIO()
             pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(15)
             top = text.getvalue().strip().splitlines()
@@ -186,12 +193,14 @@ def main() -> None:
     print("\n".join(top[-22:]))
     print(f"\n{cpu}; vllm {out['vllm']}; load {out['load_s']} s, script {out['script_s']} s; CPU times in µs")
     print(f"{'run':>11} {'running max/mean':>16} {'seq-steps':>9} {'add_req':>7} {'step/seq':>8} "
-          f"{'fit: fixed + per seq':>20} {'other thr/step':>14} {'step wall ms mean/median (wait)':>32} {'wall s':>6}")
+          f"{'fit: fixed + per seq':>20} {'other thr/step':>14} {'completion':>10} "
+          f"{'step wall ms mean/median (wait)':>32} {'wall s':>6}")
     for r in results:
         fit, sw = r["step_cpu_fit_us"], r["step_wall_ms"]
         print(f"{r['run']:>11} {r['running_max']:>9}/{r['running_mean']:<6} {r['sequence_outputs']:>9} "
               f"{r['add_request_cpu_us']['mean']:>7} {r['step_cpu_us_per_sequence']:>8} {fit['fixed']:>11} + "
               f"{fit['per_sequence']:<6} {r['other_threads_cpu_us_per_step']:>14} "
+              f"{r['completion_cpu_us_per_request']:>10} "
               f"{sw['mean']:>13} / {sw['median']:<7} ({sw['wait_core_mean']}) {r['wall_s']:>9}")
     path = Path(args.out_json or HERE / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-vllm_overhead.json")
     path.parent.mkdir(parents=True, exist_ok=True)

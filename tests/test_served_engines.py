@@ -136,8 +136,32 @@ def test_vllm_is_given_each_requests_own_params_and_told_not_to_deep_copy_them(v
 
     first, second = (vllm_engine._params(engines.Request("a", seed), Sampling()) for seed in (1, 2))
     assert first is not second and (first.seed, second.seed) == (1, 2)
+    assert first.stop_token_ids is not second.stop_token_ids and first.stop_token_ids == vllm_engine._newline.ids
     if "skip_clone" in SamplingParams.__struct_fields__:
-        assert first.clone().stop is first.stop == ["\n"]
+        assert first.clone().stop_token_ids is first.stop_token_ids
+
+
+def test_vllm_stopping_at_line_break_tokens_in_its_core_gives_the_stop_strings_rewrites(vllm_engine, monkeypatch):
+    """Where the tokenizer allows (the packaged one does), the engine has vLLM's core stop at a line-break
+    token and detokenizes each finished request once (`CoreNewlineStop`): the same completions, text,
+    tokens and finish, as the stop string "\\n" checked in vLLM's front end at every step."""
+    assert vllm_engine._newline is not None
+    t = prompt.load_template()
+    reqs = [engines.Request(t.render(meta.load(source).pairs[:3], caption), 700 + i)
+            for i, caption in enumerate(CAPTIONS) for source in ("chatgpt", "coco")]
+    finishes = set()
+    for sampling in (Sampling(), Sampling(max_new_tokens=12), Sampling(temperature=1.5)):
+        in_core = vllm_engine.generate(reqs, sampling)
+        with monkeypatch.context() as m:
+            m.setattr(vllm_engine, "_newline", None)
+            by_string = vllm_engine.generate(reqs, sampling)
+        assert all(c.text == "" for c in vllm_engine.llm.generate(
+            [{"prompt_token_ids": vllm_engine.encode(reqs[0].prompt)}], vllm_engine._params(reqs[0], sampling),
+            use_tqdm=False)[0].outputs)  # the core's way: vLLM itself makes no text
+        assert [(c.text, c.generated_tokens, c.finish_reason, c.prompt_tokens) for c in in_core] == \
+               [(c.text, c.generated_tokens, c.finish_reason, c.prompt_tokens) for c in by_string]
+        finishes |= {c.finish_reason for c in in_core}
+    assert finishes == {"stop", "length"}
 
 
 def test_vllm_takes_a_batch_larger_than_one_scheduler_step(vllm_engine):
