@@ -241,16 +241,19 @@ class CoreNewlineStop:
     checked in its front end, which detokenizes every running sequence at every step in our process
     (holding our GIL), or by `stop_token_ids`, the tokens whose text holds a line break, checked in its
     engine core. The second costs our process 3.0-4.2 us a sequence a step against 9.6-12.3
-    (bench/vllm_overhead.py, avx2 EPYC, vLLM 0.32). A finished request's text is then made once, by
-    vLLM's own incremental detokenizer given the request's tokens and the stop string, so it is the text
-    the stop string gives, cut at the same place. Only where the core stops at the token at which the
-    stop string would: every line-break token gives its line break at once (none ends in an incomplete
-    character, which the detokenizer holds back until the next token)."""
+    (bench/vllm_overhead.py, avx2 EPYC, vLLM 0.32). A finished request's text is then made once, as
+    the stop string makes it: cut before its first line break. A byte-level tokenizer's text (GPT-2's
+    decoder: LLaMA-3, Qwen) is its tokens' bytes, whatever came before them, so one decode of the
+    output gives it where it is whole (no U+FFFD: no byte sequence left incomplete, which the
+    incremental detokenizer would hold back); any other text comes from vLLM's own incremental
+    detokenizer, given the request's tokens and the stop string (~200 us a request against ~5). Only
+    where the core stops at the token at which the stop string would: every line-break token gives its
+    line break at once (none ends in an incomplete character)."""
 
-    def __init__(self, tokenizer, ids: list[int], detokenizer):
+    def __init__(self, tokenizer, ids: list[int], detokenizer, byte_level: bool):
         from vllm import SamplingParams
 
-        self.tokenizer, self.ids, self.detokenizer = tokenizer, ids, detokenizer
+        self.tokenizer, self.ids, self.detokenizer, self.byte_level = tokenizer, ids, detokenizer, byte_level
         self.newline = frozenset(ids)
         self.params = SamplingParams(stop=["\n"])  # the stop-string request's detokenizing settings
 
@@ -258,23 +261,33 @@ class CoreNewlineStop:
     def for_tokenizer(cls, tokenizer) -> CoreNewlineStop | None:
         """For vLLM's tokenizer; None where the stop string must stay (see the class)."""
         try:
-            from vllm.v1.engine.detokenizer import IncrementalDetokenizer
+            from vllm.v1.engine.detokenizer import IncrementalDetokenizer, uses_fast_detokenizer
         except ImportError:  # (vLLM before V1's detokenizer)
             return None
+        import tokenizers.decoders
+
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
         ids = [i for i, text in enumerate(texts) if "\n" in text]
         if not ids or any(texts[i].endswith("\ufffd") for i in ids):
             return None
-        return cls(tokenizer, ids, IncrementalDetokenizer)
+        byte_level = uses_fast_detokenizer(tokenizer) and isinstance(tokenizer._tokenizer.decoder,
+                                                                     tokenizers.decoders.ByteLevel)
+        return cls(tokenizer, ids, IncrementalDetokenizer, byte_level)
 
     def text(self, out) -> tuple[str, bool]:
         """A finished request's text (`out`, vLLM's RequestOutput) and whether a line break ended it."""
         gen = out.outputs[0]
+        # as vLLM's front end: a token the core stopped at is not detokenized, but for a line break's
+        ended_by_core = gen.finish_reason == "stop" and gen.stop_reason not in self.newline
+        if self.byte_level:
+            text = self.tokenizer._tokenizer.decode(gen.token_ids[:-1] if ended_by_core else gen.token_ids,
+                                                    skip_special_tokens=True)
+            if "\ufffd" not in text:
+                line, newline, _ = text.partition("\n")
+                return line, bool(newline)
         request = SimpleNamespace(request_id=out.request_id, prompt_token_ids=out.prompt_token_ids,
                                   prompt_embeds=None, sampling_params=self.params)
         detokenizer = self.detokenizer.from_new_request(self.tokenizer, request)
-        # as vLLM's front end: a token the core stopped at is not detokenized, but for a line break's
-        ended_by_core = gen.finish_reason == "stop" and gen.stop_reason not in self.newline
         at_newline = detokenizer.update(list(gen.token_ids), ended_by_core) is not None
         return detokenizer.get_next_output_text(finished=True, delta=False), at_newline
 
