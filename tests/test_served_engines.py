@@ -143,7 +143,7 @@ def test_vllm_is_given_each_requests_own_params_and_told_not_to_deep_copy_them(v
 
 def test_vllm_stopping_at_line_break_tokens_in_its_core_gives_the_stop_strings_rewrites(vllm_engine, monkeypatch):
     """Where the tokenizer allows (the packaged one does), the engine has vLLM's core stop at a line-break
-    token and detokenizes each finished request once (`CoreNewlineStop`): the same completions, text,
+    token and makes each finished request's text once (`CoreNewlineStop`): the same completions, text,
     tokens and finish, as the stop string "\\n" checked in vLLM's front end at every step."""
     assert vllm_engine._newline is not None and vllm_engine._newline.byte_level
     t = prompt.load_template()
@@ -154,7 +154,10 @@ def test_vllm_stopping_at_line_break_tokens_in_its_core_gives_the_stop_strings_r
     def made(completions):  # (cached prompt tokens aside: the prefix cache holds the first run's)
         return [(c.text, c.generated_tokens, c.finish_reason, c.prompt_tokens) for c in completions]
 
-    for sampling in (Sampling(), Sampling(max_new_tokens=12), Sampling(temperature=1.5)):
+    assert all(c.text == "" for c in vllm_engine.llm.generate(  # the core's way: vLLM itself makes no text
+        [{"prompt_token_ids": vllm_engine.encode(reqs[0].prompt)}], vllm_engine._params(reqs[0], Sampling()),
+        use_tqdm=False)[0].outputs)
+    for sampling in (Sampling(temperature=1.5), Sampling(max_new_tokens=12)):
         in_core = vllm_engine.generate(reqs, sampling)
         with monkeypatch.context() as m:  # any other tokenizer's way: vLLM's incremental detokenizer
             m.setattr(vllm_engine._newline, "byte_level", False)
@@ -162,9 +165,6 @@ def test_vllm_stopping_at_line_break_tokens_in_its_core_gives_the_stop_strings_r
         with monkeypatch.context() as m:
             m.setattr(vllm_engine, "_newline", None)
             by_string = vllm_engine.generate(reqs, sampling)
-        assert all(c.text == "" for c in vllm_engine.llm.generate(
-            [{"prompt_token_ids": vllm_engine.encode(reqs[0].prompt)}], vllm_engine._params(reqs[0], sampling),
-            use_tqdm=False)[0].outputs)  # the core's way: vLLM itself makes no text
         assert made(in_core) == made(by_string)
         finishes |= {c.finish_reason for c in in_core}
     assert finishes == {"stop", "length"}

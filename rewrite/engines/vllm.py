@@ -266,7 +266,7 @@ class CoreNewlineStop:
             return None
         import tokenizers.decoders
 
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+        texts = [tokenizer.decode([i], skip_special_tokens=True) for i in range(len(tokenizer))]  # (vLLM's protocol)
         ids = [i for i, text in enumerate(texts) if "\n" in text]
         if not ids or any(texts[i].endswith("\ufffd") for i in ids):
             return None
