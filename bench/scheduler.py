@@ -337,9 +337,10 @@ def zero_cpu_bound(chains: Sequence[Sequence[tuple[int, int]]], max_running: int
 def run_chains(engine: SimulatedGPU, configs, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
     """The run's work as `zero_cpu_bound` takes it: per rewrite (set, caption, index), the attempts the
     engine was asked for (their seeds are the runner's, so a chain ends where no request came)."""
-    from rewrite.rewriting import prompt, seeds
+    from rewrite.rewriting import seeds
+    from rewrite.run import rows
 
-    identities = list(dict.fromkeys(prompt.normalise_caption(t) for t in texts))  # the run deduplicates
+    identities = list(rows.unique_captions(rows.identities(texts, texts, True), texts))  # deduplicated, as the run
     chains = []
     for config in configs:
         for ident in identities:

@@ -21,7 +21,7 @@ asks for vLLM's default outputs (CUMULATIVE: one per running sequence per step) 
 only (FINAL_ONLY) with the stop string: the engine's way where the tokenizer does not allow the next;
 N:final for the engine's own params: final outputs only, stopping at the tokens whose text holds a line
 break (`stop_token_ids`, checked by the core: `vllm.CoreNewlineStop`), each finished request's text made
-once by vLLM's detokenizer.
+once (one decode of a byte-level tokenizer's output, else vLLM's incremental detokenizer).
 bench/scheduler.py's front-end model takes its figures from here: per request, add_request; per running
 sequence per step, the fit's per-sequence part; per step, the fit's fixed part plus our other threads. Runs share one engine
 and take the first N of one prompt list, so later runs hit the prefix cache (the core's work, not the front
